@@ -1,0 +1,430 @@
+"""The ``rollback-watchdog`` command line.
+
+Exit codes are a contract (DESIGN.md): 0 ok, 1 a check failed (``check`` found something),
+2 bad input -- an unreadable or invalid file, a bad option, an unreachable Prometheus -- with
+one clear message and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from watchdog import (
+    __version__,
+    backtest,
+    config,
+    daemon,
+    errors,
+    journal,
+    model,
+    rules,
+    telemetry,
+    timefmt,
+    yamlsrc,
+)
+from watchdog.sources import prometheus
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="rollback-watchdog",
+        description="Rolls a systemd service back to its predecessor when its rules say so.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
+
+    validate = commands.add_parser("validate", help="check config and rules files")
+    validate.add_argument("paths", nargs="*", type=Path, help="config or rules files")
+    validate.add_argument("--config", "-c", type=Path, help="a config file (and its rules)")
+
+    check = commands.add_parser("check", help="evaluate once now and show every signal")
+    with_config(check)
+    check.add_argument("--target", help="target name (default: the only one)")
+    check.add_argument("--json", action="store_true", help="print JSON")
+
+    status = commands.add_parser("status", help="show targets, incidents and decisions")
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    run = commands.add_parser("run", help="run the watchdog daemon")
+    with_config(run)
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    replay = commands.add_parser("backtest", help="replay the rules and policy over history")
+    with_config(replay)
+    replay.add_argument("--prometheus", help="Prometheus URL (default: the config's)")
+    replay.add_argument("--start", required=True, help="RFC 3339 or Unix seconds")
+    replay.add_argument("--end", required=True, help="RFC 3339 or Unix seconds")
+    replay.add_argument("--step", default="15s", help="evaluation step [15s]")
+    replay.add_argument("--target", help="target name (default: the only one)")
+    replay.add_argument("--json", action="store_true", help="print the JSON contract")
+
+    rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
+    with_config(rearm)
+    rearm.add_argument("--target", help="target name (default: the only one)")
+    rearm.add_argument("--by", default="operator", help="who re-arms (journaled)")
+
+    demo = commands.add_parser("demo", help="backtest a bundled incident on a real Prometheus")
+    demo.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except errors.InputError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- validate -------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    paths: list[Path] = list(args.paths)
+    if args.config is not None:
+        paths.insert(0, args.config)
+    if not paths:
+        return _fail("validate: give a config file (--config) or rules files")
+    for path in paths:
+        document = yamlsrc.load_file(path, error=errors.InputError)
+        if isinstance(document.value, dict) and "groups" in document.value:
+            rule_set = rules.load([path])
+            _print_rules(path, rule_set)
+        else:
+            settings = config.load(path)
+            print(
+                f"{path}: config OK: mode {settings.mode.value}, {len(settings.targets)} target(s)"
+            )
+            for target in settings.targets:
+                rule_set = rules.load(target.rules)
+                print(f"  target {target.name}: {target.primary.unit} -> {target.fallback.unit}")
+                for rules_path in target.rules:
+                    _print_rules(rules_path, rules.load([rules_path]), indent="    ")
+    return EXIT_OK
+
+
+def _print_rules(path: Path, rule_set: rules.RuleSet, *, indent: str = "") -> None:
+    critical = sum(1 for r in rule_set.rules if r.severity is model.Severity.CRITICAL)
+    print(
+        f"{indent}{path}: rules OK: {len(rule_set.rules)} alert rules "
+        f"({critical} critical, {len(rule_set.rules) - critical} warning)"
+    )
+    for note in rule_set.notes:
+        print(f"{indent}  note: {note}")
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    target = settings.target(args.target)
+    rule_set = rules.load(target.rules)
+    return asyncio.run(_check_async(settings, target, rule_set, as_json=args.json))
+
+
+async def _check_async(
+    settings: config.Settings,
+    target: config.TargetSettings,
+    rule_set: rules.RuleSet,
+    *,
+    as_json: bool,
+) -> int:
+    source = prometheus.PrometheusSource(settings.prometheus)
+    try:
+        problem = await source.ready()
+        if problem is not None:
+            return _fail(f"cannot evaluate {target.name}: {problem}")
+        now = time.time()
+        window = backtest.lookback(rule_set.rules, settings.interval)
+        replayed = await backtest.replay(
+            source,
+            target,
+            rule_set.rules,
+            settings.policy.to_policy(),
+            start=now - window,
+            end=now,
+            step=settings.interval,
+        )
+    finally:
+        source.close()
+    evaluated, decided = replayed.last_evaluation, replayed.last_decision
+    if evaluated is None or decided is None:  # replay always runs >= 1 step
+        return _fail(f"cannot evaluate {target.name}: nothing was evaluated")
+    if as_json:
+        print(json.dumps(_check_json(evaluated, decided), indent=2))
+    else:
+        _print_check(evaluated, decided)
+    return EXIT_OK if decided.verdict is model.Verdict.HOLD else EXIT_FAILED
+
+
+def _check_json(evaluated: model.Evaluation, decided: model.Decision) -> dict[str, Any]:
+    return {
+        "target": decided.target,
+        "at": timefmt.format_instant(decided.at),
+        "verdict": decided.verdict.value,
+        "score": decided.score,
+        "reason": decided.reason,
+        "firing": list(decided.firing),
+        "signals": [
+            {
+                "name": s.name,
+                "severity": s.rule.severity.value,
+                "category": s.rule.category.value,
+                "weight": s.rule.weight,
+                "state": s.state.value,
+                "value": s.value if s.value is not None and s.value == s.value else None,
+                "labels": dict(s.labels),
+                "threshold": s.rule.threshold,
+                "for_seconds": s.rule.for_seconds,
+                "since": timefmt.format_instant(s.active_since) if s.active_since else None,
+                "detail": s.detail,
+            }
+            for s in evaluated.signals
+        ],
+    }
+
+
+def _print_check(evaluated: model.Evaluation, decided: model.Decision) -> None:
+    print(
+        f"target {decided.target} at {timefmt.format_instant(decided.at)}: "
+        f"verdict {decided.verdict.value.upper()} (score {decided.score:g})"
+    )
+    print(f"reason: {decided.reason}")
+    header = ("SIGNAL", "SEVERITY", "CATEGORY", "STATE", "VALUE", "THRESHOLD", "SINCE")
+    rows = [header]
+    for s in evaluated.signals:
+        value = "" if s.value is None else f"{s.value:.4g}"
+        since = timefmt.format_instant(s.active_since) if s.active_since else ""
+        threshold = s.rule.threshold
+        if s.rule.for_seconds and "for" not in threshold:
+            threshold += f" for {timefmt.format_duration(s.rule.for_seconds)}"
+        rows.append(
+            (
+                s.name,
+                s.rule.severity.value,
+                s.rule.category.value,
+                s.state.value + (f" ({s.detail[:60]})" if s.detail else ""),
+                value,
+                threshold,
+                since,
+            )
+        )
+    _print_table(rows)
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    if not (settings.state_dir / journal.DATABASE_NAME).exists():
+        return _fail(f"no journal in {settings.state_dir}: has `rollback-watchdog run` started?")
+    store = journal.Journal.open(settings.state_dir)
+    try:
+        report: list[dict[str, Any]] = []
+        for target in settings.targets:
+            state = store.target_state(target.name)
+            report.append(
+                {
+                    "target": target.name,
+                    "armed": state.armed,
+                    "last_change": store.last_evaluation(target.name),
+                    "incidents": [vars_of(i) for i in store.incidents(target=target.name, limit=5)],
+                    "decisions": [vars_of(d) for d in store.decisions(target=target.name, limit=5)],
+                }
+            )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"mode": settings.mode.value, "targets": report}, indent=2))
+        return EXIT_OK
+    print(f"mode: {settings.mode.value}   journal: {settings.state_dir / journal.DATABASE_NAME}")
+    for item in report:
+        print(f"\ntarget {item['target']}: {'ARMED' if item['armed'] else 'DISARMED'}")
+        last = item["last_change"]
+        if last:
+            print(
+                f"  verdict {last['verdict']} since {timefmt.format_instant(last['at'])}: "
+                f"{last['reason']}"
+            )
+        for incident in item["incidents"]:
+            closed = (
+                f" .. {timefmt.format_instant(incident['closed_at'])}"
+                if incident["closed_at"]
+                else ""
+            )
+            print(
+                f"  incident #{incident['id']} {incident['status']} {incident['verdict']} "
+                f"{timefmt.format_instant(incident['opened_at'])}{closed}"
+            )
+        for made in item["decisions"]:
+            print(
+                f"  decision {timefmt.format_instant(made['at'])} {made['action']} "
+                f"({made['mode']}): {made['outcome']}"
+            )
+    return EXIT_OK
+
+
+def vars_of(row: object) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    for target in settings.targets:
+        rules.load(target.rules)  # fail fast, with exit 2, before anything starts
+    telemetry.configure_logging(level=args.log_level)
+    asyncio.run(daemon.run(settings))
+    return EXIT_OK
+
+
+# -- backtest -------------------------------------------------------------------------------
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    if args.prometheus:
+        try:
+            prom = config.PrometheusSettings.model_validate(
+                {**settings.prometheus.model_dump(), "url": args.prometheus}
+            )
+        except ValueError as exc:
+            return _fail(f"--prometheus: {exc}")
+        settings = settings.model_copy(update={"prometheus": prom})
+    target = settings.target(args.target)
+    try:
+        start = timefmt.parse_instant(args.start)
+        end = timefmt.parse_instant(args.end)
+        step = timefmt.parse_duration(args.step)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if step <= 0:
+        return _fail("--step must be greater than 0")
+    if end < start:
+        return _fail("--end is before --start")
+    rule_set = rules.load(target.rules)
+    return asyncio.run(_backtest_async(settings, target, rule_set, start, end, step, args.json))
+
+
+async def _backtest_async(
+    settings: config.Settings,
+    target: config.TargetSettings,
+    rule_set: rules.RuleSet,
+    start: float,
+    end: float,
+    step: float,
+    as_json: bool,
+) -> int:
+    source = prometheus.PrometheusSource(settings.prometheus)
+    try:
+        problem = await source.ready()
+        if problem is not None:
+            return _fail(f"cannot backtest: {problem}")
+        replayed = await backtest.replay(
+            source,
+            target,
+            rule_set.rules,
+            settings.policy.to_policy(),
+            start=start,
+            end=end,
+            step=step,
+        )
+    finally:
+        source.close()
+    if as_json:
+        print(json.dumps(replayed.to_json()))
+    else:
+        print_timeline(replayed)
+    return EXIT_OK
+
+
+def print_timeline(replayed: backtest.Replay) -> None:
+    """The human form of a backtest: one line per change of verdict, with its reason."""
+    print(
+        f"target {replayed.target}: {replayed.evaluations} evaluations every "
+        f"{timefmt.format_duration(replayed.step)} from {timefmt.format_instant(replayed.start)} "
+        f"to {timefmt.format_instant(replayed.end)} ({replayed.queries} queries, mode observe)"
+    )
+    for change in replayed.changes:
+        print(
+            f"  {timefmt.format_instant(change.at)}  {change.verdict.value.upper():<12} "
+            f"score {change.score:g}  {change.reason}"
+        )
+    for verdict in (model.Verdict.ROLLBACK, model.Verdict.PROPOSE, model.Verdict.WARN):
+        at = replayed.first.get(verdict)
+        print(f"  first {verdict.value}: {timefmt.format_instant(at) if at else 'never'}")
+
+
+# -- rearm ----------------------------------------------------------------------------------
+
+
+def _rearm(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    target = settings.target(args.target)
+    store = journal.Journal.open(settings.state_dir)
+    try:
+        store.set_armed(target.name, True, at=time.time(), by=args.by, note="re-armed via CLI")
+    finally:
+        store.close()
+    print(f"target {target.name} armed")
+    return EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from watchdog.sim import demo  # test/demo tooling, kept out of the daemon's imports
+
+    code: int = demo.run(workdir=args.workdir, print_timeline=print_timeline)
+    return code
+
+
+_HANDLERS = {
+    "validate": _validate,
+    "check": _check,
+    "status": _status,
+    "run": _run,
+    "backtest": _backtest,
+    "rearm": _rearm,
+    "demo": _demo,
+}

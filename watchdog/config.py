@@ -1,0 +1,231 @@
+"""The watchdog's settings: one YAML file, validated whole, with line-precise errors.
+
+pydantic does the checking; ``yamlsrc`` turns each error's field path back into the line it
+came from, so ``rollback-watchdog validate`` answers "config.yml:12: targets.0.primary.unit:
+..." rather than a traceback. Secrets are never in this file: it names the file or environment
+variable that holds each one (systemd credentials work as files), and the adapters read them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import promql_parser
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from watchdog import errors, model, timefmt, yamlsrc
+
+Duration = Annotated[float, BeforeValidator(timefmt.parse_duration)]
+"""Seconds, written as a Prometheus duration (``15s``, ``5m``) or a number of seconds."""
+
+DEFAULT_STATE_DIR = Path("/var/lib/rollback-watchdog")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BasicAuth(_Strict):
+    """HTTP basic auth for Prometheus; the password comes from a file or the environment."""
+
+    username: str = Field(min_length=1)
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password_file or password_env")
+        return self
+
+
+class TLSSettings(_Strict):
+    """TLS options for an https Prometheus."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class PrometheusSettings(_Strict):
+    """Where Prometheus is and how to talk to it."""
+
+    url: str = "http://127.0.0.1:9090"
+    timeout: Duration = Field(default=10.0, gt=0)  # per query, including Prometheus's own
+    retries: int = Field(default=3, ge=1, le=10)  # attempts per query, jittered backoff between
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    basic_auth: BasicAuth | None = None
+    tls: TLSSettings = TLSSettings()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> Self:
+        bearer = self.bearer_token_file is not None or self.bearer_token_env is not None
+        if self.bearer_token_file is not None and self.bearer_token_env is not None:
+            raise ValueError("give one of bearer_token_file or bearer_token_env, not both")
+        if bearer and self.basic_auth is not None:
+            raise ValueError("use a bearer token or basic_auth, not both")
+        return self
+
+
+class UnitSettings(_Strict):
+    """One side of a target: its systemd unit and its Prometheus scrape job."""
+
+    unit: str = Field(pattern=r"^[A-Za-z0-9:_.@\\-]+\.service$")
+    job: str = Field(min_length=1)
+
+
+class TargetSettings(_Strict):
+    """One guarded service: a primary (new, suspect) and a fallback (old, trusted)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    primary: UnitSettings
+    fallback: UnitSettings
+    rules: list[Path] = Field(min_length=1)
+    presence_query: str | None = None  # default: up{job="<primary job>"}
+    activation_query: str | None = None  # default: max(process_start_time_seconds{job=...})
+
+    @field_validator("presence_query", "activation_query")
+    @classmethod
+    def _promql(cls, query: str | None) -> str | None:
+        if query is not None:
+            try:
+                promql_parser.parse(query)
+            except ValueError as exc:
+                raise ValueError(f"PromQL syntax error: {exc}") from None
+        return query
+
+    @property
+    def presence(self) -> str:
+        return self.presence_query or f'up{{job="{self.primary.job}"}}'
+
+    @property
+    def activation(self) -> str:
+        return self.activation_query or (
+            f'max(process_start_time_seconds{{job="{self.primary.job}"}})'
+        )
+
+
+class PolicySettings(_Strict):
+    """The decision policy (DESIGN.md); defaults are the brief's."""
+
+    escalate_score: float = Field(default=3.0, gt=0)
+    inconclusive_after: Duration = Field(default=300.0, ge=0)
+    warmup: Duration = Field(default=120.0, ge=0)
+    cooldown: Duration = Field(default=3600.0, ge=0)
+
+    def to_policy(self) -> model.Policy:
+        return model.Policy(
+            escalate_score=self.escalate_score,
+            inconclusive_after=self.inconclusive_after,
+            warmup=self.warmup,
+            cooldown=self.cooldown,
+        )
+
+
+class ListenSettings(_Strict):
+    """Where the watchdog serves its own ``/metrics`` (loopback by default)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9877, ge=0, le=65535)
+
+
+class Settings(_Strict):
+    """The whole configuration file."""
+
+    mode: model.Mode = model.Mode.OBSERVE
+    interval: Duration = Field(default=15.0, gt=0)
+    state_dir: Path = DEFAULT_STATE_DIR
+    prometheus: PrometheusSettings = PrometheusSettings()
+    policy: PolicySettings = PolicySettings()
+    listen: ListenSettings = ListenSettings()
+    targets: list[TargetSettings] = Field(min_length=1)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[TargetSettings]) -> list[TargetSettings]:
+        names = [t.name for t in targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"target names must be unique: {', '.join(duplicates)} repeated")
+        return targets
+
+    def target(self, name: str | None) -> TargetSettings:
+        """The named target, or the only one; ``ConfigError`` if that is ambiguous."""
+        if name is None:
+            if len(self.targets) == 1:
+                return self.targets[0]
+            names = ", ".join(t.name for t in self.targets)
+            raise errors.ConfigError(f"several targets ({names}): choose one with --target")
+        for target in self.targets:
+            if target.name == name:
+                return target
+        names = ", ".join(t.name for t in self.targets)
+        raise errors.ConfigError(f"no target named {name!r} (targets: {names})")
+
+
+def load(path: Path) -> Settings:
+    """Read and validate a config file; relative paths in it are relative to the file."""
+    document = yamlsrc.load_file(path, error=errors.ConfigError)
+    if not isinstance(document.value, dict):
+        raise errors.ConfigError(f"{path}:1: a config file must be a mapping of settings")
+    return parse(document, base=path.parent)
+
+
+def parse(document: yamlsrc.Document, *, base: Path) -> Settings:
+    """Validate a parsed document; every problem is reported with its line."""
+    try:
+        settings = Settings.model_validate(document.value)
+    except ValidationError as exc:
+        raise errors.ConfigError(_describe(exc, document)) from None
+    return _resolve_paths(settings, base)
+
+
+def _describe(exc: ValidationError, document: yamlsrc.Document) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        location: tuple[str | int, ...] = tuple(error["loc"])
+        field = ".".join(str(part) for part in location) or "(top level)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{document.where(location)}: {field}: {message}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path)
+
+    targets = [
+        target.model_copy(update={"rules": [resolve(p) for p in target.rules]})
+        for target in settings.targets
+    ]
+    update: dict[str, Any] = {"targets": targets, "state_dir": resolve(settings.state_dir)}
+    return settings.model_copy(update=update)

@@ -1,0 +1,145 @@
+"""Wiring and supervision: build everything from the settings, run one loop per target.
+
+The shape follows kopf's reactor: root tasks in an ``asyncio.TaskGroup``, a stop event set by
+SIGTERM/SIGINT, and every tick bounded by a timeout so a hung Prometheus never stalls the loop.
+A tick that fails is logged and counted, and the loop goes on: the watchdog must keep watching
+when its sources misbehave -- and with no data it reports ``inconclusive``, it never acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import structlog
+
+from watchdog import backtest, config, journal, pipeline, rules, telemetry
+from watchdog.sources import prometheus
+
+log = structlog.get_logger("watchdog.daemon")
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """Handles a caller (or a test) may want while the daemon runs."""
+
+    targets: list[pipeline.Target]
+    metrics_port: int
+    journal: journal.Journal
+
+
+async def run(
+    settings: config.Settings,
+    *,
+    stop: asyncio.Event | None = None,  # set by tests; signals set it otherwise
+    clock: Callable[[], float] = time.time,
+    started: Callable[[Running], None] | None = None,  # tests learn ports and handles
+) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    stop = stop if stop is not None else asyncio.Event()
+    store = journal.Journal.open(settings.state_dir)
+    recorder = telemetry.Recorder()
+    source = prometheus.PrometheusSource(settings.prometheus)
+    server = telemetry.MetricsServer(recorder, settings.listen.host, settings.listen.port)
+    policy = settings.policy.to_policy()
+    try:
+        targets = []
+        for target_settings in settings.targets:
+            rule_set = rules.load(target_settings.rules)
+            state = await asyncio.to_thread(store.target_state, target_settings.name)
+            target = pipeline.Target(
+                settings=target_settings,
+                rules=rule_set.rules,
+                policy=policy,
+                mode=settings.mode,
+                source=source,
+                journal=store,
+                recorder=recorder,
+                state=state,
+                clock=clock,
+            )
+            await _warm_start(target, settings.interval, clock())
+            targets.append(target)
+        log.info(
+            "started",
+            mode=settings.mode.value,
+            targets=[t.name for t in targets],
+            prometheus=settings.prometheus.url,
+            metrics=f"http://{settings.listen.host}:{server.port}/metrics",
+            journal=str(store.path),
+        )
+        if started is not None:
+            started(Running(targets=targets, metrics_port=server.port, journal=store))
+        with _signals_set(stop):
+            async with asyncio.TaskGroup() as group:
+                for target in targets:
+                    group.create_task(_loop(target, settings, stop), name=f"loop:{target.name}")
+                await stop.wait()
+    finally:
+        server.close()
+        source.close()
+        store.close()
+        log.info("stopped")
+
+
+async def _loop(target: pipeline.Target, settings: config.Settings, stop: asyncio.Event) -> None:
+    """Tick every ``interval`` until stopped; a failed tick never ends the loop."""
+    interval = settings.interval
+    budget = max(interval, settings.prometheus.timeout * settings.prometheus.retries + 10.0)
+    while not stop.is_set():
+        begun = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                await target.tick()
+        except TimeoutError:
+            target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
+            log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add
+        except Exception:  # the loop outlives any one bad tick
+            target.recorder.source_errors.labels(target.name, "tick_failed").inc()
+            log.exception("tick failed", target=target.name)
+        remaining = interval - (time.monotonic() - begun)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, remaining)):
+                await stop.wait()
+
+
+async def _warm_start(target: pipeline.Target, interval: float, now: float) -> None:
+    """Rebuild the alert memory from recent history so a restart keeps ``for`` timers."""
+    window = backtest.lookback(target.rules, interval)
+    try:
+        replayed = await backtest.replay(
+            target.source,
+            target.settings,
+            target.rules,
+            target.policy,
+            start=now - window,
+            end=now - interval,
+            step=interval,
+            state=target.state,
+        )
+    except Exception:  # best effort: an empty memory is the safe default
+        log.exception("warm start failed; starting with empty alert memory", target=target.name)
+        return
+    target.memory = replayed.memory
+    log.info("warm start", target=target.name, window_seconds=window, queries=replayed.queries)
+
+
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

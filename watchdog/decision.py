@@ -1,0 +1,238 @@
+"""Signal states + policy + memory -> a verdict, an action and a reason, as a pure function.
+
+This is the runbook's "when to roll back" written as code (DESIGN.md, decision policy):
+
+- any critical signal firing -> ``rollback``;
+- firing warnings whose weights add up to ``escalate_score`` -> ``propose`` (a human decides);
+- any warning firing -> ``warn`` (notify only: non-critical means "consider fixes first");
+- otherwise any signal without data or with a failed query -> ``inconclusive``: a notice once it
+  lasted ``inconclusive_after``, never an action, because missing data is not evidence;
+- otherwise ``hold``.
+
+Around that: during ``warmup`` after the primary became active only instability signals count,
+and a non-instability signal counts only once its ``for`` has elapsed *after* warm-up, so a slow
+first minute never causes a rollback later. A disarmed target (after a rollback) never yields
+an action. An incident is opened by the first non-hold verdict and closed by hold; each verdict
+level acts once per incident, and for ``cooldown`` after an incident closed, a new incident only
+acts if it is worse than the last one (escalation always breaks through).
+
+No I/O, no clock: the instant is ``evaluation.at``; state goes in and comes out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from watchdog import model, timefmt
+
+_ACTIONS = {
+    model.Verdict.ROLLBACK: model.Action.ROLLBACK,
+    model.Verdict.PROPOSE: model.Action.PROPOSE,
+    model.Verdict.WARN: model.Action.NOTIFY,
+    model.Verdict.INCONCLUSIVE: model.Action.NOTIFY,
+}
+_NO_DATA = (model.SignalState.NODATA, model.SignalState.ERROR)
+
+
+def decide(
+    evaluation: model.Evaluation,
+    policy: model.Policy,
+    state: model.TargetState,
+) -> tuple[model.Decision, model.TargetState]:
+    """Decide on one evaluation; return the decision and the target's next state."""
+    now = evaluation.at
+    counted, ignored, warmup_end = _count(evaluation, policy)
+    critical = [s for s in counted if s.rule.severity is model.Severity.CRITICAL]
+    warnings = [s for s in counted if s.rule.severity is model.Severity.WARNING]
+    score = sum(s.rule.weight for s in warnings)
+    missing = [s for s in evaluation.signals if s.state in _NO_DATA]
+
+    if critical:
+        verdict = model.Verdict.ROLLBACK
+        reason = "critical: " + "; ".join(describe(s) for s in critical)
+        firing = critical + warnings
+    elif warnings and score >= policy.escalate_score:
+        verdict = model.Verdict.PROPOSE
+        reason = (
+            f"warnings score {_number(score)} >= escalate_score {_number(policy.escalate_score)}: "
+            + "; ".join(describe(s) for s in warnings)
+        )
+        firing = warnings
+    elif warnings:
+        verdict = model.Verdict.WARN
+        reason = (
+            f"warning (score {_number(score)} < escalate_score "
+            f"{_number(policy.escalate_score)}): " + "; ".join(describe(s) for s in warnings)
+        )
+        firing = warnings
+    elif missing:
+        verdict = model.Verdict.INCONCLUSIVE
+        reason = (
+            f"no evidence from {len(missing)} of {len(evaluation.signals)} signals: "
+            + _summarise_missing(missing)
+        )
+        firing = []
+    else:
+        verdict = model.Verdict.HOLD
+        reason = f"all {len(evaluation.signals)} signals quiet"
+        firing = []
+    if ignored and warmup_end is not None:
+        reason += f"; warm-up until {timefmt.format_instant(warmup_end)} ignores " + ", ".join(
+            s.name for s in ignored
+        )
+
+    inconclusive_since = (
+        (state.inconclusive_since if state.inconclusive_since is not None else now)
+        if verdict is model.Verdict.INCONCLUSIVE
+        else None
+    )
+    if not state.armed:
+        decision = model.Decision(
+            target=evaluation.target,
+            at=now,
+            verdict=verdict,
+            action=model.Action.NONE,
+            reason="disarmed after a rollback (re-arm to act again); " + reason,
+            score=score,
+            firing=tuple(s.name for s in firing),
+            ignored=tuple(s.name for s in ignored),
+        )
+        next_state = model.TargetState(
+            armed=False,
+            incident=state.incident,
+            last_closed_at=state.last_closed_at,
+            last_closed_verdict=state.last_closed_verdict,
+            inconclusive_since=inconclusive_since,
+        )
+        return decision, next_state
+
+    action, change, incident, reason = _act(verdict, reason, state, policy, now, inconclusive_since)
+    last_closed_at, last_closed_verdict = state.last_closed_at, state.last_closed_verdict
+    if change is model.IncidentChange.CLOSE and state.incident is not None:
+        last_closed_at, last_closed_verdict = now, state.incident.verdict
+    decision = model.Decision(
+        target=evaluation.target,
+        at=now,
+        verdict=verdict,
+        action=action,
+        reason=reason,
+        score=score,
+        firing=tuple(s.name for s in firing),
+        incident=change,
+        ignored=tuple(s.name for s in ignored),
+    )
+    next_state = model.TargetState(
+        armed=True,
+        incident=incident,
+        last_closed_at=last_closed_at,
+        last_closed_verdict=last_closed_verdict,
+        inconclusive_since=inconclusive_since,
+    )
+    return decision, next_state
+
+
+def _count(
+    evaluation: model.Evaluation, policy: model.Policy
+) -> tuple[list[model.Signal], list[model.Signal], float | None]:
+    """Split firing signals into those that count and those warm-up ignores."""
+    activated = evaluation.activated_at
+    warmup_end = activated + policy.warmup if activated is not None else None
+    counted: list[model.Signal] = []
+    ignored: list[model.Signal] = []
+    for signal in evaluation.signals:
+        if signal.state is not model.SignalState.FIRING:
+            continue
+        if warmup_end is None or signal.rule.category is model.Category.INSTABILITY:
+            counted.append(signal)
+            continue
+        since = signal.active_since if signal.active_since is not None else evaluation.at
+        # The condition must hold for its whole `for` after warm-up, not partly inside it.
+        if evaluation.at - max(since, warmup_end) >= signal.rule.for_seconds:
+            counted.append(signal)
+        else:
+            ignored.append(signal)
+    return counted, ignored, warmup_end
+
+
+def _act(
+    verdict: model.Verdict,
+    reason: str,
+    state: model.TargetState,
+    policy: model.Policy,
+    now: float,
+    inconclusive_since: float | None,
+) -> tuple[model.Action, model.IncidentChange, model.IncidentState | None, str]:
+    """Incident bookkeeping and the action this verdict earns, once per incident level."""
+    incident = state.incident
+    if verdict is model.Verdict.HOLD:
+        if incident is None:
+            return model.Action.NONE, model.IncidentChange.NONE, None, reason
+        return model.Action.NONE, model.IncidentChange.CLOSE, None, reason
+
+    change = model.IncidentChange.NONE
+    if incident is None:
+        carried = None
+        cooling = (
+            state.last_closed_at is not None
+            and state.last_closed_verdict is not None
+            and now - state.last_closed_at < policy.cooldown
+        )
+        if cooling and state.last_closed_verdict is not None:
+            carried = state.last_closed_verdict  # its actions count as done for the cooldown
+        incident = model.IncidentState(opened_at=now, verdict=verdict, acted=carried)
+        change = model.IncidentChange.OPEN
+    elif verdict.rank > incident.verdict.rank:
+        incident = model.IncidentState(incident.opened_at, verdict, incident.acted)
+        change = model.IncidentChange.ESCALATE
+
+    if incident.acted is not None and verdict.rank <= incident.acted.rank:
+        if change is model.IncidentChange.OPEN:
+            until = (state.last_closed_at or now) + policy.cooldown
+            reason += f"; cooldown until {timefmt.format_instant(until)}: no new action"
+        return model.Action.NONE, change, incident, reason
+
+    action = _ACTIONS[verdict]
+    if verdict is model.Verdict.INCONCLUSIVE:
+        since = inconclusive_since if inconclusive_since is not None else now
+        if now - since < policy.inconclusive_after:
+            return model.Action.NONE, change, incident, reason
+        reason += f"; inconclusive for {timefmt.format_duration(now - since)}"
+    incident = model.IncidentState(incident.opened_at, incident.verdict, verdict)
+    return action, change, incident, reason
+
+
+def describe(signal: model.Signal) -> str:
+    """One signal in words: name, value, threshold and since when."""
+    parts = [f"{signal.name} {signal.state.value}"]
+    labels = ", ".join(f'{k}="{v}"' for k, v in signal.labels if k != "__name__")
+    if labels:
+        parts[0] += f" {{{labels}}}"
+    if signal.value is not None:
+        parts.append(f"value {_number(signal.value)}")
+    threshold = signal.rule.threshold
+    if signal.rule.for_seconds and "for" not in threshold:
+        threshold = f"{threshold} for {timefmt.format_duration(signal.rule.for_seconds)}".strip()
+    if threshold:
+        parts.append(f"threshold {threshold}")
+    if signal.active_since is not None:
+        parts.append(f"since {timefmt.format_instant(signal.active_since)}")
+    return ", ".join(parts)
+
+
+def _summarise_missing(signals: Iterable[model.Signal]) -> str:
+    by_detail: dict[str, list[str]] = {}
+    for signal in signals:
+        by_detail.setdefault(signal.detail or signal.state.value, []).append(signal.name)
+    return "; ".join(
+        f"{detail} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        for detail, names in by_detail.items()
+    )
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"

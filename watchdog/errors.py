@@ -1,0 +1,33 @@
+"""The watchdog's exceptions, so callers can tell bad input from a broken world.
+
+    WatchdogError
+    ├── InputError            bad input from a person: the CLI exits 2, HTTP answers 4xx
+    │   ├── ConfigError       a config file is wrong (names file, line, field)
+    │   └── RulesError        a rules file is wrong (names file, group, rule, line)
+    └── SourceError           a source could not answer (Prometheus down, timeout)
+
+Expected failures inside the loop (a failed query) are data, not exceptions: see
+``model.QueryResult``. These exceptions are for the edges: loading, the CLI, wiring.
+"""
+
+from __future__ import annotations
+
+
+class WatchdogError(Exception):
+    """Base of every error the watchdog raises on purpose."""
+
+
+class InputError(WatchdogError):
+    """Something a person gave us is wrong; nothing was changed."""
+
+
+class ConfigError(InputError):
+    """A configuration file is invalid."""
+
+
+class RulesError(InputError):
+    """A rules file is invalid."""
+
+
+class SourceError(WatchdogError):
+    """A data source could not be reached or did not answer."""

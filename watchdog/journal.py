@@ -1,0 +1,366 @@
+"""The journal: what the watchdog saw, decided and did, in SQLite in the state directory.
+
+It is the daemon's memory across restarts (is the target armed? is an incident open? what was
+already acted on?) and the operators' record afterwards. SQLite in WAL mode is the embedded
+default: nothing to install, safe against a crash mid-write, readable by ``status`` while the
+daemon writes. The schema is versioned with ``PRAGMA user_version``; each migration runs once,
+in order, in a transaction.
+
+Only evaluations that changed the verdict are kept (a row every 15 s would bury the story);
+every incident and every decision that asked for an action is kept.
+
+The class is synchronous and thread-safe; the daemon calls it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog import model
+
+DATABASE_NAME = "journal.sqlite3"
+
+MIGRATIONS: Sequence[str] = (
+    # 1: targets, verdict changes, incidents, decisions
+    """
+    CREATE TABLE targets (
+        name        TEXT PRIMARY KEY,
+        armed       INTEGER NOT NULL DEFAULT 1 CHECK (armed IN (0, 1)),
+        changed_at  REAL,
+        changed_by  TEXT,
+        note        TEXT
+    );
+    CREATE TABLE evaluations (
+        id       INTEGER PRIMARY KEY,
+        target   TEXT NOT NULL,
+        at       REAL NOT NULL,
+        verdict  TEXT NOT NULL,
+        score    REAL NOT NULL,
+        reason   TEXT NOT NULL,
+        firing   TEXT NOT NULL,   -- JSON list of signal names
+        signals  TEXT NOT NULL    -- JSON list of {name, state, value, labels, detail}
+    );
+    CREATE INDEX evaluations_target_at ON evaluations (target, at);
+    CREATE TABLE incidents (
+        id         INTEGER PRIMARY KEY,
+        target     TEXT NOT NULL,
+        opened_at  REAL NOT NULL,
+        closed_at  REAL,
+        status     TEXT NOT NULL CHECK (status IN ('open', 'resolved', 'closed')),
+        verdict    TEXT NOT NULL,   -- the worst verdict seen
+        acted      TEXT,            -- the worst verdict an action was emitted for
+        reason     TEXT NOT NULL
+    );
+    CREATE INDEX incidents_target_status ON incidents (target, status);
+    CREATE TABLE decisions (
+        id           INTEGER PRIMARY KEY,
+        incident_id  INTEGER REFERENCES incidents (id),
+        target       TEXT NOT NULL,
+        at           REAL NOT NULL,
+        verdict      TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        mode         TEXT NOT NULL,
+        outcome      TEXT NOT NULL,
+        reason       TEXT NOT NULL
+    );
+    CREATE INDEX decisions_incident ON decisions (incident_id);
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    """An incident as ``status`` shows it."""
+
+    id: int
+    target: str
+    opened_at: float
+    closed_at: float | None
+    status: str
+    verdict: str
+    acted: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A decision that asked for an action, and what came of it."""
+
+    id: int
+    incident_id: int | None
+    target: str
+    at: float
+    verdict: str
+    action: str
+    mode: str
+    outcome: str
+    reason: str
+
+
+class Journal:
+    """One SQLite database; open it with ``Journal.open(state_dir)``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Journal:
+        """Open (creating and migrating as needed) the journal in ``state_dir``."""
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = state_dir / DATABASE_NAME
+        connection = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of ours
+        connection.execute("PRAGMA foreign_keys=ON")
+        journal = cls(connection, path)
+        journal._migrate()
+        return journal
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}, newer than this watchdog "
+                    f"({len(MIGRATIONS)}): upgrade rollback-watchdog"
+                )
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _statements(script):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {version}")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+
+    def healthy(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    # -- the decision's memory -------------------------------------------------------------
+
+    def target_state(self, target: str) -> model.TargetState:
+        """What the decision must remember about ``target``, as journaled."""
+        with self._lock:
+            armed_row = self._db.execute(
+                "SELECT armed FROM targets WHERE name = ?", (target,)
+            ).fetchone()
+            open_row = self._db.execute(
+                "SELECT opened_at, verdict, acted FROM incidents "
+                "WHERE target = ? AND status = 'open' ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            closed_row = self._db.execute(
+                "SELECT closed_at, verdict FROM incidents "
+                "WHERE target = ? AND status != 'open' ORDER BY closed_at DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+        incident = None
+        if open_row is not None:
+            incident = model.IncidentState(
+                opened_at=open_row["opened_at"],
+                verdict=model.Verdict(open_row["verdict"]),
+                acted=model.Verdict(open_row["acted"]) if open_row["acted"] else None,
+            )
+        return model.TargetState(
+            armed=bool(armed_row["armed"]) if armed_row is not None else True,
+            incident=incident,
+            last_closed_at=closed_row["closed_at"] if closed_row is not None else None,
+            last_closed_verdict=model.Verdict(closed_row["verdict"]) if closed_row else None,
+        )
+
+    def set_armed(self, target: str, armed: bool, *, at: float, by: str, note: str) -> None:
+        """Arm or disarm a target (disarmed after a rollback until an operator re-arms)."""
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO targets (name, armed, changed_at, changed_by, note) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET armed = excluded.armed, "
+                "changed_at = excluded.changed_at, changed_by = excluded.changed_by, "
+                "note = excluded.note",
+                (target, int(armed), at, by, note),
+            )
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(
+        self,
+        evaluation: model.Evaluation,
+        decision: model.Decision,
+        *,
+        mode: model.Mode,
+        outcome: str,
+    ) -> int | None:
+        """Journal one evaluation's consequences atomically; return the incident id, if any.
+
+        Writes the evaluation only if it changed the verdict, opens/escalates/closes the
+        incident as the decision says, and records the decision if it asked for an action.
+        """
+        target = decision.target
+        with self._lock, _transaction(self._db):
+            last = self._db.execute(
+                "SELECT verdict FROM evaluations WHERE target = ? ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            if last is None or last["verdict"] != decision.verdict.value:
+                self._db.execute(
+                    "INSERT INTO evaluations (target, at, verdict, score, reason, firing, signals)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        target,
+                        decision.at,
+                        decision.verdict.value,
+                        decision.score,
+                        decision.reason,
+                        json.dumps(list(decision.firing)),
+                        json.dumps([_signal_json(s) for s in evaluation.signals]),
+                    ),
+                )
+            row = self._db.execute(
+                "SELECT id FROM incidents WHERE target = ? AND status = 'open' "
+                "ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            incident_id: int | None = row["id"] if row is not None else None
+            change = decision.incident
+            if change is model.IncidentChange.OPEN or (
+                incident_id is None and change is model.IncidentChange.ESCALATE
+            ):
+                if incident_id is not None:  # a stale open incident: a new one supersedes it
+                    self._db.execute(
+                        "UPDATE incidents SET status = 'closed', closed_at = ? WHERE id = ?",
+                        (decision.at, incident_id),
+                    )
+                cursor = self._db.execute(
+                    "INSERT INTO incidents (target, opened_at, status, verdict, reason) "
+                    "VALUES (?, ?, 'open', ?, ?)",
+                    (target, decision.at, decision.verdict.value, decision.reason),
+                )
+                incident_id = cursor.lastrowid
+            elif change is model.IncidentChange.ESCALATE:
+                self._db.execute(
+                    "UPDATE incidents SET verdict = ?, reason = ? WHERE id = ?",
+                    (decision.verdict.value, decision.reason, incident_id),
+                )
+            elif change is model.IncidentChange.CLOSE and incident_id is not None:
+                self._db.execute(
+                    "UPDATE incidents SET status = 'resolved', closed_at = ? WHERE id = ?",
+                    (decision.at, incident_id),
+                )
+            if decision.action is not model.Action.NONE:
+                self._db.execute(
+                    "INSERT INTO decisions "
+                    "(incident_id, target, at, verdict, action, mode, outcome, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        incident_id,
+                        target,
+                        decision.at,
+                        decision.verdict.value,
+                        decision.action.value,
+                        mode.value,
+                        outcome,
+                        decision.reason,
+                    ),
+                )
+                if incident_id is not None:
+                    self._db.execute(
+                        "UPDATE incidents SET acted = ? WHERE id = ?",
+                        (decision.verdict.value, incident_id),
+                    )
+            return incident_id
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def incidents(self, *, target: str | None = None, limit: int = 20) -> list[IncidentRow]:
+        query = "SELECT * FROM incidents"
+        args: tuple[Any, ...] = ()
+        if target is not None:
+            query += " WHERE target = ?"
+            args = (target,)
+        query += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [IncidentRow(**dict(row)) for row in rows]
+
+    def decisions(self, *, target: str | None = None, limit: int = 20) -> list[DecisionRow]:
+        query = "SELECT * FROM decisions"
+        args: tuple[Any, ...] = ()
+        if target is not None:
+            query += " WHERE target = ?"
+            args = (target,)
+        query += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [DecisionRow(**dict(row)) for row in rows]
+
+    def last_evaluation(self, target: str) -> dict[str, Any] | None:
+        """The latest verdict change of ``target``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT at, verdict, score, reason, firing FROM evaluations "
+                "WHERE target = ? ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+        if row is None:
+            return None
+        result = dict(row)
+        result["firing"] = json.loads(result["firing"])
+        return result
+
+    def armed(self, target: str) -> bool:
+        return self.target_state(target).armed
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip() and not s.strip().startswith("--")]
+
+
+def _signal_json(signal: model.Signal) -> dict[str, Any]:
+    value = signal.value
+    return {
+        "name": signal.name,
+        "state": signal.state.value,
+        "value": value if value is None or value == value else None,  # NaN is not JSON
+        "labels": dict(signal.labels),
+        "detail": signal.detail,
+    }

@@ -1,0 +1,263 @@
+"""The value types every stage shares, and nothing else.
+
+Data flows one way (sources -> evaluation -> decision -> gate -> executor -> report); the stages
+never import each other, only these frozen types. Keeping them here, free of behaviour and I/O,
+is what lets evaluation and decision stay pure functions that tests and ``backtest`` can replay.
+Times are Unix seconds as ``float`` throughout: the clock is always injected, never read here.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class Severity(enum.StrEnum):
+    """How much one signal matters on its own."""
+
+    CRITICAL = "critical"  # one firing critical signal is enough to roll back
+    WARNING = "warning"  # non-critical: "consider fixes first"; scored, never rolls back alone
+
+
+class Category(enum.StrEnum):
+    """The runbook reason a signal stands for (``labels.rollback_category`` of a rule)."""
+
+    INSTABILITY = "instability"  # crashes, crash loops, the service down
+    PERFORMANCE = "performance"  # clearly worse than the old server: latency, memory
+    API_COMPATIBILITY = "api_compatibility"  # critical endpoints broken
+    SOURCE_FAILURE = "source_failure"  # major audio sources completely non-functional
+    SECURITY = "security"  # a vulnerability without a fix (manual trigger)
+    MINOR_PERFORMANCE = "minor_performance"  # somewhat slower, busier: fix first
+    SINGLE_SOURCE = "single_source"  # one audio source failing: fix first
+    CONFIGURATION = "configuration"  # configuration problems: fix first
+    MONITORING = "monitoring"  # monitoring/logging problems: fix first
+
+    @property
+    def severity(self) -> Severity:
+        """The severity a rule of this category must carry."""
+        return Severity.CRITICAL if self in _CRITICAL_CATEGORIES else Severity.WARNING
+
+
+_CRITICAL_CATEGORIES = frozenset(
+    {
+        Category.INSTABILITY,
+        Category.PERFORMANCE,
+        Category.API_COMPATIBILITY,
+        Category.SOURCE_FAILURE,
+        Category.SECURITY,
+    }
+)
+
+
+class SignalState(enum.StrEnum):
+    """What one signal says in one evaluation."""
+
+    OK = "ok"  # the condition is false
+    PENDING = "pending"  # the condition is true, its `for` has not elapsed yet
+    FIRING = "firing"  # the condition has been true for at least `for` (or keeps firing)
+    NODATA = "nodata"  # the target has no data at all: no evidence either way
+    ERROR = "error"  # the query failed: no evidence either way
+
+
+class Verdict(enum.StrEnum):
+    """The outcome of one evaluation of one target, from best to worst."""
+
+    HOLD = "hold"  # all clear: nothing to do
+    INCONCLUSIVE = "inconclusive"  # data missing or queries failing: never an action
+    WARN = "warn"  # non-critical signals firing: notify only
+    PROPOSE = "propose"  # warnings add up to `escalate_score`: a human decides
+    ROLLBACK = "rollback"  # a critical signal is firing: roll back
+
+    @property
+    def rank(self) -> int:
+        """Position from best (0) to worst, to compare verdicts."""
+        return _VERDICT_ORDER.index(self)
+
+
+_VERDICT_ORDER = (
+    Verdict.HOLD,
+    Verdict.INCONCLUSIVE,
+    Verdict.WARN,
+    Verdict.PROPOSE,
+    Verdict.ROLLBACK,
+)
+
+
+class Action(enum.StrEnum):
+    """What a decision asks the gate to do now."""
+
+    NONE = "none"  # nothing new: all clear, already handled, disarmed or cooling down
+    NOTIFY = "notify"  # tell the humans; no change to the service
+    PROPOSE = "propose"  # ask a human to approve a rollback (even in auto mode)
+    ROLLBACK = "rollback"  # roll back (auto), ask (approve) or record "would roll back" (observe)
+
+
+class Mode(enum.StrEnum):
+    """How the gate turns a rollback decision into a rollback."""
+
+    AUTO = "auto"  # act at once on a rollback verdict
+    APPROVE = "approve"  # a human approves each rollback
+    OBSERVE = "observe"  # never act: record and notify "would have rolled back"
+
+
+class IncidentChange(enum.StrEnum):
+    """What one decision does to the target's incident."""
+
+    NONE = "none"  # no incident, or the open one stays as it is
+    OPEN = "open"  # a non-hold verdict opened a new incident
+    ESCALATE = "escalate"  # the open incident reached a worse verdict
+    CLOSE = "close"  # the verdict went back to hold: the incident is resolved
+
+
+Labels = tuple[tuple[str, str], ...]
+"""A label set as sorted ``(name, value)`` pairs: hashable, ordered, cheap to compare."""
+
+
+def labels_of(mapping: Mapping[str, str]) -> Labels:
+    """Freeze a label mapping into sorted pairs."""
+    return tuple(sorted(mapping.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One alerting rule of a rules file, as the watchdog evaluates it."""
+
+    name: str  # the rule's `alert`
+    expr: str
+    severity: Severity
+    category: Category
+    weight: float = 1.0
+    for_seconds: float = 0.0
+    keep_firing_for_seconds: float = 0.0
+    summary: str = ""
+    description: str = ""
+    threshold: str = ""  # human text of the threshold, for verdict reasons
+    file: str = ""
+    group: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One series of an instant query result."""
+
+    labels: Labels
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """The answer to one instant query: its series, or why there is none.
+
+    A failed query is data (``error`` set), not an exception: Prometheus being down must read
+    as "no evidence", never as a failing service.
+    """
+
+    points: tuple[Point, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything the sources saw of one target at one instant: the input of evaluation."""
+
+    at: float
+    results: Mapping[str, QueryResult]  # by rule name
+    presence: QueryResult  # the target's presence query; no series means no data at all
+    activated_at: float | None = None  # when the primary unit last became active, if known
+
+
+@dataclass(frozen=True, slots=True)
+class AlertMemory:
+    """Prometheus's per-series alert state, carried from one evaluation to the next."""
+
+    active_at: float  # when the condition was first seen true (Prometheus `ActiveAt`)
+    firing: bool = False
+    fired_at: float | None = None
+    keep_firing_since: float | None = None  # first evaluation the condition was false while firing
+    value: float = math.nan
+
+
+RuleMemory = Mapping[Labels, AlertMemory]
+EvaluationMemory = Mapping[str, RuleMemory]
+"""Per rule, per series: what ``evaluation`` must remember between two instants."""
+
+EMPTY_MEMORY: EvaluationMemory = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One rule's state in one evaluation, with what a human needs to read it."""
+
+    rule: Rule
+    state: SignalState
+    value: float | None = None  # the value of the worst series, when it has one
+    labels: Labels = ()  # the labels of that series
+    active_since: float | None = None  # when its condition became true (pending or firing)
+    detail: str = ""  # why: the query error, "no data", ...
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """All signals of one target at one instant: the output of evaluation."""
+
+    target: str
+    at: float
+    signals: tuple[Signal, ...]
+    activated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The decision policy of DESIGN.md; defaults are the brief's."""
+
+    escalate_score: float = 3.0
+    inconclusive_after: float = 300.0
+    warmup: float = 120.0
+    cooldown: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentState:
+    """The open incident, as far as the decision needs to know it."""
+
+    opened_at: float
+    verdict: Verdict  # the worst verdict seen so far
+    acted: Verdict | None = None  # the worst verdict an action was already emitted for
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """What the decision remembers about a target between evaluations."""
+
+    armed: bool = True
+    incident: IncidentState | None = None
+    last_closed_at: float | None = None
+    last_closed_verdict: Verdict | None = None
+    inconclusive_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict of one evaluation, what to do about it, and why, in words."""
+
+    target: str
+    at: float
+    verdict: Verdict
+    action: Action
+    reason: str
+    score: float = 0.0
+    firing: tuple[str, ...] = ()  # signals that count toward this verdict
+    incident: IncidentChange = IncidentChange.NONE
+    ignored: tuple[str, ...] = field(default=())  # firing but not counted (warm-up)

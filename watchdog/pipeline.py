@@ -1,0 +1,99 @@
+"""One tick for one target: sources -> evaluation -> decision -> gate -> journal, metrics, log.
+
+The daemon calls ``Target.tick`` every ``interval``; it is the only place the stages meet, and
+data passes between them only through function arguments. Until the systemd executor exists,
+the gate is observe-only: a rollback decision is journaled as "would roll back", whatever the
+configured mode, and nothing is switched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from watchdog import config, decision, evaluation, journal, model, telemetry
+from watchdog.sources import prometheus
+
+log = structlog.get_logger("watchdog.pipeline")
+
+
+def gate_outcome(decided: model.Decision, mode: model.Mode) -> str:
+    """What the gate made of an action. No executor yet: nothing is ever switched."""
+    action = decided.action
+    if action is model.Action.ROLLBACK:
+        if mode is model.Mode.OBSERVE:
+            return "would roll back (observe mode)"
+        return f"would roll back ({mode.value} mode; the systemd executor is not available yet)"
+    if action is model.Action.PROPOSE:
+        return "would ask a human to approve a rollback (approval gate not available yet)"
+    if action is model.Action.NOTIFY:
+        return "notified (log only)"
+    return "none"
+
+
+@dataclass(slots=True)
+class Target:
+    """A guarded target and what the loop remembers about it between ticks."""
+
+    settings: config.TargetSettings
+    rules: Sequence[model.Rule]
+    policy: model.Policy
+    mode: model.Mode
+    source: prometheus.PrometheusSource
+    journal: journal.Journal
+    recorder: telemetry.Recorder
+    memory: model.EvaluationMemory = model.EMPTY_MEMORY
+    state: model.TargetState = field(default_factory=model.TargetState)
+    clock: Callable[[], float] = time.time  # injected in tests
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    async def tick(self) -> model.Decision:
+        """Evaluate and decide once, now; journal and export what changed."""
+        started = time.perf_counter()
+        at = self.clock()
+        observation = await prometheus.observe(self.source, self.settings, self.rules, at)
+        evaluated, self.memory = evaluation.evaluate(
+            self.name, self.rules, observation, self.memory
+        )
+        decided, self.state = decision.decide(evaluated, self.policy, self.state)
+        outcome = gate_outcome(decided, self.mode)
+        await asyncio.to_thread(
+            self.journal.record, evaluated, decided, mode=self.mode, outcome=outcome
+        )
+        failures = sum(1 for r in observation.results.values() if not r.ok) + (
+            0 if observation.presence.ok else 1
+        )
+        self.recorder.record_evaluation(
+            evaluated,
+            decided,
+            duration=time.perf_counter() - started,
+            armed=self.state.armed,
+            source_errors=failures,
+        )
+        if decided.action is not model.Action.NONE:
+            self.recorder.record_action(self.name, decided.action, outcome)
+            log.warning(
+                "decision",
+                target=self.name,
+                verdict=decided.verdict.value,
+                action=decided.action.value,
+                outcome=outcome,
+                reason=decided.reason,
+            )
+        log.info(
+            "evaluated",
+            target=self.name,
+            verdict=decided.verdict.value,
+            score=decided.score,
+            firing=list(decided.firing),
+            incident=decided.incident.value,
+            source_errors=failures,
+        )
+        return decided

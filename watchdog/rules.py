@@ -1,0 +1,237 @@
+"""Load standard Prometheus rule files and check the labels the watchdog reads.
+
+A rules file here is an ordinary Prometheus rule file: the same file passes ``promtool check
+rules`` and can be loaded into Prometheus for the Alertmanager path. The watchdog evaluates each
+``alert`` rule itself, so it needs a few labels Prometheus does not: ``severity``,
+``rollback_category`` and ``rollback_weight``. A missing or unknown value is a load error that
+names file, line, group and rule; so is a PromQL syntax error, found offline with promql-parser.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+
+from watchdog import errors, model, timefmt, yamlsrc
+
+_RULE_KEYS = frozenset(
+    {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+)
+_GROUP_KEYS = frozenset({"name", "interval", "rules", "limit", "query_offset"})
+_TAIL_COMPARISON = re.compile(
+    r"(>=|<=|==|!=|>|<)\s*(?:bool\s+)?([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\)*\s*$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The alert rules of one or more files, and notes on what was skipped."""
+
+    rules: tuple[model.Rule, ...]
+    notes: tuple[str, ...] = ()
+
+    def by_name(self) -> dict[str, model.Rule]:
+        return {rule.name: rule for rule in self.rules}
+
+
+def load(paths: Iterable[Path]) -> RuleSet:
+    """Load and validate rule files; raise ``RulesError`` on the first problem."""
+    rules: list[model.Rule] = []
+    notes: list[str] = []
+    seen: dict[str, model.Rule] = {}
+    for path in paths:
+        document = yamlsrc.load_file(path, error=errors.RulesError)
+        loaded, file_notes = _load_document(document)
+        for rule in loaded:
+            if rule.name in seen:
+                first = seen[rule.name]
+                raise errors.RulesError(
+                    f"{rule.file}:{rule.line}: group {rule.group!r}, rule {rule.name!r}: "
+                    f"alert name already used at {first.file}:{first.line}; the watchdog "
+                    "tells signals apart by alert name"
+                )
+            seen[rule.name] = rule
+            rules.append(rule)
+        notes.extend(file_notes)
+    if not rules:
+        raise errors.RulesError("no alert rules found: the watchdog has nothing to evaluate")
+    return RuleSet(rules=tuple(rules), notes=tuple(notes))
+
+
+def _load_document(document: yamlsrc.Document) -> tuple[list[model.Rule], list[str]]:
+    root = document.value
+    if not isinstance(root, Mapping) or "groups" not in root:
+        raise errors.RulesError(
+            f"{document.where(())}: not a Prometheus rule file: expected a mapping with 'groups'"
+        )
+    unknown = set(root) - {"groups"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise errors.RulesError(f"{document.where((key,))}: unknown top-level field {key!r}")
+    groups = root["groups"]
+    if not isinstance(groups, list):
+        raise errors.RulesError(f"{document.where(('groups',))}: 'groups' must be a list")
+    rules: list[model.Rule] = []
+    notes: list[str] = []
+    group_names: set[str] = set()
+    for g_index, group in enumerate(groups):
+        g_path: yamlsrc.PathKey = ("groups", g_index)
+        if not isinstance(group, Mapping):
+            raise errors.RulesError(f"{document.where(g_path)}: a group must be a mapping")
+        name = group.get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.RulesError(f"{document.where(g_path)}: group {g_index} has no 'name'")
+        if name in group_names:
+            raise errors.RulesError(f"{document.where((*g_path, 'name'))}: group {name!r} repeated")
+        group_names.add(name)
+        unknown = set(group) - _GROUP_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise errors.RulesError(
+                f"{document.where((*g_path, key))}: group {name!r}: unknown field {key!r}"
+            )
+        group_rules = group.get("rules") or []
+        if not isinstance(group_rules, list):
+            raise errors.RulesError(
+                f"{document.where((*g_path, 'rules'))}: group {name!r}: 'rules' must be a list"
+            )
+        for r_index, raw in enumerate(group_rules):
+            r_path = (*g_path, "rules", r_index)
+            rule = _load_rule(document, r_path, name, raw)
+            if rule is None:
+                notes.append(
+                    f"{document.where(r_path)}: group {name!r}: recording rule "
+                    f"{raw.get('record')!r} is not evaluated by the watchdog (load it into "
+                    "Prometheus if an alert depends on it)"
+                )
+            else:
+                rules.append(rule)
+    return rules, notes
+
+
+def _load_rule(
+    document: yamlsrc.Document, path: yamlsrc.PathKey, group: str, raw: Any
+) -> model.Rule | None:
+    where = document.where(path)
+    if not isinstance(raw, Mapping):
+        raise errors.RulesError(f"{where}: group {group!r}: a rule must be a mapping")
+    name = raw.get("alert")
+    record = raw.get("record")
+    label = f"group {group!r}, rule {name or record or path[-1]!r}"
+
+    def fail(field: str | None, problem: str) -> errors.RulesError:
+        at = document.where((*path, field)) if field else where
+        return errors.RulesError(f"{at}: {label}: {problem}")
+
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(key, f"unknown field {key!r}")
+    if (name is None) == (record is None):
+        raise fail(None, "a rule needs exactly one of 'alert' or 'record'")
+    expr = raw.get("expr")
+    if not isinstance(expr, str | int | float) or isinstance(expr, bool) or not str(expr).strip():
+        raise fail("expr", "'expr' must be a non-empty PromQL expression")
+    expr = str(expr)
+    try:
+        promql_parser.parse(expr)
+    except ValueError as exc:
+        raise fail("expr", f"PromQL syntax error in 'expr': {exc}") from None
+    if record is not None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+        raise fail("alert", f"invalid alert name {name!r}")
+
+    labels = _string_map(raw.get("labels"), fail, "labels")
+    annotations = _string_map(raw.get("annotations"), fail, "annotations")
+    severity_text = labels.get("severity")
+    category_text = labels.get("rollback_category")
+    if severity_text is None:
+        raise fail("labels", "missing label 'severity' (critical or warning)")
+    try:
+        severity = model.Severity(severity_text)
+    except ValueError:
+        raise fail(
+            "labels", f"unknown severity {severity_text!r}: use critical or warning"
+        ) from None
+    if category_text is None:
+        raise fail("labels", f"missing label 'rollback_category' ({_choices(model.Category)})")
+    try:
+        category = model.Category(category_text)
+    except ValueError:
+        raise fail(
+            "labels",
+            f"unknown rollback_category {category_text!r}: use one of {_choices(model.Category)}",
+        ) from None
+    if category.severity is not severity:
+        raise fail(
+            "labels",
+            f"rollback_category {category.value!r} is a {category.severity.value} reason "
+            f"but severity is {severity.value!r}",
+        )
+    weight = 1.0
+    if "rollback_weight" in labels:
+        try:
+            weight = float(labels["rollback_weight"])
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight <= 0:
+            raise fail(
+                "labels",
+                f"rollback_weight {labels['rollback_weight']!r} must be a number > 0",
+            )
+    for_seconds = _duration(raw.get("for"), fail, "for")
+    keep_seconds = _duration(raw.get("keep_firing_for"), fail, "keep_firing_for")
+    return model.Rule(
+        name=name,
+        expr=expr,
+        severity=severity,
+        category=category,
+        weight=weight,
+        for_seconds=for_seconds,
+        keep_firing_for_seconds=keep_seconds,
+        summary=annotations.get("summary", ""),
+        description=annotations.get("description", ""),
+        threshold=annotations.get("threshold") or derive_threshold(expr),
+        file=document.source,
+        group=group,
+        line=document.line_of((*path, "alert")),
+    )
+
+
+def derive_threshold(expr: str) -> str:
+    """The final comparison of an expression (``... > 0.5`` -> ``> 0.5``), or ''."""
+    match = _TAIL_COMPARISON.search(expr)
+    return f"{match.group(1)} {match.group(2)}" if match else ""
+
+
+def _string_map(raw: Any, fail: Any, field: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise fail(field, f"'{field}' must be a mapping of names to strings")
+    result: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, Mapping | Sequence) and not isinstance(value, str):
+            raise fail(field, f"{field}.{key} must be a string, not a {type(value).__name__}")
+        result[str(key)] = "" if value is None else str(value)
+    return result
+
+
+def _duration(raw: Any, fail: Any, field: str) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        return timefmt.parse_duration(raw)
+    except ValueError as exc:
+        raise fail(field, f"'{field}': {exc}") from None
+
+
+def _choices(enum_type: type[model.Category]) -> str:
+    return ", ".join(member.value for member in enum_type)

@@ -1,0 +1,145 @@
+"""The watchdog's own metrics and logs: one registry, named recorders, one log setup.
+
+Following Flagger's ``Recorder``, every metric is created here, on a registry built at wiring
+time (never prometheus-client's import-time global), and set through named methods, so the
+metric names -- which the Grafana dashboard and the shipped rules rely on -- live in one place.
+Logs are structlog, one JSON object per line, so journald and log shippers keep the fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import TextIO
+from wsgiref.simple_server import WSGIServer
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from watchdog import __version__, model
+
+PROBE_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+"""Probe latency buckets; 0.3 and 0.5 are bucket edges because the rules compare against them."""
+
+
+class Recorder:
+    """Owns a ``CollectorRegistry`` and sets the watchdog's metrics by name."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._info = Info("rollback_watchdog_build", "Version of the running watchdog.", registry=r)
+        self._info.info({"version": __version__})
+        self.evaluation_duration = Histogram(
+            "rollback_watchdog_evaluation_duration_seconds",
+            "Time to query, evaluate and decide one target once.",
+            ["target"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.evaluations = Counter(
+            "rollback_watchdog_evaluations", "Evaluations run.", ["target"], registry=r
+        )
+        self.signal_state = Gauge(
+            "rollback_watchdog_signal_state",
+            "1 for the current state of each signal (ok, pending, firing, nodata, error).",
+            ["target", "signal", "severity", "category", "state"],
+            registry=r,
+        )
+        self.score = Gauge(
+            "rollback_watchdog_score",
+            "Sum of the weights of firing, counted warning signals.",
+            ["target"],
+            registry=r,
+        )
+        self.verdict = Gauge(
+            "rollback_watchdog_verdict",
+            "1 for the current verdict of the target.",
+            ["target", "verdict"],
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "rollback_watchdog_source_errors",
+            "Queries or reads from a source that failed.",
+            ["target", "source"],
+            registry=r,
+        )
+        self.armed = Gauge(
+            "rollback_watchdog_armed", "1 while the target may be acted on.", ["target"], registry=r
+        )
+        self.actions = Counter(
+            "rollback_watchdog_actions",
+            "Actions the decisions asked for, by what came of them.",
+            ["target", "action", "outcome"],
+            registry=r,
+        )
+        self.last_evaluation = Gauge(
+            "rollback_watchdog_last_evaluation_timestamp_seconds",
+            "When the target was last evaluated.",
+            ["target"],
+            registry=r,
+        )
+
+    def record_evaluation(
+        self,
+        evaluation: model.Evaluation,
+        decision: model.Decision,
+        *,
+        duration: float,
+        armed: bool,
+        source_errors: int,
+    ) -> None:
+        """Everything one evaluation changes, set at once."""
+        target = evaluation.target
+        self.evaluation_duration.labels(target).observe(duration)
+        self.evaluations.labels(target).inc()
+        self.last_evaluation.labels(target).set(evaluation.at)
+        for signal in evaluation.signals:
+            rule = signal.rule
+            for state in model.SignalState:
+                self.signal_state.labels(
+                    target, rule.name, rule.severity.value, rule.category.value, state.value
+                ).set(1 if signal.state is state else 0)
+        self.score.labels(target).set(decision.score)
+        for verdict in model.Verdict:
+            self.verdict.labels(target, verdict.value).set(1 if decision.verdict is verdict else 0)
+        self.armed.labels(target).set(1 if armed else 0)
+        if source_errors:
+            self.source_errors.labels(target, "prometheus").inc(source_errors)
+
+    def record_action(self, target: str, action: model.Action, outcome: str) -> None:
+        self.actions.labels(target, action.value, outcome).inc()
+
+
+class MetricsServer:
+    """``/metrics`` on a background thread until the HTTP listener of a later release."""
+
+    def __init__(self, recorder: Recorder, host: str, port: int) -> None:
+        server, thread = start_http_server(port, addr=host, registry=recorder.registry)
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        self.port: int = server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
+    """JSON lines on stderr (or ``stream``), with ISO timestamps and the log level."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
