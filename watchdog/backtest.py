@@ -45,7 +45,7 @@ class Replay:
     evaluations: int = 0
     changes: list[Change] = field(default_factory=list)
     first: dict[model.Verdict, float] = field(default_factory=dict)
-    memory: model.EvaluationMemory = model.EMPTY_MEMORY
+    memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
     state: model.TargetState = field(default_factory=model.TargetState)
     last_evaluation: model.Evaluation | None = None
     last_decision: model.Decision | None = None

@@ -188,7 +188,8 @@ def _act(
 
     if incident.acted is not None and verdict.rank <= incident.acted.rank:
         if change is model.IncidentChange.OPEN:
-            until = (state.last_closed_at or now) + policy.cooldown
+            closed = state.last_closed_at if state.last_closed_at is not None else now
+            until = closed + policy.cooldown
             reason += f"; cooldown until {timefmt.format_instant(until)}: no new action"
         return model.Action.NONE, change, incident, reason
 

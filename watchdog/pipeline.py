@@ -46,7 +46,7 @@ class Target:
     source: prometheus.PrometheusSource
     journal: journal.Journal
     recorder: telemetry.Recorder
-    memory: model.EvaluationMemory = model.EMPTY_MEMORY
+    memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
     state: model.TargetState = field(default_factory=model.TargetState)
     clock: Callable[[], float] = time.time  # injected in tests
 

@@ -153,7 +153,7 @@ class PrometheusSource:
 
     async def instant(self, query: str, at: float) -> model.QueryResult:
         """One instant query at ``at``; failures come back as ``QueryResult.error``."""
-        params = {"time": _format_time(at), "timeout": f"{self._settings.timeout}s"}
+        params = {"time": _format_time(at), "timeout": f"{self._settings.timeout:g}"}
         try:
             raw = await self._call(self._client.custom_query, query=query, params=params)
         except QueryFailed as exc:
@@ -174,7 +174,7 @@ class PrometheusSource:
                     start_time=datetime.fromtimestamp(chunk_start, tz=UTC),
                     end_time=datetime.fromtimestamp(chunk_end, tz=UTC),
                     step=f"{step:g}s",
-                    params={"timeout": f"{self._settings.timeout}s"},
+                    params={"timeout": f"{self._settings.timeout:g}"},
                 )
             except QueryFailed as exc:
                 return RangeResult(error=str(exc))

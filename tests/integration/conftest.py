@@ -1,0 +1,127 @@
+"""One real Prometheus for all scenario tests, with each scenario's history in its own window.
+
+Scenarios sit three hours apart (two hours of history, one hour of nothing), all older than a
+day so they are backfilled blocks, not the head block. Each scenario's fault starts 60 minutes
+into its window, after the rules' 30-minute ranges are full of healthy data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdog.sim import history, prometheus
+
+ROOT = Path(__file__).resolve().parents[2]
+WINDOW = 2 * 3600.0
+SPACING = 3 * 3600.0
+FAULT_AT = 3600.0  # seconds into the window
+REPLAY_FROM = 15 * 60.0
+F = history.FaultKind
+
+
+@dataclass(frozen=True)
+class Scenario:
+    faults: Callable[[float], list[history.Fault]]  # fault start (unix) -> faults
+    process_start: float | None = None  # seconds into the window; None: long before it
+    scrape_interval: float = 15.0
+
+
+def _until_end(kind: history.FaultKind, value: float = 0.0, **kwargs: Any) -> Callable[[float], list[history.Fault]]:
+    return lambda t0: [history.Fault(kind, t0, t0 + WINDOW, value, **kwargs)]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "healthy": Scenario(lambda t0: []),
+    "crash_loop": Scenario(_until_end(F.CRASH_LOOP, 45)),
+    "down": Scenario(_until_end(F.DOWN)),
+    "latency": Scenario(_until_end(F.LATENCY, 0.9)),
+    "api_failing": Scenario(_until_end(F.API_FAILING, probes=("info",))),
+    "sources_both": Scenario(_until_end(F.SOURCES_DOWN, sources=("youtube", "soundcloud"))),
+    "source_one": Scenario(_until_end(F.SOURCES_DOWN, sources=("youtube",))),
+    "blip": Scenario(lambda t0: [history.Fault(F.DOWN, t0, t0 + 30)]),
+    "scrape_gap": Scenario(lambda t0: [history.Fault(F.SCRAPE_GAP, t0, t0 + 600)]),
+    "memory_leak": Scenario(_until_end(F.MEMORY_LEAK, 1.5 * 1024**3)),
+    "memory_high": Scenario(_until_end(F.MEMORY, 2.5 * 1024**3)),
+    "warmup": Scenario(lambda t0: [history.Fault(F.LATENCY, t0, t0 + 180, 0.9)], process_start=FAULT_AT),
+    "warnings": Scenario(
+        lambda t0: [
+            history.Fault(F.CPU, t0, t0 + WINDOW, 0.7),
+            history.Fault(F.LATENCY, t0, t0 + WINDOW, 0.4),
+            history.Fault(F.SOURCES_DOWN, t0, t0 + WINDOW, sources=("youtube",)),
+        ]
+    ),
+    "crash_loop_30s_scrape": Scenario(_until_end(F.CRASH_LOOP, 45), scrape_interval=30.0),
+}
+
+
+@dataclass
+class World:
+    url: str
+    starts: dict[str, float] = field(default_factory=dict)
+    workdir: Path = Path()
+
+    def backtest(self, name: str, *, config: Path | None = None, replay_from: float = REPLAY_FROM) -> dict[str, Any]:
+        start = self.starts[name]
+        done = subprocess.run(
+            [sys.executable, "-m", "watchdog", "backtest", "--config", str(config or ROOT / "config" / "lavalink.yml"),
+             "--prometheus", self.url, "--start", str(start + replay_from), "--end", str(start + WINDOW - 60),
+             "--step", "15s", "--json"],
+            capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    def minutes(self, name: str, stamp: str | None) -> float | None:
+        """Minutes from the scenario's fault start to an RFC 3339 stamp."""
+        if stamp is None:
+            return None
+        from watchdog import timefmt
+
+        return (timefmt.parse_instant(stamp) - self.starts[name] - FAULT_AT) / 60
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("scenarios")
+    base = math.floor(time.time() / 3600) * 3600 - 3 * 86400  # well outside the head block
+    series = []
+    starts = {}
+    for index, (name, scenario) in enumerate(SCENARIOS.items()):
+        start = base + index * SPACING
+        starts[name] = start
+        process_start = None if scenario.process_start is None else start + scenario.process_start
+        series.extend(
+            history.lavalink_history(
+                start, start + WINDOW, scrape_interval=scenario.scrape_interval,
+                faults=scenario.faults(start + FAULT_AT), process_start=process_start, seed=index + 1,
+            )
+        )
+    data = prometheus.load_history(series, workdir)
+    with prometheus.running_prometheus(data) as server:
+        yield World(url=server.url, starts=starts, workdir=workdir)
+
+
+def config_with(tmp_path: Path, policy: str) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(textwrap.dedent(f"""\
+        state_dir: {tmp_path / 'state'}
+        policy: {policy}
+        targets:
+          - name: lavalink
+            primary: {{unit: lavalink-rust.service, job: lavalink-rust}}
+            fallback: {{unit: lavalink-java.service, job: lavalink-java}}
+            rules: [{ROOT / 'rules' / 'lavalink.yml'}]
+        """))
+    return path

@@ -1,0 +1,150 @@
+"""Fault histories in a real Prometheus -> shipped rules -> decision policy, via `backtest --json`.
+
+Each test names the first time a verdict appears, in minutes after the fault began, with bounds
+derived from the rule's window and `for` (see rules/lavalink.yml) plus a scrape or two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import FAULT_AT, World, config_with
+
+pytestmark = pytest.mark.integration
+
+
+def first(world: World, name: str, report: dict[str, Any], verdict: str) -> float | None:
+    return world.minutes(name, report["first"][verdict])
+
+
+def firing_at_first(report: dict[str, Any], verdict: str) -> list[str]:
+    entry = next(e for e in report["timeline"] if e["verdict"] == verdict)
+    return list(entry["firing"])
+
+
+def test_contract_shape(world: World) -> None:
+    report = world.backtest("healthy")
+    assert set(report) == {"target", "start", "end", "step_seconds", "evaluations", "timeline", "first"}
+    assert report["target"] == "lavalink"
+    assert report["step_seconds"] == 15.0
+    assert report["evaluations"] == (2 * 3600 - 60 - 15 * 60) // 15 + 1
+    assert report["start"].endswith("Z")
+    assert set(report["first"]) == {"rollback", "propose", "warn"}
+    for entry in report["timeline"]:
+        assert set(entry) == {"at", "verdict", "score", "firing"}
+
+
+def test_healthy_holds_throughout(world: World) -> None:
+    report = world.backtest("healthy")
+    assert [e["verdict"] for e in report["timeline"]] == ["hold"]
+    assert report["first"] == {"rollback": None, "propose": None, "warn": None}
+
+
+@pytest.mark.parametrize("name", ["crash_loop", "crash_loop_30s_scrape"])
+def test_crash_loop_rolls_back(world: World, name: str) -> None:
+    report = world.backtest(name)
+    at = first(world, name, report, "rollback")
+    assert at is not None and 1 <= at <= 3, report["timeline"]
+    assert "LavalinkCrashLoop" in firing_at_first(report, "rollback")
+
+
+def test_service_down_rolls_back_after_a_minute(world: World) -> None:
+    report = world.backtest("down")
+    at = first(world, "down", report, "rollback")
+    assert at is not None and 1 <= at <= 2, report["timeline"]
+    assert "LavalinkDown" in firing_at_first(report, "rollback")
+
+
+def test_latency_degradation_rolls_back(world: World) -> None:
+    report = world.backtest("latency")
+    at = first(world, "latency", report, "rollback")
+    # the 5m median crosses 0.5 s once half the window is slow (~2.5m), then `for: 5m`
+    assert at is not None and 6 <= at <= 9, report["timeline"]
+    assert "LavalinkLatencyHigh" in firing_at_first(report, "rollback")
+
+
+def test_broken_api_endpoint_rolls_back(world: World) -> None:
+    report = world.backtest("api_failing")
+    at = first(world, "api_failing", report, "rollback")
+    assert at is not None and 3 <= at <= 4, report["timeline"]
+    assert firing_at_first(report, "rollback") == ["LavalinkApiProbeFailing"]
+
+
+def test_youtube_and_soundcloud_down_rolls_back(world: World) -> None:
+    report = world.backtest("sources_both")
+    at = first(world, "sources_both", report, "rollback")
+    assert at is not None and 5 <= at <= 6, report["timeline"]
+    assert "LavalinkMajorSourcesDown" in firing_at_first(report, "rollback")
+
+
+def test_one_source_down_only_warns(world: World) -> None:
+    report = world.backtest("source_one")
+    assert report["first"]["rollback"] is None
+    assert report["first"]["propose"] is None
+    at = first(world, "source_one", report, "warn")
+    assert at is not None and 5 <= at <= 6, report["timeline"]
+    assert firing_at_first(report, "warn") == ["LavalinkSourceFailing"]
+
+
+def test_a_30s_blip_does_not_roll_back(world: World) -> None:
+    report = world.backtest("blip")
+    assert report["first"]["rollback"] is None
+    assert report["first"]["propose"] is None
+
+
+def test_a_10_minute_scrape_gap_is_inconclusive_not_rollback(world: World) -> None:
+    report = world.backtest("scrape_gap")
+    assert report["first"] == {"rollback": None, "propose": None, "warn": None}
+    verdicts = [(world.minutes("scrape_gap", e["at"]), e["verdict"]) for e in report["timeline"]]
+    inconclusive = [at for at, v in verdicts if v == "inconclusive"]
+    # the last samples stay visible for Prometheus's 5m lookback, then there is no data
+    assert inconclusive and 4 <= inconclusive[0] <= 6, verdicts
+    assert verdicts[-1][1] == "hold" and verdicts[-1][0] is not None and verdicts[-1][0] >= 10
+
+
+def test_memory_leak_rolls_back_before_memory_runs_out(world: World) -> None:
+    report = world.backtest("memory_leak")
+    at = first(world, "memory_leak", report, "rollback")
+    # 1.5 GiB/h from 400 MiB reaches 2 GiB after ~64m: the trend must act well before
+    assert at is not None and 10 <= at <= 40, report["timeline"]
+    assert firing_at_first(report, "rollback") == ["LavalinkMemoryLeak"]
+
+
+def test_memory_over_2_gib_rolls_back(world: World) -> None:
+    report = world.backtest("memory_high")
+    at = first(world, "memory_high", report, "rollback")
+    assert at is not None and 5 <= at <= 6, report["timeline"]
+    assert "LavalinkMemoryHigh" in firing_at_first(report, "rollback")
+
+
+def test_a_slow_start_inside_warmup_does_not_roll_back(world: World, tmp_path: Path) -> None:
+    # the new primary is deployed (started) at the fault start: replay from the deploy on
+    report = world.backtest("warmup", replay_from=FAULT_AT)
+    assert report["first"]["rollback"] is None, report["timeline"]
+    # the same history without warm-up does roll back: warm-up is what saves it
+    control = world.backtest("warmup", config=config_with(tmp_path, "{warmup: 0s}"), replay_from=FAULT_AT)
+    at = first(world, "warmup", control, "rollback")
+    assert at is not None and 5 <= at <= 7, control["timeline"]
+    assert "LavalinkLatencyHigh" in firing_at_first(control, "rollback")
+
+
+def test_several_warnings_propose(world: World) -> None:
+    report = world.backtest("warnings")
+    assert report["first"]["rollback"] is None, report["timeline"]
+    warn = first(world, "warnings", report, "warn")
+    propose = first(world, "warnings", report, "propose")
+    assert warn is not None and 5 <= warn <= 6, report["timeline"]
+    # CpuHigh (for: 10m) brings the score to 3 = escalate_score
+    assert propose is not None and 10 <= propose <= 11, report["timeline"]
+    entry = next(e for e in report["timeline"] if e["verdict"] == "propose")
+    assert entry["score"] == 3.0
+    assert sorted(entry["firing"]) == ["LavalinkCpuHigh", "LavalinkLatencyElevated", "LavalinkSourceFailing"]
+
+
+def test_higher_escalate_score_keeps_it_a_warning(world: World, tmp_path: Path) -> None:
+    report = world.backtest("warnings", config=config_with(tmp_path, "{escalate_score: 4}"))
+    assert report["first"]["propose"] is None
+    assert report["first"]["warn"] is not None

@@ -1,0 +1,119 @@
+"""Config: defaults, relative paths, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from watchdog import config, errors, model, timefmt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """\
+targets:
+  - name: lavalink
+    primary: {unit: lavalink-rust.service, job: lavalink-rust}
+    fallback: {unit: lavalink-java.service, job: lavalink-java}
+    rules: [rules.yml]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_config_loads() -> None:
+    settings = config.load(ROOT / "config" / "lavalink.yml")
+    target = settings.target(None)
+    assert target.rules[0].resolve() == (ROOT / "rules" / "lavalink.yml").resolve()
+    assert settings.mode is model.Mode.OBSERVE
+
+
+def test_defaults_and_derived_queries(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, MINIMAL))
+    assert settings.interval == 15
+    assert settings.policy.to_policy() == model.Policy()
+    target = settings.targets[0]
+    assert target.presence == 'up{job="lavalink-rust"}'
+    assert target.activation == 'max(process_start_time_seconds{job="lavalink-rust"})'
+    assert target.rules == [tmp_path / "rules.yml"]
+    assert settings.listen.host == "127.0.0.1"
+
+
+def test_durations_in_prometheus_syntax(tmp_path: Path) -> None:
+    text = MINIMAL + "interval: 30s\npolicy: {warmup: 1m30s, cooldown: 2h, inconclusive_after: 90}\n"
+    settings = config.load(write(tmp_path, text))
+    assert (settings.interval, settings.policy.warmup, settings.policy.cooldown) == (30, 90, 7200)
+    assert settings.policy.inconclusive_after == 90
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("mode: yolo\n", r"config\.yml:6: mode: Input should be 'auto', 'approve' or 'observe'"),
+        ("interval: soon\n", r"config\.yml:6: interval: not a duration: 'soon'"),
+        ("intervall: 15s\n", r"config\.yml:6: intervall: unknown field"),
+        ("prometheus: {url: ftp://x}\n", r"config\.yml:6: prometheus\.url: 'ftp://x' is not an http"),
+        ("policy: {escalate_score: 0}\n", r"policy\.escalate_score: Input should be greater than 0"),
+        ("prometheus: {bearer_token_env: T, basic_auth: {username: u, password_env: P}}\n", r"use a bearer token or basic_auth, not both"),
+        ("prometheus: {basic_auth: {username: u}}\n", r"exactly one of password_file or password_env"),
+    ],
+)
+def test_bad_settings_name_line_and_field(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        config.load(write(tmp_path, MINIMAL + extra))
+
+
+def test_errors_inside_targets_point_at_their_line(tmp_path: Path) -> None:
+    text = MINIMAL.replace("lavalink-rust.service", "lavalink-rust")
+    with pytest.raises(errors.ConfigError, match=r"config\.yml:3: targets\.0\.primary\.unit: String should match"):
+        config.load(write(tmp_path, text))
+
+
+def test_bad_promql_in_presence_query(tmp_path: Path) -> None:
+    text = MINIMAL + "    presence_query: up{job=\n"
+    with pytest.raises(errors.ConfigError, match=r"targets\.0\.presence_query: PromQL syntax error"):
+        config.load(write(tmp_path, text))
+
+
+def test_missing_targets(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match=r"config\.yml:1: targets: required field is missing"):
+        config.load(write(tmp_path, "mode: observe\n"))
+
+
+def test_duplicate_target_names(tmp_path: Path) -> None:
+    text = MINIMAL + MINIMAL.replace("targets:\n", "")
+    with pytest.raises(errors.ConfigError, match="target names must be unique: lavalink repeated"):
+        config.load(write(tmp_path, text))
+
+
+def test_target_choice(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, MINIMAL))
+    assert settings.target("lavalink").name == "lavalink"
+    with pytest.raises(errors.ConfigError, match="no target named 'x'"):
+        settings.target("x")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("15s", 15), ("1h30m", 5400), ("250ms", 0.25), ("90", 90), (45, 45)])
+def test_parse_duration(text: str | int, seconds: float) -> None:
+    assert timefmt.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-3", "1.5h", True])
+def test_parse_duration_rejects(text: str | bool) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        timefmt.parse_duration(text)
+
+
+def test_instants_round_trip() -> None:
+    at = timefmt.parse_instant("2026-11-25T10:00:00Z")
+    assert timefmt.format_instant(at) == "2026-11-25T10:00:00Z"
+    assert timefmt.parse_instant(str(at)) == at
+    with pytest.raises(ValueError, match="no timezone"):
+        timefmt.parse_instant("2026-11-25T10:00:00")
+    with pytest.raises(ValueError, match="not a time"):
+        timefmt.parse_instant("yesterday")

@@ -1,0 +1,193 @@
+"""Decision: the policy of DESIGN.md, table-driven, and the safety properties by hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import rule, signal
+from watchdog import decision, model
+
+V, A, C = model.Verdict, model.Action, model.IncidentChange
+POLICY = model.Policy(escalate_score=3, inconclusive_after=300, warmup=120, cooldown=3600)
+
+CRASH = rule("CrashLoop", severity="critical", category="instability", threshold=">= 3")
+LATENCY = rule("LatencyHigh", severity="critical", category="performance", for_=300, threshold="> 0.5")
+CPU = rule("CpuHigh", severity="warning", category="minor_performance", weight=1)
+SOURCE = rule("SourceFailing", severity="warning", category="single_source", weight=2)
+METRICS = rule("MetricsMissing", severity="warning", category="monitoring", weight=1)
+
+
+def ev(at: float, *signals: model.Signal, activated_at: float | None = None) -> model.Evaluation:
+    return model.Evaluation("lavalink", at, tuple(signals), activated_at=activated_at)
+
+
+def decide(evaluation: model.Evaluation, state: model.TargetState | None = None) -> model.Decision:
+    return decision.decide(evaluation, POLICY, state or model.TargetState())[0]
+
+
+@pytest.mark.parametrize(
+    ("signals", "verdict", "action", "score"),
+    [
+        ((signal(CRASH, "ok"), signal(CPU, "ok")), V.HOLD, A.NONE, 0),
+        ((signal(CRASH, "pending"),), V.HOLD, A.NONE, 0),
+        ((signal(CRASH, "firing"),), V.ROLLBACK, A.ROLLBACK, 0),
+        ((signal(CPU, "firing"),), V.WARN, A.NOTIFY, 1),
+        ((signal(CPU, "firing"), signal(SOURCE, "firing")), V.PROPOSE, A.PROPOSE, 3),
+        ((signal(CPU, "firing"), signal(METRICS, "firing")), V.WARN, A.NOTIFY, 2),
+        # critical beats any score
+        ((signal(CPU, "firing"), signal(SOURCE, "firing"), signal(CRASH, "firing")), V.ROLLBACK, A.ROLLBACK, 3),
+        # missing data is no evidence: inconclusive, and no action before inconclusive_after
+        ((signal(CRASH, "nodata"), signal(CPU, "nodata")), V.INCONCLUSIVE, A.NONE, 0),
+        ((signal(CRASH, "error"), signal(CPU, "ok")), V.INCONCLUSIVE, A.NONE, 0),
+        # a firing warning outranks missing data elsewhere
+        ((signal(CRASH, "error"), signal(CPU, "firing")), V.WARN, A.NOTIFY, 1),
+    ],
+)
+def test_verdicts(signals: tuple[model.Signal, ...], verdict: V, action: A, score: float) -> None:
+    made = decide(ev(1000, *signals))
+    assert (made.verdict, made.action, made.score) == (verdict, action, score)
+
+
+def test_reason_names_signal_value_and_threshold() -> None:
+    made = decide(ev(1000, model.Signal(LATENCY, model.SignalState.FIRING, value=0.8123, active_since=100)))
+    assert "LatencyHigh firing" in made.reason
+    assert "value 0.8123" in made.reason
+    assert "threshold > 0.5 for 5m" in made.reason
+    assert "since 1970-01-01T00:01:40Z" in made.reason
+
+
+def test_propose_reason_explains_the_score() -> None:
+    made = decide(ev(1000, signal(CPU, "firing"), signal(SOURCE, "firing")))
+    assert "warnings score 3 >= escalate_score 3" in made.reason
+    assert "CpuHigh" in made.reason and "SourceFailing" in made.reason
+
+
+def test_inconclusive_notifies_once_after_delay() -> None:
+    state = model.TargetState()
+    actions = []
+    for at in range(0, 700, 15):
+        made, state = decision.decide(ev(at, signal(CRASH, "nodata")), POLICY, state)
+        assert made.verdict is V.INCONCLUSIVE
+        actions.append((at, made.action))
+    notified = [at for at, action in actions if action is A.NOTIFY]
+    assert notified == [300]
+
+
+class TestWarmup:
+    def test_only_instability_acts_during_warmup(self) -> None:
+        latency = decide(ev(1060, signal(LATENCY, "firing", since=700), activated_at=1000))
+        assert latency.verdict is V.HOLD
+        assert latency.ignored == ("LatencyHigh",)
+        assert "warm-up until" in latency.reason
+        crash = decide(ev(1060, signal(CRASH, "firing", since=1030), activated_at=1000))
+        assert crash.verdict is V.ROLLBACK
+
+    def test_warnings_wait_for_warmup_too(self) -> None:
+        assert decide(ev(1060, signal(CPU, "firing", since=1000), activated_at=1000)).verdict is V.HOLD
+
+    def test_problem_seen_in_warmup_must_last_its_for_after_warmup(self) -> None:
+        # activated at 1000, warm-up ends 1120; LatencyHigh (for 5m) active since 1010
+        early = decide(ev(1120 + 299, signal(LATENCY, "firing", since=1010), activated_at=1000))
+        assert early.verdict is V.HOLD
+        later = decide(ev(1120 + 300, signal(LATENCY, "firing", since=1010), activated_at=1000))
+        assert later.verdict is V.ROLLBACK
+
+    def test_problem_after_warmup_counts_normally(self) -> None:
+        made = decide(ev(5000, signal(LATENCY, "firing", since=4000), activated_at=1000))
+        assert made.verdict is V.ROLLBACK
+
+
+class TestIncidents:
+    def test_acts_once_per_level_and_escalates(self) -> None:
+        state = model.TargetState()
+        made, state = decision.decide(ev(0, signal(CPU, "firing")), POLICY, state)
+        assert (made.action, made.incident) == (A.NOTIFY, C.OPEN)
+        made, state = decision.decide(ev(15, signal(CPU, "firing")), POLICY, state)
+        assert (made.action, made.incident) == (A.NONE, C.NONE)
+        made, state = decision.decide(ev(30, signal(CRASH, "firing")), POLICY, state)
+        assert (made.action, made.incident) == (A.ROLLBACK, C.ESCALATE)
+        made, state = decision.decide(ev(45, signal(CRASH, "firing")), POLICY, state)
+        assert made.action is A.NONE  # one run per incident
+        made, state = decision.decide(ev(60, signal(CRASH, "ok")), POLICY, state)
+        assert (made.verdict, made.incident) == (V.HOLD, C.CLOSE)
+        assert state.incident is None
+        assert state.last_closed_verdict is V.ROLLBACK
+
+    def test_cooldown_silences_repeats_but_not_escalation(self) -> None:
+        state = model.TargetState(last_closed_at=0, last_closed_verdict=V.WARN)
+        made, state = decision.decide(ev(600, signal(CPU, "firing")), POLICY, state)
+        assert (made.action, made.incident) == (A.NONE, C.OPEN)
+        assert "cooldown until 1970-01-01T01:00:00Z" in made.reason
+        made, state = decision.decide(ev(615, signal(CRASH, "firing")), POLICY, state)
+        assert made.action is A.ROLLBACK
+
+    def test_after_cooldown_the_same_level_acts_again(self) -> None:
+        state = model.TargetState(last_closed_at=0, last_closed_verdict=V.WARN)
+        made, _ = decision.decide(ev(3600, signal(CPU, "firing")), POLICY, state)
+        assert made.action is A.NOTIFY
+
+    def test_disarmed_never_acts_but_still_judges(self) -> None:
+        made, state = decision.decide(ev(0, signal(CRASH, "firing")), POLICY, model.TargetState(armed=False))
+        assert made.verdict is V.ROLLBACK
+        assert made.action is A.NONE
+        assert made.reason.startswith("disarmed")
+        assert not state.armed
+
+
+# -- properties -----------------------------------------------------------------------------
+
+RULES = [CRASH, LATENCY, CPU, SOURCE, METRICS]
+any_state = st.sampled_from(list(model.SignalState))
+missing_state = st.sampled_from([model.SignalState.OK, model.SignalState.NODATA, model.SignalState.ERROR, model.SignalState.PENDING])
+states_strategy = st.builds(
+    model.TargetState,
+    armed=st.booleans(),
+    incident=st.one_of(st.none(), st.builds(model.IncidentState, opened_at=st.floats(0, 1000), verdict=st.sampled_from(list(V)), acted=st.one_of(st.none(), st.sampled_from(list(V))))),
+    last_closed_at=st.one_of(st.none(), st.floats(0, 5000)),
+    last_closed_verdict=st.one_of(st.none(), st.sampled_from(list(V))),
+    inconclusive_since=st.one_of(st.none(), st.floats(0, 5000)),
+)
+
+
+def _signals(states: list[model.SignalState]) -> list[model.Signal]:
+    return [signal(r, s.value) for r, s in zip(RULES, states, strict=False)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(missing_state, min_size=5, max_size=5), min_size=1, max_size=30), states_strategy, st.one_of(st.none(), st.floats(0, 10000)))
+def test_nodata_and_error_alone_never_roll_back(
+    steps: list[list[model.SignalState]], state: model.TargetState, activated: float | None
+) -> None:
+    for i, states in enumerate(steps):
+        made, state = decision.decide(ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state)
+        assert made.verdict in (V.HOLD, V.INCONCLUSIVE)
+        assert made.action in (A.NONE, A.NOTIFY)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(any_state, min_size=5, max_size=5), min_size=1, max_size=30), states_strategy, st.one_of(st.none(), st.floats(0, 10000)))
+def test_disarmed_targets_never_yield_an_action(
+    steps: list[list[model.SignalState]], state: model.TargetState, activated: float | None
+) -> None:
+    state = model.TargetState(armed=False, incident=state.incident, last_closed_at=state.last_closed_at, last_closed_verdict=state.last_closed_verdict)
+    for i, states in enumerate(steps):
+        made, state = decision.decide(ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state)
+        assert made.action is A.NONE
+        assert not state.armed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(any_state, min_size=5, max_size=5), min_size=1, max_size=40))
+def test_one_rollback_action_per_incident(steps: list[list[model.SignalState]]) -> None:
+    state = model.TargetState()
+    rollbacks_in_incident = 0
+    for i, states in enumerate(steps):
+        made, state = decision.decide(ev(i * 15.0, *_signals(states)), POLICY, state)
+        if made.incident in (C.OPEN, C.CLOSE):
+            rollbacks_in_incident = 0
+        if made.action is A.ROLLBACK:
+            rollbacks_in_incident += 1
+            assert made.verdict is V.ROLLBACK
+        assert rollbacks_in_incident <= 1
