@@ -68,6 +68,8 @@ def signal(
     since: float | None = 0.0,
 ) -> model.Signal:
     return model.Signal(
-        r, model.SignalState(state), value=value if state in ("firing", "pending") else None,
+        r,
+        model.SignalState(state),
+        value=value if state in ("firing", "pending") else None,
         active_since=since if state in ("firing", "pending") else None,
     )

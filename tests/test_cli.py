@@ -16,7 +16,14 @@ CONFIG = ROOT / "config" / "lavalink.yml"
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "watchdog", *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
 
 
 def assert_bad_input(done: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -35,14 +42,17 @@ def closed_port() -> int:
 def config_file(tmp_path: Path, extra: str = "", rules: str | None = None) -> Path:
     rules_path = rules or str(ROOT / "rules" / "lavalink.yml")
     path = tmp_path / "config.yml"
-    path.write_text(textwrap.dedent(f"""\
-        state_dir: {tmp_path / 'state'}
+    path.write_text(
+        textwrap.dedent(f"""\
+        state_dir: {tmp_path / "state"}
         targets:
           - name: lavalink
             primary: {{unit: lavalink-rust.service, job: lavalink-rust}}
             fallback: {{unit: lavalink-java.service, job: lavalink-java}}
             rules: [{rules_path}]
-        """) + extra)
+        """)
+        + extra
+    )
     return path
 
 
@@ -60,17 +70,36 @@ def test_invalid_yaml(tmp_path: Path) -> None:
 
 
 def test_unknown_label_value(tmp_path: Path) -> None:
-    text = (ROOT / "rules" / "lavalink.yml").read_text().replace("rollback_category: instability", "rollback_category: instabilty", 1)
+    text = (
+        (ROOT / "rules" / "lavalink.yml")
+        .read_text()
+        .replace("rollback_category: instability", "rollback_category: instabilty", 1)
+    )
     bad = tmp_path / "rules.yml"
     bad.write_text(text)
-    assert_bad_input(cli("validate", str(bad)), "unknown rollback_category 'instabilty'", "group 'lavalink-instability', rule 'LavalinkCrashLoop'")
+    assert_bad_input(
+        cli("validate", str(bad)),
+        "unknown rollback_category 'instabilty'",
+        "group 'lavalink-instability', rule 'LavalinkCrashLoop'",
+    )
 
 
 def test_promql_syntax_error_names_the_rule(tmp_path: Path) -> None:
-    text = (ROOT / "rules" / "lavalink.yml").read_text().replace("process_resident_memory_bytes{job=\"lavalink-rust\"} > 2147483648", "process_resident_memory_bytes{job=\"lavalink-rust\" > 2147483648", 1)
+    text = (
+        (ROOT / "rules" / "lavalink.yml")
+        .read_text()
+        .replace(
+            'process_resident_memory_bytes{job="lavalink-rust"} > 2147483648',
+            'process_resident_memory_bytes{job="lavalink-rust" > 2147483648',
+            1,
+        )
+    )
     bad = tmp_path / "rules.yml"
     bad.write_text(text)
-    for command in (("validate", str(bad)), ("check", "--config", str(config_file(tmp_path, rules=str(bad))))):
+    for command in (
+        ("validate", str(bad)),
+        ("check", "--config", str(config_file(tmp_path, rules=str(bad)))),
+    ):
         assert_bad_input(cli(*command), "rule 'LavalinkMemoryHigh'", "PromQL syntax error")
 
 
@@ -85,21 +114,43 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_unreachable_prometheus_in_check(tmp_path: Path) -> None:
     port = closed_port()
-    path = config_file(tmp_path, f"prometheus: {{url: 'http://127.0.0.1:{port}', retries: 1, timeout: 2s}}\n")
+    path = config_file(
+        tmp_path, f"prometheus: {{url: 'http://127.0.0.1:{port}', retries: 1, timeout: 2s}}\n"
+    )
     done = cli("check", "--config", str(path))
     assert_bad_input(done, f"Prometheus at http://127.0.0.1:{port} is unreachable")
 
 
 def test_backtest_bad_times(tmp_path: Path) -> None:
     path = config_file(tmp_path)
-    assert_bad_input(cli("backtest", "--config", str(path), "--start", "yesterday", "--end", "now"), "not a time: 'yesterday'")
-    assert_bad_input(cli("backtest", "--config", str(path), "--start", "2026-01-02T00:00:00Z", "--end", "2026-01-01T00:00:00Z"), "--end is before --start")
-    assert_bad_input(cli("backtest", "--config", str(path), "--start", "0", "--end", "10", "--step", "0s"), "--step must be greater than 0")
+    assert_bad_input(
+        cli("backtest", "--config", str(path), "--start", "yesterday", "--end", "now"),
+        "not a time: 'yesterday'",
+    )
+    assert_bad_input(
+        cli(
+            "backtest",
+            "--config",
+            str(path),
+            "--start",
+            "2026-01-02T00:00:00Z",
+            "--end",
+            "2026-01-01T00:00:00Z",
+        ),
+        "--end is before --start",
+    )
+    assert_bad_input(
+        cli("backtest", "--config", str(path), "--start", "0", "--end", "10", "--step", "0s"),
+        "--step must be greater than 0",
+    )
 
 
 def test_unknown_command_and_missing_option() -> None:
     assert_bad_input(cli("explode"), "invalid choice")
-    assert_bad_input(cli("backtest", "--config", str(CONFIG)), "the following arguments are required: --start, --end")
+    assert_bad_input(
+        cli("backtest", "--config", str(CONFIG)),
+        "the following arguments are required: --start, --end",
+    )
 
 
 def test_status_without_journal(tmp_path: Path) -> None:

@@ -45,7 +45,9 @@ def test_defaults_and_derived_queries(tmp_path: Path) -> None:
 
 
 def test_durations_in_prometheus_syntax(tmp_path: Path) -> None:
-    text = MINIMAL + "interval: 30s\npolicy: {warmup: 1m30s, cooldown: 2h, inconclusive_after: 90}\n"
+    text = (
+        MINIMAL + "interval: 30s\npolicy: {warmup: 1m30s, cooldown: 2h, inconclusive_after: 90}\n"
+    )
     settings = config.load(write(tmp_path, text))
     assert (settings.interval, settings.policy.warmup, settings.policy.cooldown) == (30, 90, 7200)
     assert settings.policy.inconclusive_after == 90
@@ -57,10 +59,22 @@ def test_durations_in_prometheus_syntax(tmp_path: Path) -> None:
         ("mode: yolo\n", r"config\.yml:6: mode: Input should be 'auto', 'approve' or 'observe'"),
         ("interval: soon\n", r"config\.yml:6: interval: not a duration: 'soon'"),
         ("intervall: 15s\n", r"config\.yml:6: intervall: unknown field"),
-        ("prometheus: {url: ftp://x}\n", r"config\.yml:6: prometheus\.url: 'ftp://x' is not an http"),
-        ("policy: {escalate_score: 0}\n", r"policy\.escalate_score: Input should be greater than 0"),
-        ("prometheus: {bearer_token_env: T, basic_auth: {username: u, password_env: P}}\n", r"use a bearer token or basic_auth, not both"),
-        ("prometheus: {basic_auth: {username: u}}\n", r"exactly one of password_file or password_env"),
+        (
+            "prometheus: {url: ftp://x}\n",
+            r"config\.yml:6: prometheus\.url: 'ftp://x' is not an http",
+        ),
+        (
+            "policy: {escalate_score: 0}\n",
+            r"policy\.escalate_score: Input should be greater than 0",
+        ),
+        (
+            "prometheus: {bearer_token_env: T, basic_auth: {username: u, password_env: P}}\n",
+            r"use a bearer token or basic_auth, not both",
+        ),
+        (
+            "prometheus: {basic_auth: {username: u}}\n",
+            r"exactly one of password_file or password_env",
+        ),
     ],
 )
 def test_bad_settings_name_line_and_field(tmp_path: Path, extra: str, message: str) -> None:
@@ -70,18 +84,24 @@ def test_bad_settings_name_line_and_field(tmp_path: Path, extra: str, message: s
 
 def test_errors_inside_targets_point_at_their_line(tmp_path: Path) -> None:
     text = MINIMAL.replace("lavalink-rust.service", "lavalink-rust")
-    with pytest.raises(errors.ConfigError, match=r"config\.yml:3: targets\.0\.primary\.unit: String should match"):
+    with pytest.raises(
+        errors.ConfigError, match=r"config\.yml:3: targets\.0\.primary\.unit: String should match"
+    ):
         config.load(write(tmp_path, text))
 
 
 def test_bad_promql_in_presence_query(tmp_path: Path) -> None:
     text = MINIMAL + "    presence_query: up{job=\n"
-    with pytest.raises(errors.ConfigError, match=r"targets\.0\.presence_query: PromQL syntax error"):
+    with pytest.raises(
+        errors.ConfigError, match=r"targets\.0\.presence_query: PromQL syntax error"
+    ):
         config.load(write(tmp_path, text))
 
 
 def test_missing_targets(tmp_path: Path) -> None:
-    with pytest.raises(errors.ConfigError, match=r"config\.yml:1: targets: required field is missing"):
+    with pytest.raises(
+        errors.ConfigError, match=r"config\.yml:1: targets: required field is missing"
+    ):
         config.load(write(tmp_path, "mode: observe\n"))
 
 
@@ -98,7 +118,9 @@ def test_target_choice(tmp_path: Path) -> None:
         settings.target("x")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("15s", 15), ("1h30m", 5400), ("250ms", 0.25), ("90", 90), (45, 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15s", 15), ("1h30m", 5400), ("250ms", 0.25), ("90", 90), (45, 45)]
+)
 def test_parse_duration(text: str | int, seconds: float) -> None:
     assert timefmt.parse_duration(text) == seconds
 

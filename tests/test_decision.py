@@ -13,7 +13,9 @@ V, A, C = model.Verdict, model.Action, model.IncidentChange
 POLICY = model.Policy(escalate_score=3, inconclusive_after=300, warmup=120, cooldown=3600)
 
 CRASH = rule("CrashLoop", severity="critical", category="instability", threshold=">= 3")
-LATENCY = rule("LatencyHigh", severity="critical", category="performance", for_=300, threshold="> 0.5")
+LATENCY = rule(
+    "LatencyHigh", severity="critical", category="performance", for_=300, threshold="> 0.5"
+)
 CPU = rule("CpuHigh", severity="warning", category="minor_performance", weight=1)
 SOURCE = rule("SourceFailing", severity="warning", category="single_source", weight=2)
 METRICS = rule("MetricsMissing", severity="warning", category="monitoring", weight=1)
@@ -37,7 +39,12 @@ def decide(evaluation: model.Evaluation, state: model.TargetState | None = None)
         ((signal(CPU, "firing"), signal(SOURCE, "firing")), V.PROPOSE, A.PROPOSE, 3),
         ((signal(CPU, "firing"), signal(METRICS, "firing")), V.WARN, A.NOTIFY, 2),
         # critical beats any score
-        ((signal(CPU, "firing"), signal(SOURCE, "firing"), signal(CRASH, "firing")), V.ROLLBACK, A.ROLLBACK, 3),
+        (
+            (signal(CPU, "firing"), signal(SOURCE, "firing"), signal(CRASH, "firing")),
+            V.ROLLBACK,
+            A.ROLLBACK,
+            3,
+        ),
         # missing data is no evidence: inconclusive, and no action before inconclusive_after
         ((signal(CRASH, "nodata"), signal(CPU, "nodata")), V.INCONCLUSIVE, A.NONE, 0),
         ((signal(CRASH, "error"), signal(CPU, "ok")), V.INCONCLUSIVE, A.NONE, 0),
@@ -51,7 +58,9 @@ def test_verdicts(signals: tuple[model.Signal, ...], verdict: V, action: A, scor
 
 
 def test_reason_names_signal_value_and_threshold() -> None:
-    made = decide(ev(1000, model.Signal(LATENCY, model.SignalState.FIRING, value=0.8123, active_since=100)))
+    made = decide(
+        ev(1000, model.Signal(LATENCY, model.SignalState.FIRING, value=0.8123, active_since=100))
+    )
     assert "LatencyHigh firing" in made.reason
     assert "value 0.8123" in made.reason
     assert "threshold > 0.5 for 5m" in made.reason
@@ -85,7 +94,9 @@ class TestWarmup:
         assert crash.verdict is V.ROLLBACK
 
     def test_warnings_wait_for_warmup_too(self) -> None:
-        assert decide(ev(1060, signal(CPU, "firing", since=1000), activated_at=1000)).verdict is V.HOLD
+        assert (
+            decide(ev(1060, signal(CPU, "firing", since=1000), activated_at=1000)).verdict is V.HOLD
+        )
 
     def test_problem_seen_in_warmup_must_last_its_for_after_warmup(self) -> None:
         # activated at 1000, warm-up ends 1120; LatencyHigh (for 5m) active since 1010
@@ -129,7 +140,9 @@ class TestIncidents:
         assert made.action is A.NOTIFY
 
     def test_disarmed_never_acts_but_still_judges(self) -> None:
-        made, state = decision.decide(ev(0, signal(CRASH, "firing")), POLICY, model.TargetState(armed=False))
+        made, state = decision.decide(
+            ev(0, signal(CRASH, "firing")), POLICY, model.TargetState(armed=False)
+        )
         assert made.verdict is V.ROLLBACK
         assert made.action is A.NONE
         assert made.reason.startswith("disarmed")
@@ -140,11 +153,26 @@ class TestIncidents:
 
 RULES = [CRASH, LATENCY, CPU, SOURCE, METRICS]
 any_state = st.sampled_from(list(model.SignalState))
-missing_state = st.sampled_from([model.SignalState.OK, model.SignalState.NODATA, model.SignalState.ERROR, model.SignalState.PENDING])
+missing_state = st.sampled_from(
+    [
+        model.SignalState.OK,
+        model.SignalState.NODATA,
+        model.SignalState.ERROR,
+        model.SignalState.PENDING,
+    ]
+)
 states_strategy = st.builds(
     model.TargetState,
     armed=st.booleans(),
-    incident=st.one_of(st.none(), st.builds(model.IncidentState, opened_at=st.floats(0, 1000), verdict=st.sampled_from(list(V)), acted=st.one_of(st.none(), st.sampled_from(list(V))))),
+    incident=st.one_of(
+        st.none(),
+        st.builds(
+            model.IncidentState,
+            opened_at=st.floats(0, 1000),
+            verdict=st.sampled_from(list(V)),
+            acted=st.one_of(st.none(), st.sampled_from(list(V))),
+        ),
+    ),
     last_closed_at=st.one_of(st.none(), st.floats(0, 5000)),
     last_closed_verdict=st.one_of(st.none(), st.sampled_from(list(V))),
     inconclusive_since=st.one_of(st.none(), st.floats(0, 5000)),
@@ -156,24 +184,41 @@ def _signals(states: list[model.SignalState]) -> list[model.Signal]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.lists(missing_state, min_size=5, max_size=5), min_size=1, max_size=30), states_strategy, st.one_of(st.none(), st.floats(0, 10000)))
+@given(
+    st.lists(st.lists(missing_state, min_size=5, max_size=5), min_size=1, max_size=30),
+    states_strategy,
+    st.one_of(st.none(), st.floats(0, 10000)),
+)
 def test_nodata_and_error_alone_never_roll_back(
     steps: list[list[model.SignalState]], state: model.TargetState, activated: float | None
 ) -> None:
     for i, states in enumerate(steps):
-        made, state = decision.decide(ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state)
+        made, state = decision.decide(
+            ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state
+        )
         assert made.verdict in (V.HOLD, V.INCONCLUSIVE)
         assert made.action in (A.NONE, A.NOTIFY)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.lists(any_state, min_size=5, max_size=5), min_size=1, max_size=30), states_strategy, st.one_of(st.none(), st.floats(0, 10000)))
+@given(
+    st.lists(st.lists(any_state, min_size=5, max_size=5), min_size=1, max_size=30),
+    states_strategy,
+    st.one_of(st.none(), st.floats(0, 10000)),
+)
 def test_disarmed_targets_never_yield_an_action(
     steps: list[list[model.SignalState]], state: model.TargetState, activated: float | None
 ) -> None:
-    state = model.TargetState(armed=False, incident=state.incident, last_closed_at=state.last_closed_at, last_closed_verdict=state.last_closed_verdict)
+    state = model.TargetState(
+        armed=False,
+        incident=state.incident,
+        last_closed_at=state.last_closed_at,
+        last_closed_verdict=state.last_closed_verdict,
+    )
     for i, states in enumerate(steps):
-        made, state = decision.decide(ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state)
+        made, state = decision.decide(
+            ev(5000 + i * 15, *_signals(states), activated_at=activated), POLICY, state
+        )
         assert made.action is A.NONE
         assert not state.armed
 

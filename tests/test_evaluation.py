@@ -19,7 +19,9 @@ def run(r: model.Rule, steps: list[tuple[float, object]], **kwargs: object) -> l
     memory: model.EvaluationMemory = model.EMPTY_MEMORY
     out = []
     for at, value in steps:
-        ev, memory = evaluation.evaluate("t", [r], observation(at, {r.name: value}, **kwargs), memory)  # type: ignore[dict-item,arg-type]
+        ev, memory = evaluation.evaluate(
+            "t", [r], observation(at, {r.name: value}, **kwargs), memory
+        )  # type: ignore[dict-item,arg-type]
         out.append(ev.signals[0])
     return out
 
@@ -32,18 +34,30 @@ def run(r: model.Rule, steps: list[tuple[float, object]], **kwargs: object) -> l
         # for 30s at a 15s step: pending, pending, firing (30s after first seen)
         (30, 0, [5, 5, 5, 5], [S.PENDING, S.PENDING, S.FIRING, S.FIRING]),
         # a gap while pending resets the clock
-        (30, 0, [5, 5, None, 5, 5, 5], [S.PENDING, S.PENDING, S.OK, S.PENDING, S.PENDING, S.FIRING]),
+        (
+            30,
+            0,
+            [5, 5, None, 5, 5, 5],
+            [S.PENDING, S.PENDING, S.OK, S.PENDING, S.PENDING, S.FIRING],
+        ),
         # resolved as soon as the condition is false, without keep_firing_for
         (15, 0, [5, 5, None, None], [S.PENDING, S.FIRING, S.OK, S.OK]),
         # keep_firing_for 30s: keeps firing for two more evaluations after the condition clears
         (0, 30, [5, None, None, None, None], [S.FIRING, S.FIRING, S.FIRING, S.OK, S.OK]),
         # keep_firing_for resets when the condition comes back
-        (0, 30, [5, None, 5, None, None, None], [S.FIRING, S.FIRING, S.FIRING, S.FIRING, S.FIRING, S.OK]),
+        (
+            0,
+            30,
+            [5, None, 5, None, None, None],
+            [S.FIRING, S.FIRING, S.FIRING, S.FIRING, S.FIRING, S.OK],
+        ),
         # keep_firing_for does not keep a merely pending alert
         (60, 60, [5, None], [S.PENDING, S.OK]),
     ],
 )
-def test_state_machine(for_: float, keep: float, values: list[float | None], expected: list[S]) -> None:
+def test_state_machine(
+    for_: float, keep: float, values: list[float | None], expected: list[S]
+) -> None:
     r = rule(for_=for_, keep=keep)
     states = [s.state for s in run(r, [(i * 15.0, v) for i, v in enumerate(values)])]
     assert states == expected
@@ -94,7 +108,9 @@ def test_failed_query_is_error_and_keeps_state() -> None:
 def test_failed_presence_query_is_error_for_all() -> None:
     failed = model.QueryResult(error="boom")
     ev, _ = evaluation.evaluate(
-        "t", [rule("A"), rule("B")], observation(0, {"A": 5, "B": None}, presence=failed),
+        "t",
+        [rule("A"), rule("B")],
+        observation(0, {"A": 5, "B": None}, presence=failed),
         model.EMPTY_MEMORY,
     )
     assert {s.state for s in ev.signals} == {S.ERROR}
@@ -109,7 +125,9 @@ def test_nan_value_is_a_series_like_in_prometheus() -> None:
 
 # -- properties -----------------------------------------------------------------------------
 
-conditions = st.lists(st.one_of(st.none(), st.just(1.0), st.just("error"), st.just("absent")), min_size=1, max_size=40)
+conditions = st.lists(
+    st.one_of(st.none(), st.just(1.0), st.just("error"), st.just("absent")), min_size=1, max_size=40
+)
 
 
 def _step(value: object) -> tuple[object, dict[str, object]]:
@@ -159,6 +177,8 @@ def test_firing_requires_a_true_condition_or_keep(values: list[object]) -> None:
     memory: model.EvaluationMemory = model.EMPTY_MEMORY
     for i, value in enumerate(values):
         result, extra = _step(value)
-        ev, memory = evaluation.evaluate("t", [r], observation(i * 15.0, {"R": result}, **extra), memory)  # type: ignore[dict-item,arg-type]
+        ev, memory = evaluation.evaluate(
+            "t", [r], observation(i * 15.0, {"R": result}, **extra), memory
+        )  # type: ignore[dict-item,arg-type]
         if ev.signals[0].state is S.FIRING:
             assert value == 1.0

@@ -15,10 +15,17 @@ CPU = rule("CpuHigh", severity="warning")
 POLICY = model.Policy()
 
 
-def step(store: journal.Journal, state: model.TargetState, at: float, *signals: model.Signal) -> tuple[model.Decision, model.TargetState]:
+def step(
+    store: journal.Journal, state: model.TargetState, at: float, *signals: model.Signal
+) -> tuple[model.Decision, model.TargetState]:
     evaluation = model.Evaluation("lavalink", at, tuple(signals))
     made, state = decision.decide(evaluation, POLICY, state)
-    store.record(evaluation, made, mode=model.Mode.OBSERVE, outcome="would roll back" if made.action is model.Action.ROLLBACK else "logged")
+    store.record(
+        evaluation,
+        made,
+        mode=model.Mode.OBSERVE,
+        outcome="would roll back" if made.action is model.Action.ROLLBACK else "logged",
+    )
     return made, state
 
 
@@ -47,16 +54,31 @@ def test_records_verdict_changes_incidents_and_decisions(tmp_path: Path) -> None
     store = journal.Journal.open(tmp_path)
     state = model.TargetState()
     state = step(store, state, 0, signal(CRASH, "ok"))[1]
-    state = step(store, state, 15, signal(CRASH, "ok"))[1]           # same verdict: no new row
-    state = step(store, state, 30, signal(CRASH, "firing"))[1]       # opens, acts
-    state = step(store, state, 45, signal(CRASH, "firing"))[1]       # joins, no action
-    state = step(store, state, 60, signal(CRASH, "ok"))[1]           # closes
-    rows = sqlite3.connect(store.path).execute("SELECT at, verdict FROM evaluations ORDER BY id").fetchall()
+    state = step(store, state, 15, signal(CRASH, "ok"))[1]  # same verdict: no new row
+    state = step(store, state, 30, signal(CRASH, "firing"))[1]  # opens, acts
+    state = step(store, state, 45, signal(CRASH, "firing"))[1]  # joins, no action
+    state = step(store, state, 60, signal(CRASH, "ok"))[1]  # closes
+    rows = (
+        sqlite3.connect(store.path)
+        .execute("SELECT at, verdict FROM evaluations ORDER BY id")
+        .fetchall()
+    )
     assert rows == [(0.0, "hold"), (30.0, "rollback"), (60.0, "hold")]
     (incident,) = store.incidents()
-    assert (incident.status, incident.verdict, incident.acted, incident.opened_at, incident.closed_at) == ("resolved", "rollback", "rollback", 30.0, 60.0)
+    assert (
+        incident.status,
+        incident.verdict,
+        incident.acted,
+        incident.opened_at,
+        incident.closed_at,
+    ) == ("resolved", "rollback", "rollback", 30.0, 60.0)
     (made,) = store.decisions()
-    assert (made.action, made.outcome, made.incident_id, made.mode) == ("rollback", "would roll back", incident.id, "observe")
+    assert (made.action, made.outcome, made.incident_id, made.mode) == (
+        "rollback",
+        "would roll back",
+        incident.id,
+        "observe",
+    )
     assert "CrashLoop firing" in made.reason
     store.close()
 
@@ -99,7 +121,11 @@ def test_failed_write_changes_nothing(tmp_path: Path) -> None:
     store = journal.Journal.open(tmp_path)
     evaluation = model.Evaluation("lavalink", 0, (signal(CRASH, "firing"),))
     made, _ = decision.decide(evaluation, POLICY, model.TargetState())
-    broken = model.Evaluation("lavalink", 0, (model.Signal(CRASH, model.SignalState.FIRING, value=1.0, labels=(("x", object()),)),))  # type: ignore[arg-type]
+    broken = model.Evaluation(
+        "lavalink",
+        0,
+        (model.Signal(CRASH, model.SignalState.FIRING, value=1.0, labels=(("x", object()),)),),
+    )  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         store.record(broken, made, mode=model.Mode.OBSERVE, outcome="x")
     assert store.incidents() == []

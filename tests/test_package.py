@@ -24,8 +24,10 @@ def test_pypi_watchdog_is_not_installed() -> None:
 
 def test_no_dependency_pulls_in_pypi_watchdog() -> None:
     requires = importlib.metadata.requires("rollback-watchdog") or []
-    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-             for r in requires}
+    names = {
+        r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+        for r in requires
+    }
     assert "watchdog" not in names
     assert "prometheus-api-client" in names
 

@@ -13,7 +13,9 @@ from watchdog import errors, model, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "rules").glob("*.yml"))
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed"
+)
 
 GOOD_RULE = """\
 groups:
@@ -53,14 +55,47 @@ def test_shipped_rules_load_and_cover_the_runbook() -> None:
 def test_shipped_rules_use_only_contract_metrics() -> None:
     import re
 
-    allowed = re.compile(r"^(up|process_[a-z_]+|lavalink_[a-z_]+|logback_appender_total|jvm_[a-z_]+|"
-                         r"rollback_watchdog_(probe_success|probe_duration_seconds_(bucket|sum|count)|"
-                         r"track_loads_total|unit_restarts|unit_active))$")
-    functions = {"changes", "max_over_time", "min_over_time", "histogram_quantile", "sum", "rate",
-                 "predict_linear", "count", "absent", "by", "on", "and", "or", "unless", "le",
-                 "max", "min", "avg", "increase", "absent_over_time", "avg_over_time", "bool",
-                 "without", "ignoring", "group_left", "deriv", "clamp_min", "clamp_max", "vector", "scalar",
-                 "time", "timestamp", "quantile_over_time", "last_over_time"}
+    allowed = re.compile(
+        r"^(up|process_[a-z_]+|lavalink_[a-z_]+|logback_appender_total|jvm_[a-z_]+|"
+        r"rollback_watchdog_(probe_success|probe_duration_seconds_(bucket|sum|count)|"
+        r"track_loads_total|unit_restarts|unit_active))$"
+    )
+    functions = {
+        "changes",
+        "max_over_time",
+        "min_over_time",
+        "histogram_quantile",
+        "sum",
+        "rate",
+        "predict_linear",
+        "count",
+        "absent",
+        "by",
+        "on",
+        "and",
+        "or",
+        "unless",
+        "le",
+        "max",
+        "min",
+        "avg",
+        "increase",
+        "absent_over_time",
+        "avg_over_time",
+        "bool",
+        "without",
+        "ignoring",
+        "group_left",
+        "deriv",
+        "clamp_min",
+        "clamp_max",
+        "vector",
+        "scalar",
+        "time",
+        "timestamp",
+        "quantile_over_time",
+        "last_over_time",
+    }
     for r in rules.load(SHIPPED).rules:
         bare = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", r.expr)
         bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
@@ -71,7 +106,12 @@ def test_shipped_rules_use_only_contract_metrics() -> None:
 @needs_promtool
 @pytest.mark.integration
 def test_promtool_check_rules() -> None:
-    done = subprocess.run(["promtool", "check", "rules", *map(str, SHIPPED)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["promtool", "check", "rules", *map(str, SHIPPED)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
 
@@ -81,7 +121,13 @@ def test_promtool_check_rules() -> None:
 def test_promtool_unit_tests_of_the_rules() -> None:
     tests = sorted((ROOT / "rules" / "tests").glob("*.yml"))
     assert tests
-    done = subprocess.run(["promtool", "test", "rules", *map(str, tests)], capture_output=True, text=True, check=False, cwd=ROOT)
+    done = subprocess.run(
+        ["promtool", "test", "rules", *map(str, tests)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -97,22 +143,54 @@ def test_good_rule_loads_with_its_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("severity: critical", "severity: page"), r"r\.yml:7: group 'g', rule 'Down': unknown severity 'page'"),
-        (("severity: critical, ", ""), r"r\.yml:7: group 'g', rule 'Down': missing label 'severity'"),
-        (("rollback_category: instability", "rollback_category: vibes"), r"unknown rollback_category 'vibes': use one of instability, "),
-        (("rollback_category: instability", "rollback_category: monitoring"), r"'monitoring' is a warning reason but severity is 'critical'"),
-        (("expr: up == 0", "expr: rate(up[5m]"), r"r\.yml:5: group 'g', rule 'Down': PromQL syntax error in 'expr'"),
-        (("for: 1m", "for: soon"), r"r\.yml:6: group 'g', rule 'Down': 'for': not a duration: 'soon'"),
-        (("rollback_category: instability}", "rollback_category: instability, rollback_weight: -2}"), r"rollback_weight '-2' must be a number > 0"),
-        (("for: 1m", "for: 1m\n        fro: 2m"), r"r\.yml:7: group 'g', rule 'Down': unknown field 'fro'"),
+        (
+            ("severity: critical", "severity: page"),
+            r"r\.yml:7: group 'g', rule 'Down': unknown severity 'page'",
+        ),
+        (
+            ("severity: critical, ", ""),
+            r"r\.yml:7: group 'g', rule 'Down': missing label 'severity'",
+        ),
+        (
+            ("rollback_category: instability", "rollback_category: vibes"),
+            r"unknown rollback_category 'vibes': use one of instability, ",
+        ),
+        (
+            ("rollback_category: instability", "rollback_category: monitoring"),
+            r"'monitoring' is a warning reason but severity is 'critical'",
+        ),
+        (
+            ("expr: up == 0", "expr: rate(up[5m]"),
+            r"r\.yml:5: group 'g', rule 'Down': PromQL syntax error in 'expr'",
+        ),
+        (
+            ("for: 1m", "for: soon"),
+            r"r\.yml:6: group 'g', rule 'Down': 'for': not a duration: 'soon'",
+        ),
+        (
+            (
+                "rollback_category: instability}",
+                "rollback_category: instability, rollback_weight: -2}",
+            ),
+            r"rollback_weight '-2' must be a number > 0",
+        ),
+        (
+            ("for: 1m", "for: 1m\n        fro: 2m"),
+            r"r\.yml:7: group 'g', rule 'Down': unknown field 'fro'",
+        ),
         (("up == 0", "up == 0\n        annotations: {}"), r"duplicate key 'annotations'"),
-        (("      - alert: Down", "      - alert: Down\n        record: x"), r"exactly one of 'alert' or 'record'"),
+        (
+            ("      - alert: Down", "      - alert: Down\n        record: x"),
+            r"exactly one of 'alert' or 'record'",
+        ),
         (("expr: up == 0", "expr: [up]"), r"non-empty PromQL expression"),
         (("summary: down,", "summary: [down],"), r"annotations.summary must be a string"),
         (("groups:", "groups: {a: 1"), r"r\.yml:\d+:\d+: invalid YAML"),
     ],
 )
-def test_bad_rules_are_named_precisely(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+def test_bad_rules_are_named_precisely(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
     text = GOOD_RULE.replace(*change)
     assert text != GOOD_RULE
     with pytest.raises(errors.RulesError, match=message):
@@ -127,7 +205,10 @@ def test_rules_must_be_a_list(tmp_path: Path) -> None:
 def test_duplicate_alert_names_across_files(tmp_path: Path) -> None:
     (tmp_path / "a.yml").write_text(GOOD_RULE)
     (tmp_path / "b.yml").write_text(GOOD_RULE.replace("name: g", "name: h"))
-    with pytest.raises(errors.RulesError, match=r"b\.yml:4: group 'h', rule 'Down': alert name already used at .*a\.yml:4"):
+    with pytest.raises(
+        errors.RulesError,
+        match=r"b\.yml:4: group 'h', rule 'Down': alert name already used at .*a\.yml:4",
+    ):
         rules.load([tmp_path / "a.yml", tmp_path / "b.yml"])
 
 
@@ -145,7 +226,12 @@ def test_missing_file_is_input_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("expr", "threshold"),
-    [("x > 0.5", "> 0.5"), ("count(x == 0) >= 2", ">= 2"), ("(a > 1) and on() (b == 1)", "== 1"), ("absent(x)", "")],
+    [
+        ("x > 0.5", "> 0.5"),
+        ("count(x == 0) >= 2", ">= 2"),
+        ("(a > 1) and on() (b == 1)", "== 1"),
+        ("absent(x)", ""),
+    ],
 )
 def test_threshold_derived_from_expr(expr: str, threshold: str) -> None:
     assert rules.derive_threshold(expr) == threshold

@@ -33,6 +33,7 @@ _ACTIONS = {
     model.Verdict.INCONCLUSIVE: model.Action.NOTIFY,
 }
 _NO_DATA = (model.SignalState.NODATA, model.SignalState.ERROR)
+_SCRAPE_LABELS = frozenset({"__name__", "job", "instance", "target"})  # noise in a reason
 
 
 def decide(
@@ -206,7 +207,7 @@ def _act(
 def describe(signal: model.Signal) -> str:
     """One signal in words: name, value, threshold and since when."""
     parts = [f"{signal.name} {signal.state.value}"]
-    labels = ", ".join(f'{k}="{v}"' for k, v in signal.labels if k != "__name__")
+    labels = ", ".join(f'{k}="{v}"' for k, v in signal.labels if k not in _SCRAPE_LABELS)
     if labels:
         parts[0] += f" {{{labels}}}"
     if signal.value is not None:

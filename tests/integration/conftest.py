@@ -37,7 +37,9 @@ class Scenario:
     scrape_interval: float = 15.0
 
 
-def _until_end(kind: history.FaultKind, value: float = 0.0, **kwargs: Any) -> Callable[[float], list[history.Fault]]:
+def _until_end(
+    kind: history.FaultKind, value: float = 0.0, **kwargs: Any
+) -> Callable[[float], list[history.Fault]]:
     return lambda t0: [history.Fault(kind, t0, t0 + WINDOW, value, **kwargs)]
 
 
@@ -53,7 +55,9 @@ SCENARIOS: dict[str, Scenario] = {
     "scrape_gap": Scenario(lambda t0: [history.Fault(F.SCRAPE_GAP, t0, t0 + 600)]),
     "memory_leak": Scenario(_until_end(F.MEMORY_LEAK, 1.5 * 1024**3)),
     "memory_high": Scenario(_until_end(F.MEMORY, 2.5 * 1024**3)),
-    "warmup": Scenario(lambda t0: [history.Fault(F.LATENCY, t0, t0 + 180, 0.9)], process_start=FAULT_AT),
+    "warmup": Scenario(
+        lambda t0: [history.Fault(F.LATENCY, t0, t0 + 180, 0.9)], process_start=FAULT_AT
+    ),
     "warnings": Scenario(
         lambda t0: [
             history.Fault(F.CPU, t0, t0 + WINDOW, 0.7),
@@ -71,13 +75,33 @@ class World:
     starts: dict[str, float] = field(default_factory=dict)
     workdir: Path = Path()
 
-    def backtest(self, name: str, *, config: Path | None = None, replay_from: float = REPLAY_FROM) -> dict[str, Any]:
+    def backtest(
+        self, name: str, *, config: Path | None = None, replay_from: float = REPLAY_FROM
+    ) -> dict[str, Any]:
         start = self.starts[name]
         done = subprocess.run(
-            [sys.executable, "-m", "watchdog", "backtest", "--config", str(config or ROOT / "config" / "lavalink.yml"),
-             "--prometheus", self.url, "--start", str(start + replay_from), "--end", str(start + WINDOW - 60),
-             "--step", "15s", "--json"],
-            capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "watchdog",
+                "backtest",
+                "--config",
+                str(config or ROOT / "config" / "lavalink.yml"),
+                "--prometheus",
+                self.url,
+                "--start",
+                str(start + replay_from),
+                "--end",
+                str(start + WINDOW - 60),
+                "--step",
+                "15s",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=ROOT,
         )
         assert done.returncode == 0, done.stderr
         report: dict[str, Any] = json.loads(done.stdout)
@@ -104,8 +128,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         process_start = None if scenario.process_start is None else start + scenario.process_start
         series.extend(
             history.lavalink_history(
-                start, start + WINDOW, scrape_interval=scenario.scrape_interval,
-                faults=scenario.faults(start + FAULT_AT), process_start=process_start, seed=index + 1,
+                start,
+                start + WINDOW,
+                scrape_interval=scenario.scrape_interval,
+                faults=scenario.faults(start + FAULT_AT),
+                process_start=process_start,
+                seed=index + 1,
             )
         )
     data = prometheus.load_history(series, workdir)
@@ -115,13 +143,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def config_with(tmp_path: Path, policy: str) -> Path:
     path = tmp_path / "config.yml"
-    path.write_text(textwrap.dedent(f"""\
-        state_dir: {tmp_path / 'state'}
+    path.write_text(
+        textwrap.dedent(f"""\
+        state_dir: {tmp_path / "state"}
         policy: {policy}
         targets:
           - name: lavalink
             primary: {{unit: lavalink-rust.service, job: lavalink-rust}}
             fallback: {{unit: lavalink-java.service, job: lavalink-java}}
-            rules: [{ROOT / 'rules' / 'lavalink.yml'}]
-        """))
+            rules: [{ROOT / "rules" / "lavalink.yml"}]
+        """)
+    )
     return path

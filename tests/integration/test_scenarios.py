@@ -27,7 +27,15 @@ def firing_at_first(report: dict[str, Any], verdict: str) -> list[str]:
 
 def test_contract_shape(world: World) -> None:
     report = world.backtest("healthy")
-    assert set(report) == {"target", "start", "end", "step_seconds", "evaluations", "timeline", "first"}
+    assert set(report) == {
+        "target",
+        "start",
+        "end",
+        "step_seconds",
+        "evaluations",
+        "timeline",
+        "first",
+    }
     assert report["target"] == "lavalink"
     assert report["step_seconds"] == 15.0
     assert report["evaluations"] == (2 * 3600 - 60 - 15 * 60) // 15 + 1
@@ -125,7 +133,9 @@ def test_a_slow_start_inside_warmup_does_not_roll_back(world: World, tmp_path: P
     report = world.backtest("warmup", replay_from=FAULT_AT)
     assert report["first"]["rollback"] is None, report["timeline"]
     # the same history without warm-up does roll back: warm-up is what saves it
-    control = world.backtest("warmup", config=config_with(tmp_path, "{warmup: 0s}"), replay_from=FAULT_AT)
+    control = world.backtest(
+        "warmup", config=config_with(tmp_path, "{warmup: 0s}"), replay_from=FAULT_AT
+    )
     at = first(world, "warmup", control, "rollback")
     assert at is not None and 5 <= at <= 7, control["timeline"]
     assert "LavalinkLatencyHigh" in firing_at_first(control, "rollback")
@@ -141,7 +151,11 @@ def test_several_warnings_propose(world: World) -> None:
     assert propose is not None and 10 <= propose <= 11, report["timeline"]
     entry = next(e for e in report["timeline"] if e["verdict"] == "propose")
     assert entry["score"] == 3.0
-    assert sorted(entry["firing"]) == ["LavalinkCpuHigh", "LavalinkLatencyElevated", "LavalinkSourceFailing"]
+    assert sorted(entry["firing"]) == [
+        "LavalinkCpuHigh",
+        "LavalinkLatencyElevated",
+        "LavalinkSourceFailing",
+    ]
 
 
 def test_higher_escalate_score_keeps_it_a_warning(world: World, tmp_path: Path) -> None:

@@ -1,0 +1,43 @@
+# The two commands of the README: `make test` and `make demo`. Both set everything up first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager
+
+.PHONY: test demo bench lint system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The real Prometheus and Alertmanager the tests and the demo run (Debian packages).
+system-deps:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages prometheus prometheus-alertmanager (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- run as root, or: sudo apt-get install prometheus prometheus-alertmanager" >&2; exit 1; \
+	  fi; \
+	fi
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: system-deps $(BIN)/.installed lint
+	$(BIN)/pytest
+
+demo: system-deps $(BIN)/.installed
+	$(BIN)/rollback-watchdog demo
+
+bench: system-deps $(BIN)/.installed
+	$(BIN)/python bench/backtest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,185 @@
+"""The daemon loop, live: real Prometheus scraping now, real journal, real /metrics socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from watchdog import config, daemon, journal, model
+from watchdog.sim import prometheus as sim_prometheus
+
+pytestmark = pytest.mark.integration
+
+DOWN_RULE = """\
+groups:
+  - name: test
+    rules:
+      - alert: TestServiceDown
+        expr: up{job="lavalink-rust"} == 0
+        labels: {severity: critical, rollback_category: instability}
+        annotations: {summary: down, threshold: "== 0"}
+      - alert: TestSlowWarning
+        expr: vector(1) > 5
+        labels: {severity: warning, rollback_category: minor_performance}
+"""
+
+
+def sample(metrics: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of a /metrics text, parsed as Prometheus would."""
+    for family in text_string_to_metric_families(metrics):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def scraping_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prometheus that scrapes a Lavalink node that is down (nothing listens on its port)."""
+    workdir = tmp_path_factory.mktemp("live")
+    dead = closed_port()
+    scrape = textwrap.dedent(f"""\
+        global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+        scrape_configs:
+          - job_name: lavalink-rust
+            static_configs: [{{targets: ['127.0.0.1:{dead}']}}]
+        """)
+    with sim_prometheus.running_prometheus(workdir / "data", config_yaml=scrape) as server:
+        yield server.url
+
+
+def settings_for(tmp_path: Path, url: str, *, mode: str = "observe") -> config.Settings:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(DOWN_RULE)
+    path = tmp_path / "config.yml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        mode: {mode}
+        interval: 1s
+        state_dir: {tmp_path / "state"}
+        prometheus: {{url: '{url}', timeout: 2s, retries: 1}}
+        listen: {{port: 0}}
+        targets:
+          - name: lavalink
+            primary: {{unit: lavalink-rust.service, job: lavalink-rust}}
+            fallback: {{unit: lavalink-java.service, job: lavalink-java}}
+            rules: [{rules}]
+        """)
+    )
+    return config.load(path)
+
+
+async def run_for(settings: config.Settings, seconds: float) -> tuple[daemon.Running, str]:
+    stop = asyncio.Event()
+    handles: list[daemon.Running] = []
+    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    await asyncio.sleep(seconds)
+    assert handles, "daemon did not start"
+    metrics = await asyncio.to_thread(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{handles[0].metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+    )
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    return handles[0], metrics
+
+
+async def wait_for_up_series(url: str) -> None:
+    for _ in range(100):
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=5).read()
+        )
+        if b'"lavalink-rust"' in body:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("Prometheus never scraped the target")
+
+
+async def test_a_down_service_is_a_rollback_journaled_once_as_would_roll_back(
+    scraping_prometheus: str, tmp_path: Path
+) -> None:
+    await wait_for_up_series(scraping_prometheus)
+    settings = settings_for(tmp_path, scraping_prometheus, mode="auto")
+    _, metrics = await run_for(settings, 4.0)
+    store = journal.Journal.open(settings.state_dir)
+    decisions = store.decisions()
+    (incident,) = store.incidents()
+    store.close()
+    assert [d.action for d in decisions] == ["rollback"]  # once, though every tick saw it
+    assert decisions[0].outcome.startswith("would roll back")
+    assert (
+        "TestServiceDown firing" in decisions[0].reason and "threshold == 0" in decisions[0].reason
+    )
+    assert (incident.status, incident.verdict) == ("open", "rollback")
+    assert sample(metrics, "rollback_watchdog_verdict", target="lavalink", verdict="rollback") == 1
+    firing = sample(
+        metrics, "rollback_watchdog_signal_state", signal="TestServiceDown", state="firing"
+    )
+    assert firing == 1
+    acted = sample(metrics, "rollback_watchdog_actions_total", action="rollback", target="lavalink")
+    assert acted == 1
+
+
+async def test_a_restart_does_not_act_twice(scraping_prometheus: str, tmp_path: Path) -> None:
+    await wait_for_up_series(scraping_prometheus)
+    settings = settings_for(tmp_path, scraping_prometheus)
+    await run_for(settings, 2.5)
+    await run_for(settings, 2.5)
+    store = journal.Journal.open(settings.state_dir)
+    assert [d.action for d in store.decisions()] == ["rollback"]
+    store.close()
+
+
+async def test_prometheus_down_keeps_running_inconclusive_and_never_acts(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    settings = settings.model_copy(update={"policy": config.PolicySettings(inconclusive_after=1)})
+    _, metrics = await run_for(settings, 4.0)
+    store = journal.Journal.open(settings.state_dir)
+    actions = {d.action for d in store.decisions()}
+    last = store.last_evaluation("lavalink")
+    store.close()
+    assert actions <= {"notify"}  # at most a notice that data is missing
+    assert last is not None and last["verdict"] == "inconclusive"
+    assert "unreachable" in last["reason"]
+    verdict = sample(
+        metrics, "rollback_watchdog_verdict", target="lavalink", verdict="inconclusive"
+    )
+    assert verdict == 1
+    ticks = sample(metrics, "rollback_watchdog_evaluations_total", target="lavalink")
+    assert ticks is not None and ticks >= 3  # the loop kept ticking
+    errors = sample(metrics, "rollback_watchdog_source_errors_total", source="prometheus")
+    assert errors is not None and errors >= 3
+
+
+async def test_disarmed_target_is_judged_but_never_acted_on(
+    scraping_prometheus: str, tmp_path: Path
+) -> None:
+    await wait_for_up_series(scraping_prometheus)
+    settings = settings_for(tmp_path, scraping_prometheus, mode="auto")
+    store = journal.Journal.open(settings.state_dir)
+    store.set_armed("lavalink", False, at=0, by="test", note="rolled back earlier")
+    store.close()
+    _, metrics = await run_for(settings, 3.0)
+    store = journal.Journal.open(settings.state_dir)
+    assert store.decisions() == []
+    last = store.last_evaluation("lavalink")
+    store.close()
+    assert last is not None and last["verdict"] == model.Verdict.ROLLBACK.value
+    assert last["reason"].startswith("disarmed")
+    assert sample(metrics, "rollback_watchdog_armed", target="lavalink") == 0
