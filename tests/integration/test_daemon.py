@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
+import subprocess
+import sys
 import textwrap
 import urllib.request
 from collections.abc import Iterator
@@ -183,3 +187,43 @@ async def test_disarmed_target_is_judged_but_never_acted_on(
     assert last is not None and last["verdict"] == model.Verdict.ROLLBACK.value
     assert last["reason"].startswith("disarmed")
     assert sample(metrics, "rollback_watchdog_armed", target="lavalink") == 0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_check_shows_every_signal_and_exits_1_on_rollback(
+    scraping_prometheus: str, tmp_path: Path
+) -> None:
+    await wait_for_up_series(scraping_prometheus)
+    settings_for(tmp_path, scraping_prometheus)
+    path = str(tmp_path / "config.yml")
+    done = await asyncio.to_thread(cli, "check", "--config", path, "--json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "rollback"
+    states = {s["name"]: s["state"] for s in report["signals"]}
+    assert states == {"TestServiceDown": "firing", "TestSlowWarning": "ok"}
+    table = await asyncio.to_thread(cli, "check", "--config", path)
+    assert table.returncode == 1
+    assert "verdict ROLLBACK" in table.stdout
+    assert re.search(r"TestServiceDown\s+critical\s+instability\s+firing\s+0\s+== 0", table.stdout)
+
+
+async def test_status_after_a_run(scraping_prometheus: str, tmp_path: Path) -> None:
+    await wait_for_up_series(scraping_prometheus)
+    settings = settings_for(tmp_path, scraping_prometheus)
+    await run_for(settings, 2.5)
+    done = await asyncio.to_thread(cli, "status", "--config", str(tmp_path / "config.yml"))
+    assert done.returncode == 0, done.stderr
+    assert "target lavalink: ARMED" in done.stdout
+    assert "verdict rollback since" in done.stdout
+    assert re.search(r"incident #1 open rollback", done.stdout)
+    assert "rollback (observe): would roll back (observe mode)" in done.stdout

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -118,9 +119,14 @@ def _log_tail(log_file: Path) -> str:
 
 
 def _is_ready(url: str) -> bool:
+    # A server behind a web config (TLS, basic auth) is polled without verifying its test
+    # certificate, and a 401 means it is up and guarding itself.
+    context = ssl._create_unverified_context() if url.startswith("https:") else None  # noqa: S323
     try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2.0) as response:  # noqa: S310
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2.0, context=context) as response:  # noqa: S310
             return bool(response.status == 200)
+    except urllib.error.HTTPError as error:
+        return error.code == 401
     except (urllib.error.URLError, OSError):
         return False
 
@@ -165,6 +171,7 @@ def running_prometheus(
     port: int | None = None,
     retention: str = "3650d",
     config_yaml: str | None = None,
+    web_config_yaml: str | None = None,
     ready_timeout: float = 60.0,
 ) -> Iterator[RunningPrometheus]:
     """Run Prometheus on 127.0.0.1 over `data_dir` until the `with` block ends.
@@ -172,12 +179,14 @@ def running_prometheus(
     The config (scrape and evaluation interval 15 s, no scrape jobs, unless `config_yaml` is given)
     goes into a temporary directory; the server's log goes to `<data_dir>.prometheus.log`. The long
     default retention keeps old backfilled history from being deleted at start-up.
+    `web_config_yaml` is Prometheus's web config (TLS, basic auth); with TLS the URL is https.
     """
     prometheus = _require_binary("prometheus")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if web_config_yaml and "tls_server_config" in web_config_yaml else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     log_file = data_dir.with_name(data_dir.name + ".prometheus.log")
     with tempfile.TemporaryDirectory(prefix="prometheus-config-") as config_dir:
         config_file = Path(config_dir) / "prometheus.yml"
@@ -189,6 +198,10 @@ def running_prometheus(
             f"--storage.tsdb.retention.time={retention}",
             f"--web.listen-address=127.0.0.1:{port}",
         ]
+        if web_config_yaml is not None:  # TLS and basic auth, Prometheus's own way
+            web_config = Path(config_dir) / "web.yml"
+            web_config.write_text(web_config_yaml)
+            command.append(f"--web.config.file={web_config}")
         with log_file.open("wb") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

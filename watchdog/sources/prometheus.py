@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from tenacity import (
@@ -129,6 +130,8 @@ class PrometheusSource:
         session.verify = (
             False if tls.insecure_skip_verify else (str(tls.ca_file) if tls.ca_file else True)
         )
+        if tls.insecure_skip_verify:  # asked for explicitly: say it once in config, not per query
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         if tls.cert_file is not None and tls.key_file is not None:
             session.cert = (str(tls.cert_file), str(tls.key_file))
         self._client = connect(
@@ -218,6 +221,12 @@ class PrometheusSource:
             raise QueryFailed(
                 f"Prometheus at {self._settings.url} timed out after {self._settings.timeout:g}s",
                 retryable=True,
+            ) from None
+        except requests.exceptions.SSLError as exc:  # before ConnectionError: it is one
+            raise QueryFailed(
+                f"TLS with Prometheus at {self._settings.url} failed: {_root_cause(exc)} "
+                "(check prometheus.tls.ca_file)",
+                retryable=False,
             ) from None
         except requests.exceptions.ConnectionError as exc:
             raise QueryFailed(
