@@ -39,6 +39,10 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def unreachable() -> str:
+    return f"prometheus: {{url: 'http://127.0.0.1:{closed_port()}', retries: 1}}\n"
+
+
 def config_file(tmp_path: Path, extra: str = "", rules: str | None = None) -> Path:
     rules_path = rules or str(ROOT / "rules" / "lavalink.yml")
     path = tmp_path / "config.yml"
@@ -141,7 +145,7 @@ def test_backtest_bad_times(tmp_path: Path) -> None:
     )
     assert_bad_input(
         cli("backtest", "--config", str(path), "--start", "0", "--end", "10", "--step", "0s"),
-        "--step must be greater than 0",
+        "--step must be a whole number of seconds",
     )
 
 
@@ -171,3 +175,66 @@ def test_rearm_then_status(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [("run", "--config", "/nonexistent/config.yml")])
 def test_run_with_bad_config_exits_2(args: tuple[str, ...]) -> None:
     assert_bad_input(cli(*args), "cannot read")
+
+
+def test_unusable_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = (
+        config_file(tmp_path).read_text().replace(str(tmp_path / "state"), str(blocker / "state"))
+    )
+    (tmp_path / "config.yml").write_text(path)
+    for command in ("rearm", "run"):
+        assert_bad_input(cli(command, "--config", str(tmp_path / "config.yml")), "Not a directory")
+
+
+def test_backtest_refuses_huge_or_fractional_steps(tmp_path: Path) -> None:
+    path = str(config_file(tmp_path))
+    assert_bad_input(
+        cli("backtest", "--config", path, "--start", "0", "--end", "4000000000"),
+        "steps is too many",
+    )
+    assert_bad_input(
+        cli("backtest", "--config", path, "--start", "0", "--end", "600", "--step", "1500ms"),
+        "--step must be a whole number of seconds",
+    )
+    assert_bad_input(
+        cli("backtest", "--config", path, "--start", "1700000000000", "--end", "1700000000001"),
+        "milliseconds?",
+    )
+
+
+def test_run_refuses_a_port_in_use_and_a_second_daemon(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = config_file(
+            tmp_path,
+            f"listen: {{port: {port}}}\n{unreachable()}",
+        )
+        assert_bad_input(
+            cli("run", "--config", str(path)), f"cannot serve /metrics on 127.0.0.1:{port}"
+        )
+    path = config_file(
+        tmp_path,
+        f"listen: {{port: 0}}\n{unreachable()}",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        for line in first.stderr:  # wait until the first daemon holds the lock
+            if '"event": "started"' in line:
+                break
+        assert_bad_input(cli("run", "--config", str(path)), "another rollback-watchdog is running")
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+        assert first.stderr is not None
+        first.stderr.close()
+    assert first.returncode == 0  # SIGTERM is a clean stop

@@ -139,3 +139,23 @@ def test_instants_round_trip() -> None:
         timefmt.parse_instant("2026-11-25T10:00:00")
     with pytest.raises(ValueError, match="not a time"):
         timefmt.parse_instant("yesterday")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("interval: 7500ms\n", r"interval: must be a whole number of seconds"),
+        ("interval: [1]\n", r"interval: not a duration: \[1\]"),
+        ("prometheus: {url: 'http://admin:hunter2@prom:9090'}\n", r"no credentials in the URL"),
+    ],
+)
+def test_more_bad_settings(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message) as caught:
+        config.load(write(tmp_path, MINIMAL + extra))
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1700000000000", "-5"])
+def test_parse_instant_rejects_implausible_numbers(text: str) -> None:
+    with pytest.raises(ValueError, match="not a time"):
+        timefmt.parse_instant(text)

@@ -236,3 +236,61 @@ def test_one_rollback_action_per_incident(steps: list[list[model.SignalState]]) 
             rollbacks_in_incident += 1
             assert made.verdict is V.ROLLBACK
         assert rollbacks_in_incident <= 1
+
+
+class TestActivationTime:
+    """The activation query can fail or go quiet; warm-up must not silently switch off."""
+
+    def test_a_failed_activation_query_keeps_the_last_known_activation(self) -> None:
+        state = model.TargetState()
+        _, state = decision.decide(
+            ev(1000, signal(LATENCY, "ok"), activated_at=1000), POLICY, state
+        )
+        failed = model.Evaluation(
+            "lavalink", 1015, (signal(LATENCY, "firing", since=700),), activation_failed=True
+        )
+        made, state = decision.decide(failed, POLICY, state)
+        assert made.verdict is V.HOLD  # still inside warm-up (1000 + 120)
+        assert made.ignored == ("LatencyHigh",)
+        assert state.activated_at == 1000
+
+    def test_never_known_and_failing_means_only_instability_counts(self) -> None:
+        failed = model.Evaluation(
+            "lavalink",
+            5000,
+            (signal(LATENCY, "firing", since=700), signal(CPU, "firing")),
+            activation_failed=True,
+        )
+        made = decide(failed)
+        assert made.verdict is V.HOLD
+        assert "the activation time is known again" in made.reason
+        crash = model.Evaluation(
+            "lavalink", 5000, (signal(CRASH, "firing"),), activation_failed=True
+        )
+        assert decide(crash).verdict is V.ROLLBACK
+
+    def test_no_activation_metric_at_all_means_no_warmup(self) -> None:
+        made = decide(ev(5000, signal(LATENCY, "firing", since=700)))
+        assert made.verdict is V.ROLLBACK
+
+
+def test_keep_firing_cannot_carry_a_warmup_problem_past_warmup() -> None:
+    kept = model.Rule(
+        "SlowStart",
+        "x > 1",
+        model.Severity.CRITICAL,
+        model.Category.PERFORMANCE,
+        for_seconds=60,
+        keep_firing_for_seconds=600,
+        threshold="> 1",
+    )
+    # true 0..110 s, kept firing since 110 s; warm-up ends at 120 s
+    kept_signal = model.Signal(
+        kept, model.SignalState.FIRING, value=2, active_since=0, kept_since=110
+    )
+    made = decide(ev(300, kept_signal, activated_at=0))
+    assert made.verdict is V.HOLD
+    assert made.ignored == ("SlowStart",)
+    # the same problem still true well after warm-up counts
+    still = model.Signal(kept, model.SignalState.FIRING, value=2, active_since=0)
+    assert decide(ev(300, still, activated_at=0)).verdict is V.ROLLBACK

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ABSENT, observation, rule
+from tests.conftest import ABSENT, PRESENT, observation, rule
 from watchdog import evaluation, model
 
 S = model.SignalState
@@ -182,3 +182,29 @@ def test_firing_requires_a_true_condition_or_keep(values: list[object]) -> None:
         )  # type: ignore[dict-item,arg-type]
         if ev.signals[0].state is S.FIRING:
             assert value == 1.0
+
+
+def test_series_that_collide_without_their_name_are_an_error() -> None:
+    r = rule(for_=0)
+    twins = model.QueryResult(
+        points=(model.Point((("job", "a"),), 1.0), model.Point((("job", "a"),), 2.0))
+    )
+    ev, memory = evaluation.evaluate("t", [r], observation(0, {"R": twins}), model.EMPTY_MEMORY)
+    assert ev.signals[0].state is S.ERROR
+    assert "same labels" in ev.signals[0].detail
+    assert memory["R"] == {}
+
+
+def test_kept_firing_signal_says_since_when_the_condition_is_false() -> None:
+    signals = run(rule(for_=0, keep=60), [(0, 5), (15, None), (30, None)])
+    assert [s.state for s in signals] == [S.FIRING, S.FIRING, S.FIRING]
+    assert signals[0].kept_since is None
+    assert signals[1].kept_since == 15 and signals[2].kept_since == 15
+
+
+def test_activation_failure_is_passed_on() -> None:
+    obs = model.Observation(
+        at=0, results={"R": model.QueryResult()}, presence=PRESENT, activation_failed=True
+    )
+    ev, _ = evaluation.evaluate("t", [rule()], obs, model.EMPTY_MEMORY)
+    assert ev.activation_failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from watchdog import (
 from watchdog.sources import prometheus
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+MAX_BACKTEST_STEPS = 1_000_000  # ~6 months at 15 s; more is almost surely a mistyped time
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,8 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except errors.InputError as exc:
         return _fail(str(exc))
+    except (OSError, sqlite3.Error) as exc:  # an unusable path, port or database
+        return _fail(f"{args.command}: {_os_message(exc)}")
     except KeyboardInterrupt:
         return 130
+
+
+def _os_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 # -- validate -------------------------------------------------------------------------------
@@ -337,10 +348,15 @@ def _backtest(args: argparse.Namespace) -> int:
         step = timefmt.parse_duration(args.step)
     except ValueError as exc:
         return _fail(str(exc))
-    if step <= 0:
-        return _fail("--step must be greater than 0")
+    if step < 1 or step != int(step):
+        return _fail("--step must be a whole number of seconds, at least 1s")
     if end < start:
         return _fail("--end is before --start")
+    if (end - start) / step > MAX_BACKTEST_STEPS:
+        return _fail(
+            f"{(end - start) / step:.0f} steps is too many (at most {MAX_BACKTEST_STEPS}): "
+            "shorten the window or use a longer --step"
+        )
     rule_set = rules.load(target.rules)
     return asyncio.run(_backtest_async(settings, target, rule_set, start, end, step, args.json))
 

@@ -80,6 +80,9 @@ class PrometheusSettings(_Strict):
     def _http_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            # a password here would reach logs and the journal with every error
+            raise ValueError("no credentials in the URL: use basic_auth or a bearer token")
         return url.rstrip("/")
 
     @model_validator(mode="after")
@@ -158,12 +161,19 @@ class Settings(_Strict):
     """The whole configuration file."""
 
     mode: model.Mode = model.Mode.OBSERVE
-    interval: Duration = Field(default=15.0, gt=0)
+    interval: Duration = Field(default=15.0, ge=1)
     state_dir: Path = DEFAULT_STATE_DIR
     prometheus: PrometheusSettings = PrometheusSettings()
     policy: PolicySettings = PolicySettings()
     listen: ListenSettings = ListenSettings()
     targets: list[TargetSettings] = Field(min_length=1)
+
+    @field_validator("interval")
+    @classmethod
+    def _whole_seconds(cls, interval: float) -> float:
+        if interval != int(interval):
+            raise ValueError("must be a whole number of seconds (Prometheus steps are)")
+        return interval
 
     @field_validator("targets")
     @classmethod

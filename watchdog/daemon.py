@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
-from watchdog import backtest, config, journal, pipeline, rules, telemetry
+from watchdog import backtest, config, errors, journal, pipeline, rules, telemetry
 from watchdog.sources import prometheus
 
 log = structlog.get_logger("watchdog.daemon")
@@ -41,10 +43,27 @@ async def run(
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop if stop is not None else asyncio.Event()
+    with _exclusive(settings.state_dir):
+        await _run(settings, stop=stop, clock=clock, started=started)
+
+
+async def _run(
+    settings: config.Settings,
+    *,
+    stop: asyncio.Event,
+    clock: Callable[[], float],
+    started: Callable[[Running], None] | None,
+) -> None:
     store = journal.Journal.open(settings.state_dir)
     recorder = telemetry.Recorder()
     source = prometheus.PrometheusSource(settings.prometheus)
-    server = telemetry.MetricsServer(recorder, settings.listen.host, settings.listen.port)
+    host, port = settings.listen.host, settings.listen.port
+    try:
+        server = telemetry.MetricsServer(recorder, host, port)
+    except OSError as exc:
+        store.close()
+        source.close()
+        raise errors.InputError(f"cannot serve /metrics on {host}:{port}: {exc.strerror}") from None
     policy = settings.policy.to_policy()
     try:
         targets = []
@@ -57,12 +76,12 @@ async def run(
                 policy=policy,
                 mode=settings.mode,
                 source=source,
-                journal=store,
+                store=store,
                 recorder=recorder,
                 state=state,
                 clock=clock,
             )
-            await _warm_start(target, settings.interval, clock())
+            await _warm_start(target, settings, clock())
             targets.append(target)
         log.info(
             "started",
@@ -86,15 +105,21 @@ async def run(
         log.info("stopped")
 
 
+def source_budget(settings: config.Settings) -> float:
+    """Seconds the sources get per tick: every attempt's timeout plus the capped backoff."""
+    prom = settings.prometheus
+    return prom.timeout * prom.retries + 4.0 * (prom.retries - 1) + 1.0
+
+
 async def _loop(target: pipeline.Target, settings: config.Settings, stop: asyncio.Event) -> None:
     """Tick every ``interval`` until stopped; a failed tick never ends the loop."""
     interval = settings.interval
-    budget = max(interval, settings.prometheus.timeout * settings.prometheus.retries + 10.0)
+    budget = source_budget(settings)
     while not stop.is_set():
         begun = time.monotonic()
         try:
-            async with asyncio.timeout(budget):
-                await target.tick()
+            async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
+                await target.tick(budget=budget)
         except TimeoutError:
             target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
             log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add
@@ -107,25 +132,45 @@ async def _loop(target: pipeline.Target, settings: config.Settings, stop: asynci
                 await stop.wait()
 
 
-async def _warm_start(target: pipeline.Target, interval: float, now: float) -> None:
+async def _warm_start(target: pipeline.Target, settings: config.Settings, now: float) -> None:
     """Rebuild the alert memory from recent history so a restart keeps ``for`` timers."""
+    interval = settings.interval
     window = backtest.lookback(target.rules, interval)
     try:
-        replayed = await backtest.replay(
-            target.source,
-            target.settings,
-            target.rules,
-            target.policy,
-            start=now - window,
-            end=now - interval,
-            step=interval,
-            state=target.state,
-        )
+        async with asyncio.timeout(source_budget(settings)):
+            replayed = await backtest.replay(
+                target.source,
+                target.settings,
+                target.rules,
+                target.policy,
+                start=now - window,
+                end=now - interval,
+                step=interval,
+                state=target.state,
+            )
     except Exception:  # best effort: an empty memory is the safe default
         log.exception("warm start failed; starting with empty alert memory", target=target.name)
         return
     target.memory = replayed.memory
     log.info("warm start", target=target.name, window_seconds=window, queries=replayed.queries)
+
+
+@contextlib.contextmanager
+def _exclusive(state_dir: Path) -> Iterator[None]:
+    """One daemon per state directory: two would act on the same journal."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = (state_dir / "daemon.lock").open("a+")
+    except OSError as exc:
+        raise errors.InputError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise errors.InputError(
+                f"another rollback-watchdog is running with state_dir {state_dir}"
+            ) from None
+        yield
 
 
 @contextlib.contextmanager

@@ -43,7 +43,10 @@ def decide(
 ) -> tuple[model.Decision, model.TargetState]:
     """Decide on one evaluation; return the decision and the target's next state."""
     now = evaluation.at
-    counted, ignored, warmup_end = _count(evaluation, policy)
+    activated = evaluation.activated_at
+    if activated is None:
+        activated = state.activated_at  # the query had no answer: the last one still holds
+    counted, ignored, warmup_end = _count(evaluation, policy, activated)
     critical = [s for s in counted if s.rule.severity is model.Severity.CRITICAL]
     warnings = [s for s in counted if s.rule.severity is model.Severity.WARNING]
     score = sum(s.rule.weight for s in warnings)
@@ -79,9 +82,12 @@ def decide(
         reason = f"all {len(evaluation.signals)} signals quiet"
         firing = []
     if ignored and warmup_end is not None:
-        reason += f"; warm-up until {timefmt.format_instant(warmup_end)} ignores " + ", ".join(
-            s.name for s in ignored
+        until = (
+            "the activation time is known again (its query failed)"
+            if math.isinf(warmup_end)
+            else timefmt.format_instant(warmup_end)
         )
+        reason += f"; warm-up until {until} ignores " + ", ".join(s.name for s in ignored)
 
     inconclusive_since = (
         (state.inconclusive_since if state.inconclusive_since is not None else now)
@@ -105,6 +111,7 @@ def decide(
             last_closed_at=state.last_closed_at,
             last_closed_verdict=state.last_closed_verdict,
             inconclusive_since=inconclusive_since,
+            activated_at=activated,
         )
         return decision, next_state
 
@@ -129,16 +136,25 @@ def decide(
         last_closed_at=last_closed_at,
         last_closed_verdict=last_closed_verdict,
         inconclusive_since=inconclusive_since,
+        activated_at=activated,
     )
     return decision, next_state
 
 
 def _count(
-    evaluation: model.Evaluation, policy: model.Policy
+    evaluation: model.Evaluation, policy: model.Policy, activated: float | None
 ) -> tuple[list[model.Signal], list[model.Signal], float | None]:
-    """Split firing signals into those that count and those warm-up ignores."""
-    activated = evaluation.activated_at
-    warmup_end = activated + policy.warmup if activated is not None else None
+    """Split firing signals into those that count and those warm-up ignores.
+
+    Without an activation time warm-up is over, unless the activation query just failed and
+    none was ever known: then only instability counts, since missing data is no evidence.
+    """
+    if activated is not None:
+        warmup_end: float | None = activated + policy.warmup
+    elif evaluation.activation_failed:
+        warmup_end = math.inf
+    else:
+        warmup_end = None
     counted: list[model.Signal] = []
     ignored: list[model.Signal] = []
     for signal in evaluation.signals:
@@ -148,8 +164,10 @@ def _count(
             counted.append(signal)
             continue
         since = signal.active_since if signal.active_since is not None else evaluation.at
-        # The condition must hold for its whole `for` after warm-up, not partly inside it.
-        if evaluation.at - max(since, warmup_end) >= signal.rule.for_seconds:
+        # The condition must hold for its whole `for` after warm-up, not partly inside it;
+        # a signal kept firing by keep_firing_for was last true at `kept_since`.
+        last_true = signal.kept_since if signal.kept_since is not None else evaluation.at
+        if last_true - max(since, warmup_end) >= signal.rule.for_seconds:
             counted.append(signal)
         else:
             ignored.append(signal)

@@ -63,11 +63,21 @@ def evaluate(
             detail = result.error if result is not None else "not queried"
             signals.append(model.Signal(rule, model.SignalState.ERROR, detail=detail or ""))
             continue
+        if len({point.labels for point in result.points}) != len(result.points):
+            # Prometheus fails such a rule too: two series, one alert identity
+            next_memory[rule.name] = previous
+            detail = "several series with the same labels once __name__ is dropped"
+            signals.append(model.Signal(rule, model.SignalState.ERROR, detail=detail))
+            continue
         current = advance(rule, result.points, previous, now)
         next_memory[rule.name] = current
         signals.append(signal_of(rule, current))
     evaluation = model.Evaluation(
-        target=target, at=now, signals=tuple(signals), activated_at=observation.activated_at
+        target=target,
+        at=now,
+        signals=tuple(signals),
+        activated_at=observation.activated_at,
+        activation_failed=observation.activation_failed,
     )
     return evaluation, MappingProxyType(next_memory)
 
@@ -128,6 +138,7 @@ def signal_of(rule: model.Rule, memory: model.RuleMemory) -> model.Signal:
         value=alert.value,
         labels=labels,
         active_since=alert.active_at,
+        kept_since=alert.keep_firing_since,
     )
 
 

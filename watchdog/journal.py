@@ -75,6 +75,15 @@ MIGRATIONS: Sequence[str] = (
 
 
 @dataclass(frozen=True, slots=True)
+class Arming:
+    """Whether a target may be acted on, and who said so when."""
+
+    armed: bool
+    changed_at: float | None = None
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentRow:
     """An incident as ``status`` shows it."""
 
@@ -177,10 +186,12 @@ class Journal:
                 "WHERE target = ? AND status = 'open' ORDER BY id DESC LIMIT 1",
                 (target,),
             ).fetchone()
+            # A re-arm starts afresh: incidents closed before it do not hold a cooldown.
             closed_row = self._db.execute(
-                "SELECT closed_at, verdict FROM incidents "
-                "WHERE target = ? AND status != 'open' ORDER BY closed_at DESC LIMIT 1",
-                (target,),
+                "SELECT closed_at, verdict FROM incidents WHERE target = ? AND status != 'open' "
+                "AND closed_at > COALESCE((SELECT changed_at FROM targets "
+                "WHERE name = ? AND armed = 1), -1e18) ORDER BY closed_at DESC LIMIT 1",
+                (target, target),
             ).fetchone()
         incident = None
         if open_row is not None:
@@ -196,9 +207,28 @@ class Journal:
             last_closed_verdict=model.Verdict(closed_row["verdict"]) if closed_row else None,
         )
 
+    def arming(self, target: str) -> Arming:
+        """The target's arming as journaled (armed unless someone disarmed it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT armed, changed_at, changed_by FROM targets WHERE name = ?", (target,)
+            ).fetchone()
+        if row is None:
+            return Arming(armed=True)
+        return Arming(bool(row["armed"]), row["changed_at"], row["changed_by"])
+
     def set_armed(self, target: str, armed: bool, *, at: float, by: str, note: str) -> None:
-        """Arm or disarm a target (disarmed after a rollback until an operator re-arms)."""
+        """Arm or disarm a target (disarmed after a rollback until an operator re-arms).
+
+        Re-arming closes the open incident and clears the cooldown: what comes next is new.
+        """
         with self._lock, _transaction(self._db):
+            if armed:
+                self._db.execute(
+                    "UPDATE incidents SET status = 'closed', closed_at = ? "
+                    "WHERE target = ? AND status = 'open'",
+                    (at, target),
+                )
             self._db.execute(
                 "INSERT INTO targets (name, armed, changed_at, changed_by, note) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET armed = excluded.armed, "
@@ -348,7 +378,15 @@ class _transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:  # never leave the connection wedged in a transaction
+                    self._db.execute("ROLLBACK")
+                raise
+        elif self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
 
 def _statements(script: str) -> list[str]:

@@ -172,6 +172,7 @@ class Observation:
     results: Mapping[str, QueryResult]  # by rule name
     presence: QueryResult  # the target's presence query; no series means no data at all
     activated_at: float | None = None  # when the primary unit last became active, if known
+    activation_failed: bool = False  # the activation query failed: warm-up state unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,7 @@ class Signal:
     value: float | None = None  # the value of the worst series, when it has one
     labels: Labels = ()  # the labels of that series
     active_since: float | None = None  # when its condition became true (pending or firing)
+    kept_since: float | None = None  # firing only by keep_firing_for: condition false since then
     detail: str = ""  # why: the query error, "no data", ...
 
     @property
@@ -216,6 +218,7 @@ class Evaluation:
     at: float
     signals: tuple[Signal, ...]
     activated_at: float | None = None
+    activation_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,7 @@ class TargetState:
     last_closed_at: float | None = None
     last_closed_verdict: Verdict | None = None
     inconclusive_since: float | None = None
+    activated_at: float | None = None  # last known activation, for when the query has none
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,29 +44,40 @@ class Target:
     policy: model.Policy
     mode: model.Mode
     source: prometheus.PrometheusSource
-    journal: journal.Journal
+    store: journal.Journal
     recorder: telemetry.Recorder
     memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
     state: model.TargetState = field(default_factory=model.TargetState)
+    arming: journal.Arming | None = None  # as last read from the journal
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
     def name(self) -> str:
         return self.settings.name
 
-    async def tick(self) -> model.Decision:
-        """Evaluate and decide once, now; journal and export what changed."""
+    async def tick(self, *, budget: float) -> model.Decision:
+        """Evaluate and decide once, now; journal and export what changed.
+
+        Sources get ``budget`` seconds; past it every signal is ``error`` (inconclusive), so a
+        hung Prometheus is reported, never mistaken for a healthy or a failing service. The
+        remembered state advances only once the journal has the decision: if the write fails,
+        the next tick decides (and acts) again rather than forgetting.
+        """
         started = time.perf_counter()
         at = self.clock()
-        observation = await prometheus.observe(self.source, self.settings, self.rules, at)
-        evaluated, self.memory = evaluation.evaluate(
-            self.name, self.rules, observation, self.memory
-        )
-        decided, self.state = decision.decide(evaluated, self.policy, self.state)
+        try:
+            async with asyncio.timeout(budget):
+                observation = await prometheus.observe(self.source, self.settings, self.rules, at)
+        except TimeoutError:
+            observation = timed_out(self.rules, at, budget)
+        await self._follow_arming()
+        evaluated, memory = evaluation.evaluate(self.name, self.rules, observation, self.memory)
+        decided, state = decision.decide(evaluated, self.policy, self.state)
         outcome = gate_outcome(decided, self.mode)
         await asyncio.to_thread(
-            self.journal.record, evaluated, decided, mode=self.mode, outcome=outcome
+            self.store.record, evaluated, decided, mode=self.mode, outcome=outcome
         )
+        self.memory, self.state = memory, state
         failures = sum(1 for r in observation.results.values() if not r.ok) + (
             0 if observation.presence.ok else 1
         )
@@ -97,3 +108,23 @@ class Target:
             source_errors=failures,
         )
         return decided
+
+    async def _follow_arming(self) -> None:
+        """Pick up a re-arm (or disarm) made outside the loop, e.g. by ``rearm``."""
+        arming = await asyncio.to_thread(self.store.arming, self.name)
+        if arming != self.arming:
+            if self.arming is not None:
+                self.state = await asyncio.to_thread(self.store.target_state, self.name)
+                log.warning("arming changed", target=self.name, armed=arming.armed, by=arming.by)
+            self.arming = arming
+
+
+def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Observation:
+    """An observation in which every query failed because the sources ran out of time."""
+    failed = model.QueryResult(error=f"the sources did not answer within {budget:g}s")
+    return model.Observation(
+        at=at,
+        results={rule.name: failed for rule in rules},
+        presence=failed,
+        activation_failed=True,
+    )

@@ -23,6 +23,11 @@ from watchdog import errors, model, timefmt, yamlsrc
 _RULE_KEYS = frozenset(
     {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
 )
+_NOT_INSTANT = (
+    promql_parser.MatrixSelector,
+    promql_parser.SubqueryExpr,
+    promql_parser.StringLiteral,
+)
 _GROUP_KEYS = frozenset({"name", "interval", "rules", "limit", "query_offset"})
 _TAIL_COMPARISON = re.compile(
     r"(>=|<=|==|!=|>|<)\s*(?:bool\s+)?([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\)*\s*$"
@@ -140,9 +145,14 @@ def _load_rule(
         raise fail("expr", "'expr' must be a non-empty PromQL expression")
     expr = str(expr)
     try:
-        promql_parser.parse(expr)
+        parsed = promql_parser.parse(expr)
     except ValueError as exc:
         raise fail("expr", f"PromQL syntax error in 'expr': {exc}") from None
+    while isinstance(parsed, promql_parser.ParenExpr):
+        parsed = parsed.expr
+    if isinstance(parsed, _NOT_INSTANT):
+        kind = "a string" if isinstance(parsed, promql_parser.StringLiteral) else "a range vector"
+        raise fail("expr", f"'expr' returns {kind}; a rule needs an instant vector or a scalar")
     if record is not None:
         return None
     if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):

@@ -34,6 +34,8 @@ def parse_duration(text: str | float | int) -> float:
         if not math.isfinite(text) or text < 0:
             raise ValueError(f"not a duration: {text!r} (must be a finite number >= 0)")
         return float(text)
+    if not isinstance(text, str):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 15s, 5m, 1h30m, or seconds)")  # noqa: TRY004 - pydantic wants ValueError
     stripped = text.strip()
     if stripped and _DURATION.match(stripped):
         return sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(stripped))
@@ -59,13 +61,23 @@ def format_duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+LATEST_INSTANT = 4102444800.0  # 2100-01-01: beyond it, Unix seconds were probably milliseconds
+
+
 def parse_instant(text: str) -> float:
     """Unix seconds from RFC 3339 (``2026-11-25T10:00:00Z``) or Unix seconds."""
     stripped = text.strip()
     try:
-        return float(stripped)
+        seconds = float(stripped)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or not 0 <= seconds <= LATEST_INSTANT:
+            raise ValueError(
+                f"not a time: {text!r} (Unix seconds between 0 and {LATEST_INSTANT:.0f}; "
+                "milliseconds?)"
+            )
+        return seconds
     try:
         parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

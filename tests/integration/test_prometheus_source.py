@@ -118,6 +118,7 @@ class Proxy:
     upstream: str
     token: str
     fail_first: int = 0
+    delay: float = 0.0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
 
@@ -129,6 +130,7 @@ def proxy(server: sim_prometheus.RunningPrometheus) -> Iterator[Proxy]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.seen_headers.append(dict(self.headers))
+            time.sleep(state.delay)
             if self.headers.get("Authorization") != f"Bearer {state.token}":
                 self.send_response(401)
                 self.end_headers()
@@ -219,18 +221,23 @@ async def test_5xx_beyond_the_retry_budget_is_an_error(
     source.close()
 
 
-async def test_queries_run_off_the_event_loop(server: sim_prometheus.RunningPrometheus) -> None:
-    source = source_for(server.url)
+async def test_queries_run_off_the_event_loop(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_TEST_TOKEN", proxy.token)
+    proxy.delay = 0.5
+    source = source_for(proxy.url, bearer_token_env="WATCHDOG_TEST_TOKEN")
     ticks = 0
 
     async def ticker() -> None:
         nonlocal ticks
         while True:
             ticks += 1
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)
 
     task = asyncio.create_task(ticker())
-    await asyncio.gather(*(source.instant("demo_value", BASE + i * 15) for i in range(20)))
+    results = await asyncio.gather(*(source.instant("vector(1)", BASE) for _ in range(4)))
     task.cancel()
-    assert ticks > 5  # the loop kept running while 20 HTTP queries were in flight
+    assert all(r.ok for r in results)
+    assert ticks >= 20  # ~50 expected in 0.5 s; a blocking call would allow one
     source.close()

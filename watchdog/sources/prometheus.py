@@ -159,9 +159,11 @@ class PrometheusSource:
         params = {"time": _format_time(at), "timeout": f"{self._settings.timeout:g}"}
         try:
             raw = await self._call(self._client.custom_query, query=query, params=params)
+            return model.QueryResult(points=_points(raw))
         except QueryFailed as exc:
             return model.QueryResult(error=str(exc))
-        return model.QueryResult(points=_points(raw))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return model.QueryResult(error=_not_a_vector(self.url, exc))
 
     async def range(self, query: str, start: float, end: float, step: float) -> RangeResult:
         """A range query over ``[start, end]``, chunked under Prometheus's point limit."""
@@ -176,16 +178,19 @@ class PrometheusSource:
                     query=query,
                     start_time=datetime.fromtimestamp(chunk_start, tz=UTC),
                     end_time=datetime.fromtimestamp(chunk_end, tz=UTC),
-                    step=f"{step:g}s",
+                    step=repr(float(step)),  # plain seconds: Prometheus rejects "1.5s"
                     params={"timeout": f"{self._settings.timeout:g}"},
                 )
             except QueryFailed as exc:
                 return RangeResult(error=str(exc))
-            for item in raw:
-                labels = _labels(item.get("metric", {}))
-                values = series.setdefault(labels, {})
-                for ts, value in item.get("values", ()):
-                    values[float(ts)] = float(value)
+            try:
+                for item in raw:
+                    labels = _labels(item["metric"])
+                    values = series.setdefault(labels, {})
+                    for ts, value in item["values"]:
+                        values[float(ts)] = float(value)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                return RangeResult(error=_not_a_vector(self.url, exc))
             chunk_start = chunk_end + step
         return RangeResult(
             series=tuple(RangeSeries(labels, values) for labels, values in series.items())
@@ -238,9 +243,10 @@ class PrometheusSource:
                 f"Prometheus at {self._settings.url}: {type(exc).__name__}: {exc}",
                 retryable=False,
             ) from None
-        except ValueError as exc:  # a body that is not Prometheus JSON
+        except (ValueError, KeyError, TypeError) as exc:  # a body that is not Prometheus JSON
             raise QueryFailed(
-                f"Prometheus at {self._settings.url} answered something that is not its API: {exc}",
+                f"Prometheus at {self._settings.url} answered something that is not its API: "
+                f"{type(exc).__name__}: {exc}",
                 retryable=False,
             ) from None
 
@@ -251,9 +257,13 @@ async def observe(
     rules: Sequence[model.Rule],
     at: float,
     *,
-    concurrency: int = 8,
+    concurrency: int = 32,
 ) -> model.Observation:
-    """Everything evaluation needs about one target at ``at``: all queries, concurrently."""
+    """Everything evaluation needs about one target at ``at``: all queries, concurrently.
+
+    All of a target's queries normally run in one wave, so a hung Prometheus costs one
+    query timeout per tick, not one per query.
+    """
     limit = asyncio.Semaphore(concurrency)
 
     async def bounded(query: str) -> model.QueryResult:
@@ -268,6 +278,7 @@ async def observe(
         results={rule.name: result for rule, result in zip(rules, results, strict=True)},
         presence=presence,
         activated_at=activation_time(activation),
+        activation_failed=not activation.ok,
     )
 
 
@@ -293,6 +304,13 @@ def _classify(message: str, url: str) -> QueryFailed:
     return QueryFailed(f"Prometheus answered HTTP {status}: {detail}", retryable=retryable)
 
 
+def _not_a_vector(url: str, exc: BaseException) -> str:
+    return (
+        f"Prometheus at {url} answered in an unexpected shape ({type(exc).__name__}: {exc}); "
+        "an alert expression must return an instant vector"
+    )
+
+
 def _root_cause(exc: BaseException) -> str:
     nxt = exc.__cause__ or exc.__context__
     while nxt is not None:
@@ -303,11 +321,10 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _points(raw: Any) -> tuple[model.Point, ...]:
+    """Series of an instant vector (or a scalar); anything else raises for the caller."""
     if isinstance(raw, list) and len(raw) == 2 and not isinstance(raw[0], dict):
         return (model.Point((), float(raw[1])),)  # a scalar result
-    return tuple(
-        model.Point(_labels(item.get("metric", {})), float(item["value"][1])) for item in raw or ()
-    )
+    return tuple(model.Point(_labels(item["metric"]), float(item["value"][1])) for item in raw)
 
 
 def _labels(metric: Mapping[str, str]) -> model.Labels:

@@ -1,0 +1,127 @@
+"""One tick, with an injected Prometheus client: hung sources, a failing journal, re-arming."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import rule
+from watchdog import config, journal, model, pipeline, telemetry
+from watchdog.sources import prometheus
+
+DOWN = rule("Down")  # expr "down_metric > 1"
+TARGET = config.TargetSettings(
+    name="lavalink",
+    primary=config.UnitSettings(unit="lavalink-rust.service", job="lavalink-rust"),
+    fallback=config.UnitSettings(unit="lavalink-java.service", job="lavalink-java"),
+    rules=[Path("unused.yml")],
+)
+
+
+class Client:
+    """Stands in for PrometheusConnect: answers instant queries from a table."""
+
+    def __init__(self, answers: dict[str, float | None], *, delay: float = 0.0) -> None:
+        self.answers = answers
+        self.delay = delay
+
+    def custom_query(
+        self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        time.sleep(self.delay)
+        value = self.answers.get(query)
+        return (
+            []
+            if value is None
+            else [{"metric": {"job": "lavalink-rust"}, "value": [0, str(value)]}]
+        )
+
+
+def make_target(
+    tmp_path: Path, client: Client, *, mode: model.Mode = model.Mode.AUTO
+) -> pipeline.Target:
+    settings = config.PrometheusSettings(timeout=1, retries=1)
+    source = prometheus.PrometheusSource(
+        settings, credentials=prometheus.Credentials({}, None), connect=lambda **_: client
+    )
+    store = journal.Journal.open(tmp_path)
+    return pipeline.Target(
+        settings=TARGET,
+        rules=[DOWN],
+        policy=model.Policy(),
+        mode=mode,
+        source=source,
+        store=store,
+        recorder=telemetry.Recorder(),
+        state=store.target_state("lavalink"),
+        clock=lambda: 10_000.0,
+    )
+
+
+HEALTHY = {'up{job="lavalink-rust"}': 1.0, DOWN.expr: None}
+BROKEN = {'up{job="lavalink-rust"}': 1.0, DOWN.expr: 5.0}
+
+
+async def test_a_hung_prometheus_makes_the_tick_inconclusive_in_time(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(BROKEN, delay=2.0))
+    started = time.monotonic()
+    made = await target.tick(budget=0.3)
+    assert time.monotonic() - started < 1.5
+    assert made.verdict is model.Verdict.INCONCLUSIVE
+    assert made.action is model.Action.NONE
+    assert "did not answer within 0.3s" in made.reason
+
+
+async def test_a_failed_journal_write_does_not_lose_the_decision(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    target.store.close()  # every write now fails
+    with pytest.raises(sqlite3.ProgrammingError):
+        await target.tick(budget=5)
+    assert target.state == model.TargetState()  # nothing was remembered as done
+    target.store = journal.Journal.open(tmp_path)
+    made = await target.tick(budget=5)
+    assert made.action is model.Action.ROLLBACK
+    assert [d.action for d in target.store.decisions()] == ["rollback"]
+
+
+async def test_rearming_reaches_a_running_loop_and_starts_afresh(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    assert (await target.tick(budget=5)).action is model.Action.NONE  # one action per incident
+    target.store.set_armed("lavalink", False, at=10_001, by="executor", note="rolled back")
+    disarmed = await target.tick(budget=5)
+    assert disarmed.action is model.Action.NONE and disarmed.reason.startswith("disarmed")
+    target.store.set_armed("lavalink", True, at=10_002, by="alice", note="fixed and redeployed")
+    again = await target.tick(budget=5)
+    assert again.action is model.Action.ROLLBACK  # a new incident, no cooldown from the old
+    incidents = target.store.incidents()
+    assert [i.status for i in incidents] == ["open", "closed"]
+
+
+async def test_a_healthy_tick_holds(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(HEALTHY))
+    made = await target.tick(budget=5)
+    assert made.verdict is model.Verdict.HOLD
+    assert (
+        target.recorder.registry.get_sample_value(
+            "rollback_watchdog_verdict", {"target": "lavalink", "verdict": "hold"}
+        )
+        == 1.0
+    )
+
+
+async def test_a_matrix_answer_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    class Matrix(Client):
+        def custom_query(
+            self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None
+        ) -> list[dict[str, Any]]:
+            return [{"metric": {}, "values": [[0, "1"]]}]
+
+    target = make_target(tmp_path, Matrix({}))
+    made = await target.tick(budget=5)
+    assert made.verdict is model.Verdict.INCONCLUSIVE
+    assert "must return an instant vector" in made.reason
