@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -238,3 +239,41 @@ def test_run_refuses_a_port_in_use_and_a_second_daemon(tmp_path: Path) -> None:
         assert first.stderr is not None
         first.stderr.close()
     assert first.returncode == 0  # SIGTERM is a clean stop
+
+
+def test_run_logs_json_keeps_going_without_prometheus_and_never_logs_secrets(
+    tmp_path: Path,
+) -> None:
+    secret = "xoxb-very-secret-token-value"
+    path = config_file(
+        tmp_path,
+        f"interval: 1s\nlisten: {{port: 0}}\nprometheus:\n"
+        f"  {{url: 'http://127.0.0.1:{closed_port()}', retries: 1, bearer_token_env: WD_TOKEN}}\n",
+    )
+    env = {**os.environ, "WD_TOKEN": secret}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:
+            lines.append(line)
+            if sum('"event": "evaluated"' in seen for seen in lines) >= 3:
+                break
+    finally:
+        daemon.terminate()
+        rest = daemon.communicate(timeout=30)[1]
+    lines.extend(rest.splitlines())
+    events = [json.loads(line) for line in lines if line.strip()]
+    evaluated = [e for e in events if e["event"] == "evaluated"]
+    assert len(evaluated) >= 3
+    assert {e["verdict"] for e in evaluated} == {"inconclusive"}
+    assert all(e["level"] in ("info", "warning", "error") and "timestamp" in e for e in events)
+    assert events[-1]["event"] == "stopped"
+    assert daemon.returncode == 0
+    assert not any(secret in line for line in lines)
