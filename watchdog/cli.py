@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -30,6 +31,8 @@ from watchdog import (
     timefmt,
     yamlsrc,
 )
+from watchdog.executor import runbook
+from watchdog.executor.systemd import Systemd, SystemdError
 from watchdog.sources import prometheus
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -83,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--step", default="15s", help="evaluation step [15s]")
     replay.add_argument("--target", help="target name (default: the only one)")
     replay.add_argument("--json", action="store_true", help="print the JSON contract")
+
+    rollback = commands.add_parser("rollback", help="roll back now, step by step (the runbook)")
+    with_config(rollback)
+    rollback.add_argument("--reason", required=True, help="why (journaled, in the report)")
+    rollback.add_argument("--target", help="target name (default: the only one)")
+    rollback.add_argument("--dry-run", action="store_true", help="print the plan and preflight")
+    rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rollback.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
 
     rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
     with_config(rearm)
@@ -278,6 +289,10 @@ def _status(args: argparse.Namespace) -> int:
                     "last_change": store.last_evaluation(target.name),
                     "incidents": [vars_of(i) for i in store.incidents(target=target.name, limit=5)],
                     "decisions": [vars_of(d) for d in store.decisions(target=target.name, limit=5)],
+                    "runs": [
+                        {**vars_of(r), "steps": [vars_of(s) for s in store.steps(r.id)]}
+                        for r in store.runs(target=target.name, limit=3)
+                    ],
                 }
             )
     finally:
@@ -304,6 +319,14 @@ def _status(args: argparse.Namespace) -> int:
                 f"  incident #{incident['id']} {incident['status']} {incident['verdict']} "
                 f"{timefmt.format_instant(incident['opened_at'])}{closed}"
             )
+        for run in item["runs"]:
+            print(
+                f"  run #{run['id']} {run['status'].upper()} ({run['trigger']} by "
+                f"{run['initiated_by']}, {timefmt.format_instant(run['started_at'])}): "
+                f"{run['outcome'] or run['reason']}"
+            )
+            for step in run["steps"]:
+                print(f"    {step['name']:<15} {step['status']:<8} {step['detail']}")
         for made in item["decisions"]:
             print(
                 f"  decision {timefmt.format_instant(made['at'])} {made['action']} "
@@ -410,6 +433,126 @@ def print_timeline(replayed: backtest.Replay) -> None:
         print(f"  first {verdict.value}: {timefmt.format_instant(at) if at else 'never'}")
 
 
+# -- rollback -------------------------------------------------------------------------------
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    target = settings.target(args.target)
+    if not args.reason.strip():
+        return _fail("--reason must say why")
+    by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    if not args.dry_run and not args.yes:
+        if not sys.stdin.isatty():
+            return _fail("rollback needs --yes when not run from a terminal")
+        answer = input(
+            f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}?"
+            " [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return EXIT_FAILED
+    return asyncio.run(_rollback_async(settings, target, args, by))
+
+
+async def _rollback_async(
+    settings: config.Settings, target: config.TargetSettings, args: argparse.Namespace, by: str
+) -> int:
+    if args.dry_run:
+        print(f"rollback plan for {target.name}: {target.primary.unit} -> {target.fallback.unit}")
+        steps = runbook.plan(target, settings.state_dir)
+        for seq, (name, what) in enumerate(steps, start=1):
+            print(f"  {seq}. {name:<15} {what}")
+        print(f"  on a failure after stop-primary: {target.runbook.on_fallback_failure}")
+    try:
+        systemd = await Systemd.connect(
+            settings.systemd.bus, call_timeout=target.runbook.job_timeout
+        )
+    except SystemdError as exc:
+        if args.dry_run:
+            print(f"preflight: FAILED: {exc}")
+            return EXIT_FAILED
+        return _fail(str(exc))
+    try:
+        if args.dry_run:
+            ctx = runbook.Context(
+                target=target,
+                systemd=systemd,
+                store=None,
+                state_dir=settings.state_dir,
+                run_id=0,
+                password="",
+            )
+            try:
+                detail = await runbook.preflight(ctx)
+            except runbook.StepFailed as exc:
+                print(f"preflight: FAILED: {exc}")
+                return EXIT_FAILED
+            finally:
+                await ctx.http.aclose()
+            print(f"preflight: OK ({detail}); nothing was changed")
+            return EXIT_OK
+        return await _execute(settings, target, systemd, args.reason, by)
+    finally:
+        systemd.close()
+
+
+async def _execute(
+    settings: config.Settings, target: config.TargetSettings, systemd: Systemd, reason: str, by: str
+) -> int:
+    store = journal.Journal.open(settings.state_dir)
+    try:
+        incident = store.open_incident_id(target.name)
+        if incident is None:
+            incident = store.open_manual_incident(target.name, reason=reason, at=time.time())
+        print(f"rolling {target.name} back: {target.primary.unit} -> {target.fallback.unit}")
+        try:
+            outcome = await runbook.start_run(
+                target,
+                store,
+                systemd,
+                settings.state_dir,
+                trigger="manual",
+                initiated_by=by,
+                reason=reason,
+                incident_id=incident,
+                observer=_show_step,
+            )
+        except journal.RunInFlight as exc:
+            print(f"run #{exc.run_id} is already in flight: following it")
+            outcome = await _follow(store, exc.run_id)
+    finally:
+        store.close()
+    print(f"run #{outcome.run_id}: {outcome.status.upper()}: {outcome.detail}")
+    return EXIT_OK if outcome.succeeded else EXIT_FAILED
+
+
+def _show_step(event: runbook.StepEvent) -> None:
+    total = len(runbook.STEPS)
+    if event.status == "running":
+        print(f"  [{event.seq}/{total}] {event.name:<15} ...", end="", flush=True)
+    elif event.status == "skipped":
+        print(f"  [{event.seq}/{total}] {event.name:<15} skipped: {event.detail}", flush=True)
+    else:
+        print(f" {event.status} ({event.seconds:.1f}s) {event.detail}", flush=True)
+
+
+async def _follow(store: journal.Journal, run_id: int) -> runbook.Outcome:
+    """Show another process's run until it ends (a second trigger joins the first)."""
+    shown = 0
+    while True:
+        steps = await asyncio.to_thread(store.steps, run_id)
+        for step in steps[shown:]:
+            if step.status == "running":
+                break
+            print(f"  {step.name:<15} {step.status}: {step.detail}")
+            shown += 1
+        run = await asyncio.to_thread(store.run, run_id)
+        if run.status != "running":
+            return runbook.Outcome(run.id, run.status, run.outcome)
+        await asyncio.sleep(0.5)
+
+
 # -- rearm ----------------------------------------------------------------------------------
 
 
@@ -442,5 +585,6 @@ _HANDLERS = {
     "run": _run,
     "backtest": _backtest,
     "rearm": _rearm,
+    "rollback": _rollback,
     "demo": _demo,
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import promql_parser
 from pydantic import (
@@ -96,10 +96,58 @@ class PrometheusSettings(_Strict):
 
 
 class UnitSettings(_Strict):
-    """One side of a target: its systemd unit and its Prometheus scrape job."""
+    """One side of a target: its systemd unit, scrape job, and what the runbook touches."""
 
     unit: str = Field(pattern=r"^[A-Za-z0-9:_.@\\-]+\.service$")
     job: str = Field(min_length=1)
+    config_dir: Path | None = None  # backed up; the primary's holds the config to carry over
+    unit_file: Path | None = None  # backed up (default: /etc/systemd/system/<unit>)
+    binary: Path | None = None  # must exist before anything is stopped (e.g. Lavalink.jar)
+
+
+class VerifySettings(_Strict):
+    """The runbook's verification list; defaults are its numbers."""
+
+    timeout: Duration = Field(default=60.0, gt=0)  # for /version to answer after the start
+    poll: Duration = Field(default=0.25, gt=0)
+    identifiers: dict[str, str] = Field(
+        default_factory=lambda: {"youtube": "ytsearch:test", "soundcloud": "scsearch:test"}
+    )
+    websocket: bool = True
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: the URL's port
+    max_memory_bytes: float = Field(default=2 * 1024**3, gt=0)
+    max_cpu: float = Field(default=0.5, gt=0)  # of one core, sampled over `cpu_sample`
+    cpu_sample: Duration = Field(default=0.5, gt=0)
+    max_latency: Duration = Field(default=0.5, gt=0)  # each basic endpoint
+
+
+class RunbookSettings(_Strict):
+    """How the rollback is carried out for a target."""
+
+    url: str = "http://127.0.0.1:2333"  # the service, whichever side runs it
+    password_file: Path | None = None  # Lavalink's `Authorization` password
+    password_env: str | None = None
+    java_command: list[str] | None = Field(default_factory=lambda: ["java", "-version"])
+    min_java: int = 17
+    carry_config: str | None = "application.yml"  # copied to the fallback if it has none
+    job_timeout: Duration = Field(default=90.0, gt=0)  # each systemd start/stop job
+    on_fallback_failure: Literal["restore_primary", "leave"] = "restore_primary"
+    resume_within: Duration = Field(default=900.0, ge=0)  # resume an interrupted run if younger
+    step_pause: Duration = Field(default=0.0, ge=0)  # drills and tests: pause in each step
+    verify: VerifySettings = VerifySettings()
+
+    @field_validator("url")
+    @classmethod
+    def _service_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s@]+", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give one of password_file or password_env, not both")
+        return self
 
 
 class TargetSettings(_Strict):
@@ -111,6 +159,7 @@ class TargetSettings(_Strict):
     rules: list[Path] = Field(min_length=1)
     presence_query: str | None = None  # default: up{job="<primary job>"}
     activation_query: str | None = None  # default: max(process_start_time_seconds{job=...})
+    runbook: RunbookSettings = RunbookSettings()
 
     @field_validator("presence_query", "activation_query")
     @classmethod
@@ -150,6 +199,19 @@ class PolicySettings(_Strict):
         )
 
 
+class SystemdSettings(_Strict):
+    """Which D-Bus reaches systemd: ``system``, ``user`` or an address (``unix:path=...``)."""
+
+    bus: str = "system"
+
+    @field_validator("bus")
+    @classmethod
+    def _bus(cls, bus: str) -> str:
+        if bus not in ("system", "user") and not re.match(r"^[a-z]+:", bus):
+            raise ValueError(f"{bus!r}: use system, user or a D-Bus address like unix:path=...")
+        return bus
+
+
 class ListenSettings(_Strict):
     """Where the watchdog serves its own ``/metrics`` (loopback by default)."""
 
@@ -166,6 +228,7 @@ class Settings(_Strict):
     prometheus: PrometheusSettings = PrometheusSettings()
     policy: PolicySettings = PolicySettings()
     listen: ListenSettings = ListenSettings()
+    systemd: SystemdSettings = SystemdSettings()
     targets: list[TargetSettings] = Field(min_length=1)
 
     @field_validator("interval")
@@ -237,5 +300,27 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         target.model_copy(update={"rules": [resolve(p) for p in target.rules]})
         for target in settings.targets
     ]
+    targets = [_resolve_target_paths(target, resolve) for target in targets]
     update: dict[str, Any] = {"targets": targets, "state_dir": resolve(settings.state_dir)}
     return settings.model_copy(update=update)
+
+
+def _resolve_target_paths(target: TargetSettings, resolve: Any) -> TargetSettings:
+    def side(unit: UnitSettings) -> UnitSettings:
+        update = {
+            key: resolve(value)
+            for key in ("config_dir", "unit_file", "binary")
+            if (value := getattr(unit, key)) is not None
+        }
+        return unit.model_copy(update=update)
+
+    runbook = target.runbook
+    if runbook.password_file is not None:
+        runbook = runbook.model_copy(update={"password_file": resolve(runbook.password_file)})
+    return target.model_copy(
+        update={
+            "primary": side(target.primary),
+            "fallback": side(target.fallback),
+            "runbook": runbook,
+        }
+    )

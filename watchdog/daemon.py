@@ -19,7 +19,9 @@ from pathlib import Path
 
 import structlog
 
-from watchdog import backtest, config, errors, journal, pipeline, rules, telemetry
+from watchdog import backtest, config, errors, journal, model, pipeline, rules, telemetry
+from watchdog.executor import runbook
+from watchdog.executor.systemd import Systemd, SystemdError
 from watchdog.sources import prometheus
 
 log = structlog.get_logger("watchdog.daemon")
@@ -65,7 +67,10 @@ async def _run(
         source.close()
         raise errors.InputError(f"cannot serve /metrics on {host}:{port}: {exc.strerror}") from None
     policy = settings.policy.to_policy()
+    systemd: Systemd | None = None
+    runs: set[asyncio.Task[runbook.Outcome]] = set()
     try:
+        systemd = await _connect_systemd(settings)
         targets = []
         for target_settings in settings.targets:
             rule_set = rules.load(target_settings.rules)
@@ -81,6 +86,10 @@ async def _run(
                 state=state,
                 clock=clock,
             )
+            if systemd is not None:
+                await _reconcile(target_settings, store, systemd, settings, clock)
+                target.state = await asyncio.to_thread(store.target_state, target_settings.name)
+                target.launch = _launcher(target_settings, store, systemd, settings, runs, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
         log.info(
@@ -98,11 +107,100 @@ async def _run(
                 for target in targets:
                     group.create_task(_loop(target, settings, stop), name=f"loop:{target.name}")
                 await stop.wait()
+        if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
+            await asyncio.wait(runs, timeout=30.0)
     finally:
+        for task in runs:
+            task.cancel()
         server.close()
         source.close()
+        if systemd is not None:
+            systemd.close()
         store.close()
         log.info("stopped")
+
+
+async def _connect_systemd(settings: config.Settings) -> Systemd | None:
+    """systemd is needed to act (auto mode) and to reconcile; observe mode can do without."""
+    try:
+        return await Systemd.connect(settings.systemd.bus)
+    except SystemdError as exc:
+        if settings.mode is model.Mode.AUTO:
+            log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
+        else:
+            log.info("systemd unreachable", error=str(exc))
+        return None
+
+
+async def _reconcile(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    settings: config.Settings,
+    clock: Callable[[], float],
+) -> None:
+    outcome = await runbook.reconcile(target, store, systemd, settings.state_dir, clock=clock)
+    if outcome is not None:
+        log.warning(
+            "reconciled",
+            target=target.name,
+            run=outcome.run_id,
+            status=outcome.status,
+            detail=outcome.detail,
+        )
+
+
+def _launcher(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    settings: config.Settings,
+    runs: set[asyncio.Task[runbook.Outcome]],
+    clock: Callable[[], float],
+) -> pipeline.Launcher:
+    """Start the runbook as its own task, so evaluation keeps ticking while it runs."""
+
+    def launch(decided: model.Decision) -> str:
+        running = store.running_run(target.name)
+        if running is not None:
+            return f"joined run #{running.id} in flight"
+        task = asyncio.create_task(
+            runbook.start_run(
+                target,
+                store,
+                systemd,
+                settings.state_dir,
+                trigger="auto",
+                initiated_by="rollback-watchdog",
+                reason=decided.reason,
+                incident_id=store.open_incident_id(target.name),
+                clock=clock,
+            ),
+            name=f"rollback:{target.name}",
+        )
+        runs.add(task)
+        task.add_done_callback(_finished(runs))
+        return "rollback started"
+
+    return launch
+
+
+def _finished(
+    runs: set[asyncio.Task[runbook.Outcome]],
+) -> Callable[[asyncio.Task[runbook.Outcome]], None]:
+    def done(task: asyncio.Task[runbook.Outcome]) -> None:
+        runs.discard(task)
+        if task.cancelled():
+            log.error("rollback cancelled at shutdown; the next start reconciles it")
+        elif task.exception() is not None:
+            log.error("rollback could not run", error=repr(task.exception()))
+        else:
+            outcome = task.result()
+            log.warning(
+                "rollback ended", run=outcome.run_id, status=outcome.status, detail=outcome.detail
+            )
+
+    return done
 
 
 def source_budget(settings: config.Settings) -> float:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from watchdog import model
 
@@ -71,6 +71,35 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX decisions_incident ON decisions (incident_id);
     """,
+    # 2: rollback runs and their steps; at most one run in flight per target
+    """
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        target        TEXT NOT NULL,
+        incident_id   INTEGER REFERENCES incidents (id),
+        trigger       TEXT NOT NULL,     -- auto | approved | manual
+        initiated_by  TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        started_at    REAL NOT NULL,
+        finished_at   REAL,
+        status        TEXT NOT NULL CHECK (status IN
+                        ('running', 'succeeded', 'aborted', 'failed', 'restored', 'interrupted')),
+        outcome       TEXT NOT NULL DEFAULT '',
+        data          TEXT NOT NULL DEFAULT '{}'   -- JSON: backup path, snapshot, verification
+    );
+    CREATE UNIQUE INDEX runs_one_in_flight ON runs (target) WHERE status = 'running';
+    CREATE TABLE steps (
+        id           INTEGER PRIMARY KEY,
+        run_id       INTEGER NOT NULL REFERENCES runs (id),
+        seq          INTEGER NOT NULL,
+        name         TEXT NOT NULL,
+        started_at   REAL NOT NULL,
+        finished_at  REAL,
+        status       TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed', 'skipped')),
+        detail       TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX steps_run ON steps (run_id, seq);
+    """,
 )
 
 
@@ -81,6 +110,50 @@ class Arming:
     armed: bool
     changed_at: float | None = None
     by: str | None = None
+
+
+class RunInFlight(Exception):
+    """A run for this target is already in flight; ``run_id`` is the one to join."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"run #{run_id} is already in flight")
+        self.run_id = run_id
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One execution of the rollback runbook."""
+
+    id: int
+    target: str
+    incident_id: int | None
+    trigger: str
+    initiated_by: str
+    reason: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    outcome: str
+    data: str
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.data)
+        return loaded
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One step of a run, as journaled before and after it ran."""
+
+    id: int
+    run_id: int
+    seq: int
+    name: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +398,150 @@ class Journal:
                         (decision.verdict.value, incident_id),
                     )
             return incident_id
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def open_run(
+        self,
+        target: str,
+        *,
+        incident_id: int | None,
+        trigger: str,
+        initiated_by: str,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Journal a new run; ``RunInFlight`` if one is already running for ``target``."""
+        with self._lock:
+            try:
+                with _transaction(self._db):
+                    cursor = self._db.execute(
+                        "INSERT INTO runs (target, incident_id, trigger, initiated_by, reason, "
+                        "started_at, status) VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                        (target, incident_id, trigger, initiated_by, reason, at),
+                    )
+                    return int(cursor.lastrowid or 0)
+            except sqlite3.IntegrityError:
+                row = self._db.execute(
+                    "SELECT id FROM runs WHERE target = ? AND status = 'running'", (target,)
+                ).fetchone()
+                raise RunInFlight(int(row["id"]) if row else -1) from None
+
+    def running_run(self, target: str) -> RunRow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM runs WHERE target = ? AND status = 'running'", (target,)
+            ).fetchone()
+        return RunRow(**dict(row)) if row is not None else None
+
+    def run(self, run_id: int) -> RunRow:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run #{run_id}")
+        return RunRow(**dict(row))
+
+    def runs(self, *, target: str | None = None, limit: int = 20) -> list[RunRow]:
+        query, args = "SELECT * FROM runs", cast(tuple[Any, ...], ())
+        if target is not None:
+            query, args = query + " WHERE target = ?", (target,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [RunRow(**dict(row)) for row in rows]
+
+    def steps(self, run_id: int) -> list[StepRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM steps WHERE run_id = ? ORDER BY seq, id", (run_id,)
+            ).fetchall()
+        return [StepRow(**dict(row)) for row in rows]
+
+    def step_started(self, run_id: int, seq: int, name: str, *, at: float) -> int:
+        """Journal that a step is about to act; the row says 'running' until it ends."""
+        with self._lock, _transaction(self._db):
+            cursor = self._db.execute(
+                "INSERT INTO steps (run_id, seq, name, started_at, status) "
+                "VALUES (?, ?, ?, ?, 'running')",
+                (run_id, seq, name, at),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def step_finished(self, step_id: int, status: str, detail: str, *, at: float) -> None:
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "UPDATE steps SET status = ?, detail = ?, finished_at = ? WHERE id = ?",
+                (status, detail, at, step_id),
+            )
+
+    def remember(self, run_id: int, key: str, value: Any) -> None:
+        """Add one fact (JSON) to a run: the backup path, a snapshot, the verification."""
+        with self._lock, _transaction(self._db):
+            row = self._db.execute("SELECT data FROM runs WHERE id = ?", (run_id,)).fetchone()
+            data = json.loads(row["data"]) if row else {}
+            data[key] = value
+            self._db.execute(
+                "UPDATE runs SET data = ? WHERE id = ?", (json.dumps(data, default=str), run_id)
+            )
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        outcome: str,
+        *,
+        at: float,
+        disarm: bool = False,
+        close_incident: bool = False,
+        step: tuple[int, str] | None = None,
+    ) -> None:
+        """End a run; a successful rollback also disarms the target and closes the incident,
+        in the same transaction, so no crash can leave one done without the others."""
+        with self._lock, _transaction(self._db):
+            row = self._db.execute(
+                "SELECT target, incident_id FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            self._db.execute(
+                "UPDATE runs SET status = ?, outcome = ?, finished_at = ? WHERE id = ?",
+                (status, outcome, at, run_id),
+            )
+            if step is not None:
+                self._db.execute(
+                    "UPDATE steps SET status = 'ok', detail = ?, finished_at = ? WHERE id = ?",
+                    (step[1], at, step[0]),
+                )
+            if disarm:
+                self._db.execute(
+                    "INSERT INTO targets (name, armed, changed_at, changed_by, note) "
+                    "VALUES (?, 0, ?, 'rollback', ?) ON CONFLICT (name) DO UPDATE SET "
+                    "armed = 0, changed_at = excluded.changed_at, "
+                    "changed_by = excluded.changed_by, note = excluded.note",
+                    (row["target"], at, f"rolled back by run #{run_id}"),
+                )
+            if close_incident and row["incident_id"] is not None:
+                self._db.execute(
+                    "UPDATE incidents SET status = 'closed', closed_at = ? "
+                    "WHERE id = ? AND status = 'open'",
+                    (at, row["incident_id"]),
+                )
+
+    def open_incident_id(self, target: str) -> int | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM incidents WHERE target = ? AND status = 'open' "
+                "ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+        return int(row["id"]) if row is not None else None
+
+    def open_manual_incident(self, target: str, *, reason: str, at: float) -> int:
+        """An incident opened by a person (``rollback --reason``), critical by definition."""
+        with self._lock, _transaction(self._db):
+            cursor = self._db.execute(
+                "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason) "
+                "VALUES (?, ?, 'open', 'rollback', 'rollback', ?)",
+                (target, at, f"manual: {reason}"),
+            )
+            return int(cursor.lastrowid or 0)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 The daemon calls ``Target.tick`` every ``interval``; it is the only place the stages meet, and
 data passes between them only through function arguments. Until the systemd executor exists,
-the gate is observe-only: a rollback decision is journaled as "would roll back", whatever the
-configured mode, and nothing is switched.
+a rollback decision in ``auto`` mode launches the runbook (``Target.launch``, provided by the
+daemon); in ``observe`` mode it is journaled as "would roll back"; ``approve`` waits for the
+approval gate.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ from watchdog.sources import prometheus
 log = structlog.get_logger("watchdog.pipeline")
 
 
-def gate_outcome(decided: model.Decision, mode: model.Mode) -> str:
-    """What the gate made of an action. No executor yet: nothing is ever switched."""
+Launcher = Callable[[model.Decision], str]
+"""Starts (or joins) a rollback run for a decision and says which; the daemon provides it."""
+
+
+def gate_outcome(decided: model.Decision, mode: model.Mode, launch: Launcher | None) -> str:
+    """What the gate made of an action: act (auto), record (observe), ask (approve, later)."""
     action = decided.action
     if action is model.Action.ROLLBACK:
         if mode is model.Mode.OBSERVE:
             return "would roll back (observe mode)"
-        return f"would roll back ({mode.value} mode; the systemd executor is not available yet)"
+        if mode is model.Mode.AUTO:
+            if launch is None:
+                return "would roll back (auto mode, but no executor is connected)"
+            return launch(decided)
+        return "would roll back (approve mode; the approval gate is not available yet)"
     if action is model.Action.PROPOSE:
         return "would ask a human to approve a rollback (approval gate not available yet)"
     if action is model.Action.NOTIFY:
@@ -49,6 +58,7 @@ class Target:
     memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
     state: model.TargetState = field(default_factory=model.TargetState)
     arming: journal.Arming | None = None  # as last read from the journal
+    launch: Launcher | None = None  # starts the runbook in auto mode
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -73,7 +83,7 @@ class Target:
         await self._follow_arming()
         evaluated, memory = evaluation.evaluate(self.name, self.rules, observation, self.memory)
         decided, state = decision.decide(evaluated, self.policy, self.state)
-        outcome = gate_outcome(decided, self.mode)
+        outcome = gate_outcome(decided, self.mode, self.launch)
         await asyncio.to_thread(
             self.store.record, evaluated, decided, mode=self.mode, outcome=outcome
         )

@@ -1,0 +1,362 @@
+"""The rollback runbook on a real systemd (PID 1 of a throwaway namespace), with two Lavalink
+simulators as the Rust primary and the Java fallback: the switch, its failure modes, and a
+SIGKILL of the watchdog inside every step followed by a restart that reconciles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdog.sim import sandbox
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        sandbox.unavailable_reason() is not None,
+        reason=f"no sandbox systemd here: {sandbox.unavailable_reason()}",
+    ),
+]
+
+PYTHON = sys.executable  # the venv's python; /work and /usr stay visible inside
+PASSWORD = "youshallnotpass"
+PRIMARY, FALLBACK = "lavalink-rust.service", "lavalink-java.service"
+STEPS = [
+    "preflight",
+    "backup",
+    "snapshot",
+    "stop-primary",
+    "carry-config",
+    "start-fallback",
+    "verify",
+    "finish",
+]
+
+
+def unit(description: str, exec_start: str) -> str:
+    return textwrap.dedent(f"""\
+        [Unit]
+        Description={description}
+        DefaultDependencies=no
+
+        [Service]
+        Type=simple
+        ExecStart={exec_start}
+
+        [Install]
+        WantedBy=wd-test.target
+        """)
+
+
+def simulator(flavour: str, *extra: str) -> str:
+    args = " ".join(extra)
+    return (
+        f"{PYTHON} -m watchdog.sim.lavalink --host 127.0.0.1 --port 2333 "
+        f"--password {PASSWORD} --flavour {flavour} {args}"
+    ).strip()
+
+
+@dataclass
+class World:
+    box: sandbox.Sandbox
+    host: Path
+
+    def config(self, name: str, *, fallback_unit: str = FALLBACK, extra: str = "") -> Path:
+        """A fresh config and state dir; returns the config's host path."""
+        state = self.host / "cases" / name
+        state.mkdir(parents=True, exist_ok=True)
+        inside = self.box.inside(self.host)
+        text = (
+            textwrap.dedent(f"""\
+            mode: auto
+            interval: 1s
+            state_dir: {self.box.inside(state)}/state
+            systemd: {{bus: '{self.box.bus_address}'}}
+            prometheus: {{url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}}
+            listen: {{port: 0}}
+            targets:
+              - name: lavalink
+                primary:
+                  unit: {PRIMARY}
+                  job: lavalink-rust
+                  config_dir: {inside}/opt/lavalink-rust/config
+                fallback:
+                  unit: {fallback_unit}
+                  job: lavalink-java
+                  config_dir: {inside}/opt/lavalink-java
+                  binary: {inside}/opt/lavalink-java/Lavalink.jar
+                rules: [{Path(__file__).resolve().parents[2] / "rules" / "lavalink.yml"}]
+                runbook:
+                  url: http://127.0.0.1:2333
+                  password_file: {inside}/password
+                  verify: {{timeout: 20s, cpu_sample: 300ms, max_cpu: 0.9}}
+            """)
+            + extra
+        )
+        path = state / "config.yml"
+        path.write_text(text)
+        return path
+
+    def journal(self, config: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(config.parent / "state" / "journal.sqlite3", timeout=10)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def cli(self, *args: str, timeout: float = 120) -> Any:
+        return self.box.run([PYTHON, "-m", "watchdog", *args], timeout=timeout)
+
+    def reset(self, *, fallback_start: str | None = None) -> None:
+        """Rust active and enabled, Java stopped and disabled, Java without its config."""
+        self.box.systemctl("stop", FALLBACK)
+        self.box.systemctl("disable", FALLBACK)
+        if fallback_start is not None:
+            self.box.file_inside(f"/etc/systemd/system/{FALLBACK}").write_text(
+                unit("Lavalink Java (fallback)", fallback_start)
+            )
+            self.box.systemctl("daemon-reload")
+        self.box.systemctl("reset-failed")
+        self.box.systemctl("enable", "--now", PRIMARY)
+        carried = self.host / "opt" / "lavalink-java" / "application.yml"
+        carried.unlink(missing_ok=True)
+        deadline = time.monotonic() + 20
+        while self.box.unit_state(PRIMARY) != "active" and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def states(self) -> tuple[str, str]:
+        return self.box.unit_state(PRIMARY), self.box.unit_state(FALLBACK)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    host = tmp_path_factory.mktemp("systemd")
+    (host / "opt" / "lavalink-rust" / "config").mkdir(parents=True)
+    (host / "opt" / "lavalink-rust" / "config" / "application.yml").write_text(
+        f"server: {{port: 2333}}\nlavalink: {{server: {{password: {PASSWORD}}}}}\n"
+    )
+    (host / "opt" / "lavalink-java").mkdir(parents=True)
+    (host / "opt" / "lavalink-java" / "Lavalink.jar").write_bytes(b"PK\x03\x04 stand-in")
+    (host / "password").write_text(PASSWORD + "\n")
+    units = {
+        PRIMARY: unit("Lavalink Rust (primary)", simulator("rust")),
+        FALLBACK: unit("Lavalink Java (fallback)", simulator("java", "--startup-delay 1")),
+    }
+    with sandbox.booted_systemd(host, units) as box:
+        yield World(box, host)
+
+
+def run_rows(world: World, config: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    db = world.journal(config)
+    try:
+        run = dict(db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone())
+        steps = [
+            dict(r)
+            for r in db.execute(
+                "SELECT * FROM steps WHERE run_id = ? ORDER BY seq, id", (run["id"],)
+            )
+        ]
+    finally:
+        db.close()
+    return run, steps
+
+
+def armed(world: World, config: Path) -> bool:
+    db = world.journal(config)
+    try:
+        row = db.execute("SELECT armed FROM targets WHERE name = 'lavalink'").fetchone()
+    finally:
+        db.close()
+    return row is None or bool(row["armed"])
+
+
+def test_happy_path_switches_and_verifies(world: World) -> None:
+    world.reset()
+    config = world.config("happy")
+    done = world.cli(
+        "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in STEPS:
+        assert f"{step}" in done.stdout
+    assert "SUCCEEDED" in done.stdout
+    assert world.states() == ("inactive", "active")
+    assert world.box.systemctl("is-enabled", PRIMARY).stdout.strip() == "disabled"
+    assert world.box.systemctl("is-enabled", FALLBACK).stdout.strip() == "enabled"
+    run, steps = run_rows(world, config)
+    assert run["status"] == "succeeded" and run["trigger"] == "manual"
+    assert [s["name"] for s in steps] == STEPS
+    assert {s["status"] for s in steps} == {"ok"}
+    assert all(s["finished_at"] >= s["started_at"] for s in steps)
+    facts = json.loads(run["data"])
+    backup = Path(facts["backup"].replace(str(sandbox.INSIDE_DIR), str(world.host), 1))
+    assert (backup / "config" / "application.yml").is_file()
+    assert backup.name.startswith("emergency-")
+    verification = facts["verification"]
+    assert verification["version"]["ok"] and verification["websocket"]["ok"]
+    assert verification["port"]["ok"] and "bound by PID" in verification["port"]["detail"]
+    assert verification["loadtracks:youtube"]["ok"] and verification["loadtracks:soundcloud"]["ok"]
+    assert (world.host / "opt" / "lavalink-java" / "application.yml").is_file()  # carried
+    assert not armed(world, config)
+
+
+def test_a_fallback_that_cannot_start_brings_the_primary_back(world: World) -> None:
+    world.reset(fallback_start=simulator("java", "--fail-at-start"))
+    try:
+        config = world.config("fallback-fails")
+        done = world.cli(
+            "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert world.states()[0] == "active"  # a degraded service beats none
+        assert world.states()[1] in ("inactive", "failed")
+        run, steps = run_rows(world, config)
+        assert run["status"] == "restored"
+        names = [s["name"] for s in steps]
+        assert names[-1] == "restore-primary" and steps[-1]["status"] == "ok"
+        assert any(
+            s["status"] == "failed" for s in steps if s["name"] in ("start-fallback", "verify")
+        )
+        assert not armed(world, config)  # never switches again by itself
+    finally:
+        world.reset(fallback_start=simulator("java", "--startup-delay 1"))
+
+
+def test_a_failed_preflight_stops_nothing(world: World) -> None:
+    world.reset()
+    jar = world.host / "opt" / "lavalink-java" / "Lavalink.jar"
+    jar.rename(jar.with_suffix(".gone"))
+    try:
+        config = world.config("preflight")
+        done = world.cli(
+            "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
+        )
+    finally:
+        jar.with_suffix(".gone").rename(jar)
+    assert done.returncode == 1
+    assert "Lavalink.jar does not exist" in done.stdout
+    assert world.states() == ("active", "inactive")
+    run, steps = run_rows(world, config)
+    assert run["status"] == "aborted"
+    assert [s["name"] for s in steps] == ["preflight"]
+    assert armed(world, config)  # nothing was touched
+
+
+def test_a_unit_that_does_not_exist_is_a_clear_error(world: World) -> None:
+    world.reset()
+    config = world.config("missing", fallback_unit="lavalink-jvm.service")
+    dry = world.cli(
+        "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--dry-run"
+    )
+    assert dry.returncode == 1
+    assert "1. preflight" in dry.stdout and "8. finish" in dry.stdout
+    assert (
+        "fallback unit lavalink-jvm.service is not-found (is its unit file installed?)"
+        in dry.stdout
+    )
+    assert world.states() == ("active", "inactive")
+    assert not (config.parent / "state").exists()  # a dry run writes nothing
+
+
+def test_dry_run_passes_preflight_and_changes_nothing(world: World) -> None:
+    world.reset()
+    config = world.config("dry")
+    dry = world.cli(
+        "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "preflight: OK" in dry.stdout and "Java 17" in dry.stdout
+    assert world.states() == ("active", "inactive")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
+    world: World, step: str
+) -> None:
+    world.reset()
+    config = world.config(f"kill-{step}")
+    text = config.read_text().replace("verify: {", "step_pause: 600ms\n      verify: {")
+    config.write_text(text)
+    rollback = world.box.popen(
+        [
+            PYTHON,
+            "-m",
+            "watchdog",
+            "rollback",
+            "--config",
+            str(world.box.inside(config)),
+            "--reason",
+            "drill",
+            "--yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid = world.box.program_pid(rollback)
+    deadline = time.monotonic() + 60
+    hit = False
+    while time.monotonic() < deadline and not hit:
+        time.sleep(0.05)
+        if not (config.parent / "state" / "journal.sqlite3").exists():
+            continue
+        db = world.journal(config)
+        try:
+            row = db.execute(
+                "SELECT status FROM steps WHERE name = ? ORDER BY id DESC LIMIT 1", (step,)
+            ).fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        finally:
+            db.close()
+        hit = row is not None and row["status"] == "running"
+    if not hit:
+        rollback.kill()
+        out = rollback.communicate(timeout=30)
+        raise AssertionError(f"never saw {step} running: {out}")
+    os.kill(pid, signal.SIGKILL)
+    rollback.wait(timeout=30)
+    # restart: the daemon reconciles the interrupted run before anything else
+    log_path = config.parent / "daemon.log"
+    with log_path.open("w") as log_file:
+        daemon = world.box.popen(
+            [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        daemon_pid = world.box.program_pid(daemon)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                run, steps = run_rows(world, config)
+                if run["status"] != "running":
+                    break
+                time.sleep(0.2)
+        finally:
+            os.kill(daemon_pid, signal.SIGTERM)
+            daemon.wait(timeout=30)
+    log = log_path.read_text()[-3000:]
+    run, steps = run_rows(world, config)
+    primary, fallback = world.states()
+    assert sorted([primary, fallback]).count("active") == 1, (primary, fallback, steps)
+    interrupted = [s for s in steps if s["detail"].startswith("interrupted")]
+    assert [s["name"] for s in interrupted] == [step], (steps, log)  # the journal tells the truth
+    assert run["status"] == "succeeded", (run, steps)
+    assert (primary, fallback) == ("inactive", "active")
+    assert "reconciled" in json.loads(run["data"])
+    # resumed: what was done is skipped (a stop or start is never repeated blindly)
+    resumed = steps[steps.index(interrupted[0]) + 1 :]
+    assert all(s["status"] in ("ok", "skipped") for s in resumed), resumed
+    done_before = {s["name"] for s in steps[: steps.index(interrupted[0])] if s["status"] == "ok"}
+    for s in resumed:
+        if s["name"] in done_before & {"stop-primary", "start-fallback"}:
+            assert s["status"] == "skipped", s
+    assert not armed(world, config)

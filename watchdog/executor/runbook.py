@@ -1,0 +1,662 @@
+"""The operators' rollback procedure as an ordered list of small, journaled steps.
+
+preflight -> backup -> snapshot -> stop-primary -> carry-config -> start-fallback -> verify
+-> finish, as in the runbook (``reference/rollback-procedures.md``). Each step is a ``Step`` with
+a ``run`` (do it) and a ``check`` (is its effect already in place?). The runner journals each
+step before it starts and after it ends, so a crash at any moment leaves a true record; on the
+next start ``reconcile`` resumes the run, skipping every step whose ``check`` says it is done --
+a stop or a start is never repeated blindly -- or, if the run is too old to resume, marks it
+interrupted and says so loudly.
+
+Safety rules: nothing is stopped unless preflight passed; a fallback that fails to start or
+verify brings the primary back (``restore_primary``, default) or is left as it is (``leave``);
+every run that touched a unit ends with the target disarmed, so nothing ever switches twice or
+switches back by itself. One process executes a run (a lock file); one run per target is in
+flight (the journal's unique index); a second trigger joins the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import structlog
+
+from watchdog import config, errors, journal
+from watchdog.executor import verify
+from watchdog.executor.systemd import Systemd, SystemdError, UnitStatus
+
+log = structlog.get_logger("watchdog.executor")
+
+
+class StepFailed(Exception):
+    """A step could not do its part; the message is what the journal and the operator see."""
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything the steps share during one run."""
+
+    target: config.TargetSettings
+    systemd: Systemd
+    store: journal.Journal | None  # None for a dry run: it writes nothing
+    state_dir: Path
+    run_id: int
+    password: str
+    clock: Callable[[], float] = time.time
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5.0))
+    current_step: int = 0  # the journal row of the step being run
+
+    @property
+    def runbook(self) -> config.RunbookSettings:
+        return self.target.runbook
+
+    @property
+    def service(self) -> verify.Service:
+        return verify.Service(self.runbook.url, self.password)
+
+    @property
+    def journal(self) -> journal.Journal:
+        if self.store is None:
+            raise StepFailed("a dry run does not change anything")
+        return self.store
+
+    def facts(self) -> dict[str, Any]:
+        return self.journal.run(self.run_id).facts
+
+    def remember(self, key: str, value: Any) -> None:
+        self.journal.remember(self.run_id, key, value)
+
+    def carried_paths(self) -> tuple[Path, Path] | None:
+        name = self.runbook.carry_config
+        source, destination = self.target.primary.config_dir, self.target.fallback.config_dir
+        if name is None or source is None or destination is None:
+            return None
+        return source / name, destination / name
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step: ``run`` does it and says what it did; ``check`` says it is already done."""
+
+    name: str
+    run: Callable[[Context], Awaitable[str]]
+    check: Callable[[Context], Awaitable[bool]]
+    touches_units: bool = False  # from here on, a failure has changed the service
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """What an observer (the CLI's live view) learns about each step."""
+
+    seq: int
+    name: str
+    status: str  # running | ok | failed | skipped
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended."""
+
+    run_id: int
+    status: str  # succeeded | aborted | failed | restored | interrupted
+    detail: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+Observer = Callable[[StepEvent], None]
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+
+async def _never(ctx: Context) -> bool:
+    return False
+
+
+async def preflight(ctx: Context) -> str:
+    """Everything the fallback needs, checked before anything is stopped."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for side, settings in (("fallback", ctx.target.fallback), ("primary", ctx.target.primary)):
+        try:
+            status = await ctx.systemd.status(settings.unit)
+        except SystemdError as exc:
+            problems.append(f"{side} unit {settings.unit}: {exc}")
+            continue
+        if status.load_state != "loaded":
+            problems.append(
+                f"{side} unit {settings.unit} is {status.load_state} (is its unit file installed?)"
+            )
+        else:
+            notes.append(f"{settings.unit} {status.active_state}")
+    binary = ctx.target.fallback.binary
+    if binary is not None and not binary.is_file():
+        problems.append(f"fallback binary {binary} does not exist")
+    if ctx.runbook.java_command:
+        major, detail = await java_major(ctx.runbook.java_command)
+        if major is None:
+            problems.append(detail)
+        elif major < ctx.runbook.min_java:
+            problems.append(f"Java {major} found, {ctx.runbook.min_java}+ needed ({detail})")
+        else:
+            notes.append(f"Java {major}")
+    carried = ctx.carried_paths()
+    if carried is not None:
+        source, destination = carried
+        if not source.is_file() and not destination.is_file():
+            problems.append(f"no config to carry over: neither {source} nor {destination} exists")
+    if problems:
+        raise StepFailed("; ".join(problems))
+    return ", ".join(notes)
+
+
+async def java_major(command: Sequence[str]) -> tuple[int | None, str]:
+    """The major version ``java -version`` reports (``17`` from ``"17.0.15"``, 8 from 1.8)."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        async with asyncio.timeout(30):
+            output, _ = await process.communicate()
+    except (OSError, TimeoutError) as exc:
+        return None, f"cannot run {' '.join(command)}: {exc}"
+    text = output.decode(errors="replace")
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if process.returncode != 0 or match is None:
+        return None, f"{' '.join(command)} gave no version (exit {process.returncode})"
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
+        major = int(match.group(2))
+    return major, text.splitlines()[0].strip()
+
+
+async def backup(ctx: Context) -> str:
+    """Config directory and primary unit file into ``backups/emergency-YYYYmmdd-HHMMSS/``."""
+    stamp = datetime.fromtimestamp(ctx.clock(), tz=UTC).strftime("%Y%m%d-%H%M%S")
+    folder = ctx.state_dir / "backups" / f"emergency-{stamp}"
+    copied: list[str] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_dir = ctx.target.primary.config_dir
+        if config_dir is not None and config_dir.is_dir():
+            shutil.copytree(config_dir, folder / "config", dirs_exist_ok=True)
+            copied.append(str(config_dir))
+        unit_file = await _unit_file(ctx)
+        if unit_file is not None and unit_file.is_file():
+            shutil.copy2(unit_file, folder / unit_file.name)
+            copied.append(str(unit_file))
+    except OSError as exc:
+        raise StepFailed(f"backup into {folder} failed: {exc}") from None
+    ctx.remember("backup", str(folder))
+    return f"{', '.join(copied) or 'nothing to copy'} -> {folder}"
+
+
+async def _unit_file(ctx: Context) -> Path | None:
+    if ctx.target.primary.unit_file is not None:
+        return ctx.target.primary.unit_file
+    try:
+        path = (await ctx.systemd.status(ctx.target.primary.unit)).fragment_path
+    except SystemdError:
+        return None
+    return Path(path) if path else None
+
+
+async def _backed_up(ctx: Context) -> bool:
+    folder = ctx.facts().get("backup")
+    return bool(folder) and Path(str(folder)).is_dir()  # noqa: ASYNC240 - one stat
+
+
+async def snapshot(ctx: Context) -> str:
+    """Both units' state and the primary's ``/v4/info`` and ``/v4/stats`` (best effort)."""
+    facts: dict[str, Any] = {}
+    for side in ("primary", "fallback"):
+        unit = getattr(ctx.target, side).unit
+        try:
+            facts[side] = (await ctx.systemd.status(unit)).as_dict()
+        except SystemdError as exc:
+            facts[side] = {"error": str(exc)}
+    for path in ("/v4/info", "/v4/stats"):
+        try:
+            answer = await ctx.http.get(
+                f"{ctx.runbook.url}{path}", headers=ctx.service.headers, timeout=3.0
+            )
+            facts[path] = answer.json() if answer.status_code == 200 else answer.status_code
+        except (httpx.HTTPError, ValueError) as exc:
+            facts[path] = f"unreachable: {type(exc).__name__}"  # a dead primary is expected
+    ctx.remember("snapshot", facts)
+    primary = facts["primary"]
+    return f"primary {primary.get('ActiveState', '?')}, /v4/info: {_short(facts['/v4/info'])}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"version {value.get('version', {}).get('semver', '?')}"
+    return str(value)
+
+
+async def _snapshotted(ctx: Context) -> bool:
+    return "snapshot" in ctx.facts()
+
+
+async def stop_primary(ctx: Context) -> str:
+    unit = ctx.target.primary.unit
+    result = await ctx.systemd.stop(unit)
+    status = await ctx.systemd.status(unit)
+    if not status.stopped:
+        raise StepFailed(f"stop {unit}: job {result}, still {status.active_state}")
+    await ctx.systemd.disable([unit])
+    await ctx.systemd.reload()
+    return f"{unit} stopped (job {result}) and disabled"
+
+
+async def _primary_stopped(ctx: Context) -> bool:
+    status = await ctx.systemd.status(ctx.target.primary.unit)
+    return status.stopped and not status.enabled
+
+
+async def carry_config(ctx: Context) -> str:
+    carried = ctx.carried_paths()
+    if carried is None:
+        return "nothing to carry (carry_config or config_dir not set)"
+    source, destination = carried
+    if destination.is_file():
+        return f"{destination} already exists: kept"
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    except OSError as exc:
+        raise StepFailed(f"copy {source} -> {destination}: {exc}") from None
+    return f"{source} -> {destination}"
+
+
+async def _config_carried(ctx: Context) -> bool:
+    carried = ctx.carried_paths()
+    return carried is None or carried[1].is_file()
+
+
+async def start_fallback(ctx: Context) -> str:
+    unit = ctx.target.fallback.unit
+    await ctx.systemd.enable([unit])
+    await ctx.systemd.reload()
+    result = await ctx.systemd.start(unit)
+    status = await ctx.systemd.status(unit)
+    if result != "done" or not status.active:
+        raise StepFailed(f"start {unit}: job {result}, {status.active_state}/{status.sub_state}")
+    return f"{unit} enabled and started (job {result}, MainPID {status.main_pid})"
+
+
+async def _fallback_active(ctx: Context) -> bool:
+    return (await ctx.systemd.status(ctx.target.fallback.unit)).active
+
+
+async def verify_fallback(ctx: Context) -> str:
+    """The runbook's verification list against the fallback."""
+    settings = ctx.runbook.verify
+    checks = [
+        await verify.wait_for_version(
+            ctx.http, ctx.service, within=settings.timeout, poll=settings.poll
+        )
+    ]
+    fallback = await ctx.systemd.status(ctx.target.fallback.unit)
+    primary = await ctx.systemd.status(ctx.target.primary.unit)
+    if checks[0].ok:
+        # the CPU sample runs while the HTTP and WebSocket checks do: no extra wait
+        sampling = (
+            asyncio.create_task(verify.cpu(fallback.main_pid, settings))
+            if fallback.main_pid > 0
+            else None
+        )
+        checks += await verify.endpoints(ctx.http, ctx.service, settings)
+        if settings.websocket:
+            checks.append(await verify.websocket(ctx.service, within=10.0))
+        if sampling is not None:
+            checks.append(await sampling)
+    checks.append(
+        verify.Check(
+            "units",
+            fallback.active and primary.stopped,
+            f"{fallback.name} {fallback.active_state}, {primary.name} {primary.active_state}",
+        )
+    )
+    port = verify.port_of(ctx.runbook.url, settings)
+    checks += await asyncio.to_thread(verify.process, fallback.main_pid, port, settings)
+    ctx.remember("verification", verify.summary(checks))
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise StepFailed("; ".join(f"{c.name}: {c.detail}" for c in failed))
+    return f"{len(checks)} checks passed ({checks[0].detail}, up after {checks[0].seconds:.1f}s)"
+
+
+FINISHED = "target disarmed until re-armed; incident closed"
+
+
+async def finish(ctx: Context) -> str:
+    # One transaction: the run, this step, the arming and the incident end together.
+    ctx.journal.finish_run(
+        ctx.run_id,
+        "succeeded",
+        "fallback verified",
+        at=ctx.clock(),
+        disarm=True,
+        close_incident=True,
+        step=(ctx.current_step, FINISHED),
+    )
+    return FINISHED
+
+
+def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]]:
+    """What each step would do for this target, in words, for ``rollback --dry-run``."""
+    runbook, primary, fallback = target.runbook, target.primary, target.fallback
+    needs = [f"{fallback.unit} and {primary.unit} load"]
+    if fallback.binary is not None:
+        needs.append(f"{fallback.binary} exists")
+    if runbook.java_command:
+        needs.append(f"`{' '.join(runbook.java_command)}` reports >= {runbook.min_java}")
+    carried = None
+    if runbook.carry_config and primary.config_dir and fallback.config_dir:
+        carried = (primary.config_dir / runbook.carry_config, fallback.config_dir)
+        needs.append(f"{carried[0]} (or the fallback's copy) exists")
+    v = runbook.verify
+    checks = [f"/version within {v.timeout:g}s", "/v4/info", "/v4/stats"]
+    checks += [f"loadtracks {i}" for i in v.identifiers.values()]
+    if v.websocket:
+        checks.append("WebSocket ready")
+    checks += [
+        f"port {verify.port_of(runbook.url, v)} bound by MainPID",
+        f"RSS < {v.max_memory_bytes / 1024**2:.0f} MiB",
+        f"CPU < {v.max_cpu:.0%}",
+        f"endpoints < {v.max_latency * 1000:.0f} ms",
+    ]
+    return [
+        ("preflight", "; ".join(needs)),
+        (
+            "backup",
+            f"{primary.config_dir or '(no config_dir)'} and the unit file -> "
+            f"{state_dir / 'backups'}/emergency-<time>/",
+        ),
+        ("snapshot", f"both units' state; {runbook.url}/v4/info and /v4/stats"),
+        ("stop-primary", f"stop + disable {primary.unit}"),
+        (
+            "carry-config",
+            f"{carried[0]} -> {carried[1]}/ unless it has one" if carried else "nothing to carry",
+        ),
+        ("start-fallback", f"enable + start {fallback.unit}"),
+        ("verify", ", ".join(checks)),
+        ("finish", "disarm the target until re-armed; close the incident"),
+    ]
+
+
+STEPS: tuple[Step, ...] = (
+    Step("preflight", preflight, _never),
+    Step("backup", backup, _backed_up),
+    Step("snapshot", snapshot, _snapshotted),
+    Step("stop-primary", stop_primary, _primary_stopped, touches_units=True),
+    Step("carry-config", carry_config, _config_carried, touches_units=True),
+    Step("start-fallback", start_fallback, _fallback_active, touches_units=True),
+    Step("verify", verify_fallback, _never, touches_units=True),
+    Step("finish", finish, _never, touches_units=True),
+)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+async def execute(
+    ctx: Context,
+    *,
+    resume: bool = False,
+    observer: Observer | None = None,
+    steps: Sequence[Step] = STEPS,
+) -> Outcome:
+    """Run the steps in order, journaling each; on resume skip those already done."""
+    notify = observer or (lambda event: None)
+    pause = ctx.runbook.step_pause
+    for seq, step in enumerate(steps, start=1):
+        if resume and await _safe_check(step, ctx):
+            step_id = ctx.journal.step_started(ctx.run_id, seq, step.name, at=ctx.clock())
+            ctx.journal.step_finished(step_id, "skipped", "already done", at=ctx.clock())
+            notify(StepEvent(seq, step.name, "skipped", "already done", 0.0))
+            continue
+        step_id = ctx.journal.step_started(ctx.run_id, seq, step.name, at=ctx.clock())
+        ctx.current_step = step_id
+        notify(StepEvent(seq, step.name, "running", "", 0.0))
+        log.info("step started", run=ctx.run_id, step=step.name)
+        started = time.monotonic()
+        try:
+            if pause:
+                await asyncio.sleep(pause)  # drills: time to watch (or kill) each step
+            detail, status = await step.run(ctx), "ok"
+        except (StepFailed, SystemdError) as exc:
+            detail, status = str(exc), "failed"
+        except Exception as exc:  # a bug or the unexpected: journaled, never silent
+            detail, status = f"{type(exc).__name__}: {exc}", "failed"
+        seconds = time.monotonic() - started
+        if step.run is not finish or status == "failed":  # finish journals itself, atomically
+            ctx.journal.step_finished(step_id, status, detail, at=ctx.clock())
+        notify(StepEvent(seq, step.name, status, detail, seconds))
+        log.info("step finished", run=ctx.run_id, step=step.name, status=status, detail=detail)
+        if status == "failed":
+            return await _failed(ctx, step, seq, detail, notify)
+    return Outcome(ctx.run_id, "succeeded", "fallback verified")
+
+
+async def _safe_check(step: Step, ctx: Context) -> bool:
+    try:
+        return await step.check(ctx)
+    except (SystemdError, OSError):
+        return False
+
+
+async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Observer) -> Outcome:
+    """A step failed: abort cleanly before the switch; after it, restore or leave."""
+    at = ctx.clock()
+    if not step.touches_units:
+        outcome = f"{step.name} failed, nothing was stopped: {detail}"
+        ctx.journal.finish_run(ctx.run_id, "aborted", outcome, at=at)
+        log.error("rollback aborted", run=ctx.run_id, step=step.name, detail=detail)
+        return Outcome(ctx.run_id, "aborted", outcome)
+    if ctx.runbook.on_fallback_failure == "restore_primary":
+        step_id = ctx.journal.step_started(ctx.run_id, seq + 1, "restore-primary", at=ctx.clock())
+        notify(StepEvent(seq + 1, "restore-primary", "running", "", 0.0))
+        started = time.monotonic()
+        try:
+            restored = await restore_primary(ctx)
+            status, result = "ok", restored
+        except (StepFailed, SystemdError) as exc:
+            status, result = "failed", str(exc)
+        ctx.journal.step_finished(step_id, status, result, at=ctx.clock())
+        notify(StepEvent(seq + 1, "restore-primary", status, result, time.monotonic() - started))
+        run_status = "restored" if status == "ok" else "failed"
+        outcome = f"{step.name} failed ({detail}); primary restore {status}: {result}"
+    else:
+        run_status, outcome = "failed", f"{step.name} failed ({detail}); left as it is"
+    # Touched units: disarm, so the watchdog never switches again on its own.
+    ctx.journal.finish_run(
+        ctx.run_id, run_status, outcome, at=ctx.clock(), disarm=True, close_incident=True
+    )
+    log.critical("rollback failed", run=ctx.run_id, status=run_status, outcome=outcome)
+    return Outcome(ctx.run_id, run_status, outcome)
+
+
+async def restore_primary(ctx: Context) -> str:
+    """A degraded service beats none: fallback off, primary back on."""
+    fallback, primary = ctx.target.fallback.unit, ctx.target.primary.unit
+    await ctx.systemd.stop(fallback)
+    await ctx.systemd.disable([fallback])
+    await ctx.systemd.enable([primary])
+    await ctx.systemd.reload()
+    result = await ctx.systemd.start(primary)
+    status = await ctx.systemd.status(primary)
+    if not status.active:
+        raise StepFailed(f"{primary} did not come back: job {result}, {status.active_state}")
+    return f"{fallback} stopped and disabled, {primary} enabled and started again"
+
+
+# -- locking, starting, reconciling -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path, target: str) -> Iterator[bool]:
+    """Hold the target's run lock if free (True), else yield False: another process runs it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle: IO[str] = (state_dir / f"run-{target}.lock").open("a+")
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield True
+
+
+def read_password(settings: config.RunbookSettings) -> str:
+    """The service password, from its file or environment variable ('' if none is set)."""
+    if settings.password_file is not None:
+        try:
+            return settings.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"cannot read the password file {settings.password_file}: {exc.strerror}"
+            ) from None
+    if settings.password_env is not None:
+        value = os.environ.get(settings.password_env)
+        if value is None:
+            raise errors.ConfigError(f"the password variable ${settings.password_env} is not set")
+        return value
+    return ""
+
+
+async def reconcile(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    state_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    observer: Observer | None = None,
+) -> Outcome | None:
+    """Finish or close a run that a crash left unfinished; None if there is none.
+
+    Steps journaled as running were interrupted: they are marked so, the real unit states are
+    read, and the run resumes (skipping what is done) if it started within ``resume_within``;
+    otherwise it is marked interrupted, the target disarmed, and the units left as they are.
+    """
+    run = store.running_run(target.name)
+    if run is None:
+        return None
+    with run_lock(state_dir, target.name) as mine:
+        if not mine:
+            return None  # its process is alive and still running it
+        for step in store.steps(run.id):
+            if step.status == "running":
+                store.step_finished(
+                    step.id, "failed", "interrupted: the watchdog stopped here", at=clock()
+                )
+        primary = await _status_or_none(systemd, target.primary.unit)
+        fallback = await _status_or_none(systemd, target.fallback.unit)
+        seen = f"{_state(primary)}; {_state(fallback)}"
+        store.remember(run.id, "reconciled", seen)
+        if clock() - run.started_at > target.runbook.resume_within:
+            outcome = f"interrupted and too old to resume; left as found: {seen}"
+            store.finish_run(
+                run.id, "interrupted", outcome, at=clock(), disarm=True, close_incident=True
+            )
+            log.critical("rollback interrupted", run=run.id, units=seen)
+            return Outcome(run.id, "interrupted", outcome)
+        log.warning("resuming interrupted rollback", run=run.id, units=seen)
+        ctx = Context(
+            target=target,
+            systemd=systemd,
+            store=store,
+            state_dir=state_dir,
+            run_id=run.id,
+            password=read_password(target.runbook),
+            clock=clock,
+        )
+        try:
+            return await execute(ctx, resume=True, observer=observer)
+        finally:
+            await ctx.http.aclose()
+
+
+async def _status_or_none(systemd: Systemd, unit: str) -> UnitStatus | None:
+    try:
+        return await systemd.status(unit)
+    except SystemdError:
+        return None
+
+
+def _state(status: UnitStatus | None) -> str:
+    if status is None:
+        return "unknown unit"
+    return f"{status.name} {status.active_state} ({status.unit_file_state})"
+
+
+async def start_run(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    state_dir: Path,
+    *,
+    trigger: str,
+    initiated_by: str,
+    reason: str,
+    incident_id: int | None,
+    clock: Callable[[], float] = time.time,
+    observer: Observer | None = None,
+) -> Outcome:
+    """Open a run and execute it; ``journal.RunInFlight`` if one is already in flight."""
+    with run_lock(state_dir, target.name) as mine:
+        if not mine:
+            running = store.running_run(target.name)
+            raise journal.RunInFlight(running.id if running else -1)
+        run_id = store.open_run(
+            target.name,
+            incident_id=incident_id,
+            trigger=trigger,
+            initiated_by=initiated_by,
+            reason=reason,
+            at=clock(),
+        )
+        log.warning(
+            "rollback started",
+            run=run_id,
+            target=target.name,
+            trigger=trigger,
+            by=initiated_by,
+            reason=reason,
+        )
+        ctx = Context(
+            target=target,
+            systemd=systemd,
+            store=store,
+            state_dir=state_dir,
+            run_id=run_id,
+            password=read_password(target.runbook),
+            clock=clock,
+        )
+        try:
+            return await execute(ctx, observer=observer)
+        finally:
+            await ctx.http.aclose()

@@ -1,0 +1,270 @@
+"""systemd over D-Bus: the few Manager calls the runbook needs, with every wait bounded.
+
+A thin adapter on dbus-next (asyncio). Calls are plain ``Message``s to
+``org.freedesktop.systemd1`` -- no introspection round-trips -- and job completion is read from
+the ``JobRemoved`` signal through a raw message handler that is installed, with ``Subscribe``,
+*before* the job is requested: the signal can arrive before the method reply. Only the result
+``done`` is success, and even then ``ActiveState`` is read back.
+
+The bus is the system bus by default, the user bus, or an explicit address such as
+``unix:path=/run/systemd/private`` (systemd's peer-to-peer socket, which has no bus daemon:
+there ``AddMatch`` is refused, deliberately ignored, and the signals arrive anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_next._private.address import get_bus_address, parse_address
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.errors import DBusError
+from dbus_next.message import Message
+
+SYSTEMD = "org.freedesktop.systemd1"
+SYSTEMD_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+_REMEMBERED_RESULTS = 256
+_JOB_MATCH = f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
+
+
+def _missing_socket(bus: str) -> str | None:
+    """The unix socket path of ``bus`` if it does not exist, else None."""
+    try:
+        if bus in ("system", "user"):
+            kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
+            address = get_bus_address(kind)  # type: ignore[no-untyped-call]
+        else:
+            address = bus
+        for transport, options in parse_address(address):  # type: ignore[no-untyped-call]
+            if transport == "unix" and "path" in options:
+                return None if os.path.exists(options["path"]) else str(options["path"])
+    except Exception:
+        return None
+    return None
+
+
+class SystemdError(Exception):
+    """A systemd call failed or did not finish in time; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatus:
+    """What the runbook reads about a unit."""
+
+    name: str
+    load_state: str  # loaded | not-found | masked | error ...
+    active_state: str  # active | inactive | failed | activating | deactivating ...
+    sub_state: str
+    unit_file_state: str  # enabled | disabled | static | ...
+    main_pid: int
+    n_restarts: int
+    active_enter_timestamp: float | None  # Unix seconds
+    fragment_path: str = ""  # the unit file systemd loaded
+
+    @property
+    def active(self) -> bool:
+        return self.active_state == "active"
+
+    @property
+    def stopped(self) -> bool:
+        return self.active_state in ("inactive", "failed")
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state in ("enabled", "enabled-runtime")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "LoadState": self.load_state,
+            "ActiveState": self.active_state,
+            "SubState": self.sub_state,
+            "UnitFileState": self.unit_file_state,
+            "MainPID": self.main_pid,
+            "NRestarts": self.n_restarts,
+            "ActiveEnterTimestamp": self.active_enter_timestamp,
+        }
+
+
+class Systemd:
+    """One D-Bus connection to systemd's Manager."""
+
+    def __init__(self, bus: MessageBus, *, timeout: float = 90.0) -> None:
+        self._bus = bus
+        self._timeout = timeout
+        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._finished: dict[str, str] = {}  # results that beat the method reply
+        self._subscribed = False
+        bus.add_message_handler(self._on_message)
+
+    @classmethod
+    async def connect(cls, bus: str = "system", *, call_timeout: float = 90.0) -> Systemd:
+        """``bus`` is ``system``, ``user`` or a D-Bus address (``unix:path=...``)."""
+        where = "the system bus" if bus == "system" else ("the user bus" if bus == "user" else bus)
+        missing = _missing_socket(bus)
+        if missing is not None:  # dbus-next would leak its socket failing on this
+            raise SystemdError(f"cannot connect to systemd on {where}: no socket at {missing}")
+        connection: MessageBus | None = None
+        try:
+            if bus == "system":
+                connection = MessageBus(bus_type=BusType.SYSTEM)
+            elif bus == "user":
+                connection = MessageBus(bus_type=BusType.SESSION)
+            else:
+                connection = MessageBus(bus_address=bus)
+            await connection.connect()
+        except (OSError, DBusError, ValueError, KeyError) as exc:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.disconnect()  # type: ignore[no-untyped-call]
+            raise SystemdError(f"cannot connect to systemd on {where}: {exc}") from None
+        return cls(connection, timeout=call_timeout)
+
+    def close(self) -> None:
+        self._bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next is untyped here
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        path: str = SYSTEMD_PATH,
+        interface: str = MANAGER,
+    ) -> list[Any]:
+        message = Message(
+            destination=SYSTEMD,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._bus.call(message)
+        except TimeoutError:
+            raise SystemdError(
+                f"systemd did not answer {member} within {self._timeout:g}s"
+            ) from None
+        if reply is None:
+            raise SystemdError(f"systemd sent no reply to {member}")
+        if reply.message_type == MessageType.ERROR:
+            detail = reply.body[0] if reply.body else ""
+            raise SystemdError(f"{member}: {reply.error_name}: {detail}")
+        return list(reply.body)
+
+    async def load_unit(self, name: str) -> str:
+        """The unit's object path, loading it from disk if needed."""
+        (path,) = await self._call("LoadUnit", "s", [name])
+        return str(path)
+
+    async def status(self, name: str) -> UnitStatus:
+        """The unit's state as systemd sees it now."""
+        path = await self.load_unit(name)
+        unit = await self._properties(path, UNIT)
+        service = await self._properties(path, SERVICE) if name.endswith(".service") else {}
+        entered = int(unit.get("ActiveEnterTimestamp", 0))
+        return UnitStatus(
+            name=name,
+            load_state=str(unit.get("LoadState", "")),
+            active_state=str(unit.get("ActiveState", "")),
+            sub_state=str(unit.get("SubState", "")),
+            unit_file_state=str(unit.get("UnitFileState", "")),
+            main_pid=int(service.get("MainPID", 0)),
+            n_restarts=int(service.get("NRestarts", 0)),
+            active_enter_timestamp=entered / 1e6 if entered else None,
+            fragment_path=str(unit.get("FragmentPath", "")),
+        )
+
+    async def _properties(self, path: str, interface: str) -> dict[str, Any]:
+        (values,) = await self._call("GetAll", "s", [interface], path=path, interface=PROPERTIES)
+        return {key: variant.value for key, variant in values.items()}
+
+    async def start(self, name: str) -> str:
+        """StartUnit (mode replace) and wait for its job; the job's result."""
+        return await self._job("StartUnit", name)
+
+    async def stop(self, name: str) -> str:
+        """StopUnit (mode replace) and wait for its job; the job's result."""
+        return await self._job("StopUnit", name)
+
+    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        """EnableUnitFiles (persistent, force); the symlinks it changed."""
+        _, changes = await self._call("EnableUnitFiles", "asbb", [list(names), False, True])
+        return [(str(c[0]), str(c[1]), str(c[2])) for c in changes]
+
+    async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        """DisableUnitFiles (persistent); the symlinks it changed."""
+        (changes,) = await self._call("DisableUnitFiles", "asb", [list(names), False])
+        return [(str(c[0]), str(c[1]), str(c[2])) for c in changes]
+
+    async def reload(self) -> None:
+        """daemon-reload."""
+        await self._call("Reload")
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def _job(self, method: str, name: str) -> str:
+        await self._subscribe()  # the handler is in place before the job exists
+        (job,) = await self._call(method, "ss", [name, "replace"])
+        job = str(job)
+        if job in self._finished:  # the signal beat the method reply
+            return self._finished.pop(job)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._jobs[job] = future
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await future
+        except TimeoutError:
+            raise SystemdError(
+                f"{method} {name}: the job did not finish within {self._timeout:g}s"
+            ) from None
+        finally:
+            self._jobs.pop(job, None)
+
+    async def _subscribe(self) -> None:
+        if self._subscribed:
+            return
+        await self._call("Subscribe")
+        # On a bus with a daemon, signals need a match rule; systemd's private socket has no
+        # daemon and refuses AddMatch -- its signals reach subscribers anyway.
+        reply = await self._bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[_JOB_MATCH],
+            )
+        )
+        del reply  # an error here only means "no bus daemon"
+        self._subscribed = True
+
+    def _on_message(self, message: Message) -> bool:
+        if (
+            message.message_type == MessageType.SIGNAL
+            and message.interface == MANAGER
+            and message.member == "JobRemoved"
+        ):
+            _, job, _, result = message.body
+            future = self._jobs.get(str(job))
+            if future is not None and not future.done():
+                future.set_result(str(result))
+            else:
+                self._finished[str(job)] = str(result)
+                while len(self._finished) > _REMEMBERED_RESULTS:  # other clients' jobs
+                    del self._finished[next(iter(self._finished))]
+        return False  # let other handlers see it too
