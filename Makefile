@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager
 
-.PHONY: test demo bench lint system-deps clean
+.PHONY: test demo bench bench-rollback lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ demo: system-deps $(BIN)/.installed
 
 bench: system-deps $(BIN)/.installed
 	$(BIN)/python bench/backtest.py
+
+bench-rollback: $(BIN)/.installed
+	$(BIN)/python bench/rollback.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -277,3 +277,24 @@ def test_run_logs_json_keeps_going_without_prometheus_and_never_logs_secrets(
     assert events[-1]["event"] == "stopped"
     assert daemon.returncode == 0
     assert not any(secret in line for line in lines)
+
+
+def test_rollback_dry_run_without_systemd_explains_what_is_missing(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "systemd: {bus: 'unix:path=/nonexistent/systemd/private'}\n")
+    done = cli("rollback", "--config", str(path), "--reason", "drill", "--dry-run")
+    assert done.returncode == 1, done.stderr
+    assert (
+        "rollback plan for lavalink: lavalink-rust.service -> lavalink-java.service" in done.stdout
+    )
+    assert "4. stop-primary    stop + disable lavalink-rust.service" in done.stdout
+    assert "preflight: FAILED: cannot connect to systemd on unix:path=/nonexistent" in done.stdout
+    assert "no socket at /nonexistent/systemd/private" in done.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_rollback_needs_yes_without_a_terminal(tmp_path: Path) -> None:
+    assert_bad_input(
+        cli("rollback", "--config", str(config_file(tmp_path)), "--reason", "drill"),
+        "rollback needs --yes when not run from a terminal",
+    )
+    assert_bad_input(cli("rollback", "--config", str(config_file(tmp_path))), "--reason")

@@ -89,7 +89,9 @@ async def _run(
             if systemd is not None:
                 await _reconcile(target_settings, store, systemd, settings, clock)
                 target.state = await asyncio.to_thread(store.target_state, target_settings.name)
-                target.launch = _launcher(target_settings, store, systemd, settings, runs, clock)
+                target.launch = _launcher(
+                    target_settings, store, systemd, settings, runs, clock, recorder
+                )
             await _warm_start(target, settings, clock())
             targets.append(target)
         log.info(
@@ -157,6 +159,7 @@ def _launcher(
     settings: config.Settings,
     runs: set[asyncio.Task[runbook.Outcome]],
     clock: Callable[[], float],
+    recorder: telemetry.Recorder,
 ) -> pipeline.Launcher:
     """Start the runbook as its own task, so evaluation keeps ticking while it runs."""
 
@@ -179,14 +182,14 @@ def _launcher(
             name=f"rollback:{target.name}",
         )
         runs.add(task)
-        task.add_done_callback(_finished(runs))
+        task.add_done_callback(_finished(runs, target.name, recorder))
         return "rollback started"
 
     return launch
 
 
 def _finished(
-    runs: set[asyncio.Task[runbook.Outcome]],
+    runs: set[asyncio.Task[runbook.Outcome]], target: str, recorder: telemetry.Recorder
 ) -> Callable[[asyncio.Task[runbook.Outcome]], None]:
     def done(task: asyncio.Task[runbook.Outcome]) -> None:
         runs.discard(task)
@@ -196,6 +199,7 @@ def _finished(
             log.error("rollback could not run", error=repr(task.exception()))
         else:
             outcome = task.result()
+            recorder.record_run(target, outcome.status)
             log.warning(
                 "rollback ended", run=outcome.run_id, status=outcome.status, detail=outcome.detail
             )

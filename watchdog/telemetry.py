@@ -75,6 +75,12 @@ class Recorder:
             ["target", "action", "outcome"],
             registry=r,
         )
+        self.runs = Counter(
+            "rollback_watchdog_runs",
+            "Rollback runs that ended, by how (succeeded, aborted, restored, failed, interrupted).",
+            ["target", "status"],
+            registry=r,
+        )
         self.last_evaluation = Gauge(
             "rollback_watchdog_last_evaluation_timestamp_seconds",
             "When the target was last evaluated.",
@@ -108,6 +114,9 @@ class Recorder:
         self.armed.labels(target).set(1 if armed else 0)
         if source_errors:
             self.source_errors.labels(target, "prometheus").inc(source_errors)
+
+    def record_run(self, target: str, status: str) -> None:
+        self.runs.labels(target, status).inc()
 
     def record_action(self, target: str, action: model.Action, outcome: str) -> None:
         self.actions.labels(target, action.value, outcome).inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim import sandbox
+from watchdog.sim import prometheus, sandbox
 
 pytestmark = [
     pytest.mark.integration,
@@ -359,4 +360,116 @@ def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
     for s in resumed:
         if s["name"] in done_before & {"stop-primary", "start-fallback"}:
             assert s["status"] == "skipped", s
+    assert not armed(world, config)
+
+
+def test_status_shows_the_run_and_its_steps(world: World) -> None:
+    world.reset()
+    config = world.config("status")
+    done = world.cli(
+        "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = world.cli("status", "--config", str(world.box.inside(config)))
+    assert status.returncode == 0, status.stderr
+    assert "target lavalink: DISARMED" in status.stdout
+    assert re.search(r"run #1 SUCCEEDED \(manual by \S+, ", status.stdout)
+    for step in STEPS:
+        assert re.search(rf"    {step}\s+ok ", status.stdout), status.stdout
+
+
+def test_a_second_trigger_joins_the_run_in_flight(world: World) -> None:
+    world.reset()
+    config = world.config("join")
+    config.write_text(config.read_text().replace("verify: {", "step_pause: 400ms\n      verify: {"))
+    args = ["rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"]
+    first = world.box.popen(
+        [PYTHON, "-m", "watchdog", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while (
+        not (config.parent / "state" / "journal.sqlite3").exists() and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    second = world.cli(*args)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, out
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already in flight: following it" in second.stdout
+    assert "SUCCEEDED" in second.stdout
+    db = world.journal(config)
+    try:
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    finally:
+        db.close()
+    assert world.states() == ("inactive", "active")
+
+
+def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path) -> None:
+    world.reset()
+    rules = world.host / "always.yml"
+    rules.write_text(
+        textwrap.dedent("""\
+        groups:
+          - name: drill
+            rules:
+              - alert: DrillCrashLoop
+                expr: vector(3) >= 3
+                labels: {severity: critical, rollback_category: instability}
+                annotations: {summary: drill, threshold: ">= 3 restarts in 15m"}
+        """)
+    )
+    with prometheus.running_prometheus(tmp_path / "prometheus") as server:
+        config = world.config("auto")
+        text = config.read_text()
+        text = text.replace(
+            "prometheus: {url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}",
+            f"prometheus: {{url: '{server.url}', timeout: 2s, retries: 1}}",
+        )
+        text = text.replace(
+            f"rules: [{Path(__file__).resolve().parents[2] / 'rules' / 'lavalink.yml'}]",
+            f"rules: [{world.box.inside(rules)}]\n    presence_query: vector(1)",
+        )
+        config.write_text(text)
+        log_path = config.parent / "daemon.log"
+        with log_path.open("w") as log_file:
+            daemon = world.box.popen(
+                [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+            daemon_pid = world.box.program_pid(daemon)
+            try:
+                deadline = time.monotonic() + 60
+                run: dict[str, Any] | None = None
+                while time.monotonic() < deadline:
+                    if (config.parent / "state" / "journal.sqlite3").exists():
+                        try:
+                            run, _ = run_rows(world, config)
+                        except (TypeError, sqlite3.OperationalError):
+                            run = None
+                        if run is not None and run["status"] != "running":
+                            break
+                    time.sleep(0.2)
+                time.sleep(2.5)  # more ticks: the disarmed target must not act again
+            finally:
+                os.kill(daemon_pid, signal.SIGTERM)
+                daemon.wait(timeout=30)
+    log = log_path.read_text()
+    assert run is not None and run["status"] == "succeeded", log[-3000:]
+    assert run["trigger"] == "auto" and run["initiated_by"] == "rollback-watchdog"
+    assert "DrillCrashLoop firing" in run["reason"]
+    assert world.states() == ("inactive", "active")
+    db = world.journal(config)
+    try:
+        decisions = db.execute("SELECT action, outcome FROM decisions").fetchall()
+        runs = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    finally:
+        db.close()
+    assert [(d["action"], d["outcome"]) for d in decisions] == [("rollback", "rollback started")]
+    assert runs == 1
     assert not armed(world, config)
