@@ -32,7 +32,7 @@ from watchdog import (
     yamlsrc,
 )
 from watchdog.executor import runbook
-from watchdog.executor.systemd import Systemd, SystemdError
+from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
 from watchdog.sources import prometheus
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -464,15 +464,15 @@ async def _rollback_async(
         for seq, (name, what) in enumerate(steps, start=1):
             print(f"  {seq}. {name:<15} {what}")
         print(f"  on a failure after stop-primary: {target.runbook.on_fallback_failure}")
+    systemd: Systemd | Unreachable
     try:
         systemd = await Systemd.connect(
             settings.systemd.bus, call_timeout=target.runbook.job_timeout
         )
     except SystemdError as exc:
-        if args.dry_run:
-            print(f"preflight: FAILED: {exc}")
-            return EXIT_FAILED
-        return _fail(str(exc))
+        if not args.dry_run:
+            return _fail(str(exc))
+        systemd = Unreachable(str(exc))  # a dry run still checks everything else
     try:
         if args.dry_run:
             ctx = runbook.Context(
@@ -492,6 +492,8 @@ async def _rollback_async(
                 await ctx.http.aclose()
             print(f"preflight: OK ({detail}); nothing was changed")
             return EXIT_OK
+        if isinstance(systemd, Unreachable):  # only a dry run goes on without systemd
+            return _fail(systemd.reason)
         return await _execute(settings, target, systemd, args.reason, by)
     finally:
         systemd.close()

@@ -139,7 +139,7 @@ class RunbookSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _service_url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s@]+", url):
+        if not re.match(r"^https?://[^/\s]+", url) or "@" in url.split("/")[2]:
             raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
         return url.rstrip("/")
 

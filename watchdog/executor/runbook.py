@@ -35,7 +35,7 @@ import structlog
 
 from watchdog import config, errors, journal
 from watchdog.executor import verify
-from watchdog.executor.systemd import Systemd, SystemdError, UnitStatus
+from watchdog.executor.systemd import Systemd, SystemdError, UnitStatus, Unreachable
 
 log = structlog.get_logger("watchdog.executor")
 
@@ -49,7 +49,7 @@ class Context:
     """Everything the steps share during one run."""
 
     target: config.TargetSettings
-    systemd: Systemd
+    systemd: Systemd | Unreachable
     store: journal.Journal | None  # None for a dry run: it writes nothing
     state_dir: Path
     run_id: int
@@ -134,7 +134,11 @@ async def preflight(ctx: Context) -> str:
     """Everything the fallback needs, checked before anything is stopped."""
     problems: list[str] = []
     notes: list[str] = []
+    if isinstance(ctx.systemd, Unreachable):
+        problems.append(ctx.systemd.reason)
     for side, settings in (("fallback", ctx.target.fallback), ("primary", ctx.target.primary)):
+        if isinstance(ctx.systemd, Unreachable):
+            break
         try:
             status = await ctx.systemd.status(settings.unit)
         except SystemdError as exc:

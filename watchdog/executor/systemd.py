@@ -268,3 +268,37 @@ class Systemd:
                 while len(self._finished) > _REMEMBERED_RESULTS:  # other clients' jobs
                     del self._finished[next(iter(self._finished))]
         return False  # let other handlers see it too
+
+
+class Unreachable:
+    """Stands in for ``Systemd`` when the bus cannot be reached: every call says why.
+
+    A dry run uses it to report the missing bus next to every other preflight problem.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self) -> SystemdError:
+        return SystemdError(self.reason)
+
+    async def status(self, name: str) -> UnitStatus:
+        raise self._fail()
+
+    async def start(self, name: str) -> str:
+        raise self._fail()
+
+    async def stop(self, name: str) -> str:
+        raise self._fail()
+
+    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        raise self._fail()
+
+    async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        raise self._fail()
+
+    async def reload(self) -> None:
+        raise self._fail()
+
+    def close(self) -> None:
+        pass
