@@ -30,6 +30,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,8 +67,10 @@ console=$2
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p {inside_dir}
 mount --bind "$host_dir" {inside_dir}
+{stash_kept}
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+{restore_kept}
 for d in /var/log /var/lib/systemd /etc/systemd/system; do
   mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
@@ -381,11 +384,40 @@ def _unit_default_dependencies(text: str) -> bool | None:
     return value
 
 
+def kept_paths() -> tuple[Path, ...]:
+    """This checkout and its virtualenv, when they live under /tmp or /var/tmp.
+
+    Those get a private tmpfs inside the namespace; a CI clone under /tmp would vanish, and with
+    it the Python that the test units and the clients run. They are bound back at their paths.
+    """
+    project = Path(__file__).resolve().parents[2]
+    candidates = (project, Path(sys.prefix).resolve())
+    covered = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108 - the dirs hidden from systemd
+    kept: list[Path] = []
+    for path in candidates:
+        if any(path.is_relative_to(dir_) for dir_ in covered) and not any(
+            path.is_relative_to(k) for k in kept
+        ):
+            kept.append(path)
+    return tuple(kept)
+
+
 def _boot_script(units: Mapping[str, str], target: str) -> str:
     copy_units = "\n".join(
         f"cp {shlex.quote(str(INSIDE_DIR / 'units' / name))} /etc/systemd/system/" for name in units
     )
+    kept = kept_paths()
+    stash = "\n".join(
+        f"mkdir -p /run/kept/{i} && mount --bind {shlex.quote(str(p))} /run/kept/{i}"
+        for i, p in enumerate(kept)
+    )
+    restore = "\n".join(
+        f"mkdir -p {shlex.quote(str(p))} && mount --bind /run/kept/{i} {shlex.quote(str(p))}"
+        for i, p in enumerate(kept)
+    )
     return _BOOT_SCRIPT.format(
+        stash_kept=stash or "# nothing under /tmp to keep visible",
+        restore_kept=restore or "",
         inside_dir=shlex.quote(str(INSIDE_DIR)),
         private_dirs=" ".join(PRIVATE_DIRS),
         copy_units=copy_units,
