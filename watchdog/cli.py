@@ -522,7 +522,7 @@ async def _execute(
             )
         except journal.RunInFlight as exc:
             print(f"run #{exc.run_id} is already in flight: following it")
-            outcome = await _follow(store, exc.run_id)
+            outcome = await _follow(store, exc.run_id, target, systemd, settings.state_dir)
     finally:
         store.close()
     print(f"run #{outcome.run_id}: {outcome.status.upper()}: {outcome.detail}")
@@ -539,8 +539,20 @@ def _show_step(event: runbook.StepEvent) -> None:
         print(f" {event.status} ({event.seconds:.1f}s) {event.detail}", flush=True)
 
 
-async def _follow(store: journal.Journal, run_id: int) -> runbook.Outcome:
-    """Show another process's run until it ends (a second trigger joins the first)."""
+async def _follow(
+    store: journal.Journal,
+    run_id: int,
+    target: config.TargetSettings,
+    systemd: Systemd,
+    state_dir: Path,
+) -> runbook.Outcome:
+    """Show another process's run until it ends (a second trigger joins the first). If that
+    process dies meanwhile, reconcile its run here."""
+    if run_id < 0:  # it ended between our look and our lock
+        last = store.runs(target=target.name, limit=1)
+        if not last:
+            raise errors.InputError("the run in flight vanished from the journal")
+        run_id = last[0].id
     shown = 0
     while True:
         steps = await asyncio.to_thread(store.steps, run_id)
@@ -552,6 +564,9 @@ async def _follow(store: journal.Journal, run_id: int) -> runbook.Outcome:
         run = await asyncio.to_thread(store.run, run_id)
         if run.status != "running":
             return runbook.Outcome(run.id, run.status, run.outcome)
+        orphaned = await runbook.reconcile(target, store, systemd, state_dir, observer=_show_step)
+        if orphaned is not None:  # its process had died: finished here
+            return orphaned
         await asyncio.sleep(0.5)
 
 

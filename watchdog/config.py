@@ -119,6 +119,7 @@ class VerifySettings(_Strict):
     max_cpu: float = Field(default=0.5, gt=0)  # of one core, sampled over `cpu_sample`
     cpu_sample: Duration = Field(default=0.5, gt=0)
     max_latency: Duration = Field(default=0.5, gt=0)  # each basic endpoint
+    settle: Duration = Field(default=30.0, ge=0)  # retry latency/memory/CPU this long
 
 
 class RunbookSettings(_Strict):

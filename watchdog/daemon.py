@@ -110,10 +110,12 @@ async def _run(
                     group.create_task(_loop(target, settings, stop), name=f"loop:{target.name}")
                 await stop.wait()
         if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
-            await asyncio.wait(runs, timeout=30.0)
+            await asyncio.wait(list(runs), timeout=_longest_run(settings))
     finally:
-        for task in runs:
+        for task in list(runs):
             task.cancel()
+        if runs:
+            await asyncio.wait(list(runs), timeout=10.0)
         server.close()
         source.close()
         if systemd is not None:
@@ -122,10 +124,16 @@ async def _run(
         log.info("stopped")
 
 
+def _longest_run(settings: config.Settings) -> float:
+    """How long a run can take: three systemd jobs, the verification and some slack."""
+    return max(3 * t.runbook.job_timeout + t.runbook.verify.timeout + 30 for t in settings.targets)
+
+
 async def _connect_systemd(settings: config.Settings) -> Systemd | None:
     """systemd is needed to act (auto mode) and to reconcile; observe mode can do without."""
+    job_timeout = max(t.runbook.job_timeout for t in settings.targets)
     try:
-        return await Systemd.connect(settings.systemd.bus)
+        return await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
     except SystemdError as exc:
         if settings.mode is model.Mode.AUTO:
             log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
@@ -163,10 +171,9 @@ def _launcher(
 ) -> pipeline.Launcher:
     """Start the runbook as its own task, so evaluation keeps ticking while it runs."""
 
-    def launch(decided: model.Decision) -> str:
-        running = store.running_run(target.name)
-        if running is not None:
-            return f"joined run #{running.id} in flight"
+    def launch(decided: model.Decision, incident: int | None) -> str:
+        if any(task.get_name() == f"rollback:{target.name}" for task in runs):
+            return "joined the run in flight"
         task = asyncio.create_task(
             runbook.start_run(
                 target,
@@ -176,7 +183,7 @@ def _launcher(
                 trigger="auto",
                 initiated_by="rollback-watchdog",
                 reason=decided.reason,
-                incident_id=store.open_incident_id(target.name),
+                incident_id=incident,
                 clock=clock,
             ),
             name=f"rollback:{target.name}",
@@ -195,6 +202,10 @@ def _finished(
         runs.discard(task)
         if task.cancelled():
             log.error("rollback cancelled at shutdown; the next start reconciles it")
+        elif isinstance(task.exception(), journal.RunInFlight):
+            log.warning(
+                "rollback already in flight in another process", error=str(task.exception())
+            )
         elif task.exception() is not None:
             log.error("rollback could not run", error=repr(task.exception()))
         else:

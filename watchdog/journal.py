@@ -493,17 +493,21 @@ class Journal:
         disarm: bool = False,
         close_incident: bool = False,
         step: tuple[int, str] | None = None,
-    ) -> None:
+    ) -> bool:
         """End a run; a successful rollback also disarms the target and closes the incident,
-        in the same transaction, so no crash can leave one done without the others."""
+        in the same transaction, so no crash can leave one done without the others. Only a run
+        still running is ended; False if it had ended already."""
         with self._lock, _transaction(self._db):
             row = self._db.execute(
                 "SELECT target, incident_id FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-            self._db.execute(
-                "UPDATE runs SET status = ?, outcome = ?, finished_at = ? WHERE id = ?",
+            ended = self._db.execute(
+                "UPDATE runs SET status = ?, outcome = ?, finished_at = ? "
+                "WHERE id = ? AND status = 'running'",
                 (status, outcome, at, run_id),
             )
+            if ended.rowcount != 1:
+                return False  # it had already ended: its first ending stands
             if step is not None:
                 self._db.execute(
                     "UPDATE steps SET status = 'ok', detail = ?, finished_at = ? WHERE id = ?",
@@ -523,6 +527,7 @@ class Journal:
                     "WHERE id = ? AND status = 'open'",
                     (at, row["incident_id"]),
                 )
+            return True
 
     def open_incident_id(self, target: str) -> int | None:
         with self._lock:

@@ -22,8 +22,9 @@ from watchdog.sources import prometheus
 log = structlog.get_logger("watchdog.pipeline")
 
 
-Launcher = Callable[[model.Decision], str]
-"""Starts (or joins) a rollback run for a decision and says which; the daemon provides it."""
+Launcher = Callable[[model.Decision, int | None], str]
+"""Starts (or joins) a rollback run for a decision and its incident, and says which; the
+daemon provides it."""
 
 
 def gate_outcome(decided: model.Decision, mode: model.Mode, launch: Launcher | None) -> str:
@@ -35,7 +36,7 @@ def gate_outcome(decided: model.Decision, mode: model.Mode, launch: Launcher | N
         if mode is model.Mode.AUTO:
             if launch is None:
                 return "would roll back (auto mode, but no executor is connected)"
-            return launch(decided)
+            return "rollback started"  # launched once the decision is journaled
         return "would roll back (approve mode; the approval gate is not available yet)"
     if action is model.Action.PROPOSE:
         return "would ask a human to approve a rollback (approval gate not available yet)"
@@ -84,10 +85,18 @@ class Target:
         evaluated, memory = evaluation.evaluate(self.name, self.rules, observation, self.memory)
         decided, state = decision.decide(evaluated, self.policy, self.state)
         outcome = gate_outcome(decided, self.mode, self.launch)
-        await asyncio.to_thread(
+        incident = await asyncio.to_thread(
             self.store.record, evaluated, decided, mode=self.mode, outcome=outcome
         )
         self.memory, self.state = memory, state
+        if (
+            decided.action is model.Action.ROLLBACK
+            and self.mode is model.Mode.AUTO
+            and self.launch is not None
+        ):
+            launched = self.launch(decided, incident)
+            if launched != outcome:
+                log.warning("rollback", target=self.name, outcome=launched)
         failures = sum(1 for r in observation.results.values() if not r.ok) + (
             0 if observation.presence.ok else 1
         )

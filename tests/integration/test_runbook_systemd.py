@@ -279,12 +279,19 @@ def test_dry_run_passes_preflight_and_changes_nothing(world: World) -> None:
     assert world.states() == ("active", "inactive")
 
 
-@pytest.mark.parametrize("step", STEPS)
+EFFECTS = {  # once a step's effect is visible, a kill lands after its systemd call
+    "stop-primary": ("inactive", None),
+    "start-fallback": (None, "active"),
+}
+KILLS = [(step, "before") for step in STEPS] + [(step, "after") for step in EFFECTS]
+
+
+@pytest.mark.parametrize(("step", "phase"), KILLS)
 def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
-    world: World, step: str
+    world: World, step: str, phase: str
 ) -> None:
     world.reset()
-    config = world.config(f"kill-{step}")
+    config = world.config(f"kill-{step}-{phase}")
     text = config.read_text().replace("verify: {", "step_pause: 600ms\n      verify: {")
     config.write_text(text)
     rollback = world.box.popen(
@@ -319,6 +326,10 @@ def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
         finally:
             db.close()
         hit = row is not None and row["status"] == "running"
+        if hit and phase == "after":
+            primary_wanted, fallback_wanted = EFFECTS[step]
+            primary_now, fallback_now = world.states()
+            hit = primary_wanted in (None, primary_now) and fallback_wanted in (None, fallback_now)
     if not hit:
         rollback.kill()
         out = rollback.communicate(timeout=30)
@@ -473,3 +484,88 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
     assert [(d["action"], d["outcome"]) for d in decisions] == [("rollback", "rollback started")]
     assert runs == 1
     assert not armed(world, config)
+
+
+def start_and_kill_in(world: World, config: Path, step: str) -> None:
+    """Start `rollback --yes` and SIGKILL it while `step` is journaled as running."""
+    rollback = world.box.popen(
+        [
+            PYTHON,
+            "-m",
+            "watchdog",
+            "rollback",
+            "--config",
+            str(world.box.inside(config)),
+            "--reason",
+            "drill",
+            "--yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid = world.box.program_pid(rollback)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not (config.parent / "state" / "journal.sqlite3").exists():
+            continue
+        db = world.journal(config)
+        try:
+            row = db.execute(
+                "SELECT status FROM steps WHERE name = ? ORDER BY id DESC LIMIT 1", (step,)
+            ).fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        finally:
+            db.close()
+        if row is not None and row["status"] == "running":
+            break
+    else:
+        rollback.kill()
+        rollback.wait(timeout=30)
+        raise AssertionError(f"never saw {step} running")
+    os.kill(pid, signal.SIGKILL)
+    rollback.wait(timeout=30)
+
+
+def paused(config: Path) -> Path:
+    config.write_text(config.read_text().replace("verify: {", "step_pause: 600ms\n      verify: {"))
+    return config
+
+
+def test_killed_while_restoring_the_restart_finishes_the_restore(world: World) -> None:
+    world.reset(fallback_start=simulator("java", "--fail-at-start"))
+    try:
+        config = paused(world.config("kill-restore"))
+        config.write_text(config.read_text().replace("timeout: 20s", "timeout: 3s"))
+        start_and_kill_in(world, config, "restore-primary")
+        again = world.cli(
+            "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--yes"
+        )
+        assert "run #1" in again.stdout, again.stdout + again.stderr
+        run, steps = run_rows(world, config)
+        assert run["id"] == 1 and run["status"] == "restored", (run, steps)
+        assert world.states()[0] == "active"  # the primary is back, not a second switch
+        assert world.states()[1] in ("inactive", "failed")
+        names = [s["name"] for s in steps]
+        assert "start-fallback" in names and names.count("start-fallback") == 1  # never retried
+        assert not armed(world, config)
+    finally:
+        world.reset(fallback_start=simulator("java", "--startup-delay 1"))
+
+
+def test_an_orphaned_run_is_finished_by_the_next_rollback(world: World) -> None:
+    world.reset()
+    config = paused(world.config("orphan"))
+    start_and_kill_in(world, config, "start-fallback")
+    done = world.cli(
+        "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--yes"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "run #1: SUCCEEDED" in done.stdout
+    db = world.journal(config)
+    try:
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    finally:
+        db.close()
+    assert world.states() == ("inactive", "active")

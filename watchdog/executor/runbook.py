@@ -177,10 +177,15 @@ async def java_major(command: Sequence[str]) -> tuple[int | None, str]:
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
+    except OSError as exc:
+        return None, f"cannot run {' '.join(command)}: {exc}"
+    try:
         async with asyncio.timeout(30):
             output, _ = await process.communicate()
-    except (OSError, TimeoutError) as exc:
-        return None, f"cannot run {' '.join(command)}: {exc}"
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return None, f"{' '.join(command)} did not answer within 30s"
     text = output.decode(errors="replace")
     match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if process.returncode != 0 or match is None:
@@ -311,7 +316,12 @@ async def _fallback_active(ctx: Context) -> bool:
 
 
 async def verify_fallback(ctx: Context) -> str:
-    """The runbook's verification list against the fallback."""
+    """The runbook's verification list against the fallback.
+
+    Liveness (answers, track loading, WebSocket, units, port) must hold at once. Performance
+    (latency, memory, CPU) is retried for ``settle`` seconds: a JVM that is still warming up is
+    not a broken fallback, and switching back to the suspect primary for it would be worse.
+    """
     settings = ctx.runbook.verify
     checks = [
         await verify.wait_for_version(
@@ -321,17 +331,9 @@ async def verify_fallback(ctx: Context) -> str:
     fallback = await ctx.systemd.status(ctx.target.fallback.unit)
     primary = await ctx.systemd.status(ctx.target.primary.unit)
     if checks[0].ok:
-        # the CPU sample runs while the HTTP and WebSocket checks do: no extra wait
-        sampling = (
-            asyncio.create_task(verify.cpu(fallback.main_pid, settings))
-            if fallback.main_pid > 0
-            else None
-        )
         checks += await verify.endpoints(ctx.http, ctx.service, settings)
         if settings.websocket:
             checks.append(await verify.websocket(ctx.service, within=10.0))
-        if sampling is not None:
-            checks.append(await sampling)
     checks.append(
         verify.Check(
             "units",
@@ -340,12 +342,31 @@ async def verify_fallback(ctx: Context) -> str:
         )
     )
     port = verify.port_of(ctx.runbook.url, settings)
-    checks += await asyncio.to_thread(verify.process, fallback.main_pid, port, settings)
+    checks.append(await asyncio.to_thread(verify.port_bound, fallback.main_pid, port))
+    live = all(c.ok for c in checks)
+    performance = await _settled_performance(ctx, fallback.main_pid) if live else []
+    checks += performance
     ctx.remember("verification", verify.summary(checks))
     failed = [c for c in checks if not c.ok]
     if failed:
         raise StepFailed("; ".join(f"{c.name}: {c.detail}" for c in failed))
     return f"{len(checks)} checks passed ({checks[0].detail}, up after {checks[0].seconds:.1f}s)"
+
+
+async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
+    """Latency, memory and CPU, retried until they pass or ``settle`` runs out."""
+    settings = ctx.runbook.verify
+    deadline = time.monotonic() + settings.settle
+    while True:
+        sampling = asyncio.create_task(verify.cpu(pid, settings))  # runs while we measure
+        checks = [
+            await verify.latency(ctx.http, ctx.service, settings),
+            await asyncio.to_thread(verify.memory, pid, settings),
+            await sampling,
+        ]
+        if all(c.ok for c in checks) or time.monotonic() >= deadline:
+            return checks
+        await asyncio.sleep(settings.poll)
 
 
 FINISHED = "target disarmed until re-armed; incident closed"
@@ -419,6 +440,53 @@ STEPS: tuple[Step, ...] = (
 )
 
 
+_TOUCHING = frozenset(step.name for step in STEPS if step.touches_units)
+INTERRUPTED = "interrupted"
+
+
+async def _finish_failure(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    state_dir: Path,
+    run_id: int,
+    steps: Sequence[journal.StepRow],
+    clock: Callable[[], float],
+) -> Outcome:
+    """A crash came after a step failed: do (or redo) the failure handling, nothing else."""
+    restored = any(s.name == "restore-primary" and s.status == "ok" for s in steps)
+    failed = next(
+        (s for s in steps if s.status == "failed" and s.name != "restore-primary"), steps[-1]
+    )
+    if not _touched(steps):
+        outcome = f"{failed.name} failed, nothing was stopped: {failed.detail}"
+        return _close(store, run_id, "aborted", outcome, clock, disarm=False)
+    if failed.name == "finish":  # verified; only closing the run had failed
+        outcome = f"fallback verified; the run is closed after a restart ({failed.detail})"
+        return _close(store, run_id, "succeeded", outcome, clock, disarm=True)
+    if restored or target.runbook.on_fallback_failure == "leave":
+        status = "restored" if restored else "failed"
+        outcome = f"{failed.name} had failed ({failed.detail}); closed after a restart"
+        return _close(store, run_id, status, outcome, clock, disarm=True)
+    ctx = Context(
+        target=target,
+        systemd=systemd,
+        store=store,
+        state_dir=state_dir,
+        run_id=run_id,
+        password="",
+        clock=clock,
+    )
+    try:
+        # a resumed run's preflight can fail after the switch began: handle it as a touching step
+        step = next(
+            s for s in STEPS if s.name == (failed.name if failed.name in _TOUCHING else "verify")
+        )
+        return await _failed(ctx, step, max(s.seq for s in steps), failed.detail, lambda e: None)
+    finally:
+        await ctx.http.aclose()
+
+
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -447,6 +515,8 @@ async def execute(
             if pause:
                 await asyncio.sleep(pause)  # drills: time to watch (or kill) each step
             detail, status = await step.run(ctx), "ok"
+            if pause and step.run is not finish:
+                await asyncio.sleep(pause)  # ... and the moment after its effect, unjournaled
         except (StepFailed, SystemdError) as exc:
             detail, status = str(exc), "failed"
         except Exception as exc:  # a bug or the unexpected: journaled, never silent
@@ -469,9 +539,18 @@ async def _safe_check(step: Step, ctx: Context) -> bool:
 
 
 async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Observer) -> Outcome:
-    """A step failed: abort cleanly before the switch; after it, restore or leave."""
+    """A step failed: abort cleanly before the switch; after it, restore or leave.
+
+    Whether the switch began is read from the journal, not from the failing step: a resumed
+    run's preflight can fail after its stop-primary was done.
+    """
     at = ctx.clock()
-    if not step.touches_units:
+    if step.run is finish:
+        # The fallback was verified; only the journal write failed. Never switch back for that.
+        outcome = f"fallback verified, but the run could not be closed: {detail}"
+        log.critical("rollback done, journal not closed", run=ctx.run_id, detail=detail)
+        return Outcome(ctx.run_id, "failed", outcome)
+    if not step.touches_units and not _touched(ctx.journal.steps(ctx.run_id)):
         outcome = f"{step.name} failed, nothing was stopped: {detail}"
         ctx.journal.finish_run(ctx.run_id, "aborted", outcome, at=at)
         log.error("rollback aborted", run=ctx.run_id, step=step.name, detail=detail)
@@ -483,8 +562,8 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
         try:
             restored = await restore_primary(ctx)
             status, result = "ok", restored
-        except (StepFailed, SystemdError) as exc:
-            status, result = "failed", str(exc)
+        except Exception as exc:  # whatever it was, the journal and the operator must know
+            status, result = "failed", f"{type(exc).__name__}: {exc}"
         ctx.journal.step_finished(step_id, status, result, at=ctx.clock())
         notify(StepEvent(seq + 1, "restore-primary", status, result, time.monotonic() - started))
         run_status = "restored" if status == "ok" else "failed"
@@ -502,7 +581,9 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
 async def restore_primary(ctx: Context) -> str:
     """A degraded service beats none: fallback off, primary back on."""
     fallback, primary = ctx.target.fallback.unit, ctx.target.primary.unit
-    await ctx.systemd.stop(fallback)
+    stopped = await ctx.systemd.stop(fallback)
+    if not (await ctx.systemd.status(fallback)).stopped:  # never two servers on one port
+        raise StepFailed(f"{fallback} did not stop (job {stopped}): primary left stopped")
     await ctx.systemd.disable([fallback])
     await ctx.systemd.enable([primary])
     await ctx.systemd.reload()
@@ -560,54 +641,94 @@ async def reconcile(
     clock: Callable[[], float] = time.time,
     observer: Observer | None = None,
 ) -> Outcome | None:
-    """Finish or close a run that a crash left unfinished; None if there is none.
-
-    Steps journaled as running were interrupted: they are marked so, the real unit states are
-    read, and the run resumes (skipping what is done) if it started within ``resume_within``;
-    otherwise it is marked interrupted, the target disarmed, and the units left as they are.
-    """
-    run = store.running_run(target.name)
-    if run is None:
-        return None
+    """Finish or close a run that a crash left unfinished; None if there is none (or if its
+    process is alive and still running it)."""
     with run_lock(state_dir, target.name) as mine:
         if not mine:
-            return None  # its process is alive and still running it
-        for step in store.steps(run.id):
-            if step.status == "running":
-                store.step_finished(
-                    step.id, "failed", "interrupted: the watchdog stopped here", at=clock()
-                )
-        primary = await _status_or_none(systemd, target.primary.unit)
-        fallback = await _status_or_none(systemd, target.fallback.unit)
-        seen = f"{_state(primary)}; {_state(fallback)}"
-        store.remember(run.id, "reconciled", seen)
-        if clock() - run.started_at > target.runbook.resume_within:
-            outcome = f"interrupted and too old to resume; left as found: {seen}"
-            store.finish_run(
-                run.id, "interrupted", outcome, at=clock(), disarm=True, close_incident=True
+            return None
+        return await _reconcile_locked(target, store, systemd, state_dir, clock, observer)
+
+
+async def _reconcile_locked(
+    target: config.TargetSettings,
+    store: journal.Journal,
+    systemd: Systemd,
+    state_dir: Path,
+    clock: Callable[[], float],
+    observer: Observer | None,
+) -> Outcome | None:
+    """With the run lock held: the run in the journal has no living process.
+
+    Steps journaled as running were interrupted and are marked so; the real unit states are
+    read. A run that restored the primary, or whose step really failed, never goes forward again:
+    it is closed as interrupted. A run younger than ``resume_within`` resumes, skipping every step
+    already done. An older one is closed: interrupted (and the target disarmed) if it had
+    touched a unit, aborted if not.
+    """
+    run = store.running_run(target.name)  # read under the lock: it may just have ended
+    if run is None:
+        return None
+    for step in store.steps(run.id):
+        if step.status == "running":
+            store.step_finished(
+                step.id, "failed", f"{INTERRUPTED}: the watchdog stopped here", at=clock()
             )
-            log.critical("rollback interrupted", run=run.id, units=seen)
-            return Outcome(run.id, "interrupted", outcome)
-        log.warning("resuming interrupted rollback", run=run.id, units=seen)
-        ctx = Context(
-            target=target,
-            systemd=systemd,
-            store=store,
-            state_dir=state_dir,
-            run_id=run.id,
-            password=read_password(target.runbook),
-            clock=clock,
-        )
-        try:
-            return await execute(ctx, resume=True, observer=observer)
-        finally:
-            await ctx.http.aclose()
+    steps = store.steps(run.id)
+    primary = await _status_or_none(systemd, target.primary.unit)
+    fallback = await _status_or_none(systemd, target.fallback.unit)
+    seen = f"{_state(primary)}; {_state(fallback)}"
+    store.remember(run.id, "reconciled", seen)
+    touched = _touched(steps)
+    restores = [s for s in steps if s.name == "restore-primary"]
+    failures = [s for s in steps if s.status == "failed" and not s.detail.startswith(INTERRUPTED)]
+    if restores or failures:
+        # The switch had failed: never go forward again. Finish bringing the primary back.
+        return await _finish_failure(target, store, systemd, state_dir, run.id, steps, clock)
+    if clock() - run.started_at > target.runbook.resume_within:
+        if touched:
+            outcome = f"interrupted and too old to resume; left as found: {seen}"
+            return _close(store, run.id, "interrupted", outcome, clock, disarm=True)
+        outcome = f"interrupted before touching a unit and too old to resume: {seen}"
+        return _close(store, run.id, "aborted", outcome, clock, disarm=False)
+    log.warning("resuming interrupted rollback", run=run.id, units=seen)
+    ctx = Context(
+        target=target,
+        systemd=systemd,
+        store=store,
+        state_dir=state_dir,
+        run_id=run.id,
+        password=read_password(target.runbook),
+        clock=clock,
+    )
+    try:
+        return await execute(ctx, resume=True, observer=observer)
+    finally:
+        await ctx.http.aclose()
+
+
+def _touched(steps: Sequence[journal.StepRow]) -> bool:
+    """Whether a run has started any step that changes a unit (its effect may be in place)."""
+    return any(step.name in _TOUCHING or step.name == "restore-primary" for step in steps)
+
+
+def _close(
+    store: journal.Journal,
+    run_id: int,
+    status: str,
+    outcome: str,
+    clock: Callable[[], float],
+    *,
+    disarm: bool,
+) -> Outcome:
+    store.finish_run(run_id, status, outcome, at=clock(), disarm=disarm, close_incident=disarm)
+    log.critical("rollback not resumed", run=run_id, status=status, outcome=outcome)
+    return Outcome(run_id, status, outcome)
 
 
 async def _status_or_none(systemd: Systemd, unit: str) -> UnitStatus | None:
     try:
         return await systemd.status(unit)
-    except SystemdError:
+    except Exception:  # reconciling must go on; the state then reads "unknown"
         return None
 
 
@@ -630,11 +751,20 @@ async def start_run(
     clock: Callable[[], float] = time.time,
     observer: Observer | None = None,
 ) -> Outcome:
-    """Open a run and execute it; ``journal.RunInFlight`` if one is already in flight."""
+    """Open a run and execute it.
+
+    ``journal.RunInFlight`` if another living process runs one. A run left behind by a dead
+    process (its lock is free) is reconciled first, under this lock; its outcome is returned, as
+    it carried the same intent.
+    """
     with run_lock(state_dir, target.name) as mine:
         if not mine:
             running = store.running_run(target.name)
             raise journal.RunInFlight(running.id if running else -1)
+        if store.running_run(target.name) is not None:
+            orphan = await _reconcile_locked(target, store, systemd, state_dir, clock, observer)
+            if orphan is not None:
+                return orphan
         run_id = store.open_run(
             target.name,
             incident_id=incident_id,

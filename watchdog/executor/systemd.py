@@ -142,9 +142,10 @@ class Systemd:
         *,
         path: str = SYSTEMD_PATH,
         interface: str = MANAGER,
+        destination: str = SYSTEMD,
     ) -> list[Any]:
         message = Message(
-            destination=SYSTEMD,
+            destination=destination,
             path=path,
             interface=interface,
             member=member,
@@ -158,6 +159,8 @@ class Systemd:
             raise SystemdError(
                 f"systemd did not answer {member} within {self._timeout:g}s"
             ) from None
+        except Exception as exc:  # a dropped bus surfaces as EOFError and the like
+            raise SystemdError(f"{member}: the D-Bus connection failed: {exc!r}") from None
         if reply is None:
             raise SystemdError(f"systemd sent no reply to {member}")
         if reply.message_type == MessageType.ERROR:
@@ -240,17 +243,18 @@ class Systemd:
         await self._call("Subscribe")
         # On a bus with a daemon, signals need a match rule; systemd's private socket has no
         # daemon and refuses AddMatch -- its signals reach subscribers anyway.
-        reply = await self._bus.call(
-            Message(
+        try:
+            await self._call(
+                "AddMatch",
+                "s",
+                [_JOB_MATCH],
                 destination="org.freedesktop.DBus",
                 path="/org/freedesktop/DBus",
                 interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[_JOB_MATCH],
             )
-        )
-        del reply  # an error here only means "no bus daemon"
+        except SystemdError as exc:
+            if "UnknownObject" not in str(exc) and "Unknown object" not in str(exc):
+                raise  # a real bus refused it: without the match no JobRemoved would arrive
         self._subscribed = True
 
     def _on_message(self, message: Message) -> bool:
