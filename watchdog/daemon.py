@@ -56,6 +56,7 @@ async def _run(
     clock: Callable[[], float],
     started: Callable[[Running], None] | None,
 ) -> None:
+    log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
     store = journal.Journal.open(settings.state_dir)
     recorder = telemetry.Recorder()
     source = prometheus.PrometheusSource(settings.prometheus)
@@ -133,13 +134,15 @@ async def _connect_systemd(settings: config.Settings) -> Systemd | None:
     """systemd is needed to act (auto mode) and to reconcile; observe mode can do without."""
     job_timeout = max(t.runbook.job_timeout for t in settings.targets)
     try:
-        return await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
+        systemd = await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
     except SystemdError as exc:
         if settings.mode is model.Mode.AUTO:
             log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
         else:
             log.info("systemd unreachable", error=str(exc))
         return None
+    log.info("connected to systemd", bus=settings.systemd.bus)
+    return systemd
 
 
 async def _reconcile(
@@ -149,6 +152,7 @@ async def _reconcile(
     settings: config.Settings,
     clock: Callable[[], float],
 ) -> None:
+    log.info("reconciling", target=target.name)
     outcome = await runbook.reconcile(target, store, systemd, settings.state_dir, clock=clock)
     if outcome is not None:
         log.warning(

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,19 @@ def run_rows(world: World, config: Path) -> tuple[dict[str, Any], list[dict[str,
     return run, steps
 
 
+def blocked_at(pid: int) -> str:
+    """Where a process and its threads wait in the kernel (wchan, syscall)."""
+    lines = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            wchan = (task / "wchan").read_text()
+            syscall = (task / "syscall").read_text().split()[0]
+        except OSError:
+            continue
+        lines.append(f"thread {task.name}: wchan {wchan} syscall {syscall}")
+    return "\n" + "\n".join(lines)
+
+
 def armed(world: World, config: Path) -> bool:
     db = world.journal(config)
     try:
@@ -291,51 +304,16 @@ def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
     world: World, step: str, phase: str
 ) -> None:
     world.reset()
-    config = world.config(f"kill-{step}-{phase}")
-    text = config.read_text().replace("verify: {", "step_pause: 600ms\n      verify: {")
-    config.write_text(text)
-    rollback = world.box.popen(
-        [
-            PYTHON,
-            "-m",
-            "watchdog",
-            "rollback",
-            "--config",
-            str(world.box.inside(config)),
-            "--reason",
-            "drill",
-            "--yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pid = world.box.program_pid(rollback)
-    deadline = time.monotonic() + 60
-    hit = False
-    while time.monotonic() < deadline and not hit:
-        time.sleep(0.05)
-        if not (config.parent / "state" / "journal.sqlite3").exists():
-            continue
-        db = world.journal(config)
-        try:
-            row = db.execute(
-                "SELECT status FROM steps WHERE name = ? ORDER BY id DESC LIMIT 1", (step,)
-            ).fetchone()
-        except sqlite3.OperationalError:
-            row = None
-        finally:
-            db.close()
-        hit = row is not None and row["status"] == "running"
-        if hit and phase == "after":
-            primary_wanted, fallback_wanted = EFFECTS[step]
-            primary_now, fallback_now = world.states()
-            hit = primary_wanted in (None, primary_now) and fallback_wanted in (None, fallback_now)
-    if not hit:
-        rollback.kill()
-        out = rollback.communicate(timeout=30)
-        raise AssertionError(f"never saw {step} running: {out}")
-    os.kill(pid, signal.SIGKILL)
-    rollback.wait(timeout=30)
+    config = paused(world.config(f"kill-{step}-{phase}"))
+
+    def effect_visible() -> bool:
+        if phase == "before":
+            return True
+        primary_wanted, fallback_wanted = EFFECTS[step]
+        primary_now, fallback_now = world.states()
+        return primary_wanted in (None, primary_now) and fallback_wanted in (None, fallback_now)
+
+    start_and_kill_in(world, config, step, when=effect_visible)
     # restart: the daemon reconciles the interrupted run before anything else
     log_path = config.parent / "daemon.log"
     with log_path.open("w") as log_file:
@@ -353,9 +331,10 @@ def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
                     break
                 time.sleep(0.2)
         finally:
+            where = blocked_at(daemon_pid)  # if it hung: where, for the failure message
             os.kill(daemon_pid, signal.SIGTERM)
             daemon.wait(timeout=30)
-    log = log_path.read_text()[-3000:]
+    log = log_path.read_text()[-3000:] + where
     run, steps = run_rows(world, config)
     primary, fallback = world.states()
     assert sorted([primary, fallback]).count("active") == 1, (primary, fallback, steps)
@@ -486,8 +465,11 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
     assert not armed(world, config)
 
 
-def start_and_kill_in(world: World, config: Path, step: str) -> None:
-    """Start `rollback --yes` and SIGKILL it while `step` is journaled as running."""
+def start_and_kill_in(
+    world: World, config: Path, step: str, *, when: Callable[[], bool] = lambda: True
+) -> None:
+    """Start `rollback --yes` and SIGKILL it while `step` is journaled as running (and `when`
+    holds, e.g. the step's effect is visible)."""
     rollback = world.box.popen(
         [
             PYTHON,
@@ -518,7 +500,7 @@ def start_and_kill_in(world: World, config: Path, step: str) -> None:
             row = None
         finally:
             db.close()
-        if row is not None and row["status"] == "running":
+        if row is not None and row["status"] == "running" and when():
             break
     else:
         rollback.kill()

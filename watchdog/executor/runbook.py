@@ -468,15 +468,7 @@ async def _finish_failure(
         status = "restored" if restored else "failed"
         outcome = f"{failed.name} had failed ({failed.detail}); closed after a restart"
         return _close(store, run_id, status, outcome, clock, disarm=True)
-    ctx = Context(
-        target=target,
-        systemd=systemd,
-        store=store,
-        state_dir=state_dir,
-        run_id=run_id,
-        password="",
-        clock=clock,
-    )
+    ctx = _context(target, systemd, store, state_dir, run_id, clock, password="")
     try:
         # a resumed run's preflight can fail after the switch began: handle it as a touching step
         step = next(
@@ -691,19 +683,34 @@ async def _reconcile_locked(
         outcome = f"interrupted before touching a unit and too old to resume: {seen}"
         return _close(store, run.id, "aborted", outcome, clock, disarm=False)
     log.warning("resuming interrupted rollback", run=run.id, units=seen)
-    ctx = Context(
-        target=target,
-        systemd=systemd,
-        store=store,
-        state_dir=state_dir,
-        run_id=run.id,
-        password=read_password(target.runbook),
-        clock=clock,
+    ctx = _context(
+        target, systemd, store, state_dir, run.id, clock, password=read_password(target.runbook)
     )
     try:
         return await execute(ctx, resume=True, observer=observer)
     finally:
         await ctx.http.aclose()
+
+
+def _context(
+    target: config.TargetSettings,
+    systemd: Systemd,
+    store: journal.Journal,
+    state_dir: Path,
+    run_id: int,
+    clock: Callable[[], float],
+    *,
+    password: str,
+) -> Context:
+    return Context(
+        target=target,
+        systemd=systemd,
+        store=store,
+        state_dir=state_dir,
+        run_id=run_id,
+        password=password,
+        clock=clock,
+    )
 
 
 def _touched(steps: Sequence[journal.StepRow]) -> bool:
@@ -781,15 +788,8 @@ async def start_run(
             by=initiated_by,
             reason=reason,
         )
-        ctx = Context(
-            target=target,
-            systemd=systemd,
-            store=store,
-            state_dir=state_dir,
-            run_id=run_id,
-            password=read_password(target.runbook),
-            clock=clock,
-        )
+        password = read_password(target.runbook)
+        ctx = _context(target, systemd, store, state_dir, run_id, clock, password=password)
         try:
             return await execute(ctx, observer=observer)
         finally:

@@ -33,6 +33,7 @@ UNIT = "org.freedesktop.systemd1.Unit"
 SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 _REMEMBERED_RESULTS = 256
+CONNECT_TIMEOUT = 15.0
 _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
 
 
@@ -114,14 +115,24 @@ class Systemd:
         if missing is not None:  # dbus-next would leak its socket failing on this
             raise SystemdError(f"cannot connect to systemd on {where}: no socket at {missing}")
         connection: MessageBus | None = None
+
         try:
+            # dbus-next connects the (local) socket in its constructor, which must run on the loop
             if bus == "system":
                 connection = MessageBus(bus_type=BusType.SYSTEM)
             elif bus == "user":
                 connection = MessageBus(bus_type=BusType.SESSION)
             else:
                 connection = MessageBus(bus_address=bus)
-            await connection.connect()
+            async with asyncio.timeout(min(call_timeout, CONNECT_TIMEOUT)):
+                await connection.connect()
+        except TimeoutError:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.disconnect()  # type: ignore[no-untyped-call]
+            raise SystemdError(
+                f"cannot connect to systemd on {where}: no answer within {CONNECT_TIMEOUT:g}s"
+            ) from None
         except (OSError, DBusError, ValueError, KeyError) as exc:
             if connection is not None:
                 with contextlib.suppress(Exception):
