@@ -34,6 +34,7 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 _REMEMBERED_RESULTS = 256
 CONNECT_TIMEOUT = 15.0
+CONNECT_ATTEMPTS = 3
 _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
 
 
@@ -55,6 +56,10 @@ def _missing_socket(bus: str) -> str | None:
 
 class SystemdError(Exception):
     """A systemd call failed or did not finish in time; the message says which and why."""
+
+
+class _NoAnswer(SystemdError):
+    """The bus accepted the connection but never answered: worth one more try."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,21 @@ class Systemd:
 
     @classmethod
     async def connect(cls, bus: str = "system", *, call_timeout: float = 90.0) -> Systemd:
-        """``bus`` is ``system``, ``user`` or a D-Bus address (``unix:path=...``)."""
+        """``bus`` is ``system``, ``user`` or a D-Bus address (``unix:path=...``).
+
+        A connection that gets no answer is tried again, at most ``CONNECT_ATTEMPTS`` times:
+        a busy systemd is not a missing one.
+        """
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                return await cls._connect_once(bus, call_timeout)
+            except _NoAnswer as exc:
+                if attempt == CONNECT_ATTEMPTS:
+                    raise SystemdError(str(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    async def _connect_once(cls, bus: str, call_timeout: float) -> Systemd:
         where = "the system bus" if bus == "system" else ("the user bus" if bus == "user" else bus)
         missing = _missing_socket(bus)
         if missing is not None:  # dbus-next would leak its socket failing on this
@@ -130,8 +149,9 @@ class Systemd:
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.disconnect()  # type: ignore[no-untyped-call]
-            raise SystemdError(
+            raise _NoAnswer(
                 f"cannot connect to systemd on {where}: no answer within {CONNECT_TIMEOUT:g}s"
+                f" ({CONNECT_ATTEMPTS} attempts)"
             ) from None
         except (OSError, DBusError, ValueError, KeyError) as exc:
             if connection is not None:
