@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watchdog.sim import sandbox
+from watchdog.sim import lavalink, sandbox
 
 PYTHON = sys.executable
 PASSWORD = "youshallnotpass"  # noqa: S105 - the simulator's documented test password
@@ -59,20 +59,6 @@ curl -sf -H "Authorization: {PASSWORD}" http://localhost:2333/v4/stats > /dev/nu
 curl -sf -H "Authorization: {PASSWORD}" \\
   "http://localhost:2333/v4/loadtracks?identifier=ytsearch:test" > /dev/null
 """
-
-
-def unit(description: str, exec_start: str) -> str:
-    return (
-        f"[Unit]\nDescription={description}\nDefaultDependencies=no\n\n"
-        f"[Service]\nType=simple\nExecStart={exec_start}\n\n[Install]\nWantedBy=wd-test.target\n"
-    )
-
-
-def simulator(flavour: str, extra: str = "") -> str:
-    return (
-        f"{PYTHON} -m watchdog.sim.lavalink --host 127.0.0.1 --port 2333 "
-        f"--password {PASSWORD} --flavour {flavour} {extra}"
-    ).strip()
 
 
 def config_text(box: sandbox.Sandbox, host: Path, state: Path) -> str:
@@ -171,9 +157,14 @@ def main() -> int:
         (host / "password").write_text(PASSWORD)
         (host / "manual.sh").write_text(MANUAL)
         units = {
-            PRIMARY: unit("Lavalink Rust", simulator("rust")),
-            FALLBACK: unit(
-                "Lavalink Java", simulator("java", f"--startup-delay {args.startup_delay}")
+            PRIMARY: sandbox.service_unit(
+                "Lavalink Rust", lavalink.command_line("rust", password=PASSWORD)
+            ),
+            FALLBACK: sandbox.service_unit(
+                "Lavalink Java",
+                lavalink.command_line(
+                    "java", "--startup-delay", str(args.startup_delay), password=PASSWORD
+                ),
             ),
         }
         watchdog_runs: list[dict[str, Any]] = []

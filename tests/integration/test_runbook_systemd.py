@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim import prometheus, sandbox
+from watchdog.sim import lavalink, prometheus, sandbox
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,26 +46,11 @@ STEPS = [
 
 
 def unit(description: str, exec_start: str) -> str:
-    return textwrap.dedent(f"""\
-        [Unit]
-        Description={description}
-        DefaultDependencies=no
-
-        [Service]
-        Type=simple
-        ExecStart={exec_start}
-
-        [Install]
-        WantedBy=wd-test.target
-        """)
+    return sandbox.service_unit(description, exec_start)
 
 
 def simulator(flavour: str, *extra: str) -> str:
-    args = " ".join(extra)
-    return (
-        f"{PYTHON} -m watchdog.sim.lavalink --host 127.0.0.1 --port 2333 "
-        f"--password {PASSWORD} --flavour {flavour} {args}"
-    ).strip()
+    return lavalink.command_line(flavour, *(" ".join(extra).split()), password=PASSWORD)
 
 
 @dataclass
@@ -169,6 +154,39 @@ def run_rows(world: World, config: Path) -> tuple[dict[str, Any], list[dict[str,
     finally:
         db.close()
     return run, steps
+
+
+def daemon_until_the_run_ends(
+    world: World, config: Path, *, within: float, linger: float = 0.0
+) -> str:
+    """Run the daemon inside the sandbox until the journal's last run has ended (or `within`
+    seconds pass), `linger` seconds more, then SIGTERM it; its log's tail, and where it was
+    blocked in the kernel, for failure messages."""
+    log_path = config.parent / "daemon.log"
+    journal_file = config.parent / "state" / "journal.sqlite3"
+    with log_path.open("w") as log_file:
+        daemon = world.box.popen(
+            [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        daemon_pid = world.box.program_pid(daemon)
+        try:
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                if journal_file.exists():
+                    try:
+                        if run_rows(world, config)[0]["status"] != "running":
+                            break
+                    except (TypeError, sqlite3.OperationalError):
+                        pass  # no run yet, or the schema is still being created
+                time.sleep(0.2)
+            time.sleep(linger)
+        finally:
+            where = blocked_at(daemon_pid)  # if it hung: where, for the failure message
+            os.kill(daemon_pid, signal.SIGTERM)
+            daemon.wait(timeout=30)
+    return log_path.read_text()[-3000:] + where
 
 
 def blocked_at(pid: int) -> str:
@@ -315,26 +333,7 @@ def test_sigkill_in_any_step_then_restart_leaves_exactly_one_unit_active(
 
     start_and_kill_in(world, config, step, when=effect_visible)
     # restart: the daemon reconciles the interrupted run before anything else
-    log_path = config.parent / "daemon.log"
-    with log_path.open("w") as log_file:
-        daemon = world.box.popen(
-            [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-        daemon_pid = world.box.program_pid(daemon)
-        try:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                run, steps = run_rows(world, config)
-                if run["status"] != "running":
-                    break
-                time.sleep(0.2)
-        finally:
-            where = blocked_at(daemon_pid)  # if it hung: where, for the failure message
-            os.kill(daemon_pid, signal.SIGTERM)
-            daemon.wait(timeout=30)
-    log = log_path.read_text()[-3000:] + where
+    log = daemon_until_the_run_ends(world, config, within=90)
     run, steps = run_rows(world, config)
     primary, fallback = world.states()
     assert sorted([primary, fallback]).count("active") == 1, (primary, fallback, steps)
@@ -425,32 +424,10 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
             f"rules: [{world.box.inside(rules)}]\n    presence_query: vector(1)",
         )
         config.write_text(text)
-        log_path = config.parent / "daemon.log"
-        with log_path.open("w") as log_file:
-            daemon = world.box.popen(
-                [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-            daemon_pid = world.box.program_pid(daemon)
-            try:
-                deadline = time.monotonic() + 60
-                run: dict[str, Any] | None = None
-                while time.monotonic() < deadline:
-                    if (config.parent / "state" / "journal.sqlite3").exists():
-                        try:
-                            run, _ = run_rows(world, config)
-                        except (TypeError, sqlite3.OperationalError):
-                            run = None
-                        if run is not None and run["status"] != "running":
-                            break
-                    time.sleep(0.2)
-                time.sleep(2.5)  # more ticks: the disarmed target must not act again
-            finally:
-                os.kill(daemon_pid, signal.SIGTERM)
-                daemon.wait(timeout=30)
-    log = log_path.read_text()
-    assert run is not None and run["status"] == "succeeded", log[-3000:]
+        # linger: more ticks after the run, and the disarmed target must not act again
+        log = daemon_until_the_run_ends(world, config, within=60, linger=2.5)
+    run, _ = run_rows(world, config)
+    assert run["status"] == "succeeded", log
     assert run["trigger"] == "auto" and run["initiated_by"] == "rollback-watchdog"
     assert "DrillCrashLoop firing" in run["reason"]
     assert world.states() == ("inactive", "active")

@@ -1213,6 +1213,26 @@ def parse_options(argv: Sequence[str] | None = None) -> SimOptions:
     )
 
 
+def command_line(flavour: str, *extra: str, password: str, port: int = 2333) -> str:
+    """The shell command that runs one simulator node with this interpreter (an ExecStart)."""
+    return " ".join(
+        [
+            sys.executable,
+            "-m",
+            "watchdog.sim.lavalink",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--password",
+            password,
+            "--flavour",
+            flavour,
+            *extra,
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
     logging.basicConfig(

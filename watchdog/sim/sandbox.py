@@ -384,6 +384,14 @@ def _unit_default_dependencies(text: str) -> bool | None:
     return value
 
 
+def service_unit(description: str, exec_start: str, *, target: str = "wd-test.target") -> str:
+    """A simple service unit fit for the sandbox: no default dependencies, wanted by `target`."""
+    return (
+        f"[Unit]\nDescription={description}\nDefaultDependencies=no\n\n"
+        f"[Service]\nType=simple\nExecStart={exec_start}\n\n[Install]\nWantedBy={target}\n"
+    )
+
+
 def kept_paths() -> tuple[Path, ...]:
     """This checkout and its virtualenv, when they live under /tmp or /var/tmp.
 
