@@ -134,10 +134,6 @@ async def latency(
     return Check("latency", not slow, f"{detail} (limit {settings.max_latency * 1000:.0f} ms)")
 
 
-def _any(answer: httpx.Response) -> str | None:
-    return None
-
-
 def _info(answer: httpx.Response) -> str | None:
     try:
         body = answer.json()
