@@ -8,6 +8,7 @@ import pytest
 
 from watchdog import config, errors
 from watchdog.executor import runbook
+from watchdog.sources import lavalink
 
 
 def java_says(text: str, code: int = 0) -> list[str]:
@@ -72,17 +73,17 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     secret = tmp_path / "password"
     secret.write_text("youshallnotpass\n")
     assert (
-        runbook.read_password(target(tmp_path, password_file=str(secret)).runbook)
+        lavalink.read_password(target(tmp_path, password_file=str(secret)).runbook)
         == "youshallnotpass"
     )
     monkeypatch.setenv("LL_PW", "from-env")
-    assert runbook.read_password(target(tmp_path, password_env="LL_PW").runbook) == "from-env"
-    assert runbook.read_password(target(tmp_path).runbook) == ""
+    assert lavalink.read_password(target(tmp_path, password_env="LL_PW").runbook) == "from-env"
+    assert lavalink.read_password(target(tmp_path).runbook) == ""
     with pytest.raises(errors.ConfigError, match="cannot read the password file"):
-        runbook.read_password(target(tmp_path, password_file=str(tmp_path / "nope")).runbook)
+        lavalink.read_password(target(tmp_path, password_file=str(tmp_path / "nope")).runbook)
     monkeypatch.delenv("LL_PW")
     with pytest.raises(errors.ConfigError, match=r"\$LL_PW is not set"):
-        runbook.read_password(target(tmp_path, password_env="LL_PW").runbook)
+        lavalink.read_password(target(tmp_path, password_env="LL_PW").runbook)
 
 
 def test_runbook_settings_are_validated(tmp_path: Path) -> None:

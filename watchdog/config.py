@@ -151,6 +151,27 @@ class RunbookSettings(_Strict):
         return self
 
 
+class ProbeSettings(_Strict):
+    """The watchdog's own synthetic probes: Lavalink exports no latency or per-source failures,
+    so the watchdog asks the service as a bot would, and exports what it saw."""
+
+    enabled: bool = True
+    interval: Duration = Field(default=15.0, gt=0)
+    timeout: Duration = Field(default=5.0, gt=0)  # each probe; a hung service fails, never blocks
+    concurrency: int = Field(default=4, ge=1, le=32)  # probes in flight at once
+    websocket: bool = True
+    identifiers: dict[str, str] | None = None  # per source; default: runbook.verify.identifiers
+
+
+class WatchSettings(_Strict):
+    """The systemd watch: restarts and active state of both units, read over D-Bus."""
+
+    enabled: bool = True
+    interval: Duration = Field(default=5.0, gt=0)
+    crash_loop_restarts: int = Field(default=3, ge=1)  # this many automatic restarts ...
+    crash_loop_window: Duration = Field(default=900.0, gt=0)  # ... within this long: critical
+
+
 class TargetSettings(_Strict):
     """One guarded service: a primary (new, suspect) and a fallback (old, trusted)."""
 
@@ -161,6 +182,8 @@ class TargetSettings(_Strict):
     presence_query: str | None = None  # default: up{job="<primary job>"}
     activation_query: str | None = None  # default: max(process_start_time_seconds{job=...})
     runbook: RunbookSettings = RunbookSettings()
+    probes: ProbeSettings = ProbeSettings()
+    watch: WatchSettings = WatchSettings()
 
     @field_validator("presence_query", "activation_query")
     @classmethod
@@ -175,6 +198,13 @@ class TargetSettings(_Strict):
     @property
     def presence(self) -> str:
         return self.presence_query or f'up{{job="{self.primary.job}"}}'
+
+    @property
+    def probe_identifiers(self) -> dict[str, str]:
+        """What the loadtracks probe asks each source for."""
+        if self.probes.identifiers is not None:
+            return self.probes.identifiers
+        return self.runbook.verify.identifiers
 
     @property
     def activation(self) -> str:

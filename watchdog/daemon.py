@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import structlog
 from watchdog import backtest, config, errors, journal, model, pipeline, rules, telemetry
 from watchdog.executor import runbook
 from watchdog.executor.systemd import Systemd, SystemdError
-from watchdog.sources import prometheus
+from watchdog.sources import lavalink, probes, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.daemon")
 
@@ -68,10 +68,11 @@ async def _run(
         source.close()
         raise errors.InputError(f"cannot serve /metrics on {host}:{port}: {exc.strerror}") from None
     policy = settings.policy.to_policy()
-    systemd: Systemd | None = None
-    runs: set[asyncio.Task[runbook.Outcome]] = set()
+    link = SystemdLink(settings)
+    runs: set[asyncio.Task[runbook.Outcome | None]] = set()
+    probers: list[probes.Prober] = []
     try:
-        systemd = await _connect_systemd(settings)
+        await link.connect()
         targets = []
         for target_settings in settings.targets:
             rule_set = rules.load(target_settings.rules)
@@ -87,14 +88,18 @@ async def _run(
                 state=state,
                 clock=clock,
             )
-            if systemd is not None:
-                await _reconcile(target_settings, store, systemd, settings, clock)
-                target.state = await asyncio.to_thread(store.target_state, target_settings.name)
-                target.launch = _launcher(
-                    target_settings, store, systemd, settings, runs, clock, recorder
-                )
+            if target_settings.watch.enabled:
+                target.watch = systemd_watch.SystemdWatch(target_settings)
+            if target_settings.probes.enabled:
+                password = lavalink.read_password(target_settings.runbook)
+                probers.append(probes.Prober(target_settings, password=password))
+            if link.current is not None:
+                await _reconcile(target, link.current, settings, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
+        guards = [Guard(t, link, settings, runs, clock, recorder) for t in targets]
+        for guard in guards:
+            guard.follow_link()
         log.info(
             "started",
             mode=settings.mode.value,
@@ -102,13 +107,21 @@ async def _run(
             prometheus=settings.prometheus.url,
             metrics=f"http://{settings.listen.host}:{server.port}/metrics",
             journal=str(store.path),
+            systemd="connected" if link.current is not None else "not connected",
         )
         if started is not None:
             started(Running(targets=targets, metrics_port=server.port, journal=store))
         with _signals_set(stop):
             async with asyncio.TaskGroup() as group:
-                for target in targets:
-                    group.create_task(_loop(target, settings, stop), name=f"loop:{target.name}")
+                group.create_task(link.keep(stop, guards), name="systemd-link")
+                for guard in guards:
+                    group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
+                    if guard.target.watch is not None:
+                        group.create_task(guard.watch(stop), name=f"watch:{guard.target.name}")
+                for prober in probers:
+                    group.create_task(
+                        _probe(prober, recorder, stop), name=f"probes:{prober.target}"
+                    )
                 await stop.wait()
         if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
             await asyncio.wait(list(runs), timeout=_longest_run(settings))
@@ -117,10 +130,11 @@ async def _run(
             task.cancel()
         if runs:
             await asyncio.wait(list(runs), timeout=10.0)
+        for prober in probers:
+            await prober.aclose()
         server.close()
         source.close()
-        if systemd is not None:
-            systemd.close()
+        link.close()
         store.close()
         log.info("stopped")
 
@@ -130,30 +144,74 @@ def _longest_run(settings: config.Settings) -> float:
     return max(3 * t.runbook.job_timeout + t.runbook.verify.timeout + 30 for t in settings.targets)
 
 
-async def _connect_systemd(settings: config.Settings) -> Systemd | None:
-    """systemd is needed to act (auto mode) and to reconcile; observe mode can do without."""
-    job_timeout = max(t.runbook.job_timeout for t in settings.targets)
-    try:
-        systemd = await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
-    except SystemdError as exc:
-        if settings.mode is model.Mode.AUTO:
-            log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
-        else:
-            log.info("systemd unreachable", error=str(exc))
-        return None
-    log.info("connected to systemd", bus=settings.systemd.bus)
-    return systemd
+RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
+
+
+class SystemdLink:
+    """The daemon's one systemd connection: made at start, made again whenever it is lost.
+
+    Without it the watchdog still evaluates (the crash-loop signal then reads ``error``), but
+    cannot act: auto mode says "no executor is connected" until the link is back.
+    """
+
+    def __init__(self, settings: config.Settings) -> None:
+        self._settings = settings
+        self._client: Systemd | None = None
+        self._complained = False
+
+    @property
+    def current(self) -> Systemd | None:
+        """The connection, if it is up."""
+        if self._client is not None and not self._client.connected:
+            log.error("systemd connection lost; reconnecting")
+            self._client = None
+        return self._client
+
+    async def connect(self) -> bool:
+        """One bounded attempt (the client tries a silent bus a few times itself)."""
+        settings = self._settings
+        job_timeout = max(t.runbook.job_timeout for t in settings.targets)
+        try:
+            self._client = await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
+        except SystemdError as exc:
+            if not self._complained:  # once per outage, not every attempt
+                self._complained = True
+                if settings.mode is model.Mode.AUTO:
+                    log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
+                else:
+                    log.warning("systemd unreachable", error=str(exc))
+            return False
+        self._complained = False
+        log.info("connected to systemd", bus=settings.systemd.bus)
+        return True
+
+    async def keep(self, stop: asyncio.Event, guards: list[Guard]) -> None:
+        """Reconnect while stopped is not set; each reconnection hands the guards the client."""
+        while not stop.is_set():
+            if self.current is None and await self.connect():
+                for guard in guards:
+                    guard.follow_link()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONNECT_EVERY):
+                    await stop.wait()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 async def _reconcile(
-    target: config.TargetSettings,
-    store: journal.Journal,
+    target: pipeline.Target,
     systemd: Systemd,
     settings: config.Settings,
     clock: Callable[[], float],
 ) -> None:
+    """Finish or close a run a crash left unfinished, then re-read what it changed."""
     log.info("reconciling", target=target.name)
-    outcome = await runbook.reconcile(target, store, systemd, settings.state_dir, clock=clock)
+    outcome = await runbook.reconcile(
+        target.settings, target.store, systemd, settings.state_dir, clock=clock
+    )
     if outcome is not None:
         log.warning(
             "reconciled",
@@ -162,47 +220,145 @@ async def _reconcile(
             status=outcome.status,
             detail=outcome.detail,
         )
+        target.state = await asyncio.to_thread(target.store.target_state, target.name)
 
 
-def _launcher(
-    target: config.TargetSettings,
-    store: journal.Journal,
-    systemd: Systemd,
-    settings: config.Settings,
-    runs: set[asyncio.Task[runbook.Outcome]],
-    clock: Callable[[], float],
-    recorder: telemetry.Recorder,
-) -> pipeline.Launcher:
-    """Start the runbook as its own task, so evaluation keeps ticking while it runs."""
+class Guard:
+    """One target's loops: evaluate every ``interval``, read systemd every watch interval, and
+    start (or adopt) the runbook as its own task so evaluation keeps ticking while it runs."""
 
-    def launch(decided: model.Decision, incident: int | None) -> str:
-        if any(task.get_name() == f"rollback:{target.name}" for task in runs):
+    def __init__(
+        self,
+        target: pipeline.Target,
+        link: SystemdLink,
+        settings: config.Settings,
+        runs: set[asyncio.Task[runbook.Outcome | None]],
+        clock: Callable[[], float],
+        recorder: telemetry.Recorder,
+    ) -> None:
+        self.target = target
+        self._link = link
+        self._settings = settings
+        self._runs = runs
+        self._clock = clock
+        self._recorder = recorder
+
+    @property
+    def _task_name(self) -> str:
+        return f"rollback:{self.target.name}"
+
+    def _running_here(self) -> bool:
+        return any(task.get_name() == self._task_name for task in self._runs)
+
+    def follow_link(self) -> None:
+        """Act only while systemd is connected (auto mode); the gate says so otherwise."""
+        connected = self._link.current is not None
+        auto = self._settings.mode is model.Mode.AUTO
+        self.target.launch = self.launch if connected and auto else None
+
+    def launch(self, decided: model.Decision, incident: int | None) -> str:
+        """Start the runbook for a rollback decision, or join the run in flight."""
+        if self._running_here():
             return "joined the run in flight"
-        task = asyncio.create_task(
+        systemd = self._link.current
+        if systemd is None:
+            self.target.launch = None
+            return "would roll back (auto mode, but no executor is connected)"
+        self._start(
             runbook.start_run(
-                target,
-                store,
+                self.target.settings,
+                self.target.store,
                 systemd,
-                settings.state_dir,
+                self._settings.state_dir,
                 trigger="auto",
                 initiated_by="rollback-watchdog",
                 reason=decided.reason,
                 incident_id=incident,
-                clock=clock,
-            ),
-            name=f"rollback:{target.name}",
+                clock=self._clock,
+            )
         )
-        runs.add(task)
-        task.add_done_callback(_finished(runs, target.name, recorder))
         return "rollback started"
 
-    return launch
+    def _start(self, work: Coroutine[object, object, runbook.Outcome | None]) -> None:
+        task = asyncio.create_task(work, name=self._task_name)
+        self._runs.add(task)
+        task.add_done_callback(_finished(self._runs, self.target, self._recorder))
+
+    async def _adopt_orphan(self) -> None:
+        """A run journaled as running with no task here was left by a dead process (or one
+        whose lock was still held at start): reconcile it as a run of ours."""
+        systemd = self._link.current
+        if systemd is None or self._running_here():
+            return
+        orphan = await asyncio.to_thread(self.target.store.running_run, self.target.name)
+        if orphan is None:
+            return
+        target = self.target
+        self._start(
+            runbook.reconcile(
+                target.settings, target.store, systemd, self._settings.state_dir, clock=self._clock
+            )
+        )
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        """Tick every ``interval`` until stopped; a failed tick never ends the loop."""
+        interval = self._settings.interval
+        budget = source_budget(self._settings)
+        target = self.target
+        while not stop.is_set():
+            begun = time.monotonic()
+            try:
+                await self._adopt_orphan()
+                async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
+                    await target.tick(budget=budget)
+            except TimeoutError:
+                target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
+                log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add
+            except Exception:  # the loop outlives any one bad tick
+                target.recorder.source_errors.labels(target.name, "tick_failed").inc()
+                log.exception("tick failed", target=target.name)
+            await _pause(stop, interval - (time.monotonic() - begun))
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Read both units every watch interval; export them for Prometheus."""
+        watch = self.target.watch
+        if watch is None:
+            return
+        while not stop.is_set():
+            begun = time.monotonic()
+            try:
+                readings = await watch.sample(self._link.current, self._clock())
+                self._recorder.record_units(self.target.name, systemd_watch.units_of(readings))
+            except Exception:  # the watch outlives any one bad reading
+                log.exception("systemd watch failed", target=self.target.name)
+            await _pause(stop, watch.settings.interval - (time.monotonic() - begun))
+
+
+async def _probe(prober: probes.Prober, recorder: telemetry.Recorder, stop: asyncio.Event) -> None:
+    """One round of synthetic probes every probe interval; export what they saw."""
+    interval = prober.settings.interval
+    while not stop.is_set():
+        begun = time.monotonic()
+        try:
+            recorder.record_probes(prober.target, await prober.round())
+        except Exception:  # the probes outlive any one bad round
+            log.exception("probe round failed", target=prober.target)
+        await _pause(stop, interval - (time.monotonic() - begun))
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep up to ``seconds``, or less if stopped."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stop.wait()
 
 
 def _finished(
-    runs: set[asyncio.Task[runbook.Outcome]], target: str, recorder: telemetry.Recorder
-) -> Callable[[asyncio.Task[runbook.Outcome]], None]:
-    def done(task: asyncio.Task[runbook.Outcome]) -> None:
+    runs: set[asyncio.Task[runbook.Outcome | None]],
+    target: pipeline.Target,
+    recorder: telemetry.Recorder,
+) -> Callable[[asyncio.Task[runbook.Outcome | None]], None]:
+    def done(task: asyncio.Task[runbook.Outcome | None]) -> None:
         runs.discard(task)
         if task.cancelled():
             log.error("rollback cancelled at shutdown; the next start reconciles it")
@@ -212,9 +368,10 @@ def _finished(
             )
         elif task.exception() is not None:
             log.error("rollback could not run", error=repr(task.exception()))
+        elif (outcome := task.result()) is None:
+            log.debug("run in flight belongs to a living process", target=target.name)
         else:
-            outcome = task.result()
-            recorder.record_run(target, outcome.status)
+            recorder.record_run(target.name, outcome.status)
             log.warning(
                 "rollback ended", run=outcome.run_id, status=outcome.status, detail=outcome.detail
             )
@@ -226,27 +383,6 @@ def source_budget(settings: config.Settings) -> float:
     """Seconds the sources get per tick: every attempt's timeout plus the capped backoff."""
     prom = settings.prometheus
     return prom.timeout * prom.retries + 4.0 * (prom.retries - 1) + 1.0
-
-
-async def _loop(target: pipeline.Target, settings: config.Settings, stop: asyncio.Event) -> None:
-    """Tick every ``interval`` until stopped; a failed tick never ends the loop."""
-    interval = settings.interval
-    budget = source_budget(settings)
-    while not stop.is_set():
-        begun = time.monotonic()
-        try:
-            async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
-                await target.tick(budget=budget)
-        except TimeoutError:
-            target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
-            log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add
-        except Exception:  # the loop outlives any one bad tick
-            target.recorder.source_errors.labels(target.name, "tick_failed").inc()
-            log.exception("tick failed", target=target.name)
-        remaining = interval - (time.monotonic() - begun)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, remaining)):
-                await stop.wait()
 
 
 async def _warm_start(target: pipeline.Target, settings: config.Settings, now: float) -> None:

@@ -11,6 +11,9 @@ missing data must never read as a failing service:
 - a query failed: that signal is ``error``, and its state is left exactly as it was, as
   Prometheus leaves it when a rule's query fails.
 
+A signal the watchdog reads from systemd itself (origin ``systemd``) goes through the same
+state machine but ignores the presence query: it must work while Prometheus is down.
+
 No I/O, no clock: the instant comes in with the observation, the memory goes in and out.
 """
 
@@ -39,7 +42,8 @@ def evaluate(
     next_memory: dict[str, model.RuleMemory] = {}
     for rule in rules:
         previous = memory.get(rule.name, _EMPTY)
-        if not presence.ok:
+        scraped = rule.origin is model.Origin.PROMETHEUS  # the presence query speaks for it
+        if scraped and not presence.ok:
             next_memory[rule.name] = previous
             signals.append(
                 model.Signal(
@@ -48,7 +52,7 @@ def evaluate(
             )
             continue
         result = observation.results.get(rule.name)
-        if no_data:
+        if scraped and no_data:
             next_memory[rule.name] = advance(rule, _NO_POINTS, previous, now)
             signals.append(
                 model.Signal(

@@ -52,6 +52,13 @@ _CRITICAL_CATEGORIES = frozenset(
 )
 
 
+class Origin(enum.StrEnum):
+    """Where a signal's evidence comes from."""
+
+    PROMETHEUS = "prometheus"  # an alert rule's `expr`, run as an instant query
+    SYSTEMD = "systemd"  # read by the watchdog from systemd over D-Bus; works without Prometheus
+
+
 class SignalState(enum.StrEnum):
     """What one signal says in one evaluation."""
 
@@ -138,6 +145,7 @@ class Rule:
     file: str = ""
     group: str = ""
     line: int = 0
+    origin: Origin = Origin.PROMETHEUS  # a systemd signal ignores the presence query
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,3 +273,59 @@ class Decision:
     firing: tuple[str, ...] = ()  # signals that count toward this verdict
     incident: IncidentChange = IncidentChange.NONE
     ignored: tuple[str, ...] = field(default=())  # firing but not counted (warm-up)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatus:
+    """A systemd unit as systemd reports it now (the properties the watchdog reads)."""
+
+    name: str
+    load_state: str  # loaded | not-found | masked | error ...
+    active_state: str  # active | inactive | failed | activating | deactivating ...
+    sub_state: str
+    unit_file_state: str  # enabled | disabled | static | ...
+    main_pid: int
+    n_restarts: int
+    active_enter_timestamp: float | None  # Unix seconds
+    fragment_path: str = ""  # the unit file systemd loaded
+
+    @property
+    def active(self) -> bool:
+        return self.active_state == "active"
+
+    @property
+    def stopped(self) -> bool:
+        return self.active_state in ("inactive", "failed")
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state in ("enabled", "enabled-runtime")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "LoadState": self.load_state,
+            "ActiveState": self.active_state,
+            "SubState": self.sub_state,
+            "UnitFileState": self.unit_file_state,
+            "MainPID": self.main_pid,
+            "NRestarts": self.n_restarts,
+            "ActiveEnterTimestamp": self.active_enter_timestamp,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One synthetic request to the service, as a user's client would make it.
+
+    A failure is data: ``ok`` is false and ``detail`` says why (a refused connection, a status
+    code, an answer that is not Lavalink's). ``seconds`` is how long the service took to answer
+    or to fail, so a slow failure still counts as latency.
+    """
+
+    probe: str  # version | info | stats | websocket | loadtracks
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+    source: str = ""  # loadtracks only: youtube, soundcloud, ...
+    load_type: str = ""  # loadtracks only, as Lavalink answered: track, search, empty, error ...

@@ -10,6 +10,7 @@ approval gate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from watchdog import config, decision, evaluation, journal, model, telemetry
-from watchdog.sources import prometheus
+from watchdog.sources import prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.pipeline")
 
@@ -60,6 +61,7 @@ class Target:
     state: model.TargetState = field(default_factory=model.TargetState)
     arming: journal.Arming | None = None  # as last read from the journal
     launch: Launcher | None = None  # starts the runbook in auto mode
+    watch: systemd_watch.SystemdWatch | None = None  # the D-Bus crash-loop signal, if watched
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -81,8 +83,15 @@ class Target:
                 observation = await prometheus.observe(self.source, self.settings, self.rules, at)
         except TimeoutError:
             observation = timed_out(self.rules, at, budget)
+        failures = sum(1 for r in observation.results.values() if not r.ok) + (
+            0 if observation.presence.ok else 1
+        )
+        rules = self.rules
+        if self.watch is not None:  # systemd's own view: needs no Prometheus
+            observation = with_systemd(observation, self.watch, at)
+            rules = [*self.rules, self.watch.rule]
         await self._follow_arming()
-        evaluated, memory = evaluation.evaluate(self.name, self.rules, observation, self.memory)
+        evaluated, memory = evaluation.evaluate(self.name, rules, observation, self.memory)
         decided, state = decision.decide(evaluated, self.policy, self.state)
         outcome = gate_outcome(decided, self.mode, self.launch)
         incident = await asyncio.to_thread(
@@ -97,9 +106,6 @@ class Target:
             launched = self.launch(decided, incident)
             if launched != outcome:
                 log.warning("rollback", target=self.name, outcome=launched)
-        failures = sum(1 for r in observation.results.values() if not r.ok) + (
-            0 if observation.presence.ok else 1
-        )
         self.recorder.record_evaluation(
             evaluated,
             decided,
@@ -146,4 +152,20 @@ def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Ob
         results={rule.name: failed for rule in rules},
         presence=failed,
         activation_failed=True,
+    )
+
+
+def with_systemd(
+    observation: model.Observation, watch: systemd_watch.SystemdWatch, at: float
+) -> model.Observation:
+    """The observation plus the systemd watch's crash-loop input; systemd's activation time
+    stands in when Prometheus could not say when the primary started."""
+    results = {**observation.results, watch.rule.name: watch.observe(at)}
+    activated_at, failed = observation.activated_at, observation.activation_failed
+    if activated_at is None or failed:
+        from_systemd = watch.activated_at()
+        if from_systemd is not None:
+            activated_at, failed = from_systemd, False
+    return dataclasses.replace(
+        observation, results=results, activated_at=activated_at, activation_failed=failed
     )

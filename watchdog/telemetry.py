@@ -8,9 +8,11 @@ Logs are structlog, one JSON object per line, so journald and log shippers keep 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 from wsgiref.simple_server import WSGIServer
 
@@ -81,6 +83,38 @@ class Recorder:
             ["target", "status"],
             registry=r,
         )
+        # The metric contract the shipped rules read (DESIGN.md): probes and the systemd watch.
+        self.probe_success = Gauge(
+            "rollback_watchdog_probe_success",
+            "1 if the last synthetic probe succeeded, else 0 (loadtracks: per source).",
+            ["target", "probe", "source"],
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "rollback_watchdog_probe_duration_seconds",
+            "How long the service took to answer (or fail) a synthetic probe.",
+            ["target", "probe", "source"],
+            buckets=PROBE_BUCKETS,
+            registry=r,
+        )
+        self.track_loads = Counter(
+            "rollback_watchdog_track_loads",
+            "loadtracks probe answers, by the loadType Lavalink answered.",
+            ["target", "source", "load_type"],
+            registry=r,
+        )
+        self.unit_restarts = Gauge(
+            "rollback_watchdog_unit_restarts",
+            "systemd's NRestarts of the unit (automatic restarts since its last manual start).",
+            ["unit"],
+            registry=r,
+        )
+        self.unit_active = Gauge(
+            "rollback_watchdog_unit_active",
+            "1 while systemd reports the unit active, else 0.",
+            ["unit"],
+            registry=r,
+        )
         self.last_evaluation = Gauge(
             "rollback_watchdog_last_evaluation_timestamp_seconds",
             "When the target was last evaluated.",
@@ -114,6 +148,28 @@ class Recorder:
         self.armed.labels(target).set(1 if armed else 0)
         if source_errors:
             self.source_errors.labels(target, "prometheus").inc(source_errors)
+
+    def record_probes(self, target: str, results: Sequence[model.ProbeResult]) -> None:
+        """One round of synthetic probes."""
+        for result in results:
+            labels = (target, result.probe, result.source)
+            self.probe_success.labels(*labels).set(1 if result.ok else 0)
+            self.probe_duration.labels(*labels).observe(result.seconds)
+            if result.load_type:
+                self.track_loads.labels(target, result.source, result.load_type).inc()
+
+    def record_units(self, target: str, units: Mapping[str, model.UnitStatus | None]) -> None:
+        """One reading of the systemd watch; a unit that could not be read has no series (no
+        data, never a stale value)."""
+        for unit, status in units.items():
+            if status is None:
+                for gauge in (self.unit_restarts, self.unit_active):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(unit)
+                self.source_errors.labels(target, "systemd").inc()
+                continue
+            self.unit_restarts.labels(unit).set(status.n_restarts)
+            self.unit_active.labels(unit).set(1 if status.active else 0)
 
     def record_run(self, target: str, status: str) -> None:
         self.runs.labels(target, status).inc()

@@ -33,9 +33,11 @@ from typing import IO, Any
 import httpx
 import structlog
 
-from watchdog import config, errors, journal
+from watchdog import config, journal
 from watchdog.executor import verify
-from watchdog.executor.systemd import Systemd, SystemdError, UnitStatus, Unreachable
+from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
+from watchdog.model import UnitStatus
+from watchdog.sources import lavalink
 
 log = structlog.get_logger("watchdog.executor")
 
@@ -607,23 +609,6 @@ def run_lock(state_dir: Path, target: str) -> Iterator[bool]:
         yield True
 
 
-def read_password(settings: config.RunbookSettings) -> str:
-    """The service password, from its file or environment variable ('' if none is set)."""
-    if settings.password_file is not None:
-        try:
-            return settings.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise errors.ConfigError(
-                f"cannot read the password file {settings.password_file}: {exc.strerror}"
-            ) from None
-    if settings.password_env is not None:
-        value = os.environ.get(settings.password_env)
-        if value is None:
-            raise errors.ConfigError(f"the password variable ${settings.password_env} is not set")
-        return value
-    return ""
-
-
 async def reconcile(
     target: config.TargetSettings,
     store: journal.Journal,
@@ -684,7 +669,13 @@ async def _reconcile_locked(
         return _close(store, run.id, "aborted", outcome, clock, disarm=False)
     log.warning("resuming interrupted rollback", run=run.id, units=seen)
     ctx = _context(
-        target, systemd, store, state_dir, run.id, clock, password=read_password(target.runbook)
+        target,
+        systemd,
+        store,
+        state_dir,
+        run.id,
+        clock,
+        password=lavalink.read_password(target.runbook),
     )
     try:
         return await execute(ctx, resume=True, observer=observer)
@@ -788,7 +779,7 @@ async def start_run(
             by=initiated_by,
             reason=reason,
         )
-        password = read_password(target.runbook)
+        password = lavalink.read_password(target.runbook)
         ctx = _context(target, systemd, store, state_dir, run_id, clock, password=password)
         try:
             return await execute(ctx, observer=observer)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dbus_next._private.address import get_bus_address, parse_address
@@ -25,6 +24,8 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageType
 from dbus_next.errors import DBusError
 from dbus_next.message import Message
+
+from watchdog.model import UnitStatus
 
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -60,45 +61,6 @@ class SystemdError(Exception):
 
 class _NoAnswer(SystemdError):
     """The bus accepted the connection but never answered: worth one more try."""
-
-
-@dataclass(frozen=True, slots=True)
-class UnitStatus:
-    """What the runbook reads about a unit."""
-
-    name: str
-    load_state: str  # loaded | not-found | masked | error ...
-    active_state: str  # active | inactive | failed | activating | deactivating ...
-    sub_state: str
-    unit_file_state: str  # enabled | disabled | static | ...
-    main_pid: int
-    n_restarts: int
-    active_enter_timestamp: float | None  # Unix seconds
-    fragment_path: str = ""  # the unit file systemd loaded
-
-    @property
-    def active(self) -> bool:
-        return self.active_state == "active"
-
-    @property
-    def stopped(self) -> bool:
-        return self.active_state in ("inactive", "failed")
-
-    @property
-    def enabled(self) -> bool:
-        return self.unit_file_state in ("enabled", "enabled-runtime")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "LoadState": self.load_state,
-            "ActiveState": self.active_state,
-            "SubState": self.sub_state,
-            "UnitFileState": self.unit_file_state,
-            "MainPID": self.main_pid,
-            "NRestarts": self.n_restarts,
-            "ActiveEnterTimestamp": self.active_enter_timestamp,
-        }
 
 
 class Systemd:
@@ -162,6 +124,11 @@ class Systemd:
 
     def close(self) -> None:
         self._bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next is untyped here
+
+    @property
+    def connected(self) -> bool:
+        """False once the bus connection is gone (systemd restarted, socket closed)."""
+        return bool(self._bus.connected)
 
     # -- calls -----------------------------------------------------------------------------
 

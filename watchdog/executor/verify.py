@@ -3,15 +3,15 @@
 After the switch the operators check: ``/version``, ``/v4/info`` and ``/v4/stats`` answer (with
 ``Authorization``), track loading works for the major sources, a WebSocket session opens, port
 2333 is bound by the new process, memory < 2 GiB, CPU < 50 %, basic endpoints < 500 ms. Each of
-those is one ``Check`` here, so the run's journal shows which passed and why one failed. REST
-goes through httpx, the WebSocket through aiohttp's client; the process facts come from
-``/proc`` (the port's socket inode among the process tree's file descriptors).
+those is one ``Check`` here, so the run's journal shows which passed and why one failed. The
+Lavalink questions are the synthetic probes' own calls (``sources.lavalink``), so the probes and
+the verification judge an answer the same way; the process facts come from ``/proc`` (the
+port's socket inode among the process tree's file descriptors).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 
-from watchdog import __version__, config
+from watchdog import config, model
+from watchdog.sources import lavalink
+from watchdog.sources.lavalink import Service
+
+__all__ = ["Check", "Service"]
 
 PROC = Path("/proc")
-_FOUND = ("track", "playlist", "search")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +40,10 @@ class Check:
     detail: str
     seconds: float = 0.0
 
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """Where and how to reach the service."""
-
-    url: str
-    password: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": self.password}
+    @classmethod
+    def of(cls, probe: model.ProbeResult) -> Check:
+        name = f"{probe.probe}:{probe.source}" if probe.source else probe.probe
+        return cls(name, probe.ok, probe.detail, probe.seconds)
 
 
 async def wait_for_version(
@@ -56,62 +51,30 @@ async def wait_for_version(
 ) -> Check:
     """Poll ``/version`` until it answers as Lavalink does (Java text or Rust JSON)."""
     started = time.monotonic()
-    last = "no answer yet"
     while True:
-        check = await _version(client, service)
-        if check.ok:
-            return Check("version", True, check.detail, time.monotonic() - started)
-        last = check.detail
+        answer = await lavalink.version(client, service)
+        if answer.ok:
+            return Check("version", True, answer.detail, time.monotonic() - started)
         if time.monotonic() - started >= within:
             return Check(
                 "version",
                 False,
-                f"no valid /version within {within:g}s: {last}",
+                f"no valid /version within {within:g}s: {answer.detail}",
                 time.monotonic() - started,
             )
         await asyncio.sleep(poll)
-
-
-async def _version(client: httpx.AsyncClient, service: Service) -> Check:
-    try:
-        answer = await client.get(f"{service.url}/version", headers=service.headers)
-    except httpx.HTTPError as exc:
-        return Check("version", False, f"{type(exc).__name__}: {exc}")
-    if answer.status_code != 200:
-        return Check("version", False, f"HTTP {answer.status_code}")
-    text = answer.text.strip()
-    if text.startswith("{"):  # the Rust server answers JSON
-        try:
-            version = str(json.loads(text).get("version", ""))
-        except ValueError:
-            version = ""
-    else:
-        version = text
-    if not version or not version[0].isdigit():
-        return Check("version", False, f"not a version: {text[:80]!r}")
-    return Check("version", True, f"version {version}")
 
 
 async def endpoints(
     client: httpx.AsyncClient, service: Service, settings: config.VerifySettings
 ) -> list[Check]:
     """``/v4/info`` and ``/v4/stats`` sane, and track loading per configured source."""
-    checks: list[Check] = []
-    for name, path, judge in (("info", "/v4/info", _info), ("stats", "/v4/stats", _stats)):
-        started = time.monotonic()
-        try:
-            answer = await client.get(f"{service.url}{path}", headers=service.headers)
-        except httpx.HTTPError as exc:
-            checks.append(Check(name, False, f"{path}: {type(exc).__name__}: {exc}"))
-            continue
-        seconds = time.monotonic() - started
-        if answer.status_code != 200:
-            checks.append(Check(name, False, f"{path}: HTTP {answer.status_code}", seconds))
-            continue
-        problem = judge(answer)
-        checks.append(Check(name, problem is None, problem or f"{path} sane", seconds))
+    checks = [
+        Check.of(await lavalink.info(client, service)),
+        Check.of(await lavalink.stats(client, service)),
+    ]
     for source, identifier in settings.identifiers.items():
-        checks.append(await _load(client, service, source, identifier))
+        checks.append(Check.of(await lavalink.load_tracks(client, service, source, identifier)))
     return checks
 
 
@@ -120,96 +83,19 @@ async def latency(
 ) -> Check:
     """Each basic endpoint (``/version``, ``/v4/info``, ``/v4/stats``) under ``max_latency``."""
     timings: dict[str, float] = {}
-    for name, path in (("version", "/version"), ("info", "/v4/info"), ("stats", "/v4/stats")):
-        started = time.monotonic()
-        try:
-            answer = await client.get(f"{service.url}{path}", headers=service.headers)
-        except httpx.HTTPError as exc:
-            return Check("latency", False, f"{path}: {type(exc).__name__}: {exc}")
-        if answer.status_code != 200:
-            return Check("latency", False, f"{path}: HTTP {answer.status_code}")
-        timings[name] = time.monotonic() - started
+    for call in (lavalink.version, lavalink.info, lavalink.stats):
+        answer = await call(client, service)
+        if not answer.ok:
+            return Check("latency", False, answer.detail)
+        timings[answer.probe] = answer.seconds
     slow = [n for n, t in timings.items() if t >= settings.max_latency]
     detail = ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in timings.items())
     return Check("latency", not slow, f"{detail} (limit {settings.max_latency * 1000:.0f} ms)")
 
 
-def _info(answer: httpx.Response) -> str | None:
-    try:
-        body = answer.json()
-        semver = body["version"]["semver"]
-        sources = body["sourceManagers"]
-    except (ValueError, KeyError, TypeError):
-        return "/v4/info: not Lavalink's info object"
-    if not isinstance(sources, list):
-        return "/v4/info: sourceManagers is not a list"
-    return None if semver else "/v4/info: empty version"
-
-
-def _stats(answer: httpx.Response) -> str | None:
-    try:
-        body = answer.json()
-        fine = (
-            isinstance(body["players"], int)
-            and body["players"] >= 0
-            and body["uptime"] >= 0
-            and body["memory"]["used"] >= 0
-            and 0 <= body["cpu"]["lavalinkLoad"] <= 1
-        )
-    except (ValueError, KeyError, TypeError):
-        return "/v4/stats: not Lavalink's stats object"
-    return None if fine else "/v4/stats: values out of range"
-
-
-async def _load(client: httpx.AsyncClient, service: Service, source: str, identifier: str) -> Check:
-    name = f"loadtracks:{source}"
-    started = time.monotonic()
-    try:
-        answer = await client.get(
-            f"{service.url}/v4/loadtracks",
-            params={"identifier": identifier},
-            headers=service.headers,
-        )
-        body = answer.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return Check(name, False, f"{identifier}: {type(exc).__name__}: {exc}")
-    seconds = time.monotonic() - started
-    load_type = body.get("loadType") if isinstance(body, dict) else None
-    # `empty` for a search means no source took it: the source is missing, not working
-    if answer.status_code != 200 or load_type not in _FOUND:
-        message = ""
-        if isinstance(body, dict) and isinstance(body.get("data"), dict):
-            message = f": {body['data'].get('message')} ({body['data'].get('severity')})"
-        return Check(name, False, f"{identifier}: loadType {load_type}{message}", seconds)
-    return Check(name, True, f"{identifier}: loadType {load_type}", seconds)
-
-
 async def websocket(service: Service, *, within: float) -> Check:
     """Open a session on ``/v4/websocket`` and wait for the ``ready`` op."""
-    parts = urlsplit(service.url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    url = f"{scheme}://{parts.netloc}/v4/websocket"
-    headers = {
-        "Authorization": service.password,
-        "User-Id": "1",
-        "Client-Name": f"rollback-watchdog/{__version__}",
-    }
-    started = time.monotonic()
-    try:
-        async with (
-            asyncio.timeout(within),
-            aiohttp.ClientSession() as session,
-            session.ws_connect(url, headers=headers) as socket,
-        ):
-            message = await socket.receive_json()
-    except TimeoutError:
-        return Check("websocket", False, f"no ready op within {within:g}s")
-    except (aiohttp.ClientError, ValueError, TypeError) as exc:
-        return Check("websocket", False, f"{type(exc).__name__}: {exc}")
-    seconds = time.monotonic() - started
-    if not isinstance(message, dict) or message.get("op") != "ready":
-        return Check("websocket", False, f"first message was not ready: {str(message)[:80]}")
-    return Check("websocket", True, f"ready, session {message.get('sessionId')}", seconds)
+    return Check.of(await lavalink.websocket(service, within=within))
 
 
 def port_bound(pid: int, port: int) -> Check:

@@ -1,0 +1,135 @@
+"""The systemd watch: both units' restarts and active state, read over D-Bus every interval.
+
+systemd knows first when the primary crash-loops: ``NRestarts`` counts every automatic restart,
+even one too fast for any scrape to see. The watch exports both units' ``NRestarts`` and active
+state (``rollback_watchdog_unit_*``, which the rules read through Prometheus) and also turns a
+crash loop straight into a critical signal of its own (``UnitCrashLoop``, origin ``systemd``):
+it needs no Prometheus, so the watchdog still rolls a crash-looping service back while
+Prometheus is down. Restarts are counted as the shipped rule counts them: the newest
+``NRestarts`` minus the smallest seen within the window, so a manual restart, which resets the
+counter to 0, never reads as restarts. No reading (systemd unreachable, or the last reading
+too old) is ``error``: unknown, never evidence.
+
+The D-Bus client is the executor's; the watch sees it only through ``UnitReader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from watchdog import config, model, timefmt
+
+CRASH_LOOP_SIGNAL = "UnitCrashLoop"
+STALE_AFTER_INTERVALS = 3  # readings older than this many intervals are not evidence
+
+
+class UnitReader(Protocol):
+    """What the watch needs of a systemd client."""
+
+    async def status(self, name: str) -> model.UnitStatus: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One unit at one instant: its status, or why it could not be read."""
+
+    unit: str
+    at: float
+    status: model.UnitStatus | None = None
+    error: str | None = None
+
+
+def crash_loop_rule(target: config.TargetSettings) -> model.Rule:
+    """The built-in critical signal the watch evaluates for the primary unit."""
+    settings = target.watch
+    window = timefmt.format_duration(settings.crash_loop_window)
+    unit = target.primary.unit
+    return model.Rule(
+        name=CRASH_LOOP_SIGNAL,
+        expr=f"NRestarts({unit}) - min over {window} >= {settings.crash_loop_restarts} (D-Bus)",
+        severity=model.Severity.CRITICAL,
+        category=model.Category.INSTABILITY,
+        summary=f"systemd restarted {unit} repeatedly (seen on D-Bus)",
+        description=(
+            "systemd reports the primary unit restarting again and again: a crash loop. Read "
+            "directly from systemd, so it holds while Prometheus is down. Runbook critical "
+            'reason "Service Instability: frequent crashes".'
+        ),
+        threshold=f">= {settings.crash_loop_restarts} restarts in {window}",
+        file="(built in: systemd watch)",
+        origin=model.Origin.SYSTEMD,
+    )
+
+
+class SystemdWatch:
+    """Reads both units of a target and remembers the primary's restarts over the window."""
+
+    def __init__(self, target: config.TargetSettings, *, timeout: float = 10.0) -> None:
+        self.settings = target.watch
+        self.primary = target.primary.unit
+        self.units = (target.primary.unit, target.fallback.unit)
+        self.rule = crash_loop_rule(target)
+        self._timeout = timeout
+        self._restarts: deque[tuple[float, int]] = deque()  # (at, NRestarts) of the primary
+        self._last: Reading | None = None  # the primary's newest reading
+
+    async def sample(self, reader: UnitReader | None, now: float) -> list[Reading]:
+        """Read both units now; remember the primary's restarts."""
+        readings = [await self._read(reader, unit, now) for unit in self.units]
+        primary = readings[0]
+        self._last = primary
+        if primary.status is not None:
+            self._restarts.append((now, primary.status.n_restarts))
+        horizon = now - self.settings.crash_loop_window
+        while self._restarts and self._restarts[0][0] < horizon:
+            self._restarts.popleft()
+        return readings
+
+    async def _read(self, reader: UnitReader | None, unit: str, now: float) -> Reading:
+        if reader is None:
+            return Reading(unit, now, error="systemd is not connected")
+        try:
+            async with asyncio.timeout(self._timeout):
+                return Reading(unit, now, status=await reader.status(unit))
+        except TimeoutError:
+            return Reading(unit, now, error=f"no answer from systemd within {self._timeout:g}s")
+        except Exception as exc:
+            return Reading(unit, now, error=f"{type(exc).__name__}: {exc}")
+
+    def restarts(self) -> int:
+        """Automatic restarts of the primary within the window, as the rule counts them."""
+        if not self._restarts:
+            return 0
+        newest = self._restarts[-1][1]
+        return newest - min(count for _, count in self._restarts)
+
+    def observe(self, now: float) -> model.QueryResult:
+        """The crash-loop signal's input at ``now``: one series while it holds, none otherwise."""
+        last = self._last
+        if last is None:
+            return model.QueryResult(error="systemd watch: no reading yet")
+        if last.status is None:
+            return model.QueryResult(error=f"systemd watch: {last.error}")
+        if now - last.at > STALE_AFTER_INTERVALS * self.settings.interval:
+            return model.QueryResult(error=f"systemd watch: last reading {now - last.at:.0f}s old")
+        restarts = self.restarts()
+        if restarts < self.settings.crash_loop_restarts:
+            return model.QueryResult()
+        labels = model.labels_of({"unit": self.primary})
+        return model.QueryResult(points=(model.Point(labels, float(restarts)),))
+
+    def activated_at(self) -> float | None:
+        """When the primary last became active, as systemd says (None if unknown or inactive)."""
+        last = self._last
+        if last is None or last.status is None or not last.status.active:
+            return None
+        return last.status.active_enter_timestamp
+
+
+def units_of(readings: Sequence[Reading]) -> dict[str, model.UnitStatus | None]:
+    """Readings by unit, None where the unit could not be read."""
+    return {reading.unit: reading.status for reading in readings}
