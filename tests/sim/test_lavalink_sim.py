@@ -28,7 +28,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog.sim.lavalink import Faults, Severity, load_result
+from watchdog.sim.lavalink import Faults, Severity, load_result, parse_options
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "youshallnotpass"
@@ -59,6 +59,8 @@ TRACK_INFO_FIELDS = {
 }
 ERROR_BODY_FIELDS = {"timestamp", "status", "error", "message", "path"}
 RUST_FRAME_STATS = {"sent": 1000, "nulled": 5, "deficit": 2}
+CONTROL = "/sim/faults"
+MIB = 1 << 20
 
 
 # --- Running nodes -----------------------------------------------------------------------------
@@ -95,6 +97,31 @@ class Node:
     ) -> httpx.Response:
         headers = {} if password is None else {"Authorization": password}
         return httpx.get(f"{self.url}{path}", headers=headers, params=params, timeout=10.0)
+
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        password: str | None = PASSWORD,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        headers = {} if password is None else {"Authorization": password}
+        return httpx.post(
+            f"{self.url}{path}", headers=headers, json=body, content=content, timeout=10.0
+        )
+
+    def faults(self) -> dict[str, Any]:
+        response = self.get(CONTROL)
+        assert response.status_code == 200, response.text
+        document: dict[str, Any] = response.json()
+        return document
+
+    def set_faults(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.post(CONTROL, body)
+        assert response.status_code == 200, response.text
+        document: dict[str, Any] = response.json()
+        return document
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -729,3 +756,392 @@ def test_latency_delays_rest_answers_but_not_the_scrape(start_node: Any) -> None
     started = time.monotonic()
     assert node.get("/metrics", password=None).status_code == 200
     assert time.monotonic() - started < 0.5
+
+
+# --- Fault injection: flags --------------------------------------------------------------------
+
+
+def websocket_handshake_headers() -> dict[str, str]:
+    """A real upgrade request, sent with httpx so the refused answer's body can be read."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": key,
+    }
+    return {**bot_headers(), **upgrade}
+
+
+def assert_injected_error(response: httpx.Response, status: int, path: str) -> None:
+    assert response.status_code == status
+    assert response.headers["Lavalink-Api-Version"] == "4"
+    body = response.json()
+    assert set(body) == ERROR_BODY_FIELDS
+    assert body["status"] == status
+    assert body["error"] == {500: "Internal Server Error", 503: "Service Unavailable"}[status]
+    assert body["path"] == path
+    assert body["message"]
+
+
+def test_fail_endpoints_answer_springs_error_body_after_authorization(start_node: Any) -> None:
+    node: Node = start_node("--fail-endpoints", "/v4/info,/version", "--fail-status", "503")
+    assert_injected_error(node.get("/v4/info"), 503, "/v4/info")
+    assert_injected_error(node.get("/version"), 503, "/version")
+    # The authorization interceptor runs before the handler that fails.
+    assert node.get("/v4/info", password=None).status_code == 401
+    denied = node.get("/v4/info", password="wrong")
+    assert (denied.status_code, denied.content) == (403, b"")
+    traced = node.get("/v4/info?trace=true").json()
+    assert "org.springframework.web.server.ResponseStatusException" in traced["trace"]
+    # Only the named endpoints fail.
+    assert node.get("/v4/stats").status_code == 200
+    assert node.get("/v4/loadtracks?identifier=ytsearch:x").json()["loadType"] == "search"
+
+
+def test_a_failing_scrape_is_an_anonymous_500(start_node: Any) -> None:
+    node: Node = start_node("--fail-endpoints", "/metrics,/v4/loadtracks")
+    assert_injected_error(node.get("/metrics", password=None), 500, "/metrics")
+    response = node.get("/v4/loadtracks?identifier=ytsearch:x&trace=true")
+    assert response.status_code == 500
+    assert response.json()["trace"].startswith("java.lang.RuntimeException: ")
+    # A 500 is an uncaught exception: logged at ERROR, as the counter shows once /metrics works.
+    node.set_faults({"fail_endpoints": []})
+    (errors,) = [s for s in scrape(node)["logback_appender_total"] if s.labels["level"] == "error"]
+    assert errors.value == 2
+
+
+async def test_refuse_websocket_fails_the_handshake_with_500(start_node: Any) -> None:
+    node: Node = start_node("--refuse-websocket")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{node.url}/v4/websocket", headers=bot_headers())
+        assert refused.value.status == 500
+        # The handshake interceptor still runs first.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as unauthorized:
+            await session.ws_connect(
+                f"{node.url}/v4/websocket", headers=bot_headers(Authorization="wrong")
+            )
+        assert unauthorized.value.status == 401
+    assert node.get("/version").status_code == 200  # REST is unaffected
+
+
+def test_a_refused_handshake_answers_springs_error_body(start_node: Any) -> None:
+    node: Node = start_node("--refuse-websocket")
+    url = f"{node.url}/v4/websocket?trace=true"
+    response = httpx.get(url, headers=websocket_handshake_headers(), timeout=10.0)
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == ERROR_BODY_FIELDS | {"trace"}
+    assert (body["error"], body["path"]) == ("Internal Server Error", "/v4/websocket")
+    assert body["message"].startswith("Uncaught failure for request ")
+    assert body["trace"].startswith(
+        "org.springframework.web.socket.server.HandshakeFailureException: "
+    )
+
+
+def scraped_rss(node: Node) -> float:
+    return only(scrape(node), "process_resident_memory_bytes")
+
+
+def test_memory_growth_raises_the_real_resident_memory(start_node: Any) -> None:
+    node: Node = start_node("--memory-growth", "50M")
+    before = scrape(node)
+    stats_before = node.get("/v4/stats").json()["memory"]["used"]
+    time.sleep(1.6)  # 80 MiB at 50 MiB/s, give or take the 0.5 s tick at either end
+    after = scrape(node)
+    grown = only(after, "process_resident_memory_bytes") - only(
+        before, "process_resident_memory_bytes"
+    )
+    assert 50 * MIB <= grown <= 130 * MIB
+    assert only(after, "process_resident_memory_bytes") == pytest.approx(
+        real_rss_bytes(node.process.pid), rel=0.1
+    )
+    # RSS plays the heap, so the Lavalink gauges and /v4/stats see the leak too.
+    used_growth = only(after, "lavalink_memory_used_bytes") - only(
+        before, "lavalink_memory_used_bytes"
+    )
+    assert used_growth >= 50 * MIB
+    assert node.get("/v4/stats").json()["memory"]["used"] >= stats_before + 50 * MIB
+    assert node.faults()["memory_grown_bytes"] >= 50 * MIB
+
+
+def test_memory_growth_stops_at_the_cap(start_node: Any) -> None:
+    cap = 100 * MIB
+    node: Node = start_node("--memory-growth", str(200 * MIB), "--memory-cap", "100M")
+    assert node.faults()["memory_cap"] == cap
+    deadline = time.monotonic() + 2.0
+    peak = 0.0
+    while time.monotonic() < deadline:
+        peak = max(peak, float(real_rss_bytes(node.process.pid)))
+        time.sleep(0.1)
+    assert cap - 10 * MIB <= peak <= cap + 4 * MIB  # reached it, never went past
+    assert scraped_rss(node) <= cap + 4 * MIB
+
+
+def test_flags_parse_byte_sizes_and_share_the_endpoints_checks() -> None:
+    options = parse_options(["--memory-growth", "64M", "--memory-cap", "2g"])
+    assert (options.memory_growth, options.memory_cap) == (64 * MIB, 2 << 30)
+    options = parse_options(["--fail-endpoints", "/v4/info,/metrics", "--fail-status", "502"])
+    assert options.fail_endpoints == {"/v4/info", "/metrics"}
+    assert options.fail_status == 502
+    assert parse_options([]).memory_cap == 3 << 30
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--fail-status", "404"], "500..599"),
+        (["--fail-endpoints", "/v4/websocket"], "unknown path(s) /v4/websocket"),
+        (["--fail-endpoints", "/sim/faults"], "unknown path(s) /sim/faults"),
+        (["--memory-growth", "-5"], "number of bytes"),
+        (["--memory-growth", "12Q"], "number of bytes"),
+        (["--memory-cap", "lots"], "number of bytes"),
+        (["--fail-sources", "myspace"], "unknown source(s) myspace"),
+        (["--latency", "-1"], ">= 0"),
+    ],
+)
+def test_bad_fault_flags_are_refused_with_the_reason(flags: list[str], complaint: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "watchdog.sim.lavalink", "--port", str(free_port()), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert flags[0] in run.stderr
+    assert complaint in run.stderr
+
+
+# --- Fault injection: the control endpoint -----------------------------------------------------
+
+HEALTHY = {
+    "failing_sources": [],
+    "error_severity": "common",
+    "latency": 0.0,
+    "fail_endpoints": [],
+    "fail_status": 500,
+    "refuse_websocket": False,
+    "memory_growth": 0,
+    "memory_cap": 3 << 30,
+    "crash": None,
+    "memory_grown_bytes": 0,
+}
+
+
+@pytest.fixture
+def node(start_node: Any) -> Node:
+    """A node of its own: live changes must not leak into other tests."""
+    started: Node = start_node()
+    return started
+
+
+def test_the_control_endpoint_reports_the_start_flags(start_node: Any) -> None:
+    flags = ("--fail-sources", "youtube", "--error-severity", "fault", "--latency", "0.8")
+    node: Node = start_node(*flags, "--fail-endpoints", "/v4/stats", "--refuse-websocket")
+    started = time.monotonic()
+    faults = node.faults()
+    assert time.monotonic() - started < 0.5  # not delayed by the injected latency
+    assert faults == {
+        **HEALTHY,
+        "failing_sources": ["youtube"],
+        "error_severity": "fault",
+        "latency": 0.8,
+        "fail_endpoints": ["/v4/stats"],
+        "refuse_websocket": True,
+    }
+
+
+def test_a_healthy_node_reports_no_faults(node: Node) -> None:
+    assert node.faults() == HEALTHY
+
+
+def test_latency_changes_live_and_clears(node: Node) -> None:
+    def answer_seconds() -> float:
+        started = time.monotonic()
+        assert node.get("/version").status_code == 200
+        return time.monotonic() - started
+
+    assert answer_seconds() < 0.4
+    assert node.set_faults({"latency": 0.6})["latency"] == 0.6
+    assert answer_seconds() >= 0.6
+    started = time.monotonic()
+    assert node.set_faults({"clear": True}) == HEALTHY  # the control endpoint is never delayed
+    assert time.monotonic() - started < 0.4
+    assert answer_seconds() < 0.4
+
+
+def test_failing_sources_change_live_and_clear(node: Node) -> None:
+    def load_type(identifier: str) -> str:
+        result = node.get("/v4/loadtracks", params={"identifier": identifier}).json()
+        return str(result["loadType"])
+
+    node.set_faults({"failing_sources": ["youtube", "soundcloud"], "error_severity": "fault"})
+    for identifier in ("ytsearch:x", "scsearch:x"):
+        result = node.get("/v4/loadtracks", params={"identifier": identifier}).json()
+        assert result["loadType"] == "error"
+        assert result["data"]["severity"] == "fault"
+    node.set_faults({"error_severity": "suspicious", "failing_sources": ["soundcloud"]})
+    assert load_type("ytsearch:x") == "search"
+    suspicious = node.get("/v4/loadtracks?identifier=scsearch:x").json()
+    assert suspicious["data"]["severity"] == "suspicious"
+    node.set_faults({"clear": True})
+    assert load_type("scsearch:x") == "search"
+
+
+def test_fail_endpoints_change_live_and_clear(node: Node) -> None:
+    node.set_faults({"fail_endpoints": ["/v4/info"], "fail_status": 503})
+    assert_injected_error(node.get("/v4/info"), 503, "/v4/info")
+    assert node.get("/v4/stats").status_code == 200
+    assert node.get(CONTROL).status_code == 200  # never failed
+    node.set_faults({"fail_status": 500})
+    assert_injected_error(node.get("/v4/info"), 500, "/v4/info")
+    node.set_faults({"clear": True})
+    assert node.get("/v4/info").status_code == 200
+
+
+async def test_websocket_refusal_changes_live_and_clears(node: Node) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{node.url}/v4/websocket", headers=bot_headers()) as open_ws:
+            assert (await open_ws.receive_json(timeout=2))["op"] == "ready"
+            node.set_faults({"refuse_websocket": True})
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{node.url}/v4/websocket", headers=bot_headers())
+            assert refused.value.status == 500
+            assert not open_ws.closed  # sockets already open stay open
+        node.set_faults({"clear": True})
+        async with session.ws_connect(f"{node.url}/v4/websocket", headers=bot_headers()) as ws:
+            assert (await ws.receive_json(timeout=2))["op"] == "ready"
+
+
+def test_memory_growth_changes_live_and_clears(node: Node) -> None:
+    before = scraped_rss(node)
+    node.set_faults({"memory_growth": 50_000_000})
+    time.sleep(1.6)
+    stopped = node.set_faults({"memory_growth": 0})
+    grown = scraped_rss(node) - before
+    assert 50_000_000 <= grown <= 130_000_000  # 1.6 s at 50 MB/s, and up to a tick more
+    assert stopped["memory_grown_bytes"] >= 50_000_000
+    time.sleep(0.8)  # stopped: no further tick adds memory
+    assert node.faults()["memory_grown_bytes"] == stopped["memory_grown_bytes"]
+    assert node.set_faults({"clear": True})["memory_grown_bytes"] == 0
+
+
+async def test_a_crash_ordered_now_exits_with_its_code(node: Node) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{node.url}/v4/websocket", headers=bot_headers()) as ws,
+    ):
+        assert (await ws.receive_json(timeout=2))["op"] == "ready"
+        ordered = node.set_faults({"crash": {"exit_code": 4}})  # the order is still answered
+        assert ordered["crash"] == {"after": 0.0, "exit_code": 4}
+        async for _ in ws:
+            pass
+        assert ws.close_code == aiohttp.WSCloseCode.ABNORMAL_CLOSURE
+    assert await asyncio.to_thread(node.exit_code, 10) == 4
+    assert not accepts_connections(node.port)
+
+
+def test_a_crash_ordered_after_n_seconds_exits_then(node: Node) -> None:
+    ordered_at = time.monotonic()
+    assert node.set_faults({"crash": {"after": 1.5, "exit_code": 3}})["crash"]["after"] > 1.4
+    time.sleep(0.7)
+    pending = node.faults()["crash"]
+    assert pending["exit_code"] == 3
+    assert 0.5 <= pending["after"] <= 0.9
+    assert node.exit_code(timeout=10) == 3
+    assert 1.5 <= time.monotonic() - ordered_at < 3.0
+
+
+def test_a_later_order_replaces_a_pending_crash(node: Node) -> None:
+    node.set_faults({"crash": {"after": 0.5}})
+    node.set_faults({"crash": {"after": 1.5, "exit_code": 7}})
+    time.sleep(1.0)
+    assert node.process.poll() is None  # the first order no longer stands
+    assert node.exit_code(timeout=10) == 7
+
+
+def test_clear_cancels_the_crash_of_exit_after(start_node: Any) -> None:
+    node: Node = start_node("--exit-after", "1.5", "--exit-code", "3")
+    assert node.faults()["crash"]["exit_code"] == 3
+    assert node.set_faults({"clear": True})["crash"] is None
+    time.sleep(2.0)
+    assert node.process.poll() is None
+    assert node.get("/version").status_code == 200
+    node.set_faults({"crash": None})  # cancelling nothing is fine
+    assert node.process.poll() is None
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(("password", "status"), [(None, 401), ("wrong", 403)])
+def test_the_control_endpoint_needs_the_password(
+    node: Node, method: str, password: str | None, status: int
+) -> None:
+    if method == "GET":
+        response = node.get(CONTROL, password=password)
+    else:
+        response = node.post(CONTROL, {"latency": 5}, password=password)
+    assert response.status_code == status
+    assert response.content == b""
+    assert node.faults() == HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"latency": -1}, "latency"),
+        ({"latency": "0.5"}, "latency"),
+        ({"latency": True}, "latency"),
+        ({"failing_sources": ["youtube", "myspace"]}, "failing_sources"),
+        ({"failing_sources": "youtube"}, "failing_sources"),
+        ({"error_severity": "fatal"}, "error_severity"),
+        ({"fail_endpoints": ["/v4/websocket"]}, "fail_endpoints"),
+        ({"fail_endpoints": ["/sim/faults"]}, "fail_endpoints"),
+        ({"fail_status": 404}, "fail_status"),
+        ({"refuse_websocket": "yes"}, "refuse_websocket"),
+        ({"memory_growth": -5}, "memory_growth"),
+        ({"memory_cap": 1.5}, "memory_cap"),
+        ({"crash": 3}, "crash"),
+        ({"crash": {"after": -1}}, "crash.after"),
+        ({"crash": {"exit_code": 256}}, "crash.exit_code"),
+        ({"crash": {"in": 2}}, "crash.in"),
+        ({"clear": "yes"}, "clear"),
+        ({"memory_grown_bytes": 0}, "memory_grown_bytes"),
+        # One bad key spoils the whole body: the good one must not apply either.
+        ({"latency": 0.5, "colour": "red"}, "colour"),
+        ({"latency": 0.5, "fail_status": 200}, "fail_status"),
+        ({"clear": True, "crash": {"after": 1, "exit_code": -1}}, "crash.exit_code"),
+        ([], "body"),
+    ],
+)
+def test_bad_control_input_is_400_naming_the_field_and_changes_nothing(
+    node: Node, body: Any, field: str
+) -> None:
+    node.set_faults({"failing_sources": ["youtube"]})
+    before = node.faults()
+    response = node.post(CONTROL, body)
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["status"] == 400 and answer["error"] == "Bad Request"
+    assert answer["field"] == field
+    assert answer["message"].startswith(f"{field}: ")
+    assert answer["path"] == CONTROL
+    assert node.faults() == before
+
+
+def test_a_body_that_is_not_json_is_400(node: Node) -> None:
+    response = node.post(CONTROL, content=b"latency=0.5")
+    assert response.status_code == 400
+    assert response.json()["field"] == "body"
+    assert node.faults() == HEALTHY
+
+
+def test_clear_resets_first_then_applies_the_rest(node: Node) -> None:
+    node.set_faults({"latency": 0.3, "fail_endpoints": ["/v4/info"], "memory_cap": 1 << 30})
+    assert node.set_faults({"clear": True, "refuse_websocket": True}) == {
+        **HEALTHY,
+        "refuse_websocket": True,
+        "memory_cap": 1 << 30,  # a safety limit, not a fault: clear keeps it
+    }

@@ -6,8 +6,43 @@ must talk to something that answers exactly as Lavalink does: the same auth rule
 `loadType: "error"` for a failed load, the WebSocket handshake and its `ready`/`stats` ops, and
 the Prometheus series of `LavalinkStatsCollector`. The `java` flavour is Lavalink 4.2.2; the
 `rust` flavour differs where naoNao89/Lavalink-rust differs (`/version` JSON, hard-coded REST
-`frameStats`). Faults are injected at start with flags; they live in `NodeState.faults` so a
-live control endpoint can change them later.
+`frameStats`). A real client library (lavalink.py) is run against it in
+``tests/sim/test_lavalink_client_fidelity.py``.
+
+Faults, so a rollback can be provoked on purpose. All of them live in one `Faults` object; a
+start flag sets each, and the control endpoint changes them while the node runs:
+
+- crash: ``--exit-after S --exit-code N``; live ``{"crash": {"after": S, "exit_code": N}}``
+  (``after`` 0 or absent: now). WebSockets are dropped without a close frame, then the
+  process exits with N, as a killed JVM does.
+- latency: ``--latency S`` delays every REST answer (not ``/metrics``, not the WebSocket).
+- a source failing: ``--fail-sources youtube,... --error-severity common|suspicious|fault``:
+  HTTP 200 with ``loadType: "error"``, as Lavalink reports a broken source.
+- 5xx: ``--fail-endpoints /v4/info,... --fail-status 500..599``: Spring's error body, after
+  the authorization check (a 401/403 still wins: the interceptor runs first). ``/metrics`` may
+  be one of them: the scrape then fails anonymously (Prometheus: ``up == 0`` for the job).
+- WebSocket refusal: ``--refuse-websocket``: after the handshake interceptor's checks (401,
+  400 still win) the upgrade fails with HTTP 500 and the Spring error body, as a
+  `HandshakeFailureException` out of Spring's WebSocket handler does; 502/503 would come from a
+  proxy in front, not from Lavalink. Open sockets stay open.
+- memory growth: ``--memory-growth BYTES_PER_SECOND`` (``64M`` = 64 MiB), up to a resident-set
+  cap ``--memory-cap BYTES`` (3G): real, touched pages every 0.5 s, so ``process_resident_
+  memory_bytes``, ``/v4/stats`` ``memory`` and ``lavalink_memory_*`` (RSS stands in for the
+  heap, up to -Xmx1G) all rise, as a leaking node's do.
+
+Control endpoint (not a Lavalink route; same ``Authorization`` password, 401 missing, 403
+wrong; never delayed or failed by the injected faults, so a test can always clear them):
+
+- ``GET /sim/faults``: 200, the faults as JSON: ``failing_sources`` (list), ``error_severity``,
+  ``latency``, ``fail_endpoints`` (list), ``fail_status``, ``refuse_websocket``,
+  ``memory_growth``, ``memory_cap``, ``crash`` (null or ``{"after": seconds left,
+  "exit_code"}``), and the read-only ``memory_grown_bytes``.
+- ``POST /sim/faults`` with a JSON object: a partial update with those keys (``crash: null``
+  cancels a pending crash, one from ``--exit-after`` included); ``"clear": true`` first resets
+  every fault to healthy (``memory_cap`` kept, grown memory released, pending crash
+  cancelled). 200 with the new document. Bad input: 400, a Spring-style body whose ``field``
+  names the bad key, and nothing changes (the whole body is validated before any of it
+  applies; unknown keys are rejected). Flags and the endpoint share the same checks.
 
 Run: ``python -m watchdog.sim.lavalink --port 2333 --flavour java``; import: `build_app`,
 `serve`, `SimOptions`. Facts are from ``../shared/reference/lavalink.md`` sections 1 and 2.
@@ -32,10 +67,10 @@ import string
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -45,6 +80,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 JsonObject = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class Flavour(enum.StrEnum):
@@ -63,6 +99,9 @@ class Severity(enum.StrEnum):
 API_VERSION_HEADER: Final = "Lavalink-Api-Version"
 METRICS_PATH: Final = "/metrics"
 WEBSOCKET_PATH: Final = "/v4/websocket"
+CONTROL_PATH: Final = "/sim/faults"  # the simulator's own; Lavalink has no such route
+# What `fail_endpoints` may name: every route but the WebSocket (`refuse_websocket`) and control.
+FAILABLE_PATHS: Final = ("/version", "/v4/info", "/v4/stats", "/v4/loadtracks", METRICS_PATH)
 DEFAULT_STATS_INTERVAL: Final = 60.0  # StatsTask: every minute per session
 
 JAVA_VERSION: Final = "4.2.2"
@@ -90,6 +129,11 @@ HEAP_MIN_COMMITTED_BYTES: Final = 128 << 20
 HEAP_COMMIT_STEP_BYTES: Final = 32 << 20
 CPU_REFRESH_SECONDS: Final = 30.0  # CPU_STATS_REFRESH_INTERVAL_MS since v4.1.0
 
+DEFAULT_MEMORY_CAP_BYTES: Final = 3 << 30  # well past -Xmx1G and the units' MemoryMax=1G/2G
+MEMORY_GROWTH_TICK_SECONDS: Final = 0.5
+DEFAULT_EXIT_CODE: Final = 1
+DEFAULT_FAIL_STATUS: Final = 500
+
 LOGBACK_LEVELS: Final = ("trace", "debug", "info", "warn", "error")
 SEARCH_RESULT_COUNT: Final = 5
 SESSION_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
@@ -111,9 +155,14 @@ class SimOptions:
     error_severity: Severity = Severity.COMMON
     latency: float = 0.0
     exit_after: float | None = None
-    exit_code: int = 1
+    exit_code: int = DEFAULT_EXIT_CODE
     fail_at_start: bool = False
     stats_interval: float = DEFAULT_STATS_INTERVAL
+    fail_endpoints: frozenset[str] = frozenset()
+    fail_status: int = DEFAULT_FAIL_STATUS
+    refuse_websocket: bool = False
+    memory_growth: int = 0  # bytes per second
+    memory_cap: int = DEFAULT_MEMORY_CAP_BYTES  # resident set size the growth stops at
 
 
 class SimulatedStartupFailure(RuntimeError):
@@ -121,7 +170,7 @@ class SimulatedStartupFailure(RuntimeError):
 
 
 class SimulatedCrash(RuntimeError):
-    """`--exit-after`: the node died; the process must exit with `exit_code`."""
+    """`--exit-after` or a crash order: the node died; the process must exit with `exit_code`."""
 
     def __init__(self, exit_code: int) -> None:
         super().__init__(f"simulated crash, exit code {exit_code}")
@@ -273,16 +322,250 @@ class NodeStats:
         return document
 
 
-# --- Node state --------------------------------------------------------------------------------
+# --- Faults: one model, one set of checks for the flags and the control endpoint ---------------
+
+
+class InvalidFault(ValueError):
+    """One fault setting is unusable; `field` names it as the control endpoint spells it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# The checks take a JSON value (or what a flag's text was converted to) and return the typed
+# value, or raise ValueError saying what is wrong with it.
+
+
+def _finite_number(value: object) -> float:
+    # bool is an int to Python, never a number to a caller.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"must be a number, got {value!r}")
+    return float(value)
+
+
+def check_seconds(value: object) -> float:
+    seconds = _finite_number(value)
+    if seconds < 0:
+        raise ValueError(f"must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def check_exit_code(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ValueError(f"must be an exit code 0..255, got {value!r}")
+    return value
+
+
+def check_flag(value: object) -> bool:
+    if not isinstance(value, bool):  # a JSON value of the wrong type is a bad value
+        raise ValueError(f"must be true or false, got {value!r}")  # noqa: TRY004
+    return value
+
+
+def _names(value: object, *, known: Sequence[str], what: str) -> frozenset[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"must be a list of {what}s, got {value!r}")
+    names = frozenset(name.strip() for name in value if name.strip())
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def check_failing_sources(value: object) -> frozenset[str]:
+    return _names(value, known=SOURCE_MANAGERS, what="source")
+
+
+def check_severity(value: object) -> Severity:
+    if isinstance(value, str) and value in Severity.__members__.values():
+        return Severity(value)
+    raise ValueError(f"must be one of {', '.join(Severity)}, got {value!r}")
+
+
+def check_fail_endpoints(value: object) -> frozenset[str]:
+    # The WebSocket fails with `refuse_websocket`; the control endpoint must stay usable.
+    return _names(value, known=FAILABLE_PATHS, what="path")
+
+
+def check_fail_status(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 500 <= value <= 599:
+        raise ValueError(f"must be an HTTP status 500..599, got {value!r}")
+    return value
+
+
+_BYTE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def check_byte_count(value: object) -> int:
+    """Bytes: a whole number >= 0, or text such as ``64M`` (binary multiples, as systemd's
+    ``MemoryMax=`` reads them)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)\s*", value, flags=re.IGNORECASE)
+        if match is None:
+            raise ValueError(f"must be a number of bytes like 50000000 or 64M, got {value!r}")
+        return int(match[1]) * _BYTE_UNITS[match[2].upper()]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a number of bytes >= 0, got {value!r}")
+    return value
+
+
+def _checked(field_name: str, check: Callable[[object], T], value: object) -> T:
+    try:
+        return check(value)
+    except ValueError as problem:
+        raise InvalidFault(field_name, str(problem)) from None
+
+
+@dataclass(frozen=True)
+class CrashOrder:
+    """A crash to come: at `at` (a `time.monotonic()` instant) the process exits `exit_code`."""
+
+    at: float
+    exit_code: int = DEFAULT_EXIT_CODE
 
 
 @dataclass
 class Faults:
-    """What is broken right now; flags set it at start, a control endpoint may change it later."""
+    """What is broken right now; flags set it at start, the control endpoint changes it."""
 
     failing_sources: set[str] = field(default_factory=set)
     error_severity: Severity = Severity.COMMON
     latency: float = 0.0
+    fail_endpoints: set[str] = field(default_factory=set)
+    fail_status: int = DEFAULT_FAIL_STATUS
+    refuse_websocket: bool = False
+    memory_growth: int = 0  # bytes per second
+    memory_cap: int = DEFAULT_MEMORY_CAP_BYTES  # a safety limit, not a fault: `clear` keeps it
+    crash: CrashOrder | None = None
+
+    @classmethod
+    def from_options(cls, options: SimOptions, *, started: float) -> Faults:
+        """The faults the flags ask for; `started` (monotonic) is when `--exit-after` counts."""
+        crash = None
+        if options.exit_after is not None:
+            crash = CrashOrder(started + options.exit_after, options.exit_code)
+        return cls(
+            failing_sources=set(options.failing_sources),
+            error_severity=options.error_severity,
+            latency=options.latency,
+            fail_endpoints=set(options.fail_endpoints),
+            fail_status=options.fail_status,
+            refuse_websocket=options.refuse_websocket,
+            memory_growth=options.memory_growth,
+            memory_cap=options.memory_cap,
+            crash=crash,
+        )
+
+    def to_json(self, *, now: float) -> JsonObject:
+        crash = None
+        if self.crash is not None:
+            seconds_left = round(max(0.0, self.crash.at - now), 3)
+            crash = {"after": seconds_left, "exit_code": self.crash.exit_code}
+        return {
+            "failing_sources": sorted(self.failing_sources),
+            "error_severity": str(self.error_severity),
+            "latency": self.latency,
+            "fail_endpoints": sorted(self.fail_endpoints),
+            "fail_status": self.fail_status,
+            "refuse_websocket": self.refuse_websocket,
+            "memory_growth": self.memory_growth,
+            "memory_cap": self.memory_cap,
+            "crash": crash,
+        }
+
+    def apply(self, update: FaultUpdate) -> None:
+        """Change these faults in place (holders of this object see the change at once)."""
+        if update.clear:
+            healthy = Faults(memory_cap=self.memory_cap)
+            for setting in fields(self):
+                setattr(self, setting.name, getattr(healthy, setting.name))
+        for name, value in update.changes.items():
+            setattr(self, name, value)
+
+
+@dataclass(frozen=True)
+class FaultUpdate:
+    """A validated `POST /sim/faults` body: reset first if `clear`, then set `changes`."""
+
+    clear: bool
+    changes: Mapping[str, Any]
+
+
+# Each settable key of the control endpoint, and how its JSON value becomes a `Faults` value.
+_FAULT_SETTINGS: Final[dict[str, Callable[[object], object]]] = {
+    "failing_sources": lambda value: set(check_failing_sources(value)),
+    "error_severity": check_severity,
+    "latency": check_seconds,
+    "fail_endpoints": lambda value: set(check_fail_endpoints(value)),
+    "fail_status": check_fail_status,
+    "refuse_websocket": check_flag,
+    "memory_growth": check_byte_count,
+    "memory_cap": check_byte_count,
+}
+_CRASH_KEYS: Final = ("after", "exit_code")
+READ_ONLY_KEYS: Final = ("memory_grown_bytes",)
+
+
+def _crash_order(value: object, *, now: float) -> CrashOrder | None:
+    if value is None:
+        return None  # cancels a pending crash
+    if not isinstance(value, dict):
+        raise InvalidFault(
+            "crash", f'must be an object like {{"after": 2, "exit_code": 3}} or null, got {value!r}'
+        )
+    for key in value:
+        if key not in _CRASH_KEYS:
+            raise InvalidFault(f"crash.{key}", f"unknown field; known: {', '.join(_CRASH_KEYS)}")
+    after = _checked("crash.after", check_seconds, value.get("after", 0.0))
+    exit_code = _checked(
+        "crash.exit_code", check_exit_code, value.get("exit_code", DEFAULT_EXIT_CODE)
+    )
+    return CrashOrder(now + after, exit_code)
+
+
+def parse_fault_update(document: object, *, now: float) -> FaultUpdate:
+    """Validate a whole `POST /sim/faults` body (raising `InvalidFault`) before any of it
+    applies, so a bad body changes nothing."""
+    if not isinstance(document, dict):
+        raise InvalidFault("body", f"must be a JSON object, got {document!r}")
+    known = [*_FAULT_SETTINGS, "crash", "clear"]
+    for key in document:
+        if key in READ_ONLY_KEYS:
+            raise InvalidFault(key, "is read-only")
+        if key not in known:
+            raise InvalidFault(key, f"unknown field; known: {', '.join(known)}")
+    changes: dict[str, Any] = {
+        key: _checked(key, check, document[key])
+        for key, check in _FAULT_SETTINGS.items()
+        if key in document
+    }
+    if "crash" in document:
+        changes["crash"] = _crash_order(document["crash"], now=now)
+    clear = _checked("clear", check_flag, document.get("clear", False))
+    return FaultUpdate(clear=clear, changes=changes)
+
+
+class MemoryBallast:
+    """Memory a leaking node holds: real bytes, every page written, so the RSS truly grows
+    (zero-filled allocations map the zero page and would not count as resident)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    def grow(self, amount: int) -> None:
+        if amount > 0:
+            self._chunks.append(b"\x01" * amount)
+            self.size += amount
+
+    def release(self) -> None:
+        self._chunks.clear()
+        self.size = 0
+
+
+# --- Node state --------------------------------------------------------------------------------
 
 
 class NodeLog:
@@ -327,6 +610,9 @@ class NodeState:
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     players: int = 0
     playing_players: int = 0
+    ballast: MemoryBallast = field(default_factory=MemoryBallast)
+    # Set on every control update, so `serve` re-reads `faults.crash` (ordered or cancelled).
+    crash_ordered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stats(self) -> NodeStats:
         frame_stats = RUST_FRAME_STATS if self.options.flavour is Flavour.RUST else None
@@ -729,8 +1015,10 @@ def error_response(
     *,
     exception: str,
     headers: dict[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> web.Response:
-    """Spring Boot's error body as Lavalink configures it (message always, trace on `?trace`)."""
+    """Spring Boot's error body as Lavalink configures it (message always, trace on `?trace`);
+    `extra` adds fields (the control endpoint's `field`)."""
     body: JsonObject = {
         "timestamp": int(time.time() * 1000),
         "status": status,
@@ -746,6 +1034,7 @@ def error_response(
         )
     body["message"] = message
     body["path"] = request.path
+    body.update(extra or {})
     response = _json_response(body, status=status)
     response.headers.update(headers or {})
     return response
@@ -761,11 +1050,36 @@ def _authorization_failure(request: web.Request) -> int | None:
     return None
 
 
+def injected_server_error(request: web.Request, state: NodeState) -> web.Response:
+    """`fail_endpoints`: what Spring answers when the handler throws. A 500 is an uncaught
+    exception (logged at ERROR); another 5xx is a `ResponseStatusException` (logged at WARN)."""
+    status = state.faults.fail_status
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        exception = "java.lang.RuntimeException"
+        state.log.error(
+            "org.apache.catalina.core.ContainerBase",
+            f"Servlet.service() for servlet [dispatcherServlet] threw exception ({request.path})",
+        )
+    else:
+        exception = "org.springframework.web.server.ResponseStatusException"
+        state.log.warn(
+            "org.springframework.web.servlet.mvc.support.DefaultHandlerExceptionResolver",
+            f"Resolved [{exception}: {status} {HTTPStatus(status).name}] ({request.path})",
+        )
+    return error_response(
+        request, status, "Simulated server error (fault injection)", exception=exception
+    )
+
+
 @web.middleware
 async def _lavalink_http(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    anonymous_or_socket = request.path in (METRICS_PATH, WEBSOCKET_PATH)
-    if state.faults.latency > 0 and not anonymous_or_socket:
+    path = request.path
+    anonymous_or_socket = path in (METRICS_PATH, WEBSOCKET_PATH)
+    # The control endpoint is the simulator's, not Lavalink's: no injected fault reaches it, so
+    # faults can always be cleared.
+    control = path == CONTROL_PATH
+    if state.faults.latency > 0 and not (anonymous_or_socket or control):
         await asyncio.sleep(state.faults.latency)
     route_error = request.match_info.http_exception
     # Spring fails the handler lookup before any interceptor runs: 405 needs no auth.
@@ -778,21 +1092,27 @@ async def _lavalink_http(request: web.Request, handler: Handler) -> web.StreamRe
             headers={"Allow": ", ".join(sorted(route_error.allowed_methods))},
         )
     if anonymous_or_socket:
+        if path in state.faults.fail_endpoints:  # only /metrics can be: an anonymous failure
+            return injected_server_error(request, state)
         return await handler(request)  # anonymous scrape; the handshake does its own checks
     failure = _authorization_failure(request)
     if failure is not None:
         verb = "missing" if failure == HTTPStatus.UNAUTHORIZED else "failed"
-        state.log.warn(
-            "lavalink.server.config.RequestAuthorizationFilter",
-            f"Authorization {verb} for {request.remote} on {request.method} {request.path}",
-        )
+        message = f"Authorization {verb} for {request.remote} on {request.method} {path}"
+        if control:
+            log.warning("%s", message)  # not Lavalink's: kept out of logback_appender_total
+        else:
+            state.log.warn("lavalink.server.config.RequestAuthorizationFilter", message)
         return web.Response(status=failure)
+    # After the interceptor, as a handler's exception would be: a 401/403 still wins.
+    if path in state.faults.fail_endpoints:
+        return injected_server_error(request, state)
     if route_error is not None:
         # Spring 6.1+ serves unmapped paths with the static resource handler.
         return error_response(
             request,
             HTTPStatus.NOT_FOUND,
-            f"No static resource {request.path.lstrip('/')}.",
+            f"No static resource {path.lstrip('/')}.",
             exception="org.springframework.web.servlet.resource.NoResourceFoundException",
         )
     return await handler(request)
@@ -885,6 +1205,15 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         return web.Response(
             status=HTTPStatus.BAD_REQUEST, text='Can "Upgrade" only to "WebSocket".'
         )
+    if state.faults.refuse_websocket:
+        # The interceptor let it through; the upgrade itself fails. Spring's handler rethrows
+        # a HandshakeFailureException and Spring Boot answers 500 with its error body.
+        exception = "org.springframework.web.socket.server.HandshakeFailureException"
+        failure = f"Uncaught failure for request {request.url} - simulated (refuse_websocket)"
+        state.log.error("org.apache.catalina.core.ContainerBase", f"{exception}: {failure}")
+        return error_response(
+            request, HTTPStatus.INTERNAL_SERVER_ERROR, failure, exception=exception
+        )
     socket.headers["Session-Resumed"] = "false"  # no session is ever resumable here
     state.log.info(socket_logger, f"Incoming connection from {request.remote}")
     await socket.prepare(request)
@@ -946,6 +1275,70 @@ def abort_connections(app: web.Application) -> None:
         if transport is not None:
             transport.abort()
     app[STATE_KEY].sessions.clear()
+
+
+# --- Control endpoint and memory growth (the simulator's own, not Lavalink's) -----------------
+
+
+def faults_document(state: NodeState) -> JsonObject:
+    """What `GET /sim/faults` answers: the faults, and how much memory has grown so far."""
+    return {
+        **state.faults.to_json(now=time.monotonic()),
+        "memory_grown_bytes": state.ballast.size,
+    }
+
+
+async def _get_faults(request: web.Request) -> web.Response:
+    return _json_response(faults_document(request.app[STATE_KEY]))
+
+
+async def _post_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        document = await request.json()
+        update = parse_fault_update(document, now=time.monotonic())
+    except InvalidFault as invalid:
+        return _control_error(request, invalid.field, invalid.problem)
+    except ValueError as unreadable:  # not JSON (json.JSONDecodeError, UnicodeDecodeError)
+        return _control_error(request, "body", f"must be a JSON object ({unreadable})")
+    state.faults.apply(update)
+    if update.clear:
+        state.ballast.release()
+    state.crash_ordered.set()  # a crash may have been ordered, moved or cancelled
+    now_broken = faults_document(state)
+    log.info("Faults changed: %s", json.dumps(now_broken, separators=(",", ":")))
+    return _json_response(now_broken)
+
+
+def _control_error(request: web.Request, field_name: str, problem: str) -> web.Response:
+    return error_response(
+        request,
+        HTTPStatus.BAD_REQUEST,
+        f"{field_name}: {problem}",
+        exception="java.lang.IllegalArgumentException",
+        extra={"field": field_name},
+    )
+
+
+async def _grow_memory(state: NodeState) -> None:
+    """`memory_growth`: allocate the bytes due every tick, never past `memory_cap` of RSS."""
+    grown_until = time.monotonic()
+    while True:
+        await asyncio.sleep(MEMORY_GROWTH_TICK_SECONDS)
+        now = time.monotonic()
+        due = int(state.faults.memory_growth * (now - grown_until))
+        grown_until = now
+        if due > 0:
+            room = state.faults.memory_cap - _resident_memory_bytes()
+            state.ballast.grow(min(due, room))
+
+
+async def _memory_growth_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_grow_memory(app[STATE_KEY]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 # --- Metrics -----------------------------------------------------------------------------------
@@ -1032,13 +1425,12 @@ def _build_registry(state: NodeState) -> CollectorRegistry:
 # --- Assembly ----------------------------------------------------------------------------------
 
 
-def build_app(options: SimOptions) -> web.Application:
-    """One node's routes, middleware and state; `serve` binds it, tests may run it in-process."""
-    faults = Faults(
-        failing_sources=set(options.failing_sources),
-        error_severity=options.error_severity,
-        latency=options.latency,
-    )
+def build_app(options: SimOptions, *, faults: Faults | None = None) -> web.Application:
+    """One node's routes, middleware and state; `serve` binds it, tests may run it in-process.
+
+    `faults` defaults to what `options` ask for, `--exit-after` counted from now."""
+    if faults is None:
+        faults = Faults.from_options(options, started=time.monotonic())
     state = NodeState(options=options, faults=faults)
     app = web.Application(middlewares=[_lavalink_http])
     app[OPTIONS_KEY] = options
@@ -1050,9 +1442,16 @@ def build_app(options: SimOptions) -> web.Application:
     app.router.add_get("/v4/loadtracks", _load_tracks)
     app.router.add_get(WEBSOCKET_PATH, _websocket)
     app.router.add_get(METRICS_PATH, _metrics)
+    app.router.add_get(CONTROL_PATH, _get_faults)
+    app.router.add_post(CONTROL_PATH, _post_faults)
     app.on_response_prepare.append(_add_api_version_header)
     app.on_shutdown.append(_close_sessions)
+    app.cleanup_ctx.append(_memory_growth_task)
     return app
+
+
+def _seconds_until(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float | None) -> bool:
@@ -1062,8 +1461,35 @@ async def _stopped_within(stop: asyncio.Event, seconds: float | None) -> bool:
     return stop.is_set()
 
 
+async def _until_any_set(events: Sequence[asyncio.Event], seconds: float | None) -> None:
+    """Return once one of `events` is set, or after `seconds` (None: no limit)."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def _until_stopped_or_crashed(stop: asyncio.Event, state: NodeState) -> CrashOrder | None:
+    """Serve until `stop` (None) or until a crash order falls due (that order). Every control
+    update sets `crash_ordered`, so an order placed, moved or cancelled meanwhile counts."""
+    while True:
+        state.crash_ordered.clear()
+        crash = state.faults.crash
+        deadline = None if crash is None else crash.at
+        await _until_any_set((stop, state.crash_ordered), _seconds_until(deadline))
+        if stop.is_set():
+            return None
+        crash = state.faults.crash
+        if crash is not None and crash.at <= time.monotonic():
+            return crash
+
+
 async def serve(options: SimOptions, *, install_signal_handlers: bool = True) -> None:
-    """Run one node until SIGTERM/SIGINT (returns) or `exit_after` (raises `SimulatedCrash`).
+    """Run one node until SIGTERM/SIGINT (returns) or a crash (raises `SimulatedCrash`): the
+    `exit_after` deadline, or an order from the control endpoint.
 
     The port is bound only after `startup_delay`, so connections are refused until then, as
     while a JVM boots. `fail_at_start` raises `SimulatedStartupFailure` before anything else.
@@ -1075,21 +1501,18 @@ async def serve(options: SimOptions, *, install_signal_handlers: bool = True) ->
     stop_signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
     for stop_signal in stop_signals:
         loop.add_signal_handler(stop_signal, stop.set)
-    started = loop.time()
-    crash_at = None if options.exit_after is None else started + options.exit_after
-
-    def seconds_until(deadline: float | None) -> float | None:
-        return None if deadline is None else max(0.0, deadline - loop.time())
-
+    started = time.monotonic()
+    faults = Faults.from_options(options, started=started)
     try:
         ready_at = started + options.startup_delay
-        if crash_at is not None and crash_at <= ready_at:
-            if await _stopped_within(stop, seconds_until(crash_at)):
+        if faults.crash is not None and faults.crash.at <= ready_at:
+            # Dies while "booting": the port is never bound.
+            if await _stopped_within(stop, _seconds_until(faults.crash.at)):
                 return
-            raise SimulatedCrash(options.exit_code)
-        if await _stopped_within(stop, seconds_until(ready_at)):
+            raise SimulatedCrash(faults.crash.exit_code)
+        if await _stopped_within(stop, _seconds_until(ready_at)):
             return
-        app = build_app(options)
+        app = build_app(options, faults=faults)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -1100,10 +1523,11 @@ async def serve(options: SimOptions, *, install_signal_handlers: bool = True) ->
                 options.host,
                 options.port,
             )
-            if await _stopped_within(stop, seconds_until(crash_at)):
+            crash = await _until_stopped_or_crashed(stop, app[STATE_KEY])
+            if crash is None:
                 return
             abort_connections(app)
-            raise SimulatedCrash(options.exit_code)
+            raise SimulatedCrash(crash.exit_code)
         finally:
             await runner.cleanup()
     finally:
@@ -1114,87 +1538,124 @@ async def serve(options: SimOptions, *, install_signal_handlers: bool = True) ->
 # --- Command line ------------------------------------------------------------------------------
 
 
-def _non_negative_seconds(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
+def _flag_type(
+    check: Callable[[object], T], read_text: Callable[[str], object] = str
+) -> Callable[[str], T]:
+    """An argparse `type` running the control endpoint's check on the flag's converted text."""
+
+    def convert(text: str) -> T:
+        try:
+            return check(read_text(text))
+        except ValueError as problem:
+            raise argparse.ArgumentTypeError(str(problem)) from None
+
+    return convert
 
 
-def _positive_seconds(text: str) -> float:
-    value = _non_negative_seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+def _comma_list(text: str) -> list[str]:
+    return text.split(",")
 
 
-def _exit_code(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"must be 0..255, got {value}")
-    return value
-
-
-def _source_list(text: str) -> frozenset[str]:
-    sources = frozenset(name.strip() for name in text.split(",") if name.strip())
-    unknown = sorted(sources - set(SOURCE_MANAGERS))
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCE_MANAGERS)}"
-        )
-    return sources
+def _check_positive_seconds(value: object) -> float:
+    seconds = check_seconds(value)
+    if seconds == 0:
+        raise ValueError("must be > 0")
+    return seconds
 
 
 def parse_options(argv: Sequence[str] | None = None) -> SimOptions:
     parser = argparse.ArgumentParser(
         prog="python -m watchdog.sim.lavalink",
-        description="Simulate one Lavalink v4 node (REST, WebSocket, /metrics) on a real port.",
+        description="Simulate one Lavalink v4 node (REST, WebSocket, /metrics) on a real port. "
+        f"Faults can be changed while it runs: GET/POST {CONTROL_PATH} (see the module doc).",
     )
+    seconds = _flag_type(check_seconds, float)
     parser.add_argument("--port", type=int, default=2333)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--password", default="youshallnotpass")
     parser.add_argument("--flavour", type=Flavour, choices=list(Flavour), default=Flavour.JAVA)
     parser.add_argument(
         "--startup-delay",
-        type=_non_negative_seconds,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="bind the port only after this long (the JVM takes 10-15 s)",
     )
     parser.add_argument(
         "--fail-sources",
-        type=_source_list,
+        type=_flag_type(check_failing_sources, _comma_list),
         default=frozenset(),
         metavar="SOURCE[,SOURCE...]",
         help="these sources answer loadType error",
     )
     parser.add_argument(
-        "--error-severity", type=Severity, choices=list(Severity), default=Severity.COMMON
+        "--error-severity",
+        type=_flag_type(check_severity),
+        choices=list(Severity),
+        default=Severity.COMMON,
     )
     parser.add_argument(
         "--latency",
-        type=_non_negative_seconds,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="added to every REST answer (not /metrics, not the WebSocket)",
     )
     parser.add_argument(
         "--exit-after",
-        type=_non_negative_seconds,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="crash this long after start",
     )
-    parser.add_argument("--exit-code", type=_exit_code, default=1, help="exit code of the crash")
+    parser.add_argument(
+        "--exit-code",
+        type=_flag_type(check_exit_code, int),
+        default=DEFAULT_EXIT_CODE,
+        help="exit code of the crash",
+    )
     parser.add_argument(
         "--fail-at-start", action="store_true", help="exit 1 at once, never binding the port"
     )
     parser.add_argument(
         "--stats-interval",
-        type=_positive_seconds,
+        type=_flag_type(_check_positive_seconds, float),
         default=DEFAULT_STATS_INTERVAL,
         metavar="SECONDS",
         help="period of the WebSocket stats op (Lavalink: 60)",
+    )
+    parser.add_argument(
+        "--fail-endpoints",
+        type=_flag_type(check_fail_endpoints, _comma_list),
+        default=frozenset(),
+        metavar="PATH[,PATH...]",
+        help=f"these answer --fail-status with Spring's error body; of {', '.join(FAILABLE_PATHS)}",
+    )
+    parser.add_argument(
+        "--fail-status",
+        type=_flag_type(check_fail_status, int),
+        default=DEFAULT_FAIL_STATUS,
+        metavar="STATUS",
+        help="status of --fail-endpoints, 500..599 (default 500)",
+    )
+    parser.add_argument(
+        "--refuse-websocket",
+        action="store_true",
+        help="fail every WebSocket handshake with HTTP 500 (after the auth checks)",
+    )
+    parser.add_argument(
+        "--memory-growth",
+        type=_flag_type(check_byte_count),
+        default=0,
+        metavar="BYTES_PER_SECOND",
+        help="grow the resident memory this fast, e.g. 50000000 or 64M",
+    )
+    parser.add_argument(
+        "--memory-cap",
+        type=_flag_type(check_byte_count),
+        default=DEFAULT_MEMORY_CAP_BYTES,
+        metavar="BYTES",
+        help="resident memory at which the growth stops (default 3G)",
     )
     arguments = parser.parse_args(argv)
     return SimOptions(
@@ -1210,6 +1671,11 @@ def parse_options(argv: Sequence[str] | None = None) -> SimOptions:
         exit_code=arguments.exit_code,
         fail_at_start=arguments.fail_at_start,
         stats_interval=arguments.stats_interval,
+        fail_endpoints=arguments.fail_endpoints,
+        fail_status=arguments.fail_status,
+        refuse_websocket=arguments.refuse_websocket,
+        memory_growth=arguments.memory_growth,
+        memory_cap=arguments.memory_cap,
     )
 
 
