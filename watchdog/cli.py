@@ -100,8 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     rearm.add_argument("--target", help="target name (default: the only one)")
     rearm.add_argument("--by", default="operator", help="who re-arms (journaled)")
 
-    demo = commands.add_parser("demo", help="backtest a bundled incident on a real Prometheus")
-    demo.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    demo = commands.add_parser(
+        "demo", help="two live incidents on a sandboxed systemd and a real Prometheus"
+    )
+    demo.add_argument("--workdir", type=Path, help="put files here (default: a new temp dir)")
+    demo.add_argument(
+        "--replay",
+        action="store_true",
+        help="instead: backtest a bundled three-hour incident (no systemd needed)",
+    )
     return parser
 
 
@@ -589,10 +596,15 @@ def _rearm(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from watchdog.sim import demo  # test/demo tooling, kept out of the daemon's imports
+    # test/demo tooling, kept out of the daemon's imports
+    if args.replay:
+        from watchdog.sim import demo
 
-    code: int = demo.run(workdir=args.workdir, print_timeline=print_timeline)
-    return code
+        replayed: int = demo.run(workdir=args.workdir, print_timeline=print_timeline)
+        return replayed
+    from watchdog.sim import live
+
+    return live.run(workdir=args.workdir)
 
 
 _HANDLERS = {

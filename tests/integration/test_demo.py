@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_prints_a_timeline_with_the_rollback_when_the_crash_loop_began(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "watchdog", "demo", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "watchdog", "demo", "--replay", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -370,7 +370,7 @@ def test_status_shows_the_run_and_its_steps(world: World) -> None:
 def test_a_second_trigger_joins_the_run_in_flight(world: World) -> None:
     world.reset()
     config = world.config("join")
-    config.write_text(config.read_text().replace("verify: {", "step_pause: 400ms\n      verify: {"))
+    config.write_text(config.read_text().replace("verify: {", "step_pause: 1s\n      verify: {"))
     args = ["rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"]
     first = world.box.popen(
         [PYTHON, "-m", "watchdog", *args],
@@ -378,12 +378,11 @@ def test_a_second_trigger_joins_the_run_in_flight(world: World) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while (
-        not (config.parent / "state" / "journal.sqlite3").exists() and time.monotonic() < deadline
-    ):
+    # the second trigger comes while the first run is journaled at its first step: at least
+    # seven more paused steps (14 s) to go, however slowly a loaded machine starts Python
+    deadline = time.monotonic() + 60
+    while not step_running(world, config, "preflight") and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
     second = world.cli(*args)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
@@ -466,18 +465,7 @@ def start_and_kill_in(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.05)
-        if not (config.parent / "state" / "journal.sqlite3").exists():
-            continue
-        db = world.journal(config)
-        try:
-            row = db.execute(
-                "SELECT status FROM steps WHERE name = ? ORDER BY id DESC LIMIT 1", (step,)
-            ).fetchone()
-        except sqlite3.OperationalError:
-            row = None
-        finally:
-            db.close()
-        if row is not None and row["status"] == "running" and when():
+        if step_running(world, config, step) and when():
             break
     else:
         rollback.kill()
@@ -485,6 +473,21 @@ def start_and_kill_in(
         raise AssertionError(f"never saw {step} running")
     os.kill(pid, signal.SIGKILL)
     rollback.wait(timeout=30)
+
+
+def step_running(world: World, config: Path, step: str) -> bool:
+    if not (config.parent / "state" / "journal.sqlite3").exists():
+        return False
+    db = world.journal(config)
+    try:
+        row = db.execute(
+            "SELECT status FROM steps WHERE name = ? ORDER BY id DESC LIMIT 1", (step,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return False  # the schema is still being created
+    finally:
+        db.close()
+    return row is not None and row["status"] == "running"
 
 
 def paused(config: Path) -> Path:
