@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager
 
-.PHONY: test demo bench bench-rollback lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: system-deps $(BIN)/.installed
 
 bench-rollback: $(BIN)/.installed
 	$(BIN)/python bench/rollback.py
+
+bench-detection: system-deps $(BIN)/.installed
+	$(BIN)/python bench/detection.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -136,7 +136,7 @@ def run(*, workdir: Path | None) -> int:
 
 
 def _crash_loop_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tuple[bool, str]:
-    _wait_for_verdict(narrator, "hold", within=60.0)
+    wait_for_verdict(narrator, "hold", within=60.0)
     say("SCENE 1: lavalink-rust starts crash-looping (every start dies after 1 s)")
     deployment.crash_loop()
     run = _wait_for_run(deployment, after=0)
@@ -146,7 +146,7 @@ def _crash_loop_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> 
 def _sources_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tuple[bool, str]:
     say("operator: Rust server back (enable --now), then re-arm once the watchdog holds")
     deployment.restore_primary_units()
-    _wait_for_verdict(narrator, "hold", within=90.0)
+    wait_for_verdict(narrator, "hold", within=90.0)
     deployment.cli("rearm", "--by", "demo-operator")
     say("SCENE 2: YouTube and SoundCloud track loading fail (loadType error, severity fault)")
     deployment.fault(failing_sources=["youtube", "soundcloud"], error_severity="fault")
@@ -154,7 +154,7 @@ def _sources_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tup
     return _judged(deployment, run, {"LavalinkMajorSourcesDown"}, say)
 
 
-def _wait_for_verdict(narrator: Narrator, verdict: str, *, within: float) -> None:
+def wait_for_verdict(narrator: Narrator, verdict: str, *, within: float) -> None:
     deadline = time.monotonic() + within
     while narrator.verdict != verdict:
         if time.monotonic() > deadline:

@@ -52,11 +52,12 @@ class RunningPrometheus:
     data_dir: Path
 
 
-def _require_binary(name: str) -> str:
+def require_binary(name: str, *, package: str = "prometheus") -> str:
+    """The binary's path; ``PrometheusUnavailable`` naming the Debian package if missing."""
     path = shutil.which(name)
     if path is None:
         raise PrometheusUnavailable(
-            f"`{name}` was not found on PATH; install it with `apt-get install prometheus`"
+            f"`{name}` was not found on PATH; install it with `apt-get install {package}`"
         )
     return path
 
@@ -71,7 +72,7 @@ def create_blocks(
 
     `max_block_duration` is promtool's hidden `--max-block-duration` flag (None: promtool's 2h).
     """
-    promtool = _require_binary("promtool")
+    promtool = require_binary("promtool")
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet"]
     if max_block_duration is not None:
@@ -131,28 +132,34 @@ def _is_ready(url: str) -> bool:
         return False
 
 
-def _wait_until_ready(
-    process: subprocess.Popen[bytes], url: str, log_file: Path, ready_timeout: float
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    log_file: Path,
+    ready_timeout: float,
+    *,
+    name: str = "prometheus",
 ) -> None:
+    """Poll ``url/-/ready`` (Prometheus and Alertmanager both serve it) until it answers."""
     deadline = time.monotonic() + ready_timeout
     while True:
         exit_code = process.poll()
         if exit_code is not None:
             raise PrometheusUnavailable(
-                f"prometheus exited with code {exit_code} before it was ready; "
+                f"{name} exited with code {exit_code} before it was ready; "
                 f"log tail from {log_file}:\n{_log_tail(log_file)}"
             )
         if _is_ready(url):
             return
         if time.monotonic() >= deadline:
             raise PrometheusUnavailable(
-                f"prometheus at {url} was not ready within {ready_timeout:g} s; "
+                f"{name} at {url} was not ready within {ready_timeout:g} s; "
                 f"log tail from {log_file}:\n{_log_tail(log_file)}"
             )
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process by its PID, give it time to flush, then SIGKILL it."""
     if process.poll() is not None:
         return
@@ -181,7 +188,7 @@ def running_prometheus(
     default retention keeps old backfilled history from being deleted at start-up.
     `web_config_yaml` is Prometheus's web config (TLS, basic auth); with TLS the URL is https.
     """
-    prometheus = _require_binary("prometheus")
+    prometheus = require_binary("prometheus")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
@@ -207,7 +214,7 @@ def running_prometheus(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         try:
-            _wait_until_ready(process, url, log_file, ready_timeout)
+            wait_until_ready(process, url, log_file, ready_timeout)
             yield RunningPrometheus(url=url, port=port, pid=process.pid, data_dir=data_dir)
         finally:
-            _stop(process)
+            stop(process)

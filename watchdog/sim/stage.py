@@ -20,7 +20,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -154,12 +153,6 @@ class Stage:
             self.daemon.kill()
             self.daemon.wait(timeout=10)
         self.daemon = None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_node(*, timeout: float) -> None:
@@ -318,7 +311,7 @@ def staged(workdir: Path, options: StageOptions = StageOptions()) -> Iterator[St
         rules_file.write_text(RULES.read_text())
     else:
         rules_file.write_text(fast_rules(RULES, options.speed))
-    watchdog_port = free_port()
+    watchdog_port = prometheus.free_port()
     inside = sandbox.INSIDE_DIR  # workdir is the sandbox's host_dir
     units = _units(inside, options)
     with prometheus.running_prometheus(
