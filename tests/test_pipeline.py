@@ -90,6 +90,7 @@ async def test_a_failed_journal_write_does_not_lose_the_decision(tmp_path: Path)
 
 async def test_rearming_reaches_a_running_loop_and_starts_afresh(tmp_path: Path) -> None:
     target = make_target(tmp_path, Client(BROKEN))
+    target.launch = Launcher()
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     assert (await target.tick(budget=5)).action is model.Action.NONE  # one action per incident
     target.store.set_armed("lavalink", False, at=10_001, by="executor", note="rolled back")
@@ -125,3 +126,68 @@ async def test_a_matrix_answer_is_an_error_not_a_crash(tmp_path: Path) -> None:
     made = await target.tick(budget=5)
     assert made.verdict is model.Verdict.INCONCLUSIVE
     assert "must return an instant vector" in made.reason
+
+
+class Launcher:
+    """Records launches; ``blocked_by`` and ``fails_with`` play a missing or lost executor."""
+
+    def __init__(self) -> None:
+        self.blocked_by: str | None = None
+        self.fails_with: str | None = None
+        self.launched: list[int | None] = []
+
+    def blocked(self) -> str | None:
+        return self.blocked_by
+
+    def __call__(self, decided: model.Decision, incident: int | None) -> str:
+        if self.fails_with is not None:
+            return self.fails_with
+        self.launched.append(incident)
+        return pipeline.STARTED
+
+
+def acted(store: journal.Journal) -> str | None:
+    row = store._db.execute("SELECT acted FROM incidents ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else row["acted"]
+
+
+async def test_a_rollback_that_cannot_start_is_asked_again_until_it_can(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    launcher = Launcher()
+    target.launch = launcher
+    launcher.blocked_by = "no executor is connected"
+    first = await target.tick(budget=5)
+    assert first.action is model.Action.ROLLBACK and launcher.launched == []
+    assert acted(target.store) is None  # not marked as done: no run was started
+    second = await target.tick(budget=5)
+    assert second.action is model.Action.ROLLBACK  # asked again, still journaled each time
+    outcomes = [d.outcome for d in target.store.decisions()]
+    assert all("no executor is connected" in o for o in outcomes) and len(outcomes) == 2
+    launcher.blocked_by = None
+    third = await target.tick(budget=5)
+    assert third.action is model.Action.ROLLBACK and len(launcher.launched) == 1
+    assert acted(target.store) == "rollback"
+    assert (await target.tick(budget=5)).action is model.Action.NONE  # once started: once
+
+
+async def test_an_executor_lost_between_decision_and_launch_is_not_taken_for_a_run(
+    tmp_path: Path,
+) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    launcher = Launcher()
+    target.launch = launcher
+    launcher.fails_with = "not started: no executor is connected"
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    assert acted(target.store) is None and target.state.incident is not None
+    assert target.state.incident.acted is None
+    launcher.fails_with = None
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    assert len(launcher.launched) == 1
+
+
+async def test_without_a_launcher_auto_mode_records_it_could_not_act(tmp_path: Path) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    made = await target.tick(budget=5)
+    assert made.action is model.Action.ROLLBACK
+    (decision,) = target.store.decisions()
+    assert decision.outcome.startswith("would roll back (auto mode, but no executor")

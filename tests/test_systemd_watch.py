@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -47,6 +48,11 @@ def status(
     )
 
 
+def clock(at: float) -> Callable[[], float]:
+    """A clock stopped at ``at``."""
+    return lambda: at
+
+
 @dataclass
 class Scripted:
     """Answers each unit's status from a script; raises what it is told to."""
@@ -67,16 +73,16 @@ async def test_restarts_in_the_window_fire_and_a_manual_reset_does_not_count() -
     reader = Scripted()
     for at, count in ((1000, 4), (1005, 5), (1010, 6)):
         reader.restarts[PRIMARY] = count
-        await watch.sample(reader, at)
+        await watch.sample(reader, clock(at))
     assert watch.restarts() == 2
     assert watch.observe(1010).points == ()  # 2 < 3: ok, not firing
     reader.restarts[PRIMARY] = 7
-    await watch.sample(reader, 1015)
+    await watch.sample(reader, clock(1015))
     (point,) = watch.observe(1015).points
     assert point.value == 3 and dict(point.labels) == {"unit": PRIMARY}
     # an operator's restart sets NRestarts to 0: never counted as restarts
     reader.restarts[PRIMARY] = 0
-    await watch.sample(reader, 1020)
+    await watch.sample(reader, clock(1020))
     assert watch.restarts() == 0
 
 
@@ -87,9 +93,9 @@ async def test_old_restarts_leave_the_window() -> None:
     reader = Scripted()
     for at, count in ((1000, 0), (1010, 3)):
         reader.restarts[PRIMARY] = count
-        await watch.sample(reader, at)
+        await watch.sample(reader, clock(at))
     assert watch.observe(1010).points  # 3 restarts within 60 s
-    await watch.sample(reader, 1065)  # the reading of 0 at 1000 is now outside
+    await watch.sample(reader, clock(1065))  # the reading of 0 at 1000 is now outside
     assert watch.restarts() == 0
     assert watch.observe(1065).points == ()
 
@@ -99,14 +105,14 @@ async def test_old_restarts_leave_the_window() -> None:
     [
         (None, 1000.0, "systemd is not connected"),
         (Scripted(failure=RuntimeError("bus gone")), 1000.0, "RuntimeError: bus gone"),
-        (Scripted(), 1100.0, "last reading 100s old"),  # stale: 3 intervals of 5 s passed
+        (Scripted(), 1100.0, "last reading 100s old"),  # stale: 3 intervals + the timeout
     ],
 )
 async def test_no_reading_is_an_error_never_evidence(
     reader: Scripted | None, now: float, error: str
 ) -> None:
-    watch = systemd_watch.SystemdWatch(target(interval="5s"))
-    await watch.sample(reader, 1000.0)
+    watch = systemd_watch.SystemdWatch(target(interval="5s"), timeout=2.0)
+    await watch.sample(reader, clock(1000.0))
     observed = watch.observe(now)
     assert not observed.ok and error in (observed.error or "")
 
@@ -118,7 +124,7 @@ async def test_a_hung_bus_is_bounded() -> None:
             raise AssertionError("unreachable")
 
     watch = systemd_watch.SystemdWatch(target(), timeout=0.05)
-    readings = await watch.sample(Hung(), 1000.0)
+    readings = await watch.sample(Hung(), clock(1000.0))
     assert [r.error for r in readings] == ["no answer from systemd within 0.05s"] * 2
 
 
@@ -135,7 +141,7 @@ async def test_the_crash_loop_rolls_back_while_prometheus_is_down() -> None:
     verdicts = []
     for at, count in ((1000, 0), (1005, 1), (1010, 2), (1015, 3)):
         reader.restarts[PRIMARY] = count
-        await watch.sample(reader, at)
+        await watch.sample(reader, clock(at))
         observation = model.Observation(
             at=at, results={scraped.name: down}, presence=down, activation_failed=True
         )
@@ -154,7 +160,7 @@ async def test_the_crash_loop_rolls_back_while_prometheus_is_down() -> None:
 
 async def test_systemd_says_when_the_primary_started_if_prometheus_cannot() -> None:
     watch = systemd_watch.SystemdWatch(target())
-    await watch.sample(Scripted(), 1000.0)
+    await watch.sample(Scripted(), clock(1000.0))
     blind = model.Observation(
         at=1000.0, results={}, presence=model.QueryResult(), activation_failed=True
     )
@@ -170,12 +176,16 @@ async def test_unit_metrics_follow_the_readings_and_vanish_when_unknown() -> Non
     recorder = telemetry.Recorder()
     watch = systemd_watch.SystemdWatch(target())
     reader = Scripted(restarts={PRIMARY: 4, FALLBACK: 0})
-    recorder.record_units("lavalink", systemd_watch.units_of(await watch.sample(reader, 1000.0)))
+    recorder.record_units(
+        "lavalink", systemd_watch.units_of(await watch.sample(reader, clock(1000.0)))
+    )
     value = recorder.registry.get_sample_value
     assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) == 4
     assert value("rollback_watchdog_unit_active", {"unit": FALLBACK}) == 1
     reader.failure = OSError("socket closed")
-    recorder.record_units("lavalink", systemd_watch.units_of(await watch.sample(reader, 1005.0)))
+    recorder.record_units(
+        "lavalink", systemd_watch.units_of(await watch.sample(reader, clock(1005.0)))
+    )
     assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) is None  # no stale value
     errors = value(
         "rollback_watchdog_source_errors_total", {"target": "lavalink", "source": "systemd"}

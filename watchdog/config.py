@@ -161,6 +161,8 @@ class ProbeSettings(_Strict):
     concurrency: int = Field(default=4, ge=1, le=32)  # probes in flight at once
     websocket: bool = True
     identifiers: dict[str, str] | None = None  # per source; default: runbook.verify.identifiers
+    # searches hit YouTube/SoundCloud for real: less often, so the host is not rate-limited
+    loadtracks_interval: Duration = Field(default=60.0, gt=0)
 
 
 class WatchSettings(_Strict):

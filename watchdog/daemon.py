@@ -93,13 +93,15 @@ async def _run(
             if target_settings.probes.enabled:
                 password = lavalink.read_password(target_settings.runbook)
                 probers.append(probes.Prober(target_settings, password=password))
-            if link.current is not None:
-                await _reconcile(target, link.current, settings, clock)
+            if (connection := link.connection()) is not None:
+                await _reconcile(target, connection, settings, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
         guards = [Guard(t, link, settings, runs, clock, recorder) for t in targets]
         for guard in guards:
-            guard.follow_link()
+            if settings.mode is model.Mode.AUTO:
+                guard.target.launch = guard
+            await guard.read_units()  # the first tick sees systemd, not "no reading yet"
         log.info(
             "started",
             mode=settings.mode.value,
@@ -107,13 +109,13 @@ async def _run(
             prometheus=settings.prometheus.url,
             metrics=f"http://{settings.listen.host}:{server.port}/metrics",
             journal=str(store.path),
-            systemd="connected" if link.current is not None else "not connected",
+            systemd="connected" if link.connection() is not None else "not connected",
         )
         if started is not None:
             started(Running(targets=targets, metrics_port=server.port, journal=store))
         with _signals_set(stop):
             async with asyncio.TaskGroup() as group:
-                group.create_task(link.keep(stop, guards), name="systemd-link")
+                group.create_task(link.keep(stop), name="systemd-link")
                 for guard in guards:
                     group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
                     if guard.target.watch is not None:
@@ -145,27 +147,44 @@ def _longest_run(settings: config.Settings) -> float:
 
 
 RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
+SILENT_READS = 3  # unanswered watch reads in a row before the connection is made again
 
 
 class SystemdLink:
     """The daemon's one systemd connection: made at start, made again whenever it is lost.
 
     Without it the watchdog still evaluates (the crash-loop signal then reads ``error``), but
-    cannot act: auto mode says "no executor is connected" until the link is back.
+    cannot act: auto mode journals "no executor is connected" and asks again every tick until
+    the link is back.
     """
 
     def __init__(self, settings: config.Settings) -> None:
         self._settings = settings
         self._client: Systemd | None = None
         self._complained = False
+        self._unanswered = 0  # reads in a row that systemd did not answer at all
 
-    @property
-    def current(self) -> Systemd | None:
-        """The connection, if it is up."""
+    def connection(self) -> Systemd | None:
+        """The connection, if it is up (a dropped one is closed and forgotten here)."""
         if self._client is not None and not self._client.connected:
             log.error("systemd connection lost; reconnecting")
-            self._client = None
+            self._drop()
         return self._client
+
+    def answered(self, *, at_all: bool) -> None:
+        """What the watch saw: a bus that stays connected but never answers is as good as
+        gone, so after ``SILENT_READS`` silent reads it is dropped and made again."""
+        self._unanswered = 0 if at_all else self._unanswered + 1
+        if self._unanswered >= SILENT_READS and self._client is not None:
+            log.error("systemd stopped answering; reconnecting", silent_reads=self._unanswered)
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
+        self._unanswered = 0
 
     async def connect(self) -> bool:
         """One bounded attempt (the client tries a silent bus a few times itself)."""
@@ -185,20 +204,15 @@ class SystemdLink:
         log.info("connected to systemd", bus=settings.systemd.bus)
         return True
 
-    async def keep(self, stop: asyncio.Event, guards: list[Guard]) -> None:
-        """Reconnect while stopped is not set; each reconnection hands the guards the client."""
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Reconnect whenever the connection is gone, until stopped."""
         while not stop.is_set():
-            if self.current is None and await self.connect():
-                for guard in guards:
-                    guard.follow_link()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECONNECT_EVERY):
-                    await stop.wait()
+            if self.connection() is None:
+                await self.connect()
+            await _pause(stop, RECONNECT_EVERY if self._client is None else 1.0)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._drop()
 
 
 async def _reconcile(
@@ -243,28 +257,30 @@ class Guard:
         self._clock = clock
         self._recorder = recorder
 
-    @property
-    def _task_name(self) -> str:
-        return f"rollback:{self.target.name}"
+    def _task(self, kind: str) -> asyncio.Task[runbook.Outcome | None] | None:
+        """This target's run task of ``kind`` (``rollback`` or ``reconcile``) in flight here."""
+        name = f"{kind}:{self.target.name}"
+        return next((task for task in self._runs if task.get_name() == name), None)
 
-    def _running_here(self) -> bool:
-        return any(task.get_name() == self._task_name for task in self._runs)
+    def blocked(self) -> str | None:
+        """Why a rollback cannot start now, or None (``pipeline.Launcher``)."""
+        if self._task("rollback") is not None:
+            return None  # it joins the run in flight
+        if self._task("reconcile") is not None:
+            return "an interrupted run is being reconciled first"
+        if self._link.connection() is None:
+            return "no executor is connected"
+        return None
 
-    def follow_link(self) -> None:
-        """Act only while systemd is connected (auto mode); the gate says so otherwise."""
-        connected = self._link.current is not None
-        auto = self._settings.mode is model.Mode.AUTO
-        self.target.launch = self.launch if connected and auto else None
-
-    def launch(self, decided: model.Decision, incident: int | None) -> str:
+    def __call__(self, decided: model.Decision, incident: int | None) -> str:
         """Start the runbook for a rollback decision, or join the run in flight."""
-        if self._running_here():
-            return "joined the run in flight"
-        systemd = self._link.current
-        if systemd is None:
-            self.target.launch = None
-            return "would roll back (auto mode, but no executor is connected)"
+        if self._task("rollback") is not None:
+            return pipeline.JOINED
+        systemd = self._link.connection()
+        if systemd is None or self._task("reconcile") is not None:
+            return f"not started: {self.blocked()}"
         self._start(
+            "rollback",
             runbook.start_run(
                 self.target.settings,
                 self.target.store,
@@ -275,29 +291,31 @@ class Guard:
                 reason=decided.reason,
                 incident_id=incident,
                 clock=self._clock,
-            )
+            ),
         )
-        return "rollback started"
+        return pipeline.STARTED
 
-    def _start(self, work: Coroutine[object, object, runbook.Outcome | None]) -> None:
-        task = asyncio.create_task(work, name=self._task_name)
+    def _start(self, kind: str, work: Coroutine[object, object, runbook.Outcome | None]) -> None:
+        task = asyncio.create_task(work, name=f"{kind}:{self.target.name}")
         self._runs.add(task)
         task.add_done_callback(_finished(self._runs, self.target, self._recorder))
 
     async def _adopt_orphan(self) -> None:
         """A run journaled as running with no task here was left by a dead process (or one
-        whose lock was still held at start): reconcile it as a run of ours."""
-        systemd = self._link.current
-        if systemd is None or self._running_here():
+        whose lock was still held at start, or whose systemd connection dropped): reconcile it
+        as a run of ours. A run a living process holds is left alone (its lock says so)."""
+        systemd = self._link.connection()
+        if systemd is None or self._task("rollback") or self._task("reconcile"):
             return
         orphan = await asyncio.to_thread(self.target.store.running_run, self.target.name)
         if orphan is None:
             return
         target = self.target
         self._start(
+            "reconcile",
             runbook.reconcile(
                 target.settings, target.store, systemd, self._settings.state_dir, clock=self._clock
-            )
+            ),
         )
 
     async def loop(self, stop: asyncio.Event) -> None:
@@ -319,6 +337,17 @@ class Guard:
                 log.exception("tick failed", target=target.name)
             await _pause(stop, interval - (time.monotonic() - begun))
 
+    async def read_units(self) -> None:
+        """One reading of both units, exported; tells the link whether systemd answered."""
+        watch = self.target.watch
+        if watch is None:
+            return
+        connection = self._link.connection()
+        readings = await watch.sample(connection, self._clock)
+        if connection is not None:
+            self._link.answered(at_all=not watch.unanswered)
+        self._recorder.record_units(self.target.name, systemd_watch.units_of(readings))
+
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""
         watch = self.target.watch
@@ -327,8 +356,7 @@ class Guard:
         while not stop.is_set():
             begun = time.monotonic()
             try:
-                readings = await watch.sample(self._link.current, self._clock())
-                self._recorder.record_units(self.target.name, systemd_watch.units_of(readings))
+                await self.read_units()
             except Exception:  # the watch outlives any one bad reading
                 log.exception("systemd watch failed", target=self.target.name)
             await _pause(stop, watch.settings.interval - (time.monotonic() - begun))

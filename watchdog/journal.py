@@ -319,11 +319,14 @@ class Journal:
         *,
         mode: model.Mode,
         outcome: str,
+        acted: bool = True,
     ) -> int | None:
         """Journal one evaluation's consequences atomically; return the incident id, if any.
 
         Writes the evaluation only if it changed the verdict, opens/escalates/closes the
         incident as the decision says, and records the decision if it asked for an action.
+        ``acted=False``: the gate could not carry the action out (no executor), so the incident
+        is not marked as acted on and the next evaluation asks again.
         """
         target = decision.target
         with self._lock, _transaction(self._db):
@@ -392,12 +395,20 @@ class Journal:
                         decision.reason,
                     ),
                 )
-                if incident_id is not None:
+                if incident_id is not None and acted:
                     self._db.execute(
                         "UPDATE incidents SET acted = ? WHERE id = ?",
                         (decision.verdict.value, incident_id),
                     )
             return incident_id
+
+    def unact(self, incident_id: int, previous: model.Verdict | None) -> None:
+        """Undo ``record``'s "acted on" for an action that could not be carried out after all."""
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "UPDATE incidents SET acted = ? WHERE id = ?",
+                (previous.value if previous is not None else None, incident_id),
+            )
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """One tick for one target: sources -> evaluation -> decision -> gate -> journal, metrics, log.
 
 The daemon calls ``Target.tick`` every ``interval``; it is the only place the stages meet, and
-data passes between them only through function arguments. Until the systemd executor exists,
-a rollback decision in ``auto`` mode launches the runbook (``Target.launch``, provided by the
-daemon); in ``observe`` mode it is journaled as "would roll back"; ``approve`` waits for the
-approval gate.
+data passes between them only through function arguments. A rollback decision in ``auto`` mode
+launches the runbook (``Target.launch``, provided by the daemon); if it cannot start now (systemd
+not connected), the decision is journaled as not acted on and the next tick asks again; in
+``observe`` mode it is journaled as "would roll back"; ``approve`` waits for the approval gate.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -23,21 +24,34 @@ from watchdog.sources import prometheus, systemd_watch
 log = structlog.get_logger("watchdog.pipeline")
 
 
-Launcher = Callable[[model.Decision, int | None], str]
-"""Starts (or joins) a rollback run for a decision and its incident, and says which; the
-daemon provides it."""
+STARTED = "rollback started"
+JOINED = "joined the run in flight"
 
 
-def gate_outcome(decided: model.Decision, mode: model.Mode, launch: Launcher | None) -> str:
-    """What the gate made of an action: act (auto), record (observe), ask (approve, later)."""
+class Launcher(Protocol):
+    """Starts (or joins) a rollback run for a decision; the daemon provides it."""
+
+    def blocked(self) -> str | None:
+        """Why a run cannot start now (no executor, a run being reconciled), or None."""
+
+    def __call__(self, decided: model.Decision, incident: int | None) -> str:
+        """Start or join a run: ``STARTED`` or ``JOINED``, or why it could not after all."""
+
+
+def gate_outcome(decided: model.Decision, mode: model.Mode, blocked: str | None) -> str:
+    """What the gate made of an action: act (auto), record (observe), ask (approve, later).
+
+    ``blocked`` says why auto mode cannot act right now; such an action is not taken, and the
+    next evaluation asks again.
+    """
     action = decided.action
     if action is model.Action.ROLLBACK:
         if mode is model.Mode.OBSERVE:
             return "would roll back (observe mode)"
         if mode is model.Mode.AUTO:
-            if launch is None:
-                return "would roll back (auto mode, but no executor is connected)"
-            return "rollback started"  # launched once the decision is journaled
+            if blocked is not None:
+                return f"would roll back (auto mode, but {blocked}); asking again next time"
+            return STARTED  # launched once the decision is journaled
         return "would roll back (approve mode; the approval gate is not available yet)"
     if action is model.Action.PROPOSE:
         return "would ask a human to approve a rollback (approval gate not available yet)"
@@ -93,19 +107,33 @@ class Target:
         await self._follow_arming()
         evaluated, memory = evaluation.evaluate(self.name, rules, observation, self.memory)
         decided, state = decision.decide(evaluated, self.policy, self.state)
-        outcome = gate_outcome(decided, self.mode, self.launch)
+        acting = decided.action is model.Action.ROLLBACK and self.mode is model.Mode.AUTO
+        blocked = None
+        if acting:
+            blocked = "no executor is connected" if self.launch is None else self.launch.blocked()
+        outcome = gate_outcome(decided, self.mode, blocked)
+        # what the incident had been acted on before this decision (none if it is new)
+        before = None
+        if self.state.incident is not None and decided.incident is not model.IncidentChange.OPEN:
+            before = self.state.incident.acted
         incident = await asyncio.to_thread(
-            self.store.record, evaluated, decided, mode=self.mode, outcome=outcome
+            self.store.record,
+            evaluated,
+            decided,
+            mode=self.mode,
+            outcome=outcome,
+            acted=blocked is None,
         )
+        if blocked is not None:
+            state = not_acted(state, before)
         self.memory, self.state = memory, state
-        if (
-            decided.action is model.Action.ROLLBACK
-            and self.mode is model.Mode.AUTO
-            and self.launch is not None
-        ):
+        if acting and blocked is None and self.launch is not None:
             launched = self.launch(decided, incident)
-            if launched != outcome:
-                log.warning("rollback", target=self.name, outcome=launched)
+            if launched not in (STARTED, JOINED):  # lost the executor since: ask again
+                log.error("rollback not started", target=self.name, outcome=launched)
+                if incident is not None:
+                    await asyncio.to_thread(self.store.unact, incident, before)
+                self.state = not_acted(self.state, before)
         self.recorder.record_evaluation(
             evaluated,
             decided,
@@ -169,3 +197,10 @@ def with_systemd(
     return dataclasses.replace(
         observation, results=results, activated_at=activated_at, activation_failed=failed
     )
+
+
+def not_acted(state: model.TargetState, before: model.Verdict | None) -> model.TargetState:
+    """The state as if the action had not been asked for: the next evaluation asks again."""
+    if state.incident is None:
+        return state
+    return dataclasses.replace(state, incident=dataclasses.replace(state.incident, acted=before))

@@ -153,6 +153,11 @@ class Recorder:
         """One round of synthetic probes."""
         for result in results:
             labels = (target, result.probe, result.source)
+            if not result.conclusive:  # no data, never a stale or a false failure
+                with contextlib.suppress(KeyError):
+                    self.probe_success.remove(*labels)
+                self.source_errors.labels(target, "probes").inc()
+                continue
             self.probe_success.labels(*labels).set(1 if result.ok else 0)
             self.probe_duration.labels(*labels).observe(result.seconds)
             if result.load_type:

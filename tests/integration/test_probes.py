@@ -154,14 +154,37 @@ async def test_added_latency_lands_in_the_duration_histogram(
     assert over_half_second == 0  # the rules' 500 ms edge sees it
 
 
-async def test_a_wrong_password_fails_the_authenticated_probes(
-    probe_round: Round,
+@pytest.mark.parametrize("password", ["wrong", ""])
+async def test_a_refused_password_is_no_data_never_a_failing_service(
+    probe_round: Round, password: str
 ) -> None:
+    """Lavalink answers 401/403: our configuration is wrong, the service may be fine. Exported
+    as absent series (and a source error), so the API and source rules cannot fire on it."""
     with simulator() as url:
-        recorder = await probe_round(url, password="wrong")
+        recorder = await probe_round(url, password=password)
     for probe in ("version", "info", "stats", "websocket"):
-        assert success(recorder, probe) == 0, probe
-    assert success(recorder, "loadtracks", "youtube") == 0
+        assert success(recorder, probe) is None, probe
+    assert success(recorder, "loadtracks", "youtube") is None
+    assert loads(recorder, "youtube", "error") is None
+    errors = recorder.registry.get_sample_value(
+        "rollback_watchdog_source_errors_total", {"target": "lavalink", "source": "probes"}
+    )
+    assert errors == 6  # version, info, stats, websocket, youtube, soundcloud
+
+
+async def test_a_refused_password_removes_earlier_series(probe_round: Round) -> None:
+    recorder = telemetry.Recorder()
+    with simulator() as url:
+        good = probes.Prober(target(url), password=PASSWORD)
+        bad = probes.Prober(target(url), password="wrong")
+        try:
+            recorder.record_probes("lavalink", await good.round())
+            assert success(recorder, "version") == 1
+            recorder.record_probes("lavalink", await bad.round())
+        finally:
+            await good.aclose()
+            await bad.aclose()
+    assert success(recorder, "version") is None  # not a stale 1, not a false 0
 
 
 async def test_a_dead_node_fails_every_probe_at_once(probe_round: Round) -> None:
@@ -221,3 +244,36 @@ async def test_probes_run_beside_a_busy_event_loop() -> None:
         await prober.aclose()
         hung.close()
     assert ticks >= 8
+
+
+async def test_loadtracks_runs_only_every_loadtracks_interval() -> None:
+    """Each loadtracks probe is a real search on YouTube or SoundCloud: rarer than the rest."""
+    with simulator() as url:
+        prober = probes.Prober(target(url, loadtracks_interval="1h"), password=PASSWORD)
+        try:
+            first = {(r.probe, r.source) for r in await prober.round()}
+            second = {(r.probe, r.source) for r in await prober.round()}
+        finally:
+            await prober.aclose()
+    assert ("loadtracks", "youtube") in first and ("loadtracks", "soundcloud") in first
+    assert second == {("version", ""), ("info", ""), ("stats", ""), ("websocket", "")}
+
+
+async def test_a_probe_that_breaks_inside_the_watchdog_is_no_data() -> None:
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in our own code path")
+
+    prober = probes.Prober(
+        target("http://127.0.0.1:9", websocket=False),
+        password=PASSWORD,
+        transport=httpx.MockTransport(explode),
+    )
+    recorder = telemetry.Recorder()
+    try:
+        results = await prober.round()
+    finally:
+        await prober.aclose()
+    assert results and all(not r.conclusive for r in results)
+    assert "RuntimeError: a bug in our own code path" in results[0].detail
+    recorder.record_probes("lavalink", results)
+    assert success(recorder, "version") is None

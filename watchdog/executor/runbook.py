@@ -65,8 +65,8 @@ class Context:
         return self.target.runbook
 
     @property
-    def service(self) -> verify.Service:
-        return verify.Service(self.runbook.url, self.password)
+    def service(self) -> lavalink.Service:
+        return lavalink.Service(self.runbook.url, self.password)
 
     @property
     def journal(self) -> journal.Journal:
@@ -513,6 +513,8 @@ async def execute(
                 await asyncio.sleep(pause)  # ... and the moment after its effect, unjournaled
         except (StepFailed, SystemdError) as exc:
             detail, status = str(exc), "failed"
+            if isinstance(exc, SystemdError) and _connection_lost(ctx):
+                detail = f"{INTERRUPTED}: the systemd connection was lost: {exc}"
         except Exception as exc:  # a bug or the unexpected: journaled, never silent
             detail, status = f"{type(exc).__name__}: {exc}", "failed"
         seconds = time.monotonic() - started
@@ -520,9 +522,24 @@ async def execute(
             ctx.journal.step_finished(step_id, status, detail, at=ctx.clock())
         notify(StepEvent(seq, step.name, status, detail, seconds))
         log.info("step finished", run=ctx.run_id, step=step.name, status=status, detail=detail)
+        if detail.startswith(INTERRUPTED):
+            return _left_running(ctx, step.name)
         if status == "failed":
             return await _failed(ctx, step, seq, detail, notify)
     return Outcome(ctx.run_id, "succeeded", "fallback verified")
+
+
+def _connection_lost(ctx: Context) -> bool:
+    return not getattr(ctx.systemd, "connected", True)
+
+
+def _left_running(ctx: Context, step: str) -> Outcome:
+    """The bus went away mid-step: what systemd did is unknown until it can be read again, so
+    the run stays open for the reconcile (the daemon adopts it once reconnected) -- never a
+    restore attempted blind, never a run closed as failed that may just have succeeded."""
+    detail = f"systemd connection lost in {step}; the run resumes once systemd is reachable"
+    log.error("rollback interrupted", run=ctx.run_id, step=step, detail=detail)
+    return Outcome(ctx.run_id, "interrupted", detail)
 
 
 async def _safe_check(step: Step, ctx: Context) -> bool:
@@ -558,8 +575,12 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
             status, result = "ok", restored
         except Exception as exc:  # whatever it was, the journal and the operator must know
             status, result = "failed", f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, SystemdError) and _connection_lost(ctx):
+                result = f"{INTERRUPTED}: the systemd connection was lost: {exc}"
         ctx.journal.step_finished(step_id, status, result, at=ctx.clock())
         notify(StepEvent(seq + 1, "restore-primary", status, result, time.monotonic() - started))
+        if result.startswith(INTERRUPTED):  # the reconcile finishes the restore
+            return _left_running(ctx, "restore-primary")
         run_status = "restored" if status == "ok" else "failed"
         outcome = f"{step.name} failed ({detail}); primary restore {status}: {result}"
     else:

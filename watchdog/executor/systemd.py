@@ -284,6 +284,10 @@ class Unreachable:
     def _fail(self) -> SystemdError:
         return SystemdError(self.reason)
 
+    @property
+    def connected(self) -> bool:
+        return False
+
     async def status(self, name: str) -> UnitStatus:
         raise self._fail()
 

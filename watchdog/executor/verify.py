@@ -26,8 +26,6 @@ from watchdog import config, model
 from watchdog.sources import lavalink
 from watchdog.sources.lavalink import Service
 
-__all__ = ["Check", "Service"]
-
 PROC = Path("/proc")
 
 

@@ -106,6 +106,10 @@ def run(*, workdir: Path | None) -> int:
         raise errors.InputError(f"the live demo needs a sandboxed systemd: {reason}")
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="rollback-watchdog-demo-"))
+    elif (workdir / "state").exists():
+        raise errors.InputError(
+            f"{workdir} already holds a demo's journal; give a new --workdir (or remove it)"
+        )
     begun = time.monotonic()
 
     def say(text: str) -> None:
@@ -138,8 +142,9 @@ def run(*, workdir: Path | None) -> int:
 def _crash_loop_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tuple[bool, str]:
     wait_for_verdict(narrator, "hold", within=60.0)
     say("SCENE 1: lavalink-rust starts crash-looping (every start dies after 1 s)")
+    last = _last_run(deployment)
     deployment.crash_loop()
-    run = _wait_for_run(deployment, after=0)
+    run = _wait_for_run(deployment, after=last)
     return _judged(deployment, run, {"UnitCrashLoop", "LavalinkCrashLoop", "LavalinkDown"}, say)
 
 
@@ -149,8 +154,9 @@ def _sources_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tup
     wait_for_verdict(narrator, "hold", within=90.0)
     deployment.cli("rearm", "--by", "demo-operator")
     say("SCENE 2: YouTube and SoundCloud track loading fail (loadType error, severity fault)")
+    last = _last_run(deployment)
     deployment.fault(failing_sources=["youtube", "soundcloud"], error_severity="fault")
-    run = _wait_for_run(deployment, after=1)
+    run = _wait_for_run(deployment, after=last)
     return _judged(deployment, run, {"LavalinkMajorSourcesDown"}, say)
 
 
@@ -160,6 +166,11 @@ def wait_for_verdict(narrator: Narrator, verdict: str, *, within: float) -> None
         if time.monotonic() > deadline:
             raise errors.InputError(f"the watchdog never reached {verdict} within {within:g}s")
         time.sleep(0.2)
+
+
+def _last_run(deployment: stage.Stage) -> int:
+    row = _query_one(deployment.journal_path, "SELECT max(id) AS id FROM runs", ())
+    return int(row["id"]) if row is not None and row["id"] is not None else 0
 
 
 def _wait_for_run(deployment: stage.Stage, *, after: int) -> dict[str, Any] | None:

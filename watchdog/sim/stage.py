@@ -287,7 +287,7 @@ def _watchdog_config(options: StageOptions, url: str, port: int) -> str:
               url: {SERVICE_URL}
               password_file: password
               verify: {{timeout: 30s, settle: 10s}}
-            probes: {{interval: {interval}, timeout: 2s}}
+            probes: {{interval: {interval}, loadtracks_interval: {interval}, timeout: 2s}}
             watch: {{interval: 1s}}
         """)
 

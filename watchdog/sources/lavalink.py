@@ -6,6 +6,8 @@ runbook's verification (once, against the fallback) need the same questions answ
 ``/v4/stats`` Lavalink's objects, does ``/v4/loadtracks`` find tracks for a source, does a
 WebSocket session get its ``ready`` op. Each call returns a ``model.ProbeResult`` and never
 raises for anything the service does: a refused connection, a 5xx or a wrong body is the answer.
+A 401/403 is different: Lavalink refused *our* password, which says nothing about its health,
+so the result is marked inconclusive (a probe exports no data for it; a verification fails).
 REST goes through the caller's ``httpx.AsyncClient`` (tests inject a transport), the WebSocket
 through aiohttp's client.
 """
@@ -28,6 +30,10 @@ from watchdog import __version__, config, errors, model
 
 FOUND_LOAD_TYPES = frozenset({"track", "playlist", "search"})
 """A load that found something; ``empty`` for a search means the source is missing."""
+LOAD_TYPES = FOUND_LOAD_TYPES | {"empty", "error"}
+"""Every ``loadType`` Lavalink v4 answers; anything else is not counted by name."""
+REFUSED = frozenset({401, 403})
+"""Lavalink's answers to a missing or wrong password: our configuration, not its health."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ async def version(client: httpx.AsyncClient, service: Service) -> model.ProbeRes
     except httpx.HTTPError as exc:
         return _failed("version", exc, started)
     seconds = time.monotonic() - started
+    if answer.status_code in REFUSED:
+        return refused("version", answer.status_code, seconds)
     if answer.status_code != 200:
         return model.ProbeResult("version", False, f"HTTP {answer.status_code}", seconds)
     text = answer.text.strip()
@@ -109,6 +117,8 @@ async def load_tracks(
             "loadtracks", False, f"{identifier}: {failed.detail}", failed.seconds, source=source
         )
     seconds = time.monotonic() - started
+    if answer.status_code in REFUSED:
+        return refused("loadtracks", answer.status_code, seconds, source=source)
     try:
         body = answer.json()
     except ValueError:
@@ -133,7 +143,7 @@ async def load_tracks(
             f"{identifier}: loadType {load_type}{message}",
             seconds,
             source=source,
-            load_type=load_type,
+            load_type=load_type if load_type in LOAD_TYPES else "",
         )
     return model.ProbeResult(
         "loadtracks",
@@ -169,6 +179,8 @@ async def websocket(service: Service, *, within: float) -> model.ProbeResult:
             "websocket", False, f"no ready op within {within:g}s", time.monotonic() - started
         )
     except aiohttp.WSServerHandshakeError as exc:
+        if exc.status in REFUSED:
+            return refused("websocket", exc.status, time.monotonic() - started)
         return model.ProbeResult(
             "websocket", False, f"handshake refused: HTTP {exc.status}", time.monotonic() - started
         )
@@ -183,6 +195,18 @@ async def websocket(service: Service, *, within: float) -> model.ProbeResult:
         )
     return model.ProbeResult(
         "websocket", True, f"ready, session {message.get('sessionId')}", seconds
+    )
+
+
+def refused(probe: str, status: int, seconds: float, *, source: str = "") -> model.ProbeResult:
+    """The service refused the password: a failure for a verification, no data for a probe."""
+    return model.ProbeResult(
+        probe,
+        False,
+        f"HTTP {status}: the service refused the configured password",
+        seconds,
+        source=source,
+        conclusive=False,
     )
 
 
@@ -205,6 +229,8 @@ async def _document(
         failed = _failed(probe, exc, started)
         return model.ProbeResult(probe, False, f"{path}: {failed.detail}", failed.seconds)
     seconds = time.monotonic() - started
+    if answer.status_code in REFUSED:
+        return refused(probe, answer.status_code, seconds)
     if answer.status_code != 200:
         return model.ProbeResult(probe, False, f"{path}: HTTP {answer.status_code}", seconds)
     try:

@@ -6,6 +6,9 @@ WebSocket session, and one ``loadtracks`` per configured source -- and exports w
 Prometheus to scrape (the rules read ``rollback_watchdog_probe_*``). One round runs its probes
 concurrently, at most ``concurrency`` at a time, each bounded by ``timeout``: a slow or hung
 service yields failed probes with their elapsed time, it never stalls the round or the loop.
+A probe that says nothing about the service -- Lavalink refused our password, or the probe
+itself broke -- is inconclusive: it exports no data rather than a failure. ``loadtracks`` runs
+less often (``loadtracks_interval``): each one is a real search on YouTube or SoundCloud.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ class Prober:
             follow_redirects=False,
         )
         self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._loaded_at: float | None = None  # monotonic time of the last loadtracks round
 
-    def probes(self) -> list[Probe]:
+    def probes(self, *, with_loads: bool = True) -> list[Probe]:
         client, service = self._client, self._service
         chosen: list[Probe] = [
             ("version", "", lambda: lavalink.version(client, service)),
@@ -56,13 +60,23 @@ class Prober:
         if self.settings.websocket:
             within = self.settings.timeout
             chosen.append(("websocket", "", lambda: lavalink.websocket(service, within=within)))
-        for source, identifier in self._identifiers.items():
-            chosen.append(("loadtracks", source, _loader(client, service, source, identifier)))
+        if with_loads:
+            for source, identifier in self._identifiers.items():
+                chosen.append(("loadtracks", source, _loader(client, service, source, identifier)))
         return chosen
 
     async def round(self) -> list[model.ProbeResult]:
-        """Every probe once, concurrently and bounded; results in probe order."""
-        return list(await asyncio.gather(*(self._bounded(p) for p in self.probes())))
+        """Every probe once, concurrently and bounded; results in probe order. ``loadtracks``
+        only every ``loadtracks_interval`` (searches reach YouTube and SoundCloud for real)."""
+        now = time.monotonic()
+        due = (
+            self._loaded_at is None
+            or now - self._loaded_at >= self.settings.loadtracks_interval - 0.5
+        )
+        if due:
+            self._loaded_at = now
+        chosen = self.probes(with_loads=due)
+        return list(await asyncio.gather(*(self._bounded(p) for p in chosen)))
 
     async def _bounded(self, probe: Probe) -> model.ProbeResult:
         name, source, call = probe
@@ -78,6 +92,15 @@ class Prober:
                     f"no answer within {self.settings.timeout:g}s",
                     time.monotonic() - started,
                     source=source,
+                )
+            except Exception as exc:
+                return model.ProbeResult(
+                    name,
+                    False,
+                    f"the probe itself failed: {type(exc).__name__}: {exc}",
+                    time.monotonic() - started,
+                    source=source,
+                    conclusive=False,
                 )
 
     async def aclose(self) -> None:

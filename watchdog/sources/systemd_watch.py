@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,37 +68,50 @@ def crash_loop_rule(target: config.TargetSettings) -> model.Rule:
 class SystemdWatch:
     """Reads both units of a target and remembers the primary's restarts over the window."""
 
-    def __init__(self, target: config.TargetSettings, *, timeout: float = 10.0) -> None:
+    def __init__(self, target: config.TargetSettings, *, timeout: float | None = None) -> None:
         self.settings = target.watch
         self.primary = target.primary.unit
         self.units = (target.primary.unit, target.fallback.unit)
         self.rule = crash_loop_rule(target)
-        self._timeout = timeout
+        # a read may take one interval (at least 2 s: a busy systemd is slow, not gone)
+        self.timeout = timeout if timeout is not None else max(2.0, self.settings.interval)
         self._restarts: deque[tuple[float, int]] = deque()  # (at, NRestarts) of the primary
         self._last: Reading | None = None  # the primary's newest reading
 
-    async def sample(self, reader: UnitReader | None, now: float) -> list[Reading]:
-        """Read both units now; remember the primary's restarts."""
-        readings = [await self._read(reader, unit, now) for unit in self.units]
+    async def sample(self, reader: UnitReader | None, clock: Callable[[], float]) -> list[Reading]:
+        """Read both units at once; remember the primary's restarts. Each reading is stamped
+        when its answer came, so a slow answer is not taken for a stale one."""
+        readings = list(
+            await asyncio.gather(*(self._read(reader, unit, clock) for unit in self.units))
+        )
         primary = readings[0]
         self._last = primary
         if primary.status is not None:
-            self._restarts.append((now, primary.status.n_restarts))
-        horizon = now - self.settings.crash_loop_window
+            self._restarts.append((primary.at, primary.status.n_restarts))
+        horizon = primary.at - self.settings.crash_loop_window
         while self._restarts and self._restarts[0][0] < horizon:
             self._restarts.popleft()
         return readings
 
-    async def _read(self, reader: UnitReader | None, unit: str, now: float) -> Reading:
+    async def _read(
+        self, reader: UnitReader | None, unit: str, clock: Callable[[], float]
+    ) -> Reading:
         if reader is None:
-            return Reading(unit, now, error="systemd is not connected")
+            return Reading(unit, clock(), error="systemd is not connected")
         try:
-            async with asyncio.timeout(self._timeout):
-                return Reading(unit, now, status=await reader.status(unit))
+            async with asyncio.timeout(self.timeout):
+                status = await reader.status(unit)
         except TimeoutError:
-            return Reading(unit, now, error=f"no answer from systemd within {self._timeout:g}s")
-        except Exception as exc:
-            return Reading(unit, now, error=f"{type(exc).__name__}: {exc}")
+            return Reading(unit, clock(), error=f"no answer from systemd within {self.timeout:g}s")
+        except Exception as exc:  # any failure to read is "unknown", and reported
+            return Reading(unit, clock(), error=f"{type(exc).__name__}: {exc}")
+        return Reading(unit, clock(), status=status)
+
+    @property
+    def unanswered(self) -> bool:
+        """True when systemd gave no answer at all (a timeout) to the last read."""
+        last = self._last
+        return last is not None and last.error is not None and last.error.startswith("no answer")
 
     def restarts(self) -> int:
         """Automatic restarts of the primary within the window, as the rule counts them."""
@@ -114,7 +127,7 @@ class SystemdWatch:
             return model.QueryResult(error="systemd watch: no reading yet")
         if last.status is None:
             return model.QueryResult(error=f"systemd watch: {last.error}")
-        if now - last.at > STALE_AFTER_INTERVALS * self.settings.interval:
+        if now - last.at > STALE_AFTER_INTERVALS * self.settings.interval + self.timeout:
             return model.QueryResult(error=f"systemd watch: last reading {now - last.at:.0f}s old")
         restarts = self.restarts()
         if restarts < self.settings.crash_loop_restarts:
