@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from watchdog.sim import alertmanager, live, prometheus, stage
 
 TIMEOUT = 180.0  # seconds from the injection for both paths to speak
@@ -108,6 +110,27 @@ def first_rollback(journal: Path, after: float) -> tuple[float, str] | None:
     return None if row is None else (float(row[0]), str(row[1]))
 
 
+def prometheus_fired(url: str, since: float) -> dict[str, float]:
+    """Seconds from ``since`` to the first evaluation at which each critical alert was firing
+    in Prometheus (its ``ALERTS`` series): the rule's part of the standard path."""
+    answer = httpx.get(
+        f"{url}/api/v1/query_range",
+        params={
+            "query": 'ALERTS{alertstate="firing",severity="critical"}',
+            "start": since,
+            "end": time.time(),
+            "step": 1,
+        },
+        timeout=10,
+    ).json()
+    fired = {}
+    for series in answer["data"]["result"]:
+        name = series["metric"]["alertname"]
+        first = float(series["values"][0][0]) - since
+        fired[name] = round(min(first, fired.get(name, first)), 2)
+    return fired
+
+
 def one_run(workdir: Path, interval: int) -> dict[str, Any]:
     with (
         Receiver() as receiver,
@@ -139,6 +162,7 @@ def one_run(workdir: Path, interval: int) -> dict[str, Any]:
                 if webhook is None and receiver.critical:
                     webhook, alert = receiver.critical[0]
                 time.sleep(0.1)
+            fired = prometheus_fired(deployment.prometheus_url, injected)
     if third_restart is None or decided is None or webhook is None:
         raise SystemExit(f"run in {workdir} incomplete: {third_restart=} {decided=} {webhook=}")
     limit = third_restart - injected + interval
@@ -150,6 +174,7 @@ def one_run(workdir: Path, interval: int) -> dict[str, Any]:
         "within_one_interval_of_limit": decided - injected <= limit + interval,
         "watchdog_reason": reason,
         "standard_alert": alert,
+        "prometheus_fired_seconds": fired,  # when Prometheus's own rules fired, by alert
     }
 
 
@@ -166,12 +191,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--interval", type=int, default=5, help="scrape/evaluation seconds")
+    parser.add_argument("--workdir", type=Path, help="keep each run's files here")
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-detection-") as temp:
+        base = args.workdir if args.workdir is not None else Path(temp)
         for number in range(args.runs):
             try:
-                result = one_run(Path(temp) / f"run-{number}", args.interval)
+                result = one_run(base / f"run-{number}", args.interval)
             except prometheus.PrometheusUnavailable as exc:
                 raise SystemExit(str(exc)) from None
             runs.append(result)

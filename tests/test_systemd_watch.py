@@ -172,25 +172,30 @@ async def test_systemd_says_when_the_primary_started_if_prometheus_cannot() -> N
     assert with_systemd(known, watch, 1000.0).activated_at == 700.0  # Prometheus's is kept
 
 
-async def test_unit_metrics_follow_the_readings_and_vanish_when_unknown() -> None:
+async def test_unit_metrics_keep_one_missed_read_and_vanish_when_stale() -> None:
     recorder = telemetry.Recorder()
-    watch = systemd_watch.SystemdWatch(target())
+    watch = systemd_watch.SystemdWatch(target(interval="5s"), timeout=2.0)
     reader = Scripted(restarts={PRIMARY: 4, FALLBACK: 0})
-    recorder.record_units(
-        "lavalink", systemd_watch.units_of(await watch.sample(reader, clock(1000.0)))
-    )
+
+    async def read(at: float) -> None:
+        readings = await watch.sample(reader, clock(at))
+        failed = sum(1 for r in readings if r.status is None)
+        recorder.record_units("lavalink", watch.latest(at), failed_reads=failed)
+
+    await read(1000.0)
     value = recorder.registry.get_sample_value
     assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) == 4
     assert value("rollback_watchdog_unit_active", {"unit": FALLBACK}) == 1
     reader.failure = OSError("socket closed")
-    recorder.record_units(
-        "lavalink", systemd_watch.units_of(await watch.sample(reader, clock(1005.0)))
-    )
-    assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) is None  # no stale value
+    await read(1005.0)  # one missed read: the last answer stands (no flapping series)
+    assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) == 4
+    await read(1020.0)  # 20 s without an answer (> 3 intervals + timeout): no data
+    assert value("rollback_watchdog_unit_restarts", {"unit": PRIMARY}) is None
+    assert value("rollback_watchdog_unit_active", {"unit": FALLBACK}) is None
     errors = value(
         "rollback_watchdog_source_errors_total", {"target": "lavalink", "source": "systemd"}
     )
-    assert errors == 2
+    assert errors == 4  # two units, two failed reads each
 
 
 def test_the_built_in_rule_is_critical_instability_from_systemd() -> None:

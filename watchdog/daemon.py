@@ -346,7 +346,10 @@ class Guard:
         readings = await watch.sample(connection, self._clock)
         if connection is not None:
             self._link.answered(at_all=not watch.unanswered)
-        self._recorder.record_units(self.target.name, systemd_watch.units_of(readings))
+        failed = sum(1 for reading in readings if reading.status is None)
+        self._recorder.record_units(
+            self.target.name, watch.latest(self._clock()), failed_reads=failed
+        )
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""

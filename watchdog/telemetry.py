@@ -163,15 +163,18 @@ class Recorder:
             if result.load_type:
                 self.track_loads.labels(target, result.source, result.load_type).inc()
 
-    def record_units(self, target: str, units: Mapping[str, model.UnitStatus | None]) -> None:
-        """One reading of the systemd watch; a unit that could not be read has no series (no
-        data, never a stale value)."""
+    def record_units(
+        self, target: str, units: Mapping[str, model.UnitStatus | None], *, failed_reads: int
+    ) -> None:
+        """The systemd watch's view of each unit; a unit with no recent answer has no series
+        (no data, never a stale value)."""
+        if failed_reads:
+            self.source_errors.labels(target, "systemd").inc(failed_reads)
         for unit, status in units.items():
             if status is None:
                 for gauge in (self.unit_restarts, self.unit_active):
                     with contextlib.suppress(KeyError):
                         gauge.remove(unit)
-                self.source_errors.labels(target, "systemd").inc()
                 continue
             self.unit_restarts.labels(unit).set(status.n_restarts)
             self.unit_active.labels(unit).set(1 if status.active else 0)

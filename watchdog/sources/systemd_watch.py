@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +77,7 @@ class SystemdWatch:
         self.timeout = timeout if timeout is not None else max(2.0, self.settings.interval)
         self._restarts: deque[tuple[float, int]] = deque()  # (at, NRestarts) of the primary
         self._last: Reading | None = None  # the primary's newest reading
+        self._good: dict[str, Reading] = {}  # each unit's newest reading with a status
 
     async def sample(self, reader: UnitReader | None, clock: Callable[[], float]) -> list[Reading]:
         """Read both units at once; remember the primary's restarts. Each reading is stamped
@@ -84,6 +85,9 @@ class SystemdWatch:
         readings = list(
             await asyncio.gather(*(self._read(reader, unit, clock) for unit in self.units))
         )
+        for reading in readings:
+            if reading.status is not None:
+                self._good[reading.unit] = reading
         primary = readings[0]
         self._last = primary
         if primary.status is not None:
@@ -127,7 +131,7 @@ class SystemdWatch:
             return model.QueryResult(error="systemd watch: no reading yet")
         if last.status is None:
             return model.QueryResult(error=f"systemd watch: {last.error}")
-        if now - last.at > STALE_AFTER_INTERVALS * self.settings.interval + self.timeout:
+        if self._stale(last, now):
             return model.QueryResult(error=f"systemd watch: last reading {now - last.at:.0f}s old")
         restarts = self.restarts()
         if restarts < self.settings.crash_loop_restarts:
@@ -135,14 +139,21 @@ class SystemdWatch:
         labels = model.labels_of({"unit": self.primary})
         return model.QueryResult(points=(model.Point(labels, float(restarts)),))
 
+    def _stale(self, reading: Reading, now: float) -> bool:
+        return now - reading.at > STALE_AFTER_INTERVALS * self.settings.interval + self.timeout
+
+    def latest(self, now: float) -> dict[str, model.UnitStatus | None]:
+        """Each unit's newest status, None once it is stale: one failed read keeps the last
+        answer (a flapping series would resolve alerts), a silence past staleness drops it."""
+        known = {unit: self._good.get(unit) for unit in self.units}
+        return {
+            unit: None if reading is None or self._stale(reading, now) else reading.status
+            for unit, reading in known.items()
+        }
+
     def activated_at(self) -> float | None:
         """When the primary last became active, as systemd says (None if unknown or inactive)."""
         last = self._last
         if last is None or last.status is None or not last.status.active:
             return None
         return last.status.active_enter_timestamp
-
-
-def units_of(readings: Sequence[Reading]) -> dict[str, model.UnitStatus | None]:
-    """Readings by unit, None where the unit could not be read."""
-    return {reading.unit: reading.status for reading in readings}
