@@ -1,18 +1,20 @@
 """Benchmark: fault injected -> rollback verdict, the watchdog vs Prometheus + Alertmanager.
 
 Each run boots a fresh live stage (``watchdog.sim.stage``: the two simulator units in a sandboxed
-systemd, a real Prometheus, the watchdog in auto mode) with the shipped rules unchanged and a
-5 s scrape, rule-evaluation and watchdog interval. Prometheus also evaluates the same rule file
-and sends to a real Alertmanager with its default route timing (``group_wait`` 30 s), which
-delivers a webhook to a receiver here: the standard path, measured in the same run from the
-same fault.
+systemd, a real Prometheus, the watchdog) with the shipped rules unchanged and a 5 s scrape,
+rule-evaluation and watchdog interval. The watchdog runs in observe mode: it decides but does not
+switch, so the fault stays in place for the standard path too (a switch would end the crash loop,
+and with it the evidence Prometheus was about to alert on). Prometheus evaluates the same rule
+file and sends to a real Alertmanager with its default route timing (``group_wait`` 30 s), which
+delivers a webhook to a receiver here: the standard path, measured in the same run from the same
+fault. When Prometheus's own rule fired (its ``ALERTS`` series) is recorded too.
 
 The fault is a crash loop of the primary: every start exits after one second
 (``Restart=always``, ``RestartSec=1``). Its evidence is complete at the third automatic restart
 (``NRestarts`` = 3, polled from systemd every 0.1 s); the rules that see it have no ``for``, so
 the physical limit of a scrape-based detector is that moment plus one scrape interval. Per run:
 the watchdog's decision time (its journal), the webhook's arrival, that limit, all in seconds
-from the injection. Prints one JSON object.
+from the injection. Prints one JSON object (and one line per run on stderr).
 
 Run: ``make bench-detection`` (root: the sandbox systemd needs it), or
 ``.venv/bin/python bench/detection.py --runs 10``.
@@ -144,6 +146,7 @@ def one_run(workdir: Path, interval: int) -> dict[str, Any]:
             prometheus_rules=True,
             alertmanager=manager.address,
             warmup="2m",
+            mode="observe",  # decide without acting: the fault stays for the standard path
         )
         with stage.staged(workdir / "stage", options) as deployment:
             with live.Narrator(deployment.daemon_log, lambda _: None) as narrator:

@@ -277,3 +277,38 @@ async def test_a_probe_that_breaks_inside_the_watchdog_is_no_data() -> None:
     assert "RuntimeError: a bug in our own code path" in results[0].detail
     recorder.record_probes("lavalink", results)
     assert success(recorder, "version") is None
+
+
+async def test_5xx_on_chosen_endpoints_fails_just_those_probes(probe_round: Round) -> None:
+    with simulator("--fail-endpoints", "/v4/info,/v4/loadtracks", "--fail-status", "503") as url:
+        recorder = await probe_round(url)
+    assert success(recorder, "info") == 0
+    assert success(recorder, "loadtracks", "youtube") == 0
+    assert loads(recorder, "youtube", "error") is None  # a 503 is not a load result
+    for probe in ("version", "stats", "websocket"):
+        assert success(recorder, probe) == 1, probe
+
+
+async def test_a_refused_websocket_fails_the_websocket_probe_only(probe_round: Round) -> None:
+    with simulator("--refuse-websocket") as url:
+        recorder = await probe_round(url)
+    assert success(recorder, "websocket") == 0
+    assert success(recorder, "version") == 1 and success(recorder, "stats") == 1
+
+
+async def test_a_fault_injected_live_shows_in_the_next_round(probe_round: Round) -> None:
+    with simulator() as url:
+        before = await probe_round(url)
+        async with httpx.AsyncClient() as client:
+            changed = await client.post(
+                f"{url}/sim/faults",
+                json={"failing_sources": ["soundcloud"], "error_severity": "suspicious"},
+                headers={"Authorization": PASSWORD},
+                timeout=5,
+            )
+        changed.raise_for_status()
+        after = await probe_round(url)
+    assert success(before, "loadtracks", "soundcloud") == 1
+    assert success(after, "loadtracks", "soundcloud") == 0
+    assert loads(after, "soundcloud", "error") == 1
+    assert success(after, "loadtracks", "youtube") == 1

@@ -495,6 +495,39 @@ def paused(config: Path) -> Path:
     return config
 
 
+def test_a_dbus_connection_lost_mid_run_leaves_the_run_to_be_resumed(world: World) -> None:
+    """systemd re-executes while the rollback waits in stop-primary: every D-Bus connection to
+    it drops. The run is not closed as failed (what systemd did is unknown) and no restore is
+    tried blind: the step is journaled as interrupted and the run stays open, and the next
+    trigger reconciles and resumes it."""
+    world.reset()
+    config = paused(world.config("dbus-drop"))
+    args = ["rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"]
+    first = world.box.popen(
+        [PYTHON, "-m", "watchdog", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not step_running(world, config, "stop-primary") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    world.box.systemctl("daemon-reexec")  # drops the client's connection mid-step
+    out, _ = first.communicate(timeout=180)
+    assert first.returncode == 1, out
+    assert "systemd connection lost" in out, out
+    run, steps = run_rows(world, config)
+    assert run["status"] == "running", (run, steps)  # left for the reconcile, not failed
+    lost = [s for s in steps if s["detail"].startswith("interrupted: the systemd connection")]
+    assert [s["name"] for s in lost] == ["stop-primary"], steps
+    assert not any(s["name"] == "restore-primary" for s in steps)
+    again = world.cli(*args)  # the next trigger reconciles first: the run resumes
+    assert again.returncode == 0, again.stdout + again.stderr
+    run, steps = run_rows(world, config)
+    assert run["id"] == 1 and run["status"] == "succeeded", (run, steps)
+    assert world.states() == ("inactive", "active")
+
+
 def test_killed_while_restoring_the_restart_finishes_the_restore(world: World) -> None:
     world.reset(fallback_start=simulator("java", "--fail-at-start"))
     try:

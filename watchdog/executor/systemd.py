@@ -73,6 +73,9 @@ class Systemd:
         self._finished: dict[str, str] = {}  # results that beat the method reply
         self._subscribed = False
         bus.add_message_handler(self._on_message)
+        # a job wait must not outlive the connection: fail it the moment the bus drops
+        self._disconnected = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        self._disconnected.add_done_callback(self._fail_waiting_jobs)
 
     @classmethod
     async def connect(cls, bus: str = "system", *, call_timeout: float = 90.0) -> Systemd:
@@ -234,6 +237,14 @@ class Systemd:
             ) from None
         finally:
             self._jobs.pop(job, None)
+
+    def _fail_waiting_jobs(self, disconnected: asyncio.Future[None]) -> None:
+        why = "closed" if disconnected.cancelled() else repr(disconnected.exception())
+        for job, future in self._jobs.items():
+            if not future.done():
+                future.set_exception(
+                    SystemdError(f"job {job}: the D-Bus connection was lost ({why})")
+                )
 
     async def _subscribe(self) -> None:
         if self._subscribed:

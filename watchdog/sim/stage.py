@@ -53,6 +53,7 @@ class StageOptions:
     warmup: str = "5s"
     prometheus_rules: bool = False  # Prometheus evaluates the same rules (the standard path)
     alertmanager: str | None = None  # host:port Prometheus sends alerts to
+    mode: str = "auto"  # the watchdog's; observe decides without acting
 
 
 @dataclass
@@ -263,8 +264,8 @@ def _watchdog_config(options: StageOptions, url: str, port: int) -> str:
     /run/wd) and on the host (``status``, ``report`` from outside)."""
     interval = f"{options.interval}s"
     return textwrap.dedent(f"""\
-        # The stage's watchdog: auto mode, everything every {interval}, demo-speed policy.
-        mode: auto
+        # The stage's watchdog: everything every {interval}, demo-speed policy.
+        mode: {options.mode}
         interval: {interval}
         state_dir: state
         systemd: {{bus: 'unix:path=/run/systemd/private'}}
