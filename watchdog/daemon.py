@@ -239,7 +239,8 @@ async def _reconcile(
 
 class Guard:
     """One target's loops: evaluate every ``interval``, read systemd every watch interval, and
-    start (or adopt) the runbook as its own task so evaluation keeps ticking while it runs."""
+    start (or adopt) the runbook as its own task so evaluation keeps ticking while it runs. A
+    crash loop newly seen on D-Bus wakes the evaluation at once rather than at the next tick."""
 
     def __init__(
         self,
@@ -251,6 +252,8 @@ class Guard:
         recorder: telemetry.Recorder,
     ) -> None:
         self.target = target
+        self._crash_seen = asyncio.Event()  # wakes the loop for an evaluation now
+        self._crash_looping = False
         self._link = link
         self._settings = settings
         self._runs = runs
@@ -335,7 +338,8 @@ class Guard:
             except Exception:  # the loop outlives any one bad tick
                 target.recorder.source_errors.labels(target.name, "tick_failed").inc()
                 log.exception("tick failed", target=target.name)
-            await _pause(stop, interval - (time.monotonic() - begun))
+            await _pause(stop, interval - (time.monotonic() - begun), wake=self._crash_seen)
+            self._crash_seen.clear()
 
     async def read_units(self) -> None:
         """One reading of both units, exported; tells the link whether systemd answered."""
@@ -347,9 +351,13 @@ class Guard:
         if connection is not None:
             self._link.answered(at_all=not watch.unanswered)
         failed = sum(1 for reading in readings if reading.status is None)
-        self._recorder.record_units(
-            self.target.name, watch.latest(self._clock()), failed_reads=failed
-        )
+        now = self._clock()
+        self._recorder.record_units(self.target.name, watch.latest(now), failed_reads=failed)
+        crash_loop = bool(watch.observe(now).points)
+        if crash_loop and not self._crash_looping:  # the most urgent signal: evaluate now
+            log.warning("crash loop seen on D-Bus", target=self.target.name, unit=watch.primary)
+            self._crash_seen.set()
+        self._crash_looping = crash_loop
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""
@@ -377,11 +385,16 @@ async def _probe(prober: probes.Prober, recorder: telemetry.Recorder, stop: asyn
         await _pause(stop, interval - (time.monotonic() - begun))
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep up to ``seconds``, or less if stopped."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, seconds)):
-            await stop.wait()
+async def _pause(stop: asyncio.Event, seconds: float, *, wake: asyncio.Event | None = None) -> None:
+    """Sleep up to ``seconds``, or less if stopped (or woken)."""
+    events = [stop] if wake is None else [stop, wake]
+    waiting = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
 
 def _finished(
