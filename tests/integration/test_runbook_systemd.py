@@ -371,19 +371,10 @@ def test_a_second_trigger_joins_the_run_in_flight(world: World) -> None:
     world.reset()
     config = world.config("join")
     config.write_text(config.read_text().replace("verify: {", "step_pause: 1s\n      verify: {"))
-    args = ["rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"]
-    first = world.box.popen(
-        [PYTHON, "-m", "watchdog", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     # the second trigger comes while the first run is journaled at its first step: at least
     # seven more paused steps (14 s) to go, however slowly a loaded machine starts Python
-    deadline = time.monotonic() + 60
-    while not step_running(world, config, "preflight") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = world.cli(*args)
+    first = rollback_until(world, config, "preflight")
+    second = world.cli(*ROLLBACK_ARGS, "--config", str(world.box.inside(config)))
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
     assert second.returncode == 0, second.stdout + second.stderr
@@ -446,33 +437,33 @@ def start_and_kill_in(
 ) -> None:
     """Start `rollback --yes` and SIGKILL it while `step` is journaled as running (and `when`
     holds, e.g. the step's effect is visible)."""
-    rollback = world.box.popen(
-        [
-            PYTHON,
-            "-m",
-            "watchdog",
-            "rollback",
-            "--config",
-            str(world.box.inside(config)),
-            "--reason",
-            "drill",
-            "--yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    rollback = rollback_until(world, config, step, when=when)
+    os.kill(world.box.program_pid(rollback), signal.SIGKILL)
+    rollback.communicate(timeout=30)
+
+
+ROLLBACK_ARGS = ("rollback", "--reason", "drill", "--yes")
+
+
+def rollback_until(
+    world: World, config: Path, step: str, *, when: Callable[[], bool] = lambda: True
+) -> subprocess.Popen[str]:
+    """`rollback --yes` started in the background, returned once `step` is journaled running
+    and `when` holds (its output is piped: read it with `communicate`)."""
+    process = world.box.popen(
+        [PYTHON, "-m", "watchdog", *ROLLBACK_ARGS, "--config", str(world.box.inside(config))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    pid = world.box.program_pid(rollback)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while not (step_running(world, config, step) and when()):
+        if time.monotonic() > deadline:
+            process.kill()
+            process.communicate(timeout=30)
+            raise AssertionError(f"never saw {step} running")
         time.sleep(0.05)
-        if step_running(world, config, step) and when():
-            break
-    else:
-        rollback.kill()
-        rollback.wait(timeout=30)
-        raise AssertionError(f"never saw {step} running")
-    os.kill(pid, signal.SIGKILL)
-    rollback.wait(timeout=30)
+    return process
 
 
 def step_running(world: World, config: Path, step: str) -> bool:
@@ -502,16 +493,7 @@ def test_a_dbus_connection_lost_mid_run_leaves_the_run_to_be_resumed(world: Worl
     trigger reconciles and resumes it."""
     world.reset()
     config = paused(world.config("dbus-drop"))
-    args = ["rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"]
-    first = world.box.popen(
-        [PYTHON, "-m", "watchdog", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not step_running(world, config, "stop-primary") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = rollback_until(world, config, "stop-primary")
     world.box.systemctl("daemon-reexec")  # drops the client's connection mid-step
     out, _ = first.communicate(timeout=180)
     assert first.returncode == 1, out
@@ -521,7 +503,8 @@ def test_a_dbus_connection_lost_mid_run_leaves_the_run_to_be_resumed(world: Worl
     lost = [s for s in steps if s["detail"].startswith("interrupted: the systemd connection")]
     assert [s["name"] for s in lost] == ["stop-primary"], steps
     assert not any(s["name"] == "restore-primary" for s in steps)
-    again = world.cli(*args)  # the next trigger reconciles first: the run resumes
+    # the next trigger reconciles first: the run resumes
+    again = world.cli(*ROLLBACK_ARGS, "--config", str(world.box.inside(config)))
     assert again.returncode == 0, again.stdout + again.stderr
     run, steps = run_rows(world, config)
     assert run["id"] == 1 and run["status"] == "succeeded", (run, steps)
