@@ -79,7 +79,7 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LL_PW", "from-env")
     assert lavalink.read_password(target(tmp_path, password_env="LL_PW").runbook) == "from-env"
     assert lavalink.read_password(target(tmp_path).runbook) == ""
-    with pytest.raises(errors.ConfigError, match="cannot read the password file"):
+    with pytest.raises(errors.ConfigError, match="cannot read the service password file"):
         lavalink.read_password(target(tmp_path, password_file=str(tmp_path / "nope")).runbook)
     monkeypatch.delenv("LL_PW")
     with pytest.raises(errors.ConfigError, match=r"\$LL_PW is not set"):

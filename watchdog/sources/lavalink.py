@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-from watchdog import __version__, config, errors, model
+from watchdog import __version__, config, credentials, model
 
 FOUND_LOAD_TYPES = frozenset({"track", "playlist", "search"})
 """A load that found something; ``empty`` for a search means the source is missing."""
@@ -50,19 +49,10 @@ class Service:
 
 def read_password(settings: config.RunbookSettings) -> str:
     """The service password, from its file or environment variable ('' if none is set)."""
-    if settings.password_file is not None:
-        try:
-            return settings.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise errors.ConfigError(
-                f"cannot read the password file {settings.password_file}: {exc.strerror}"
-            ) from None
-    if settings.password_env is not None:
-        value = os.environ.get(settings.password_env)
-        if value is None:
-            raise errors.ConfigError(f"the password variable ${settings.password_env} is not set")
-        return value
-    return ""
+    secret = credentials.read_secret(
+        settings.password_file, settings.password_env, "service password"
+    )
+    return secret or ""
 
 
 async def version(client: httpx.AsyncClient, service: Service) -> model.ProbeResult:

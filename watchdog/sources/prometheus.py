@@ -19,7 +19,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -35,7 +34,7 @@ from tenacity import (
 )
 from urllib3.util.retry import Retry
 
-from watchdog import config, errors, model
+from watchdog import config, credentials, model
 
 MAX_POINTS_PER_QUERY = 11000
 """Prometheus refuses range queries of more than 11,000 points per series; we chunk below it."""
@@ -85,32 +84,21 @@ def read_credentials(
     env = os.environ if environ is None else environ
     headers: dict[str, str] = {}
     basic: tuple[str, str] | None = None
-    token = _secret(settings.bearer_token_file, settings.bearer_token_env, env, "bearer token")
+    token = credentials.read_secret(
+        settings.bearer_token_file,
+        settings.bearer_token_env,
+        "Prometheus bearer token",
+        environ=env,
+    )
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if settings.basic_auth is not None:
         auth = settings.basic_auth
-        password = _secret(auth.password_file, auth.password_env, env, "basic-auth password")
+        password = credentials.read_secret(
+            auth.password_file, auth.password_env, "Prometheus basic-auth password", environ=env
+        )
         basic = (auth.username, password or "")
     return Credentials(headers=headers, basic=basic)
-
-
-def _secret(
-    path: Path | None, variable: str | None, env: Mapping[str, str], what: str
-) -> str | None:
-    if path is not None:
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise errors.ConfigError(
-                f"cannot read the Prometheus {what} file {path}: {exc.strerror}"
-            ) from None
-    if variable is not None:
-        value = env.get(variable)
-        if not value:
-            raise errors.ConfigError(f"the Prometheus {what} variable ${variable} is not set")
-        return value.strip()
-    return None
 
 
 class PrometheusSource:

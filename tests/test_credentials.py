@@ -1,0 +1,49 @@
+"""Secrets: read the same way everywhere, refused clearly when missing, compared safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from watchdog import credentials, errors
+
+
+def test_a_secret_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert credentials.read_secret(secret, None, "API token") == "s3cret"
+    assert credentials.read_secret(None, "TOKEN", "API token", environ={"TOKEN": " t "}) == "t"
+    assert credentials.read_secret(None, None, "API token") is None
+
+
+@pytest.mark.parametrize(
+    ("file_text", "environ", "message"),
+    [
+        (None, {}, r"the API token variable \$TOKEN is not set"),
+        (None, {"TOKEN": "  "}, r"the API token variable \$TOKEN is not set"),
+        ("\n", {}, "the API token file .* is empty"),
+    ],
+)
+def test_a_missing_or_empty_secret_is_a_clear_config_error(
+    tmp_path: Path, file_text: str | None, environ: dict[str, str], message: str
+) -> None:
+    path = None
+    if file_text is not None:
+        path = tmp_path / "token"
+        path.write_text(file_text)
+    with pytest.raises(errors.ConfigError, match=message):
+        credentials.read_secret(path, None if path else "TOKEN", "API token", environ=environ)
+
+
+def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match=r"cannot read the API token file .*nope"):
+        credentials.read_secret(tmp_path / "nope", None, "API token")
+
+
+def test_matching_is_exact() -> None:
+    assert credentials.matches("abc", "abc")
+    assert not credentials.matches("abd", "abc")
+    assert not credentials.matches("ab", "abc")
+    assert not credentials.matches("", "abc")
+    assert credentials.matches("ünïcode", "ünïcode")
