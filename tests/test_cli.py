@@ -214,9 +214,7 @@ def test_run_refuses_a_port_in_use_and_a_second_daemon(tmp_path: Path) -> None:
             tmp_path,
             f"listen: {{port: {port}}}\n{unreachable()}",
         )
-        assert_bad_input(
-            cli("run", "--config", str(path)), f"cannot serve /metrics on 127.0.0.1:{port}"
-        )
+        assert_bad_input(cli("run", "--config", str(path)), f"cannot listen on 127.0.0.1:{port}")
     path = config_file(
         tmp_path,
         f"listen: {{port: 0}}\n{unreachable()}",

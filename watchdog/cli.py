@@ -286,22 +286,7 @@ def _status(args: argparse.Namespace) -> int:
         return _fail(f"no journal in {settings.state_dir}: has `rollback-watchdog run` started?")
     store = journal.Journal.open(settings.state_dir)
     try:
-        report: list[dict[str, Any]] = []
-        for target in settings.targets:
-            state = store.target_state(target.name)
-            report.append(
-                {
-                    "target": target.name,
-                    "armed": state.armed,
-                    "last_change": store.last_evaluation(target.name),
-                    "incidents": [vars_of(i) for i in store.incidents(target=target.name, limit=5)],
-                    "decisions": [vars_of(d) for d in store.decisions(target=target.name, limit=5)],
-                    "runs": [
-                        {**vars_of(r), "steps": [vars_of(s) for s in store.steps(r.id)]}
-                        for r in store.runs(target=target.name, limit=3)
-                    ],
-                }
-            )
+        report = store.status([target.name for target in settings.targets])
     finally:
         store.close()
     if args.json:
@@ -340,10 +325,6 @@ def _status(args: argparse.Namespace) -> int:
                 f"({made['mode']}): {made['outcome']}"
             )
     return EXIT_OK
-
-
-def vars_of(row: object) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
 
 
 # -- run ------------------------------------------------------------------------------------

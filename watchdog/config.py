@@ -246,10 +246,20 @@ class SystemdSettings(_Strict):
 
 
 class ListenSettings(_Strict):
-    """Where the watchdog serves its own ``/metrics`` (loopback by default)."""
+    """The watchdog's one HTTP listener (loopback by default): metrics, health, operator API."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=9877, ge=0, le=65535)
+    token_file: Path | None = None  # the operator API's bearer token; without one the API is off
+    token_env: str | None = None
+    body_limit: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)  # bytes
+    request_timeout: Duration = Field(default=10.0, gt=0)  # to read a request and answer it
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Self:
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give one of token_file or token_env, not both")
+        return self
 
 
 class Settings(_Strict):
@@ -335,6 +345,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     ]
     targets = [_resolve_target_paths(target, resolve) for target in targets]
     update: dict[str, Any] = {"targets": targets, "state_dir": resolve(settings.state_dir)}
+    if settings.listen.token_file is not None:
+        update["listen"] = settings.listen.model_copy(
+            update={"token_file": resolve(settings.listen.token_file)}
+        )
     return settings.model_copy(update=update)
 
 

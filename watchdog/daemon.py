@@ -16,10 +16,22 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from watchdog import backtest, config, errors, journal, model, pipeline, rules, telemetry
+from watchdog import (
+    backtest,
+    config,
+    credentials,
+    errors,
+    journal,
+    model,
+    pipeline,
+    rules,
+    server,
+    telemetry,
+)
 from watchdog.executor import runbook
 from watchdog.executor.systemd import Systemd, SystemdError
 from watchdog.sources import lavalink, probes, prometheus, systemd_watch
@@ -57,16 +69,32 @@ async def _run(
     started: Callable[[Running], None] | None,
 ) -> None:
     log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
+    token = credentials.read_secret(
+        settings.listen.token_file, settings.listen.token_env, "operator API token"
+    )
     store = journal.Journal.open(settings.state_dir)
     recorder = telemetry.Recorder()
     source = prometheus.PrometheusSource(settings.prometheus)
-    host, port = settings.listen.host, settings.listen.port
+    guards: list[Guard] = []
+
+    async def status() -> dict[str, Any]:
+        names = [t.name for t in settings.targets]
+        return {
+            "mode": settings.mode.value,
+            "targets": await asyncio.to_thread(store.status, names),
+        }
+
+    async def readiness() -> str | None:
+        return await _readiness(store, guards, settings)
+
     try:
-        server = telemetry.MetricsServer(recorder, host, port)
-    except OSError as exc:
+        listener = await server.serve(
+            settings.listen, recorder, token=token, status=status, readiness=readiness
+        )
+    except errors.InputError:
         store.close()
         source.close()
-        raise errors.InputError(f"cannot serve /metrics on {host}:{port}: {exc.strerror}") from None
+        raise
     policy = settings.policy.to_policy()
     link = SystemdLink(settings)
     runs: set[asyncio.Task[runbook.Outcome | None]] = set()
@@ -97,7 +125,7 @@ async def _run(
                 await _reconcile(target, connection, settings, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
-        guards = [Guard(t, link, settings, runs, clock, recorder) for t in targets]
+        guards += [Guard(t, link, settings, runs, clock, recorder) for t in targets]
         for guard in guards:
             if settings.mode is model.Mode.AUTO:
                 guard.target.launch = guard
@@ -107,12 +135,13 @@ async def _run(
             mode=settings.mode.value,
             targets=[t.name for t in targets],
             prometheus=settings.prometheus.url,
-            metrics=f"http://{settings.listen.host}:{server.port}/metrics",
+            listen=f"http://{settings.listen.host}:{listener.port}",
+            operator_api="on" if token else "off (no listen.token_file / token_env)",
             journal=str(store.path),
             systemd="connected" if link.connection() is not None else "not connected",
         )
         if started is not None:
-            started(Running(targets=targets, metrics_port=server.port, journal=store))
+            started(Running(targets=targets, metrics_port=listener.port, journal=store))
         with _signals_set(stop):
             async with asyncio.TaskGroup() as group:
                 group.create_task(link.keep(stop), name="systemd-link")
@@ -134,11 +163,28 @@ async def _run(
             await asyncio.wait(list(runs), timeout=10.0)
         for prober in probers:
             await prober.aclose()
-        server.close()
+        await listener.close()
         source.close()
         link.close()
         store.close()
         log.info("stopped")
+
+
+async def _readiness(
+    store: journal.Journal, guards: list[Guard], settings: config.Settings
+) -> str | None:
+    """Ready: the journal answers and every evaluation loop ticked within three intervals (plus
+    the tick's own budget)."""
+    if not guards:
+        return "starting"
+    if not await asyncio.to_thread(store.healthy):
+        return "the journal does not answer"
+    allowed = 3 * settings.interval + source_budget(settings)
+    for guard in guards:
+        since = guard.since_last_tick()
+        if since is None or since > allowed:
+            return f"the evaluation loop of {guard.target.name} has not ticked for {allowed:g}s"
+    return None
 
 
 def _longest_run(settings: config.Settings) -> float:
@@ -252,6 +298,7 @@ class Guard:
         recorder: telemetry.Recorder,
     ) -> None:
         self.target = target
+        self._ticked_at: float | None = None  # monotonic, for readiness
         self._crash_seen = asyncio.Event()  # wakes the loop for an evaluation now
         self._crash_looping = False
         self._link = link
@@ -264,6 +311,10 @@ class Guard:
         """This target's run task of ``kind`` (``rollback`` or ``reconcile``) in flight here."""
         name = f"{kind}:{self.target.name}"
         return next((task for task in self._runs if task.get_name() == name), None)
+
+    def since_last_tick(self) -> float | None:
+        """Seconds since the evaluation loop last went round (None before its first tick)."""
+        return None if self._ticked_at is None else time.monotonic() - self._ticked_at
 
     def blocked(self) -> str | None:
         """Why a rollback cannot start now, or None (``pipeline.Launcher``)."""
@@ -338,6 +389,7 @@ class Guard:
             except Exception:  # the loop outlives any one bad tick
                 target.recorder.source_errors.labels(target.name, "tick_failed").inc()
                 log.exception("tick failed", target=target.name)
+            self._ticked_at = time.monotonic()
             await _pause(stop, interval - (time.monotonic() - begun), wake=self._crash_seen)
             self._crash_seen.clear()
 

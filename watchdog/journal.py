@@ -410,6 +410,26 @@ class Journal:
                 (previous.value if previous is not None else None, incident_id),
             )
 
+    def status(self, targets: Sequence[str]) -> list[dict[str, Any]]:
+        """Per target, as plain data: armed or not, the last verdict change, and the recent
+        incidents, decisions and runs with their steps (``status``, ``GET /api/v1/status``)."""
+        report: list[dict[str, Any]] = []
+        for target in targets:
+            report.append(
+                {
+                    "target": target,
+                    "armed": self.target_state(target).armed,
+                    "last_change": self.last_evaluation(target),
+                    "incidents": [_plain(i) for i in self.incidents(target=target, limit=5)],
+                    "decisions": [_plain(d) for d in self.decisions(target=target, limit=5)],
+                    "runs": [
+                        {**_plain(r), "steps": [_plain(s) for s in self.steps(r.id)]}
+                        for r in self.runs(target=target, limit=3)
+                    ],
+                }
+            )
+        return report
+
     # -- runs ------------------------------------------------------------------------------
 
     def open_run(
@@ -635,3 +655,8 @@ def _signal_json(signal: model.Signal) -> dict[str, Any]:
         "labels": dict(signal.labels),
         "detail": signal.detail,
     }
+
+
+def _plain(row: object) -> dict[str, Any]:
+    """A journal row (a slotted dataclass) as a dict."""
+    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]

@@ -11,14 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TextIO
-from wsgiref.simple_server import WSGIServer
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import start_http_server
 
 from watchdog import __version__, model
 
@@ -184,21 +181,6 @@ class Recorder:
 
     def record_action(self, target: str, action: model.Action, outcome: str) -> None:
         self.actions.labels(target, action.value, outcome).inc()
-
-
-class MetricsServer:
-    """``/metrics`` on a background thread until the HTTP listener of a later release."""
-
-    def __init__(self, recorder: Recorder, host: str, port: int) -> None:
-        server, thread = start_http_server(port, addr=host, registry=recorder.registry)
-        self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
-        self.port: int = server.server_port
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:

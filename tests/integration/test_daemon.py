@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -231,3 +232,37 @@ async def test_status_after_a_run(scraping_prometheus: str, tmp_path: Path) -> N
     assert "verdict rollback since" in done.stdout
     assert re.search(r"incident #1 open rollback", done.stdout)
     assert "rollback (observe): would roll back (observe mode)" in done.stdout
+
+
+async def test_the_listener_serves_readiness_and_the_status_api(
+    scraping_prometheus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_TEST_API_TOKEN", "t0ken")
+    settings = settings_for(tmp_path, scraping_prometheus)
+    listen = settings.listen.model_copy(update={"token_env": "WATCHDOG_TEST_API_TOKEN"})
+    settings = settings.model_copy(update={"listen": listen})
+    stop = asyncio.Event()
+    handles: list[daemon.Running] = []
+    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    try:
+        for _ in range(100):
+            if handles:
+                break
+            await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{handles[0].metrics_port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(50):  # ready once every loop has ticked
+                ready = await client.get(f"{url}/readyz")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            status = await client.get(
+                f"{url}/api/v1/status", headers={"Authorization": "Bearer t0ken"}
+            )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert ready.json() == {"ready": True}
+    assert status.status_code == 200
+    (target,) = status.json()["targets"]
+    assert target["target"] == "lavalink" and target["last_change"]["verdict"] == "rollback"
