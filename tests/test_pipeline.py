@@ -135,9 +135,13 @@ class Launcher:
         self.blocked_by: str | None = None
         self.fails_with: str | None = None
         self.launched: list[int | None] = []
+        self.running = False  # a launched run is still going
 
     def blocked(self) -> str | None:
         return self.blocked_by
+
+    def in_flight(self) -> bool:
+        return bool(self.launched) and self.running
 
     def __call__(self, decided: model.Decision, incident: int | None) -> str:
         if self.fails_with is not None:
@@ -191,3 +195,17 @@ async def test_without_a_launcher_auto_mode_records_it_could_not_act(tmp_path: P
     assert made.action is model.Action.ROLLBACK
     (decision,) = target.store.decisions()
     assert decision.outcome.startswith("would roll back (auto mode, but no executor")
+
+
+async def test_a_new_incident_while_a_run_is_in_flight_is_journaled_as_joining_it(
+    tmp_path: Path,
+) -> None:
+    target = make_target(tmp_path, Client(BROKEN))
+    launcher = Launcher()
+    target.launch = launcher
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    launcher.running = True
+    target.store.set_armed("lavalink", True, at=10_001, by="test", note="new incident")
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    outcomes = [d.outcome for d in target.store.decisions()]
+    assert sorted(outcomes) == sorted([pipeline.STARTED, pipeline.JOINED])

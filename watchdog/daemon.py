@@ -316,6 +316,10 @@ class Guard:
         """Seconds since the evaluation loop last went round (None before its first tick)."""
         return None if self._ticked_at is None else time.monotonic() - self._ticked_at
 
+    def in_flight(self) -> bool:
+        """Whether this target's rollback runs here now (``pipeline.Launcher``)."""
+        return self._task("rollback") is not None
+
     def blocked(self) -> str | None:
         """Why a rollback cannot start now, or None (``pipeline.Launcher``)."""
         if self._task("rollback") is not None:

@@ -34,11 +34,16 @@ class Launcher(Protocol):
     def blocked(self) -> str | None:
         """Why a run cannot start now (no executor, a run being reconciled), or None."""
 
+    def in_flight(self) -> bool:
+        """Whether a run of this target is already going (a new decision joins it)."""
+
     def __call__(self, decided: model.Decision, incident: int | None) -> str:
         """Start or join a run: ``STARTED`` or ``JOINED``, or why it could not after all."""
 
 
-def gate_outcome(decided: model.Decision, mode: model.Mode, blocked: str | None) -> str:
+def gate_outcome(
+    decided: model.Decision, mode: model.Mode, blocked: str | None, *, joining: bool = False
+) -> str:
     """What the gate made of an action: act (auto), record (observe), ask (approve, later).
 
     ``blocked`` says why auto mode cannot act right now; such an action is not taken, and the
@@ -51,7 +56,7 @@ def gate_outcome(decided: model.Decision, mode: model.Mode, blocked: str | None)
         if mode is model.Mode.AUTO:
             if blocked is not None:
                 return f"would roll back (auto mode, but {blocked}); asking again next time"
-            return STARTED  # launched once the decision is journaled
+            return JOINED if joining else STARTED  # launched once the decision is journaled
         return "would roll back (approve mode; the approval gate is not available yet)"
     if action is model.Action.PROPOSE:
         return "would ask a human to approve a rollback (approval gate not available yet)"
@@ -111,7 +116,8 @@ class Target:
         blocked = None
         if acting:
             blocked = "no executor is connected" if self.launch is None else self.launch.blocked()
-        outcome = gate_outcome(decided, self.mode, blocked)
+        joining = acting and self.launch is not None and self.launch.in_flight()
+        outcome = gate_outcome(decided, self.mode, blocked, joining=joining)
         # what the incident had been acted on before this decision (none if it is new)
         before = None
         if self.state.incident is not None and decided.incident is not model.IncidentChange.OPEN:

@@ -198,12 +198,7 @@ def _judged(
     for name, check in facts.get("verification", {}).items():
         say(f"verified:  {name:<22} {'ok' if check['ok'] else 'FAILED':<7} {check['detail']}")
     primary, fallback = deployment.states()
-    decision = _query_one(
-        deployment.journal_path,
-        "SELECT reason FROM decisions WHERE action = 'rollback' ORDER BY id DESC LIMIT 1",
-        (),
-    )
-    why = str(decision["reason"]) if decision else ""
+    why = str(run["reason"])  # the decision that started this run
     ok = (
         run["status"] == "succeeded"
         and (primary, fallback) == ("inactive", "active")
