@@ -3,12 +3,13 @@
 The config file never holds a secret; it names the file (a systemd credential works: it is a
 file under ``$CREDENTIALS_DIRECTORY``) or the environment variable that does. Every reader of a
 password or token goes through ``read_secret`` so a missing one fails the same clear way, and
-every check of a presented token goes through ``matches`` so none leaks its length or prefix
-through timing.
+every check of a presented token goes through ``matches``, which compares digests so timing
+says nothing about the token's length or prefix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -40,12 +41,17 @@ def read_secret(
     if variable is not None:
         value = env.get(variable, "").strip()
         if not value:
-            raise errors.ConfigError(f"the {what} variable ${variable} is not set")
+            raise errors.ConfigError(f"the {what} variable ${variable} is not set or empty")
         return value
     return None
 
 
 def matches(presented: str, expected: str) -> bool:
-    """Whether a presented secret is the expected one, in time independent of where they
-    differ."""
-    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+    """Whether a presented secret is the expected one. Both are hashed first, so the comparison
+    takes the same time whatever their lengths or contents; bytes that are not UTF-8 (a header
+    decoded with surrogateescape) simply do not match."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()

@@ -44,7 +44,7 @@ class Running:
     """Handles a caller (or a test) may want while the daemon runs."""
 
     targets: list[pipeline.Target]
-    metrics_port: int
+    listen_port: int
     journal: journal.Journal
 
 
@@ -72,36 +72,38 @@ async def _run(
     token = credentials.read_secret(
         settings.listen.token_file, settings.listen.token_env, "operator API token"
     )
-    store = journal.Journal.open(settings.state_dir)
-    recorder = telemetry.Recorder()
-    source = prometheus.PrometheusSource(settings.prometheus)
-    guards: list[Guard] = []
+    # every resource is closed in reverse order however far start-up got
+    async with contextlib.AsyncExitStack() as resources:
+        resources.callback(log.info, "stopped")
+        store = journal.Journal.open(settings.state_dir)
+        resources.callback(store.close)
+        recorder = telemetry.Recorder()
+        source = prometheus.PrometheusSource(settings.prometheus)
+        resources.callback(source.close)
+        guards: list[Guard] = []
 
-    async def status() -> dict[str, Any]:
-        names = [t.name for t in settings.targets]
-        return {
-            "mode": settings.mode.value,
-            "targets": await asyncio.to_thread(store.status, names),
-        }
+        async def status() -> dict[str, Any]:
+            names = [t.name for t in settings.targets]
+            return {
+                "mode": settings.mode.value,
+                "targets": await asyncio.to_thread(store.status, names),
+            }
 
-    async def readiness() -> str | None:
-        return await _readiness(store, guards, settings)
+        async def readiness() -> str | None:
+            return await _readiness(store, guards, settings)
 
-    try:
         listener = await server.serve(
             settings.listen, recorder, token=token, status=status, readiness=readiness
         )
-    except errors.InputError:
-        store.close()
-        source.close()
-        raise
-    policy = settings.policy.to_policy()
-    link = SystemdLink(settings)
-    runs: set[asyncio.Task[runbook.Outcome | None]] = set()
-    probers: list[probes.Prober] = []
-    try:
+        resources.push_async_callback(listener.close)
+        link = SystemdLink(settings)
+        resources.callback(link.close)
+        runs: set[asyncio.Task[runbook.Outcome | None]] = set()
+        resources.push_async_callback(_cancel, runs)
         await link.connect()
         targets = []
+        probers: list[probes.Prober] = []
+        policy = settings.policy.to_policy()
         for target_settings in settings.targets:
             rule_set = rules.load(target_settings.rules)
             state = await asyncio.to_thread(store.target_state, target_settings.name)
@@ -118,9 +120,12 @@ async def _run(
             )
             if target_settings.watch.enabled:
                 target.watch = systemd_watch.SystemdWatch(target_settings)
+            # read now, not in the middle of a rollback: a missing password is bad input at start
+            password = lavalink.read_password(target_settings.runbook)
             if target_settings.probes.enabled:
-                password = lavalink.read_password(target_settings.runbook)
-                probers.append(probes.Prober(target_settings, password=password))
+                prober = probes.Prober(target_settings, password=password)
+                resources.push_async_callback(prober.aclose)
+                probers.append(prober)
             if (connection := link.connection()) is not None:
                 await _reconcile(target, connection, settings, clock)
             await _warm_start(target, settings, clock())
@@ -141,7 +146,7 @@ async def _run(
             systemd="connected" if link.connection() is not None else "not connected",
         )
         if started is not None:
-            started(Running(targets=targets, metrics_port=listener.port, journal=store))
+            started(Running(targets=targets, listen_port=listener.port, journal=store))
         with _signals_set(stop):
             async with asyncio.TaskGroup() as group:
                 group.create_task(link.keep(stop), name="systemd-link")
@@ -156,18 +161,14 @@ async def _run(
                 await stop.wait()
         if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
             await asyncio.wait(list(runs), timeout=_longest_run(settings))
-    finally:
-        for task in list(runs):
-            task.cancel()
-        if runs:
-            await asyncio.wait(list(runs), timeout=10.0)
-        for prober in probers:
-            await prober.aclose()
-        await listener.close()
-        source.close()
-        link.close()
-        store.close()
-        log.info("stopped")
+
+
+async def _cancel(runs: set[asyncio.Task[runbook.Outcome | None]]) -> None:
+    """Cancel the runs still going at shutdown (the next start reconciles them)."""
+    for task in list(runs):
+        task.cancel()
+    if runs:
+        await asyncio.wait(list(runs), timeout=10.0)
 
 
 async def _readiness(
@@ -182,7 +183,9 @@ async def _readiness(
     allowed = 3 * settings.interval + source_budget(settings)
     for guard in guards:
         since = guard.since_last_tick()
-        if since is None or since > allowed:
+        if since is None:
+            return f"starting: {guard.target.name} has not been evaluated yet"
+        if since > allowed:
             return f"the evaluation loop of {guard.target.name} has not ticked for {allowed:g}s"
     return None
 
@@ -383,6 +386,7 @@ class Guard:
         target = self.target
         while not stop.is_set():
             begun = time.monotonic()
+            self._crash_seen.clear()  # this tick sees it; one seen during the tick wakes the next
             try:
                 await self._adopt_orphan()
                 async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
@@ -395,7 +399,6 @@ class Guard:
                 log.exception("tick failed", target=target.name)
             self._ticked_at = time.monotonic()
             await _pause(stop, interval - (time.monotonic() - begun), wake=self._crash_seen)
-            self._crash_seen.clear()
 
     async def read_units(self) -> None:
         """One reading of both units, exported; tells the link whether systemd answered."""
@@ -409,11 +412,13 @@ class Guard:
         failed = sum(1 for reading in readings if reading.status is None)
         now = self._clock()
         self._recorder.record_units(self.target.name, watch.latest(now), failed_reads=failed)
-        crash_loop = bool(watch.observe(now).points)
-        if crash_loop and not self._crash_looping:  # the most urgent signal: evaluate now
-            log.warning("crash loop seen on D-Bus", target=self.target.name, unit=watch.primary)
-            self._crash_seen.set()
-        self._crash_looping = crash_loop
+        observed = watch.observe(now)
+        if observed.ok:  # an unreadable moment says nothing: it neither starts nor ends one
+            crash_loop = bool(observed.points)
+            if crash_loop and not self._crash_looping:  # the most urgent signal: evaluate now
+                log.warning("crash loop seen on D-Bus", target=self.target.name, unit=watch.primary)
+                self._crash_seen.set()
+            self._crash_looping = crash_loop
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""

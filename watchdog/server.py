@@ -4,11 +4,12 @@ One aiohttp server on ``listen`` (loopback by default) serves every route, so th
 to secure and one place that turns a request into data: ``GET /metrics`` (the recorder's
 registry), ``GET /healthz`` (the process answers), ``GET /readyz`` (the journal answers and every
 evaluation loop ticked recently), ``GET /api/v1/status`` (the journal's view of each target, with
-the operator token). Every answer is JSON except the metrics and health texts; every failure is
-a 4xx naming the problem and never echoes what was sent. Bodies are capped at ``body_limit``
-(413) and each request has ``request_timeout`` to be read and answered. The token is compared
-in constant time and never logged; without one configured the API answers 403, the rest still
-serves.
+the operator token). Every answer is JSON except the metrics and health texts; every failure
+this module answers is a 4xx naming the problem without echoing what was sent (a request line
+aiohttp cannot parse gets aiohttp's own 400). Bodies are capped at ``body_limit`` (413), idle or
+dripping connections are cut at ``request_timeout``, and an answer that takes longer is a 503.
+The token is compared in constant time and never logged; without one configured the API answers
+403, the rest still serves.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ def problem(status: int, message: str, **headers: str) -> web.Response:
 
 @web.middleware
 async def _bounded(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
-    """Errors become JSON answers; nothing is echoed back; every request has a deadline."""
+    """Errors become JSON answers; nothing is echoed back; every request has a deadline, and a
+    body over the limit is refused before any handler runs (whether or not it reads it)."""
+    limit = request.app[_CONTEXT].settings.body_limit
+    if request.content_length is not None and request.content_length > limit:
+        return problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
     try:
         async with asyncio.timeout(request.app[_CONTEXT].settings.request_timeout):
             return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        limit = request.app[_CONTEXT].settings.body_limit
-        return problem(exc.status, f"the body is over the limit of {limit} bytes")
+    except web.HTTPRequestEntityTooLarge as exc:  # a chunked body, counted while read
+        return problem(exc.status, f"the body is over {limit} bytes")
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return problem(exc.status, f"{request.method} is not allowed here", Allow=allowed)
@@ -73,7 +77,7 @@ async def _bounded(request: web.Request, handler: Callable[..., Awaitable[Any]])
             return problem(exc.status, exc.reason)
         raise
     except TimeoutError:
-        return problem(HTTPStatus.REQUEST_TIMEOUT, "the request took too long to read or answer")
+        return problem(HTTPStatus.SERVICE_UNAVAILABLE, "the answer took too long; try again")
     except Exception:  # a bug: logged with its traceback, answered without details
         log.exception("request failed", method=request.method, path=request.path)
         return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (logged)")
@@ -111,7 +115,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    not_ready = await request.app[_CONTEXT].readiness()
+    try:
+        not_ready = await request.app[_CONTEXT].readiness()
+    except Exception as exc:  # cannot tell: that is not ready either
+        not_ready = f"readiness could not be checked: {type(exc).__name__}"
     if not_ready is not None:
         return web.json_response({"ready": False, "problem": not_ready}, status=503)
     return web.json_response({"ready": True})
@@ -170,6 +177,9 @@ async def serve(
         await runner.cleanup()
         where = f"{settings.host}:{settings.port}"
         raise errors.InputError(f"cannot listen on {where}: {exc.strerror}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
     sockets = runner.addresses
     port = int(sockets[0][1]) if sockets else settings.port
     return Server(runner=runner, port=port)

@@ -95,7 +95,7 @@ async def run_for(settings: config.Settings, seconds: float) -> tuple[daemon.Run
     assert handles, "daemon did not start"
     metrics = await asyncio.to_thread(
         lambda: (
-            urllib.request.urlopen(f"http://127.0.0.1:{handles[0].metrics_port}/metrics", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{handles[0].listen_port}/metrics", timeout=5)
             .read()
             .decode()
         )
@@ -249,7 +249,7 @@ async def test_the_listener_serves_readiness_and_the_status_api(
             if handles:
                 break
             await asyncio.sleep(0.05)
-        url = f"http://127.0.0.1:{handles[0].metrics_port}"
+        url = f"http://127.0.0.1:{handles[0].listen_port}"
         async with httpx.AsyncClient() as client:
             for _ in range(50):  # ready once every loop has ticked
                 ready = await client.get(f"{url}/readyz")

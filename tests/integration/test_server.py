@@ -24,11 +24,15 @@ async def start() -> AsyncIterator[Start]:
     """Serve on a free loopback port; the base URL."""
     running: list[server.Server] = []
 
-    async def serve(*, token: str | None = TOKEN, ready: str | None = None, **listen: Any) -> str:
+    async def serve(
+        *, token: str | None = TOKEN, ready: str | Exception | None = None, **listen: Any
+    ) -> str:
         async def status() -> dict[str, Any]:
             return {"mode": "observe", "targets": [{"target": "lavalink", "armed": True}]}
 
         async def readiness() -> str | None:
+            if isinstance(ready, Exception):
+                raise ready
             return ready
 
         settings = config.ListenSettings(port=0, **listen)
@@ -145,3 +149,29 @@ async def _unused() -> dict[str, Any]:
 
 async def _unused_readiness() -> str | None:
     raise AssertionError("not called")
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_a_crash(start: Start) -> None:
+    url = await start()
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(
+            f"{url}/api/v1/status", headers={"Authorization": b"Bearer \xff\xfe"}
+        )
+    assert answer.status_code == 401
+
+
+async def test_a_body_over_the_limit_is_413_on_any_route(start: Start) -> None:
+    url = await start(body_limit=4096)
+    async with httpx.AsyncClient() as client:
+        big = await client.request("GET", f"{url}/healthz", content=b"x" * 5000)
+        small = await client.request("GET", f"{url}/healthz", content=b"x" * 100)
+    assert big.status_code == 413 and "over 4096 bytes" in big.json()["message"]
+    assert small.status_code == 200
+
+
+async def test_readiness_that_cannot_be_checked_is_not_ready(start: Start) -> None:
+    url = await start(ready=RuntimeError("journal locked"))
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(f"{url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["problem"] == "readiness could not be checked: RuntimeError"

@@ -776,6 +776,7 @@ async def start_run(
     process (its lock is free) is reconciled first, under this lock; its outcome is returned, as
     it carried the same intent.
     """
+    password = lavalink.read_password(target.runbook)  # before anything is journaled
     with run_lock(state_dir, target.name) as mine:
         if not mine:
             running = store.running_run(target.name)
@@ -800,7 +801,6 @@ async def start_run(
             by=initiated_by,
             reason=reason,
         )
-        password = lavalink.read_password(target.runbook)
         ctx = _context(target, systemd, store, state_dir, run_id, clock, password=password)
         try:
             return await execute(ctx, observer=observer)
