@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watchdog.sim import lavalink, sandbox
+from watchdog.sim import lavalink, sandbox, stage
 
 PYTHON = sys.executable
-PASSWORD = "youshallnotpass"  # noqa: S105 - the simulator's documented test password
+PASSWORD = stage.PASSWORD  # the layout and the simulators share it
 PRIMARY, FALLBACK = "lavalink-rust.service", "lavalink-java.service"
 MANUAL = f"""\
 #!/bin/bash
@@ -150,11 +150,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="rollback-bench-") as temp:
         host = Path(temp)
-        (host / "opt" / "lavalink-rust" / "config").mkdir(parents=True)
-        (host / "opt" / "lavalink-rust" / "config" / "application.yml").write_text("server: {}\n")
-        (host / "opt" / "lavalink-java").mkdir(parents=True)
-        (host / "opt" / "lavalink-java" / "Lavalink.jar").write_bytes(b"stand-in")
-        (host / "password").write_text(PASSWORD)
+        stage.lay_out(host)
         (host / "manual.sh").write_text(MANUAL)
         units = {
             PRIMARY: sandbox.service_unit(

@@ -296,3 +296,23 @@ def test_rollback_needs_yes_without_a_terminal(tmp_path: Path) -> None:
         "rollback needs --yes when not run from a terminal",
     )
     assert_bad_input(cli("rollback", "--config", str(config_file(tmp_path))), "--reason")
+
+
+def test_run_refuses_a_missing_or_empty_secret_before_serving(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path, f"listen: {{port: 0, token_file: {tmp_path / 'nope'}}}\n{unreachable()}"
+    )
+    assert_bad_input(cli("run", "--config", str(path)), "cannot read the operator API token file")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    path.write_text(path.read_text().replace(str(tmp_path / "nope"), str(empty)))
+    assert_bad_input(cli("run", "--config", str(path)), f"the operator API token file {empty}")
+    assert not (tmp_path / "state").exists()  # refused before anything was written
+
+
+def test_demo_refuses_a_workdir_that_already_holds_a_journal(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    done = cli("demo", "--workdir", str(tmp_path))
+    if "needs a sandboxed systemd" in done.stderr:
+        pytest.skip(done.stderr.strip())
+    assert_bad_input(done, "already holds a demo's journal")

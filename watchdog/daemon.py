@@ -57,21 +57,27 @@ async def run(
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop if stop is not None else asyncio.Event()
+    # secrets first: a missing one is bad input that must change nothing, not even state_dir
+    token = credentials.read_secret(
+        settings.listen.token_file, settings.listen.token_env, "operator API token"
+    )
+    passwords = {t.name: lavalink.read_password(t.runbook) for t in settings.targets}
     with _exclusive(settings.state_dir):
-        await _run(settings, stop=stop, clock=clock, started=started)
+        await _run(
+            settings, token=token, passwords=passwords, stop=stop, clock=clock, started=started
+        )
 
 
 async def _run(
     settings: config.Settings,
     *,
+    token: str | None,
+    passwords: dict[str, str],
     stop: asyncio.Event,
     clock: Callable[[], float],
     started: Callable[[Running], None] | None,
 ) -> None:
     log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
-    token = credentials.read_secret(
-        settings.listen.token_file, settings.listen.token_env, "operator API token"
-    )
     # every resource is closed in reverse order however far start-up got
     async with contextlib.AsyncExitStack() as resources:
         resources.callback(log.info, "stopped")
@@ -120,9 +126,8 @@ async def _run(
             )
             if target_settings.watch.enabled:
                 target.watch = systemd_watch.SystemdWatch(target_settings)
-            # read now, not in the middle of a rollback: a missing password is bad input at start
-            password = lavalink.read_password(target_settings.runbook)
             if target_settings.probes.enabled:
+                password = passwords[target_settings.name]
                 prober = probes.Prober(target_settings, password=password)
                 resources.push_async_callback(prober.aclose)
                 probers.append(prober)

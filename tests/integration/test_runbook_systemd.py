@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim import lavalink, prometheus, sandbox
+from watchdog.sim import lavalink, prometheus, sandbox, stage
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 PYTHON = sys.executable  # the venv's python; /work and /usr stay visible inside
-PASSWORD = "youshallnotpass"
+PASSWORD = stage.PASSWORD  # the layout and the simulators share it
 PRIMARY, FALLBACK = "lavalink-rust.service", "lavalink-java.service"
 STEPS = [
     "preflight",
@@ -126,13 +126,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     host = tmp_path_factory.mktemp("systemd")
-    (host / "opt" / "lavalink-rust" / "config").mkdir(parents=True)
-    (host / "opt" / "lavalink-rust" / "config" / "application.yml").write_text(
-        f"server: {{port: 2333}}\nlavalink: {{server: {{password: {PASSWORD}}}}}\n"
-    )
-    (host / "opt" / "lavalink-java").mkdir(parents=True)
-    (host / "opt" / "lavalink-java" / "Lavalink.jar").write_bytes(b"PK\x03\x04 stand-in")
-    (host / "password").write_text(PASSWORD + "\n")
+    stage.lay_out(host)
     units = {
         PRIMARY: unit("Lavalink Rust (primary)", simulator("rust")),
         FALLBACK: unit("Lavalink Java (fallback)", simulator("java", "--startup-delay 1")),

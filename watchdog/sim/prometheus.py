@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from watchdog.sim import logs
 from watchdog.sim.openmetrics import Series, write_openmetrics
 
 # No scrape jobs: the server only serves the backfilled blocks.
@@ -35,7 +36,6 @@ global:
 # to import, with this ~6 s. It rounds down to its largest compatible block range (486h).
 LONG_BLOCK_DURATION = "1000h"
 _STOP_GRACE_SECONDS = 10.0
-_LOG_TAIL_BYTES = 4000
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -109,16 +109,6 @@ def free_port() -> int:
         return port
 
 
-def _log_tail(log_file: Path) -> str:
-    try:
-        with log_file.open("rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - _LOG_TAIL_BYTES))
-            return stream.read().decode("utf-8", errors="replace")
-    except OSError as error:
-        return f"(no log: {error})"
-
-
 def _is_ready(url: str) -> bool:
     # A server behind a web config (TLS, basic auth) is polled without verifying its test
     # certificate, and a 401 means it is up and guarding itself.
@@ -147,14 +137,14 @@ def wait_until_ready(
         if exit_code is not None:
             raise PrometheusUnavailable(
                 f"{name} exited with code {exit_code} before it was ready; "
-                f"log tail from {log_file}:\n{_log_tail(log_file)}"
+                f"log tail from {log_file}:\n{logs.tail(log_file)}"
             )
         if _is_ready(url):
             return
         if time.monotonic() >= deadline:
             raise PrometheusUnavailable(
                 f"{name} at {url} was not ready within {ready_timeout:g} s; "
-                f"log tail from {log_file}:\n{_log_tail(log_file)}"
+                f"log tail from {log_file}:\n{logs.tail(log_file)}"
             )
         time.sleep(0.1)
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from watchdog.sim import logs
+
 INSIDE_DIR = Path("/run/wd")
 SYSTEMD = Path("/lib/systemd/systemd")
 # Every directory systemd may write or clean gets a private tmpfs; /run first (it holds INSIDE_DIR).
@@ -53,7 +55,6 @@ PRIVATE_DIRS = (
 _TOOLS = ("unshare", "nsenter", "setpriv")
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _CGROUP_SUFFIXES = (".scope", ".slice", ".service", ".socket", ".mount", ".swap", ".target")
-_LOG_TAIL_BYTES = 4000
 _LOCK_TIMEOUT_SECONDS = 120.0
 _PROBE_TIMEOUT_SECONDS = 15.0
 _TEARDOWN_TIMEOUT_SECONDS = 15.0
@@ -600,14 +601,4 @@ def _remove_new_cgroups(before: set[Path]) -> None:
 
 
 def _logs(*files: Path) -> str:
-    return "\n".join(f"--- tail of {path}:\n{_log_tail(path)}" for path in files)
-
-
-def _log_tail(log_file: Path) -> str:
-    try:
-        with log_file.open("rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - _LOG_TAIL_BYTES))
-            return stream.read().decode("utf-8", errors="replace")
-    except OSError as error:
-        return f"(no log: {error})"
+    return "\n".join(f"--- tail of {path}:\n{logs.tail(path)}" for path in files)

@@ -25,7 +25,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ class Stage:
     config: Path  # host path of the watchdog's config
     daemon_log: Path
     daemon: subprocess.Popen[str] | None = None
-    started_at: float = field(default_factory=time.time)
 
     @property
     def state_dir(self) -> Path:
@@ -293,18 +292,26 @@ def _watchdog_config(options: StageOptions, url: str, port: int) -> str:
         """)
 
 
+def lay_out(root: Path) -> None:
+    """The files of a Lavalink host under ``root``, as the runbook finds them: the Rust side's
+    ``opt/lavalink-rust/config/application.yml``, the Java side's ``opt/lavalink-java/`` with a
+    stand-in ``Lavalink.jar`` (the simulator plays Java; preflight only checks the file), and
+    the service ``password``."""
+    config_dir = root / "opt" / "lavalink-rust" / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "application.yml").write_text(
+        f"server: {{port: {PORT}}}\nlavalink: {{server: {{password: {PASSWORD}}}}}\n"
+    )
+    (root / "opt" / "lavalink-java").mkdir(parents=True, exist_ok=True)
+    (root / "opt" / "lavalink-java" / "Lavalink.jar").write_bytes(b"PK\x03\x04 stand-in")
+    (root / "password").write_text(PASSWORD + "\n")
+
+
 @contextlib.contextmanager
 def staged(workdir: Path, options: StageOptions = StageOptions()) -> Iterator[Stage]:
     """Boot the deployment in ``workdir`` (kept afterwards: the journal and logs stay there),
     start the watchdog, yield; on exit stop the watchdog, systemd and Prometheus."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "opt" / "lavalink-rust" / "config").mkdir(parents=True, exist_ok=True)
-    (workdir / "opt" / "lavalink-rust" / "config" / "application.yml").write_text(
-        f"server: {{port: {PORT}}}\nlavalink: {{server: {{password: {PASSWORD}}}}}\n"
-    )
-    (workdir / "opt" / "lavalink-java").mkdir(parents=True, exist_ok=True)
-    (workdir / "opt" / "lavalink-java" / "Lavalink.jar").write_bytes(b"PK\x03\x04 stand-in")
-    (workdir / "password").write_text(PASSWORD + "\n")
+    lay_out(workdir)
     (workdir / "rust.env").write_text("FAULT_FLAGS=\n")
     (workdir / "rules").mkdir(exist_ok=True)
     rules_file = workdir / "rules" / "lavalink.yml"
