@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import rule
-from watchdog import config, journal, model, pipeline, telemetry
+from watchdog import config, gate, journal, model, pipeline, telemetry
 from watchdog.sources import prometheus
 
 DOWN = rule("Down")  # expr "down_metric > 1"
@@ -143,10 +143,10 @@ class Launcher:
     def in_flight(self) -> bool:
         return bool(self.launched) and self.running
 
-    def __call__(self, decided: model.Decision, incident: int | None) -> str:
+    def __call__(self, order: gate.Order) -> str:
         if self.fails_with is not None:
             return self.fails_with
-        self.launched.append(incident)
+        self.launched.append(order.incident)
         return pipeline.STARTED
 
 

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import httpx
+
 from watchdog import (
     __version__,
     backtest,
     config,
+    credentials,
     daemon,
     errors,
     journal,
@@ -94,6 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="print the plan and preflight")
     rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rollback.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
+    rollback.add_argument(
+        "--category",
+        choices=["manual", "security"],
+        default="manual",
+        help="why, in a word (security: a vulnerability without a fix) [manual]",
+    )
+    rollback.add_argument(
+        "--local",
+        action="store_true",
+        help="run the runbook from here over D-Bus, not through the daemon's API "
+        "(when the daemon is down; the default when the API has no token)",
+    )
+    rollback.add_argument("--url", help="the daemon's listener (default: from listen:)")
+
+    for verb, words in (("approve", "approve a pending rollback"), ("deny", "deny it")):
+        vote = commands.add_parser(verb, help=words)
+        with_config(vote)
+        vote.add_argument("id", help="the approval's number (see status)")
+        vote.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
+        vote.add_argument("--url", help="the daemon's listener (default: from listen:)")
 
     rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
     with_config(rearm)
@@ -324,6 +347,16 @@ def _status(args: argparse.Namespace) -> int:
                 f"  decision {timefmt.format_instant(made['at'])} {made['action']} "
                 f"({made['mode']}): {made['outcome']}"
             )
+        for asked in item["approvals"]:
+            if asked["status"] == "pending":
+                print(
+                    f"  approval #{asked['id']} PENDING ({len(asked['approved_by'])} of "
+                    f"{asked['required']}) until {timefmt.format_instant(asked['expires_at'])}: "
+                    f"{asked['reason']}\n    approve: rollback-watchdog approve {asked['id']}"
+                    f"   deny: rollback-watchdog deny {asked['id']}"
+                )
+            else:
+                print(f"  approval #{asked['id']} {asked['status']}: {asked['outcome']}")
     return EXIT_OK
 
 
@@ -424,12 +457,17 @@ def print_timeline(replayed: backtest.Replay) -> None:
 # -- rollback -------------------------------------------------------------------------------
 
 
+def _who(args: argparse.Namespace) -> str:
+    return args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+
+
 def _rollback(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
     if not args.reason.strip():
         return _fail("--reason must say why")
-    by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    by = _who(args)
+    through_api = not (args.local or args.dry_run) and _api_configured(settings)
     if not args.dry_run and not args.yes:
         if not sys.stdin.isatty():
             return _fail("rollback needs --yes when not run from a terminal")
@@ -440,7 +478,147 @@ def _rollback(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_FAILED
+    if through_api:
+        return _rollback_via_api(settings, target, args, by)
     return asyncio.run(_rollback_async(settings, target, args, by))
+
+
+# -- the daemon's operator API --------------------------------------------------------------
+
+
+def _api_configured(settings: config.Settings) -> bool:
+    return settings.listen.token_file is not None or settings.listen.token_env is not None
+
+
+class _Api:
+    """The daemon's operator API, as the CLI calls it (``listen:`` and its token)."""
+
+    def __init__(self, settings: config.Settings, url: str | None) -> None:
+        token = credentials.read_secret(
+            settings.listen.token_file, settings.listen.token_env, "operator API token"
+        )
+        if token is None:
+            raise errors.InputError(
+                "the operator API has no token: configure listen.token_file or listen.token_env"
+            )
+        host = settings.listen.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        self.url = (url or f"http://{host}:{settings.listen.port}").rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=15.0
+        )
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            return self._client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise _Unreachable(
+                f"the watchdog at {self.url} does not answer ({type(exc).__name__}): "
+                "is `rollback-watchdog run` running?"
+            ) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _Unreachable(Exception):
+    """The daemon did not answer: not bad input, a failed check (exit 1)."""
+
+
+def _said(answer: httpx.Response) -> str:
+    try:
+        return str(answer.json().get("message", answer.text))
+    except ValueError:
+        return answer.text.strip() or answer.reason_phrase
+
+
+def _rollback_via_api(
+    settings: config.Settings, target: config.TargetSettings, args: argparse.Namespace, by: str
+) -> int:
+    api = _Api(settings, args.url)
+    try:
+        answer = api.call(
+            "POST",
+            "/api/v1/rollback",
+            {
+                "reason": args.reason.strip(),
+                "by": by,
+                "category": args.category,
+                "target": target.name,
+                "request_id": f"cli-{os.getpid()}-{time.time_ns()}",
+            },
+        )
+        if answer.status_code == 400:
+            return _fail(_said(answer))
+        if answer.status_code != 202:
+            print(f"not rolled back: {_said(answer)} (HTTP {answer.status_code})", file=sys.stderr)
+            return EXIT_FAILED
+        incident = int(answer.json()["incident"])
+        print(
+            f"rolling {target.name} back through the watchdog at {api.url} (incident #{incident}):"
+            f" {target.primary.unit} -> {target.fallback.unit}"
+        )
+        return _follow_incident(api, incident)
+    except _Unreachable as exc:
+        print(f"error: {exc}; --local runs the runbook from here", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        api.close()
+
+
+def _follow_incident(api: _Api, incident: int, *, poll: float = 0.5) -> int:
+    """Print each step of the incident's run as it ends, until the run ends."""
+    shown = 0
+    total = len(runbook.STEPS)
+    while True:
+        answer = api.call("GET", f"/api/v1/incidents/{incident}")
+        if answer.status_code != 200:
+            print(f"cannot follow incident #{incident}: {_said(answer)}", file=sys.stderr)
+            return EXIT_FAILED
+        runs = answer.json()["runs"]
+        if runs:
+            run = runs[-1]
+            done = [step for step in run["steps"] if step["status"] != "running"]
+            for step in done[shown:]:
+                print(
+                    f"  [{step['seq']}/{total}] {step['name']:<15} {step['status']}: "
+                    f"{step['detail']}"
+                )
+            shown = len(done)
+            if run["status"] != "running":
+                print(f"run #{run['id']}: {run['status'].upper()}: {run['outcome']}")
+                return EXIT_OK if run["status"] == "succeeded" else EXIT_FAILED
+        time.sleep(poll)
+
+
+def _vote(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    if not args.id.isdigit() or int(args.id) < 1:
+        return _fail(f"{args.id!r} is not an approval number (see `status`)")
+    api = _Api(settings, args.url)
+    try:
+        answer = api.call(
+            "POST",
+            f"/api/v1/approvals/{int(args.id)}",
+            {
+                "decision": args.command,
+                "by": _who(args),
+                "request_id": f"cli-{os.getpid()}-{time.time_ns()}",
+            },
+        )
+    except _Unreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        api.close()
+    if answer.status_code == 400:
+        return _fail(_said(answer))
+    if answer.status_code != 200:
+        print(f"refused: {_said(answer)} (HTTP {answer.status_code})", file=sys.stderr)
+        return EXIT_FAILED
+    print(_said(answer))
+    return EXIT_OK
 
 
 async def _rollback_async(
@@ -494,7 +672,9 @@ async def _execute(
     try:
         incident = store.open_incident_id(target.name)
         if incident is None:
-            incident = store.open_manual_incident(target.name, reason=reason, at=time.time())
+            incident = store.open_manual_incident(
+                target.name, reason=reason, at=time.time(), by=by, via="cli"
+            )
         print(f"rolling {target.name} back: {target.primary.unit} -> {target.fallback.unit}")
         try:
             outcome = await runbook.start_run(
@@ -596,5 +776,7 @@ _HANDLERS = {
     "backtest": _backtest,
     "rearm": _rearm,
     "rollback": _rollback,
+    "approve": _vote,
+    "deny": _vote,
     "demo": _demo,
 }

@@ -262,6 +262,87 @@ class ListenSettings(_Strict):
         return self
 
 
+def _one_secret(file: Path | None, env: str | None, what: str, *, required: bool) -> None:
+    """A secret comes from a file or an environment variable: at most one, maybe exactly one."""
+    if file is not None and env is not None:
+        raise ValueError(f"give one of {what}_file or {what}_env, not both")
+    if required and file is None and env is None:
+        raise ValueError(f"give {what}_file or {what}_env")
+
+
+class ApprovalSettings(_Strict):
+    """The approval gate: who may approve a rollback, how many must, and for how long."""
+
+    timeout: Duration = Field(default=900.0, gt=0)  # a pending approval expires after this long
+    on_timeout: Literal["deny", "proceed"] = "deny"  # what an expired approval becomes
+    required_approvals: int = Field(default=1, ge=1, le=5)  # distinct approvers (2: two-person)
+    # who may approve or deny: Slack user IDs or names, and the names given to the API/CLI
+    approvers: list[str] = Field(default_factory=list)
+
+    @field_validator("approvers")
+    @classmethod
+    def _names(cls, approvers: list[str]) -> list[str]:
+        for name in approvers:
+            if not re.fullmatch(r"[A-Za-z0-9._@+-]{1,64}", name):
+                raise ValueError(f"{name!r} is not a user name or Slack user ID")
+        return approvers
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> Self:
+        if self.approvers and self.required_approvals > len(set(self.approvers)):
+            raise ValueError(
+                f"required_approvals is {self.required_approvals} but only "
+                f"{len(set(self.approvers))} approvers are listed"
+            )
+        return self
+
+
+class AlertmanagerSettings(_Strict):
+    """``POST /alertmanager``: the webhook receiver's bearer token and how long alerts count."""
+
+    token_file: Path | None = None  # Alertmanager's http_config.authorization credentials
+    token_env: str | None = None
+    # a firing alert not delivered again (repeat) nor resolved for this long no longer counts
+    forget_after: Duration = Field(default=6 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _token(self) -> Self:
+        _one_secret(self.token_file, self.token_env, "token", required=False)
+        return self
+
+
+class SlackSettings(_Strict):
+    """Slack: one message per incident, with Approve/Deny buttons when an approval is asked."""
+
+    channel: str = Field(pattern=r"^[CGD][A-Z0-9]{2,}$")  # the channel ID (chat.update needs it)
+    bot_token_file: Path | None = None  # xoxb-..., scope chat:write
+    bot_token_env: str | None = None
+    signing_secret_file: Path | None = None  # verifies POST /slack/interactions
+    signing_secret_env: str | None = None
+    socket_mode: bool = False  # take button clicks over Socket Mode (no public URL needed)
+    app_token_file: Path | None = None  # xapp-..., scope connections:write (Socket Mode)
+    app_token_env: str | None = None
+    api_url: str = "https://slack.com/api/"
+    timeout: Duration = Field(default=10.0, gt=0)  # each Web API call
+    retries: int = Field(default=3, ge=0, le=10)  # per call: 429 (Retry-After), 5xx, connection
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+        return url if url.endswith("/") else url + "/"
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        _one_secret(self.bot_token_file, self.bot_token_env, "bot_token", required=True)
+        _one_secret(
+            self.signing_secret_file, self.signing_secret_env, "signing_secret", required=False
+        )
+        _one_secret(self.app_token_file, self.app_token_env, "app_token", required=self.socket_mode)
+        return self
+
+
 class Settings(_Strict):
     """The whole configuration file."""
 
@@ -272,6 +353,9 @@ class Settings(_Strict):
     policy: PolicySettings = PolicySettings()
     listen: ListenSettings = ListenSettings()
     systemd: SystemdSettings = SystemdSettings()
+    approval: ApprovalSettings = ApprovalSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    slack: SlackSettings | None = None
     targets: list[TargetSettings] = Field(min_length=1)
 
     @field_validator("interval")
@@ -289,6 +373,12 @@ class Settings(_Strict):
         if duplicates:
             raise ValueError(f"target names must be unique: {', '.join(duplicates)} repeated")
         return targets
+
+    @model_validator(mode="after")
+    def _approvers_for_approve_mode(self) -> Self:
+        if self.mode is model.Mode.APPROVE and not self.approval.approvers:
+            raise ValueError("mode approve needs approval.approvers: who may approve a rollback")
+        return self
 
     def target(self, name: str | None) -> TargetSettings:
         """The named target, or the only one; ``ConfigError`` if that is ambiguous."""
@@ -348,6 +438,15 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if settings.listen.token_file is not None:
         update["listen"] = settings.listen.model_copy(
             update={"token_file": resolve(settings.listen.token_file)}
+        )
+    if settings.alertmanager.token_file is not None:
+        update["alertmanager"] = settings.alertmanager.model_copy(
+            update={"token_file": resolve(settings.alertmanager.token_file)}
+        )
+    if settings.slack is not None:
+        files = ("bot_token_file", "signing_secret_file", "app_token_file")
+        update["slack"] = settings.slack.model_copy(
+            update={key: resolve(path) for key in files if (path := getattr(settings.slack, key))}
         )
     return settings.model_copy(update=update)
 

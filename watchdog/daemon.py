@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import signal
 import time
@@ -21,12 +22,15 @@ from typing import Any
 import structlog
 
 from watchdog import (
+    approval,
     backtest,
     config,
     credentials,
     errors,
+    gate,
     journal,
     model,
+    notify,
     pipeline,
     rules,
     server,
@@ -34,7 +38,8 @@ from watchdog import (
 )
 from watchdog.executor import runbook
 from watchdog.executor.systemd import Systemd, SystemdError
-from watchdog.sources import lavalink, probes, prometheus, systemd_watch
+from watchdog.notify import slack
+from watchdog.sources import alertmanager, lavalink, probes, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.daemon")
 
@@ -58,25 +63,139 @@ async def run(
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop if stop is not None else asyncio.Event()
     # secrets first: a missing one is bad input that must change nothing, not even state_dir
-    token = credentials.read_secret(
-        settings.listen.token_file, settings.listen.token_env, "operator API token"
-    )
-    passwords = {t.name: lavalink.read_password(t.runbook) for t in settings.targets}
+    secrets = Secrets.read(settings)
     with _exclusive(settings.state_dir):
-        await _run(
-            settings, token=token, passwords=passwords, stop=stop, clock=clock, started=started
+        await _run(settings, secrets=secrets, stop=stop, clock=clock, started=started)
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Every secret the daemon needs, read once at start (a missing one changes nothing)."""
+
+    token: str | None  # the operator API's
+    alertmanager_token: str | None
+    passwords: dict[str, str]  # Lavalink's, per target
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+
+    @classmethod
+    def read(cls, settings: config.Settings) -> Secrets:
+        read = credentials.read_secret
+        slack = settings.slack
+        return cls(
+            token=read(settings.listen.token_file, settings.listen.token_env, "operator API token"),
+            alertmanager_token=read(
+                settings.alertmanager.token_file,
+                settings.alertmanager.token_env,
+                "Alertmanager webhook token",
+            ),
+            passwords={t.name: lavalink.read_password(t.runbook) for t in settings.targets},
+            slack_bot_token=read(slack.bot_token_file, slack.bot_token_env, "Slack bot token")
+            if slack
+            else None,
+            slack_signing_secret=read(
+                slack.signing_secret_file, slack.signing_secret_env, "Slack signing secret"
+            )
+            if slack
+            else None,
+            slack_app_token=read(slack.app_token_file, slack.app_token_env, "Slack app token")
+            if slack and slack.socket_mode
+            else None,
         )
+
+
+class Intake:
+    """What the listener hands its validated requests to (``server.Orders``): alerts go to the
+    journal and wake the evaluation, votes and orders go to the gate."""
+
+    def __init__(
+        self,
+        gatekeeper: gate.Gate,
+        guards: list[Guard],
+        recorder: telemetry.Recorder,
+        clock: Callable[[], float],
+    ) -> None:
+        self._gate = gatekeeper
+        self._guards = guards
+        self._recorder = recorder
+        self._clock = clock
+
+    async def ingest(self, delivery: alertmanager.Delivery) -> None:
+        known = {g.target.name: g.target.rules for g in self._guards}
+        routed, ignored = alertmanager.route(delivery, known)
+        records = [
+            journal.AlertRecord(
+                fingerprint=r.alert.fingerprint,
+                starts_at=r.alert.starts_at,
+                target=r.target,
+                alertname=r.rule.name,
+                status=r.alert.status,
+                labels=r.alert.labels,
+                annotations=r.alert.annotations,
+            )
+            for r in routed
+        ]
+        store = self._gate.store
+        ingested = await asyncio.to_thread(store.ingest_alerts, records, at=self._clock())
+        alerts = self._recorder.alerts
+        alerts.labels("new").inc(len(ingested.new_firing))
+        alerts.labels("repeated").inc(ingested.repeated)
+        alerts.labels("resolved").inc(ingested.resolved)
+        alerts.labels("ignored").inc(len(ignored))
+        for why in ignored[:5]:  # a flood of foreign alerts must not flood the log
+            log.info("alert ignored", why=why)
+        fresh = {alert.target for alert in ingested.new_firing}
+        if fresh:
+            log.warning(
+                "alerts from Alertmanager",
+                new=[f"{a.target}/{a.alertname}" for a in ingested.new_firing][:10],
+                repeated=ingested.repeated,
+                resolved=ingested.resolved,
+            )
+        for guard in self._guards:
+            if guard.target.name in fresh:
+                guard.wake()
+
+    async def interaction(self, interaction: slack.Interaction) -> None:
+        vote = approval.Vote(
+            approve=interaction.action == slack.APPROVE,
+            identities=(interaction.user_id, interaction.username),
+            via="slack",
+            at=self._clock(),
+        )
+        ruling, _ = await self._gate.vote(interaction.approval, vote, nonce=interaction.nonce)
+        self._count(ruling, "slack")
+
+    async def vote(
+        self, approval_id: int, vote: approval.Vote, nonce: str | None
+    ) -> tuple[approval.Ruling, dict[str, Any] | None]:
+        ruling, row = await self._gate.vote(approval_id, vote, nonce=nonce)
+        self._count(ruling, vote.via)
+        if row is None:
+            return ruling, None
+        return ruling, {**dataclasses.asdict(row), "approved_by": list(row.approvers)}
+
+    async def rollback(self, order: gate.RollbackOrder) -> approval.Answer:
+        return await self._gate.rollback(order)
+
+    async def incident(self, incident_id: int) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._gate.store.incident_report, incident_id)
+
+    def _count(self, ruling: approval.Ruling, via: str) -> None:
+        result = "counted" if ruling.refusal is None else ruling.refusal.value
+        self._recorder.votes.labels(via, result).inc()
 
 
 async def _run(
     settings: config.Settings,
     *,
-    token: str | None,
-    passwords: dict[str, str],
+    secrets: Secrets,
     stop: asyncio.Event,
     clock: Callable[[], float],
     started: Callable[[Running], None] | None,
 ) -> None:
+    token, passwords = secrets.token, secrets.passwords
     log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
     # every resource is closed in reverse order however far start-up got
     async with contextlib.AsyncExitStack() as resources:
@@ -98,10 +217,39 @@ async def _run(
         async def readiness() -> str | None:
             return await _readiness(store, guards, settings)
 
+        notifier: notify.Notifier = notify.Silent()
+        if settings.slack is not None and secrets.slack_bot_token:
+            notifier = slack.SlackNotifier(
+                token=secrets.slack_bot_token,
+                channel=settings.slack.channel,
+                refs=store,
+                api_url=settings.slack.api_url,
+                timeout=settings.slack.timeout,
+                retries=settings.slack.retries,
+            )
+        gatekeeper = gate.Gate(settings, store, notifier, clock=clock)
+        resources.push_async_callback(gatekeeper.aclose)
+        intake = Intake(gatekeeper, guards, recorder, clock)
         listener = await server.serve(
-            settings.listen, recorder, token=token, status=status, readiness=readiness
+            settings.listen,
+            recorder,
+            token=token,
+            status=status,
+            readiness=readiness,
+            orders=intake,
+            alertmanager_token=secrets.alertmanager_token,
+            slack_secret=secrets.slack_signing_secret,
         )
         resources.push_async_callback(listener.close)
+        if settings.slack is not None and settings.slack.socket_mode and secrets.slack_app_token:
+            socket = slack.SocketModeListener(
+                app_token=secrets.slack_app_token,
+                bot_token=secrets.slack_bot_token or "",
+                on_interaction=intake.interaction,
+                api_url=settings.slack.api_url,
+            )
+            await socket.start()
+            resources.push_async_callback(socket.aclose)
         link = SystemdLink(settings)
         resources.callback(link.close)
         runs: set[asyncio.Task[runbook.Outcome | None]] = set()
@@ -123,6 +271,8 @@ async def _run(
                 recorder=recorder,
                 state=state,
                 clock=clock,
+                gatekeeper=gatekeeper,
+                alerts_forget_after=settings.alertmanager.forget_after,
             )
             if target_settings.watch.enabled:
                 target.watch = systemd_watch.SystemdWatch(target_settings)
@@ -137,6 +287,7 @@ async def _run(
             targets.append(target)
         guards += [Guard(t, link, settings, runs, clock, recorder) for t in targets]
         for guard in guards:
+            gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:
                 guard.target.launch = guard
             await guard.read_units()  # the first tick sees systemd, not "no reading yet"
@@ -147,6 +298,8 @@ async def _run(
             prometheus=settings.prometheus.url,
             listen=f"http://{settings.listen.host}:{listener.port}",
             operator_api="on" if token else "off (no listen.token_file / token_env)",
+            alertmanager="on" if secrets.alertmanager_token else "off (no alertmanager.token_*)",
+            slack=_slack_state(settings, secrets),
             journal=str(store.path),
             systemd="connected" if link.connection() is not None else "not connected",
         )
@@ -166,6 +319,15 @@ async def _run(
                 await stop.wait()
         if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
             await asyncio.wait(list(runs), timeout=_longest_run(settings))
+
+
+def _slack_state(settings: config.Settings, secrets: Secrets) -> str:
+    if settings.slack is None:
+        return "off"
+    clicks = "socket mode" if settings.slack.socket_mode else "HTTP interactions"
+    if not settings.slack.socket_mode and not secrets.slack_signing_secret:
+        clicks = "no buttons (no signing secret, no socket mode)"
+    return f"channel {settings.slack.channel}, {clicks}"
 
 
 async def _cancel(runs: set[asyncio.Task[runbook.Outcome | None]]) -> None:
@@ -307,7 +469,7 @@ class Guard:
     ) -> None:
         self.target = target
         self._ticked_at: float | None = None  # monotonic, for readiness
-        self._crash_seen = asyncio.Event()  # wakes the loop for an evaluation now
+        self._wake = asyncio.Event()  # wakes the loop for an evaluation now (crash loop, alert)
         self._crash_looping = False
         self._link = link
         self._settings = settings
@@ -319,6 +481,10 @@ class Guard:
         """This target's run task of ``kind`` (``rollback`` or ``reconcile``) in flight here."""
         name = f"{kind}:{self.target.name}"
         return next((task for task in self._runs if task.get_name() == name), None)
+
+    def wake(self) -> None:
+        """Evaluate now rather than at the next tick (news that cannot wait)."""
+        self._wake.set()
 
     def since_last_tick(self) -> float | None:
         """Seconds since the evaluation loop last went round (None before its first tick)."""
@@ -338,10 +504,10 @@ class Guard:
             return "no executor is connected"
         return None
 
-    def __call__(self, decided: model.Decision, incident: int | None) -> str:
-        """Start the runbook for a rollback decision, or join the run in flight."""
+    def __call__(self, order: gate.Order) -> str:
+        """Start the runbook for an order (``gate.Launcher``), or join the run in flight."""
         if self._task("rollback") is not None:
-            return pipeline.JOINED
+            return gate.JOINED
         systemd = self._link.connection()
         if systemd is None or self._task("reconcile") is not None:
             return f"not started: {self.blocked()}"
@@ -352,19 +518,27 @@ class Guard:
                 self.target.store,
                 systemd,
                 self._settings.state_dir,
-                trigger="auto",
-                initiated_by="rollback-watchdog",
-                reason=decided.reason,
-                incident_id=incident,
+                trigger=order.trigger,
+                initiated_by=order.initiated_by,
+                reason=order.reason,
+                incident_id=order.incident,
                 clock=self._clock,
+                observer=order.observer,
             ),
+            on_end=order.on_end,
         )
-        return pipeline.STARTED
+        return gate.STARTED
 
-    def _start(self, kind: str, work: Coroutine[object, object, runbook.Outcome | None]) -> None:
+    def _start(
+        self,
+        kind: str,
+        work: Coroutine[object, object, runbook.Outcome | None],
+        *,
+        on_end: Callable[[runbook.Outcome], None] | None = None,
+    ) -> None:
         task = asyncio.create_task(work, name=f"{kind}:{self.target.name}")
         self._runs.add(task)
-        task.add_done_callback(_finished(self._runs, self.target, self._recorder))
+        task.add_done_callback(_finished(self._runs, self.target, self._recorder, on_end))
 
     async def _adopt_orphan(self) -> None:
         """A run journaled as running with no task here was left by a dead process (or one
@@ -391,7 +565,7 @@ class Guard:
         target = self.target
         while not stop.is_set():
             begun = time.monotonic()
-            self._crash_seen.clear()  # this tick sees it; one seen during the tick wakes the next
+            self._wake.clear()  # this tick sees it; news during the tick wakes the next
             try:
                 await self._adopt_orphan()
                 async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
@@ -403,7 +577,7 @@ class Guard:
                 target.recorder.source_errors.labels(target.name, "tick_failed").inc()
                 log.exception("tick failed", target=target.name)
             self._ticked_at = time.monotonic()
-            await _pause(stop, interval - (time.monotonic() - begun), wake=self._crash_seen)
+            await _pause(stop, interval - (time.monotonic() - begun), wake=self._wake)
 
     async def read_units(self) -> None:
         """One reading of both units, exported; tells the link whether systemd answered."""
@@ -422,7 +596,7 @@ class Guard:
             crash_loop = bool(observed.points)
             if crash_loop and not self._crash_looping:  # the most urgent signal: evaluate now
                 log.warning("crash loop seen on D-Bus", target=self.target.name, unit=watch.primary)
-                self._crash_seen.set()
+                self.wake()
             self._crash_looping = crash_loop
 
     async def watch(self, stop: asyncio.Event) -> None:
@@ -467,6 +641,7 @@ def _finished(
     runs: set[asyncio.Task[runbook.Outcome | None]],
     target: pipeline.Target,
     recorder: telemetry.Recorder,
+    on_end: Callable[[runbook.Outcome], None] | None = None,
 ) -> Callable[[asyncio.Task[runbook.Outcome | None]], None]:
     def done(task: asyncio.Task[runbook.Outcome | None]) -> None:
         runs.discard(task)
@@ -485,6 +660,8 @@ def _finished(
             log.warning(
                 "rollback ended", run=outcome.run_id, status=outcome.status, detail=outcome.detail
             )
+            if on_end is not None:
+                on_end(outcome)
 
     return done
 

@@ -33,7 +33,19 @@ _ACTIONS = {
     model.Verdict.INCONCLUSIVE: model.Action.NOTIFY,
 }
 _NO_DATA = (model.SignalState.NODATA, model.SignalState.ERROR)
-_SCRAPE_LABELS = frozenset({"__name__", "job", "instance", "target"})  # noise in a reason
+# labels that are noise in a reason: scrape identity, and the rule's own labels on an alert
+_SCRAPE_LABELS = frozenset(
+    {
+        "__name__",
+        "job",
+        "instance",
+        "target",
+        "alertname",
+        "severity",
+        "rollback_category",
+        "rollback_weight",
+    }
+)
 
 
 def decide(
@@ -237,6 +249,8 @@ def describe(signal: model.Signal) -> str:
         parts.append(f"threshold {threshold}")
     if signal.active_since is not None:
         parts.append(f"since {timefmt.format_instant(signal.active_since)}")
+    if signal.state is model.SignalState.FIRING and signal.detail:
+        parts.append(signal.detail)  # where the evidence came from, e.g. Alertmanager
     return ", ".join(parts)
 
 

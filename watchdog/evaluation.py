@@ -19,6 +19,7 @@ No I/O, no clock: the instant comes in with the observation, the memory goes in 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -84,6 +85,42 @@ def evaluate(
         activation_failed=observation.activation_failed,
     )
     return evaluation, MappingProxyType(next_memory)
+
+
+def with_alerts(
+    evaluation: model.Evaluation, alerts: Sequence[model.ExternalAlert]
+) -> model.Evaluation:
+    """The evaluation plus what Alertmanager says is firing.
+
+    An alert Alertmanager delivered has been through Prometheus's own ``for`` already, so the
+    signal of its name is firing whatever the watchdog's own query says now (it may lag, or
+    Prometheus may not answer the watchdog). A signal already firing by the watchdog's own
+    evaluation keeps its value; an alert that is no rule of ours becomes a signal of its own.
+    """
+    if not alerts:
+        return evaluation
+    by_name: dict[str, model.ExternalAlert] = {}
+    for alert in sorted(alerts, key=lambda a: a.starts_at):  # the oldest speaks for the name
+        by_name.setdefault(alert.rule.name, alert)
+    signals: list[model.Signal] = []
+    for signal in evaluation.signals:
+        delivered = by_name.pop(signal.name) if signal.name in by_name else None
+        if delivered is None or signal.state is model.SignalState.FIRING:
+            signals.append(signal)
+        else:
+            signals.append(_delivered(signal.rule, delivered))
+    signals += [_delivered(alert.rule, alert) for alert in by_name.values()]
+    return dataclasses.replace(evaluation, signals=tuple(signals))
+
+
+def _delivered(rule: model.Rule, alert: model.ExternalAlert) -> model.Signal:
+    return model.Signal(
+        rule,
+        model.SignalState.FIRING,
+        labels=alert.labels,
+        active_since=alert.starts_at,
+        detail="firing in Alertmanager",
+    )
 
 
 def advance(

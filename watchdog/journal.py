@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from watchdog import approval as gate_rules
 from watchdog import model
 
 DATABASE_NAME = "journal.sqlite3"
@@ -99,6 +100,61 @@ MIGRATIONS: Sequence[str] = (
         detail       TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX steps_run ON steps (run_id, seq);
+    """,
+    # 3: alerts from Alertmanager (de-duplicated), approvals, the audit trail, Slack messages
+    """
+    CREATE TABLE alerts (
+        fingerprint  TEXT NOT NULL,
+        starts_at    REAL NOT NULL,
+        target       TEXT NOT NULL,
+        alertname    TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+        labels       TEXT NOT NULL,      -- JSON
+        annotations  TEXT NOT NULL,      -- JSON
+        first_seen   REAL NOT NULL,
+        last_seen    REAL NOT NULL,
+        deliveries   INTEGER NOT NULL DEFAULT 1,
+        resolved_at  REAL,
+        spent_by     INTEGER REFERENCES incidents (id),   -- the incident it was acted on in
+        PRIMARY KEY (fingerprint, starts_at)
+    );
+    CREATE INDEX alerts_target_status ON alerts (target, status);
+    CREATE TABLE approvals (
+        id            INTEGER PRIMARY KEY,
+        incident_id   INTEGER REFERENCES incidents (id),
+        target        TEXT NOT NULL,
+        requested_at  REAL NOT NULL,
+        expires_at    REAL NOT NULL,
+        required      INTEGER NOT NULL,
+        verdict       TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN
+                        ('pending', 'approved', 'denied', 'expired', 'cancelled')),
+        approved_by   TEXT NOT NULL DEFAULT '[]',   -- JSON list of approvers, in order
+        decided_at    REAL,
+        decided_by    TEXT,
+        outcome       TEXT NOT NULL DEFAULT '',
+        launched      INTEGER NOT NULL DEFAULT 0    -- an approved run was started
+    );
+    CREATE UNIQUE INDEX approvals_one_pending ON approvals (target) WHERE status = 'pending';
+    CREATE TABLE audit (
+        id           INTEGER PRIMARY KEY,
+        at           REAL NOT NULL,
+        via          TEXT NOT NULL,       -- slack | api | cli | gate
+        actor        TEXT NOT NULL,
+        action       TEXT NOT NULL,       -- approve | deny | rollback | expire | cancel ...
+        approval_id  INTEGER,
+        target       TEXT,
+        accepted     INTEGER NOT NULL CHECK (accepted IN (0, 1)),
+        detail       TEXT NOT NULL,
+        nonce        TEXT                 -- one click or request, counted once
+    );
+    CREATE UNIQUE INDEX audit_nonce ON audit (nonce) WHERE nonce IS NOT NULL;
+    CREATE TABLE messages (
+        incident_id  INTEGER PRIMARY KEY REFERENCES incidents (id),
+        channel      TEXT NOT NULL,
+        ts           TEXT NOT NULL
+    );
     """,
 )
 
@@ -183,6 +239,88 @@ class DecisionRow:
     mode: str
     outcome: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One alert of a delivery, routed to its target, as the journal keeps it."""
+
+    fingerprint: str
+    starts_at: float
+    target: str
+    alertname: str
+    status: str  # firing | resolved
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What one delivery changed: alerts new to us, re-deliveries, and resolutions."""
+
+    new_firing: tuple[AlertRecord, ...] = ()
+    repeated: int = 0
+    resolved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalAsk:
+    """Ask people to approve the decision being recorded."""
+
+    expires_at: float
+    required: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """An approval request and where it stands."""
+
+    id: int
+    incident_id: int | None
+    target: str
+    requested_at: float
+    expires_at: float
+    required: int
+    verdict: str
+    reason: str
+    status: str
+    approved_by: str
+    decided_at: float | None
+    decided_by: str | None
+    outcome: str
+    launched: int
+
+    @property
+    def approvers(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.approved_by))
+
+    def request(self) -> gate_rules.Request:
+        return gate_rules.Request(
+            id=self.id,
+            target=self.target,
+            incident=self.incident_id,
+            requested_at=self.requested_at,
+            expires_at=self.expires_at,
+            required=self.required,
+            status=gate_rules.Status(self.status),
+            approved_by=self.approvers,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One thing a person (or the gate on their behalf) asked for, and whether it was taken."""
+
+    id: int
+    at: float
+    via: str
+    actor: str
+    action: str
+    approval_id: int | None
+    target: str | None
+    accepted: int
+    detail: str
+    nonce: str | None
 
 
 class Journal:
@@ -320,13 +458,16 @@ class Journal:
         mode: model.Mode,
         outcome: str,
         acted: bool = True,
+        ask: ApprovalAsk | None = None,
     ) -> int | None:
         """Journal one evaluation's consequences atomically; return the incident id, if any.
 
         Writes the evaluation only if it changed the verdict, opens/escalates/closes the
         incident as the decision says, and records the decision if it asked for an action.
         ``acted=False``: the gate could not carry the action out (no executor), so the incident
-        is not marked as acted on and the next evaluation asks again.
+        is not marked as acted on and the next evaluation asks again. ``ask``: open an approval
+        request for it (or bring the pending one up to this decision). Alertmanager alerts that
+        fed an action are spent: re-deliveries of them never act again.
         """
         target = decision.target
         with self._lock, _transaction(self._db):
@@ -400,7 +541,39 @@ class Journal:
                         "UPDATE incidents SET acted = ? WHERE id = ?",
                         (decision.verdict.value, incident_id),
                     )
+                    if decision.firing:
+                        self._db.executemany(
+                            "UPDATE alerts SET spent_by = ? WHERE target = ? AND alertname = ? "
+                            "AND status = 'firing' AND spent_by IS NULL",
+                            [(incident_id, target, name) for name in decision.firing],
+                        )
+            if ask is not None:
+                self._ask(decision, incident_id, ask)
             return incident_id
+
+    def _ask(self, decision: model.Decision, incident_id: int | None, ask: ApprovalAsk) -> None:
+        pending = self._db.execute(
+            "SELECT id FROM approvals WHERE target = ? AND status = 'pending'", (decision.target,)
+        ).fetchone()
+        if pending is not None:  # the same people are already asked: bring it up to date
+            self._db.execute(
+                "UPDATE approvals SET verdict = ?, reason = ?, incident_id = ? WHERE id = ?",
+                (decision.verdict.value, decision.reason, incident_id, pending["id"]),
+            )
+            return
+        self._db.execute(
+            "INSERT INTO approvals (incident_id, target, requested_at, expires_at, required, "
+            "verdict, reason, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (
+                incident_id,
+                decision.target,
+                decision.at,
+                ask.expires_at,
+                ask.required,
+                decision.verdict.value,
+                decision.reason,
+            ),
+        )
 
     def unact(self, incident_id: int, previous: model.Verdict | None) -> None:
         """Undo ``record``'s "acted on" for an action that could not be carried out after all."""
@@ -422,6 +595,10 @@ class Journal:
                     "last_change": self.last_evaluation(target),
                     "incidents": [_plain(i) for i in self.incidents(target=target, limit=5)],
                     "decisions": [_plain(d) for d in self.decisions(target=target, limit=5)],
+                    "approvals": [
+                        {**_plain(a), "approved_by": list(a.approvers)}
+                        for a in self.approvals(target=target, limit=5)
+                    ],
                     "runs": [
                         {**_plain(r), "steps": [_plain(s) for s in self.steps(r.id)]}
                         for r in self.runs(target=target, limit=3)
@@ -569,17 +746,344 @@ class Journal:
             ).fetchone()
         return int(row["id"]) if row is not None else None
 
-    def open_manual_incident(self, target: str, *, reason: str, at: float) -> int:
-        """An incident opened by a person (``rollback --reason``), critical by definition."""
+    def open_manual_incident(
+        self,
+        target: str,
+        *,
+        reason: str,
+        at: float,
+        category: str = "manual",
+        by: str = "operator",
+        via: str = "cli",
+    ) -> int:
+        """An incident opened by a person (``rollback --reason``), critical by definition, with
+        its decision; ``category`` is ``manual`` or ``security``. It supersedes an open one."""
         with self._lock, _transaction(self._db):
+            self._db.execute(
+                "UPDATE incidents SET status = 'closed', closed_at = ? "
+                "WHERE target = ? AND status = 'open'",
+                (at, target),
+            )
             cursor = self._db.execute(
                 "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason) "
                 "VALUES (?, ?, 'open', 'rollback', 'rollback', ?)",
-                (target, at, f"manual: {reason}"),
+                (target, at, f"{category}: {reason}"),
             )
-            return int(cursor.lastrowid or 0)
+            incident = int(cursor.lastrowid or 0)
+            self._db.execute(
+                "INSERT INTO decisions "
+                "(incident_id, target, at, verdict, action, mode, outcome, reason) "
+                "VALUES (?, ?, ?, 'rollback', 'rollback', 'manual', ?, ?)",
+                (incident, target, at, f"ordered by {by} via {via}", f"{category}: {reason}"),
+            )
+            return incident
+
+    # -- alerts from Alertmanager -----------------------------------------------------------
+
+    def ingest_alerts(self, alerts: Sequence[AlertRecord], *, at: float) -> Ingested:
+        """Keep one delivery's alerts, each (fingerprint, startsAt) once: a re-delivery only
+        refreshes it. A resolution sticks (a late retry of the firing state cannot undo it)."""
+        new: list[AlertRecord] = []
+        repeated = resolved = 0
+        with self._lock, _transaction(self._db):
+            for alert in alerts:
+                row = self._db.execute(
+                    "INSERT INTO alerts (fingerprint, starts_at, target, alertname, status, "
+                    "labels, annotations, first_seen, last_seen, resolved_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'resolved' THEN ? END) "
+                    "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET "
+                    "last_seen = excluded.last_seen, deliveries = alerts.deliveries + 1, "
+                    "resolved_at = CASE WHEN alerts.status = 'firing' AND "
+                    "excluded.status = 'resolved' THEN excluded.last_seen "
+                    "ELSE alerts.resolved_at END, "
+                    "status = CASE WHEN alerts.status = 'resolved' THEN 'resolved' "
+                    "ELSE excluded.status END "
+                    "RETURNING deliveries, status",
+                    (
+                        alert.fingerprint,
+                        alert.starts_at,
+                        alert.target,
+                        alert.alertname,
+                        alert.status,
+                        json.dumps(alert.labels),
+                        json.dumps(alert.annotations),
+                        at,
+                        at,
+                        alert.status,
+                        at,
+                    ),
+                ).fetchone()
+                if row["deliveries"] == 1:
+                    if alert.status == "firing":
+                        new.append(alert)
+                else:
+                    repeated += 1
+                if alert.status == "resolved":
+                    resolved += 1
+        return Ingested(tuple(new), repeated, resolved)
+
+    def firing_alerts(self, target: str, *, seen_since: float) -> list[AlertRecord]:
+        """Alerts of ``target`` still firing, not yet acted on, delivered since ``seen_since``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM alerts WHERE target = ? AND status = 'firing' "
+                "AND spent_by IS NULL AND last_seen >= ? ORDER BY starts_at",
+                (target, seen_since),
+            ).fetchall()
+        return [
+            AlertRecord(
+                fingerprint=row["fingerprint"],
+                starts_at=row["starts_at"],
+                target=row["target"],
+                alertname=row["alertname"],
+                status=row["status"],
+                labels=json.loads(row["labels"]),
+                annotations=json.loads(row["annotations"]),
+            )
+            for row in rows
+        ]
+
+    # -- approvals and the audit trail -----------------------------------------------------
+
+    def approval(self, approval_id: int) -> ApprovalRow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+        return ApprovalRow(**dict(row)) if row is not None else None
+
+    def approvals(
+        self, *, target: str | None = None, status: str | None = None, limit: int = 20
+    ) -> list[ApprovalRow]:
+        clauses, args = [], []
+        if target is not None:
+            clauses.append("target = ?")
+            args.append(target)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM approvals{where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
+                (*args, limit),
+            ).fetchall()
+        return [ApprovalRow(**dict(row)) for row in rows]
+
+    def vote(
+        self,
+        approval_id: int,
+        vote: gate_rules.Vote,
+        rules: gate_rules.Rules,
+        *,
+        nonce: str | None = None,
+    ) -> tuple[gate_rules.Ruling, ApprovalRow | None]:
+        """Apply one vote: read, judge and write in one transaction, with an audit line either
+        way. The same ``nonce`` (one Slack click, one API request id) is only ever counted once."""
+        actor = next((name for name in vote.identities if name), "unknown")
+        action = "approve" if vote.approve else "deny"
+        with self._lock, _transaction(self._db):
+            if (
+                nonce is not None
+                and self._db.execute("SELECT 1 FROM audit WHERE nonce = ?", (nonce,)).fetchone()
+            ):
+                return (
+                    gate_rules.Ruling(
+                        False,
+                        gate_rules.Status.PENDING,
+                        "this exact request was already received; ignored",
+                        refusal=gate_rules.Refusal.REPLAY,
+                    ),
+                    None,
+                )
+            row = self._db.execute(
+                "SELECT * FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+            if row is None:
+                ruling = gate_rules.Ruling(
+                    False,
+                    gate_rules.Status.CANCELLED,
+                    f"there is no approval #{approval_id}",
+                    refusal=gate_rules.Refusal.NOT_FOUND,
+                )
+                self._audit(vote.at, vote.via, actor, action, approval_id, None, ruling, nonce)
+                return ruling, None
+            current = ApprovalRow(**dict(row))
+            ruling = gate_rules.judge(current.request(), vote, rules)
+            self._audit(
+                vote.at,
+                vote.via,
+                ruling.voter or actor,
+                action,
+                approval_id,
+                current.target,
+                ruling,
+                nonce,
+            )
+            if ruling.counted:
+                approved = list(current.approvers)
+                if vote.approve and ruling.voter not in approved:
+                    approved.append(ruling.voter)
+                decided = ruling.status is not gate_rules.Status.PENDING
+                self._db.execute(
+                    "UPDATE approvals SET status = ?, approved_by = ?, outcome = ?, "
+                    "decided_at = CASE WHEN ? THEN ? ELSE decided_at END, "
+                    "decided_by = CASE WHEN ? THEN ? ELSE decided_by END WHERE id = ?",
+                    (
+                        ruling.status.value,
+                        json.dumps(approved),
+                        ruling.message,
+                        decided,
+                        vote.at,
+                        decided,
+                        ", ".join(approved) if vote.approve else ruling.voter,
+                        approval_id,
+                    ),
+                )
+            updated = self._db.execute(
+                "SELECT * FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+        return ruling, ApprovalRow(**dict(updated))
+
+    def settle(
+        self, approval_id: int, status: gate_rules.Status, *, at: float, by: str, outcome: str
+    ) -> bool:
+        """End a pending request without a vote (timed out, overtaken); False if it was no
+        longer pending (someone decided first)."""
+        with self._lock, _transaction(self._db):
+            cursor = self._db.execute(
+                "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, outcome = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (status.value, at, by, outcome, approval_id),
+            )
+            if cursor.rowcount:
+                row = self._db.execute(
+                    "SELECT target FROM approvals WHERE id = ?", (approval_id,)
+                ).fetchone()
+                self._db.execute(
+                    "INSERT INTO audit (at, via, actor, action, approval_id, target, accepted, "
+                    "detail) VALUES (?, 'gate', ?, ?, ?, ?, 1, ?)",
+                    (at, by, status.value, approval_id, row["target"], outcome),
+                )
+            return bool(cursor.rowcount)
+
+    def mark_launched(self, approval_id: int, outcome: str) -> None:
+        """An approved request's run was started (or joined the one in flight)."""
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "UPDATE approvals SET launched = 1, outcome = CASE WHEN outcome = '' THEN ? "
+                "ELSE outcome || '; ' || ? END WHERE id = ?",
+                (outcome, outcome, approval_id),
+            )
+
+    def audit(
+        self,
+        *,
+        at: float,
+        via: str,
+        actor: str,
+        action: str,
+        accepted: bool,
+        detail: str,
+        target: str | None = None,
+        approval_id: int | None = None,
+        nonce: str | None = None,
+    ) -> bool:
+        """Journal one request by a person; False if ``nonce`` was seen before (a replay)."""
+        with self._lock:
+            try:
+                with _transaction(self._db):
+                    self._db.execute(
+                        "INSERT INTO audit (at, via, actor, action, approval_id, target, "
+                        "accepted, detail, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (at, via, actor, action, approval_id, target, int(accepted), detail, nonce),
+                    )
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def audit_trail(self, *, limit: int = 50) -> list[AuditRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [AuditRow(**dict(row)) for row in rows]
+
+    def _audit(
+        self,
+        at: float,
+        via: str,
+        actor: str,
+        action: str,
+        approval_id: int | None,
+        target: str | None,
+        ruling: gate_rules.Ruling,
+        nonce: str | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, via, actor, action, approval_id, target, accepted, detail, "
+            "nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                via,
+                actor,
+                action,
+                approval_id,
+                target,
+                int(ruling.counted),
+                ruling.message,
+                nonce,
+            ),
+        )
+
+    # -- where each incident's chat message is (notify.MessageRefs) -------------------------
+
+    def message_ref(self, incident: int) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT channel, ts FROM messages WHERE incident_id = ?", (incident,)
+            ).fetchone()
+        return (row["channel"], row["ts"]) if row is not None else None
+
+    def remember_message(self, incident: int, channel: str, ts: str) -> None:
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO messages (incident_id, channel, ts) VALUES (?, ?, ?) "
+                "ON CONFLICT (incident_id) DO UPDATE SET channel = excluded.channel, "
+                "ts = excluded.ts",
+                (incident, channel, ts),
+            )
 
     # -- reading ---------------------------------------------------------------------------
+
+    def incident_report(self, incident_id: int) -> dict[str, Any] | None:
+        """One incident as plain data, with its decisions, approvals and runs (with steps)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM incidents WHERE id = ?", (incident_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            decisions = self._db.execute(
+                "SELECT * FROM decisions WHERE incident_id = ? ORDER BY id", (incident_id,)
+            ).fetchall()
+            approvals = self._db.execute(
+                "SELECT * FROM approvals WHERE incident_id = ? ORDER BY id", (incident_id,)
+            ).fetchall()
+            runs = self._db.execute(
+                "SELECT * FROM runs WHERE incident_id = ? ORDER BY id", (incident_id,)
+            ).fetchall()
+        return {
+            **dict(row),
+            "decisions": [dict(d) for d in decisions],
+            "approvals": [
+                {**dict(a), "approved_by": json.loads(a["approved_by"])} for a in approvals
+            ],
+            "runs": [
+                {**_plain(RunRow(**dict(r))), "steps": [_plain(s) for s in self.steps(r["id"])]}
+                for r in runs
+            ],
+        }
 
     def incidents(self, *, target: str | None = None, limit: int = 20) -> list[IncidentRow]:
         query = "SELECT * FROM incidents"

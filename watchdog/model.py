@@ -57,6 +57,7 @@ class Origin(enum.StrEnum):
 
     PROMETHEUS = "prometheus"  # an alert rule's `expr`, run as an instant query
     SYSTEMD = "systemd"  # read by the watchdog from systemd over D-Bus; works without Prometheus
+    ALERTMANAGER = "alertmanager"  # an alert Alertmanager delivered, not a rule of ours
 
 
 class SignalState(enum.StrEnum):
@@ -146,6 +147,16 @@ class Rule:
     group: str = ""
     line: int = 0
     origin: Origin = Origin.PROMETHEUS  # a systemd signal ignores the presence query
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAlert:
+    """A firing alert Alertmanager delivered, as evidence for the signal of the same name."""
+
+    rule: Rule  # the rules file's rule of that alertname, or one made from the alert's labels
+    labels: Labels
+    starts_at: float
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
 """One tick for one target: sources -> evaluation -> decision -> gate -> journal, metrics, log.
 
 The daemon calls ``Target.tick`` every ``interval``; it is the only place the stages meet, and
-data passes between them only through function arguments. A rollback decision in ``auto`` mode
-launches the runbook (``Target.launch``, provided by the daemon); if it cannot start now (systemd
-not connected), the decision is journaled as not acted on and the next tick asks again; in
-``observe`` mode it is journaled as "would roll back"; ``approve`` waits for the approval gate.
+data passes between them only through function arguments. Alertmanager's alerts (kept in the
+journal by ``POST /alertmanager``) join the evaluation as firing signals. A rollback decision in
+``auto`` mode launches the runbook (``Target.launch``, provided by the daemon); if it cannot
+start now (systemd not connected), the decision is journaled as not acted on and the next tick
+asks again; in ``observe`` mode it is journaled as "would roll back"; in ``approve`` mode (and
+for a ``propose`` in any acting mode) the gate journals an approval request with the decision,
+and settles requests each tick.
 """
 
 from __future__ import annotations
@@ -14,31 +17,18 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
-from watchdog import config, decision, evaluation, journal, model, telemetry
-from watchdog.sources import prometheus, systemd_watch
+from watchdog import config, decision, evaluation, gate, journal, model, telemetry
+from watchdog.sources import alertmanager, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.pipeline")
 
 
-STARTED = "rollback started"
-JOINED = "joined the run in flight"
-
-
-class Launcher(Protocol):
-    """Starts (or joins) a rollback run for a decision; the daemon provides it."""
-
-    def blocked(self) -> str | None:
-        """Why a run cannot start now (no executor, a run being reconciled), or None."""
-
-    def in_flight(self) -> bool:
-        """Whether a run of this target is already going (a new decision joins it)."""
-
-    def __call__(self, decided: model.Decision, incident: int | None) -> str:
-        """Start or join a run: ``STARTED`` or ``JOINED``, or why it could not after all."""
+STARTED = gate.STARTED
+JOINED = gate.JOINED
+Launcher = gate.Launcher
 
 
 def gate_outcome(
@@ -57,9 +47,11 @@ def gate_outcome(
             if blocked is not None:
                 return f"would roll back (auto mode, but {blocked}); asking again next time"
             return JOINED if joining else STARTED  # launched once the decision is journaled
-        return "would roll back (approve mode; the approval gate is not available yet)"
+        return "would roll back (approve mode, but no approval gate is running)"
     if action is model.Action.PROPOSE:
-        return "would ask a human to approve a rollback (approval gate not available yet)"
+        if mode is model.Mode.OBSERVE:
+            return "would ask a human to approve a rollback (observe mode)"
+        return "would ask a human to approve a rollback (no approval gate is running)"
     if action is model.Action.NOTIFY:
         return "notified (log only)"
     return "none"
@@ -81,6 +73,8 @@ class Target:
     arming: journal.Arming | None = None  # as last read from the journal
     launch: Launcher | None = None  # starts the runbook in auto mode
     watch: systemd_watch.SystemdWatch | None = None  # the D-Bus crash-loop signal, if watched
+    gatekeeper: gate.Gate | None = None  # approvals and notifications; None: act or record only
+    alerts_forget_after: float | None = None  # read Alertmanager's alerts from the journal
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -111,13 +105,19 @@ class Target:
             rules = [*self.rules, self.watch.rule]
         await self._follow_arming()
         evaluated, memory = evaluation.evaluate(self.name, rules, observation, self.memory)
+        if self.alerts_forget_after is not None:
+            evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
         decided, state = decision.decide(evaluated, self.policy, self.state)
         acting = decided.action is model.Action.ROLLBACK and self.mode is model.Mode.AUTO
         blocked = None
         if acting:
             blocked = "no executor is connected" if self.launch is None else self.launch.blocked()
         joining = acting and self.launch is not None and self.launch.in_flight()
-        outcome = gate_outcome(decided, self.mode, blocked, joining=joining)
+        ask = self.gatekeeper.asks(decided, self.mode) if self.gatekeeper is not None else None
+        if ask is not None and self.gatekeeper is not None:
+            outcome = self.gatekeeper.asked_outcome()
+        else:
+            outcome = gate_outcome(decided, self.mode, blocked, joining=joining)
         # what the incident had been acted on before this decision (none if it is new)
         before = None
         if self.state.incident is not None and decided.incident is not model.IncidentChange.OPEN:
@@ -129,17 +129,28 @@ class Target:
             mode=self.mode,
             outcome=outcome,
             acted=blocked is None,
+            ask=ask,
         )
         if blocked is not None:
             state = not_acted(state, before)
         self.memory, self.state = memory, state
         if acting and blocked is None and self.launch is not None:
-            launched = self.launch(decided, incident)
+            order = gate.Order(incident, "auto", "rollback-watchdog", decided.reason)
+            if self.gatekeeper is not None:
+                launched = self.gatekeeper.launch(self.name, order)
+            else:
+                launched = self.launch(order)
             if launched not in (STARTED, JOINED):  # lost the executor since: ask again
                 log.error("rollback not started", target=self.name, outcome=launched)
                 if incident is not None:
                     await asyncio.to_thread(self.store.unact, incident, before)
                 self.state = not_acted(self.state, before)
+        if self.gatekeeper is not None:
+            await self.gatekeeper.decided(
+                evaluated, decided, incident, mode=self.mode, outcome=outcome
+            )
+            pending = await self.gatekeeper.settle(self.name)
+            self.recorder.approvals_pending.labels(self.name).set(pending)
         self.recorder.record_evaluation(
             evaluated,
             decided,
@@ -167,6 +178,30 @@ class Target:
             source_errors=failures,
         )
         return decided
+
+    async def _delivered_alerts(self, at: float) -> list[model.ExternalAlert]:
+        """Alertmanager's alerts for this target that still fire and were never acted on."""
+        forget = self.alerts_forget_after or 0.0
+        stored = await asyncio.to_thread(
+            self.store.firing_alerts, self.name, seen_since=at - forget
+        )
+        alerts = []
+        for alert in stored:
+            try:
+                rule = alertmanager.rule_for(
+                    alert.alertname, alert.labels, alert.annotations, self.rules
+                )
+            except ValueError:  # the rules changed since it was kept: no longer a signal
+                continue
+            alerts.append(
+                model.ExternalAlert(
+                    rule=rule,
+                    labels=model.labels_of(alert.labels),
+                    starts_at=alert.starts_at,
+                    fingerprint=alert.fingerprint,
+                )
+            )
+        return alerts
 
     async def _follow_arming(self) -> None:
         """Pick up a re-arm (or disarm) made outside the loop, e.g. by ``rearm``."""

@@ -160,42 +160,10 @@ def _load_rule(
 
     labels = _string_map(raw.get("labels"), fail, "labels")
     annotations = _string_map(raw.get("annotations"), fail, "annotations")
-    severity_text = labels.get("severity")
-    category_text = labels.get("rollback_category")
-    if severity_text is None:
-        raise fail("labels", "missing label 'severity' (critical or warning)")
     try:
-        severity = model.Severity(severity_text)
-    except ValueError:
-        raise fail(
-            "labels", f"unknown severity {severity_text!r}: use critical or warning"
-        ) from None
-    if category_text is None:
-        raise fail("labels", f"missing label 'rollback_category' ({_choices(model.Category)})")
-    try:
-        category = model.Category(category_text)
-    except ValueError:
-        raise fail(
-            "labels",
-            f"unknown rollback_category {category_text!r}: use one of {_choices(model.Category)}",
-        ) from None
-    if category.severity is not severity:
-        raise fail(
-            "labels",
-            f"rollback_category {category.value!r} is a {category.severity.value} reason "
-            f"but severity is {severity.value!r}",
-        )
-    weight = 1.0
-    if "rollback_weight" in labels:
-        try:
-            weight = float(labels["rollback_weight"])
-        except ValueError:
-            weight = math.nan
-        if not math.isfinite(weight) or weight <= 0:
-            raise fail(
-                "labels",
-                f"rollback_weight {labels['rollback_weight']!r} must be a number > 0",
-            )
+        severity, category, weight = classify(labels)
+    except ValueError as exc:
+        raise fail("labels", str(exc)) from None
     for_seconds = _duration(raw.get("for"), fail, "for")
     keep_seconds = _duration(raw.get("keep_firing_for"), fail, "keep_firing_for")
     return model.Rule(
@@ -213,6 +181,41 @@ def _load_rule(
         group=group,
         line=document.line_of((*path, "alert")),
     )
+
+
+def classify(labels: Mapping[str, str]) -> tuple[model.Severity, model.Category, float]:
+    """An alert's severity, rollback category and weight from its labels; ``ValueError`` names
+    the missing or unknown one. Rules files and Alertmanager's alerts are read the same way."""
+    severity_text = labels.get("severity")
+    category_text = labels.get("rollback_category")
+    if severity_text is None:
+        raise ValueError("missing label 'severity' (critical or warning)")
+    try:
+        severity = model.Severity(severity_text)
+    except ValueError:
+        raise ValueError(f"unknown severity {severity_text!r}: use critical or warning") from None
+    if category_text is None:
+        raise ValueError(f"missing label 'rollback_category' ({_choices(model.Category)})")
+    try:
+        category = model.Category(category_text)
+    except ValueError:
+        raise ValueError(
+            f"unknown rollback_category {category_text!r}: use one of {_choices(model.Category)}"
+        ) from None
+    if category.severity is not severity:
+        raise ValueError(
+            f"rollback_category {category.value!r} is a {category.severity.value} reason "
+            f"but severity is {severity.value!r}"
+        )
+    weight = 1.0
+    if "rollback_weight" in labels:
+        try:
+            weight = float(labels["rollback_weight"])
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"rollback_weight {labels['rollback_weight']!r} must be a number > 0")
+    return severity, category, weight
 
 
 def derive_threshold(expr: str) -> str:

@@ -1,39 +1,76 @@
-"""The watchdog's one HTTP listener: metrics for Prometheus, health for systemd, the operator API.
+"""The watchdog's one HTTP listener: metrics, health, Alertmanager, Slack and the operator API.
 
 One aiohttp server on ``listen`` (loopback by default) serves every route, so there is one port
-to secure and one place that turns a request into data: ``GET /metrics`` (the recorder's
-registry), ``GET /healthz`` (the process answers), ``GET /readyz`` (the journal answers and every
-evaluation loop ticked recently), ``GET /api/v1/status`` (the journal's view of each target, with
-the operator token). Every answer is JSON except the metrics and health texts; every failure
-this module answers is a 4xx naming the problem without echoing what was sent (a request line
-aiohttp cannot parse gets aiohttp's own 400). Bodies are capped at ``body_limit`` (413), idle or
-dripping connections are cut at ``request_timeout``, and an answer that takes longer is a 503.
-The token is compared in constant time and never logged; without one configured the API answers
-403, the rest still serves.
+to secure and one place that turns a request into data:
+
+- ``GET /metrics``, ``/healthz``, ``/readyz``: open (Prometheus and systemd read them);
+- ``POST /alertmanager``: Alertmanager's webhook, with its own bearer token; answered at once
+  (Alertmanager retries a slow receiver), the alerts are kept and evaluated after;
+- ``POST /slack/interactions``: a button click, signed by Slack over the raw body; acknowledged
+  at once (Slack wants an answer within 3 s), the vote is counted after;
+- ``/api/v1/...``: the operator API (status, incidents, ``rollback``, ``approvals/{id}``) with
+  the operator token. Every other path wants that token too: new routes are closed by default.
+
+Every failure this module answers is a JSON 4xx naming the problem without echoing what was
+sent (a request line aiohttp cannot parse gets aiohttp's own 400). Bodies are capped at
+``body_limit`` (413), idle or dripping connections are cut at ``request_timeout``, and an answer
+that takes longer is a 503. Tokens are compared in constant time and never logged; a route whose
+secret is not configured answers 403, the rest still serves. Nothing here acts: handlers parse
+and validate, then hand plain values to ``Orders`` (the gate, in the daemon).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog import config, credentials, errors, telemetry
+from watchdog import approval, config, credentials, errors, gate, telemetry
+from watchdog.notify import slack
+from watchdog.sources import alertmanager
 
 log = structlog.get_logger("watchdog.server")
 
 API_PREFIX: Final = "/api/"
+OPEN_PATHS: Final = frozenset({"/metrics", "/healthz", "/readyz"})
+SELF_AUTHENTICATED: Final = frozenset({"/alertmanager", "/slack/interactions"})
 Status = Callable[[], Awaitable[dict[str, Any]]]
 """The operator status document, built from the journal."""
 Readiness = Callable[[], Awaitable[str | None]]
 """None when ready, else what is not (the journal, a stalled loop)."""
+_ID = re.compile(r"[1-9][0-9]{0,17}")  # positive, and fits SQLite's integer
+
+
+class Orders(Protocol):
+    """What the routes hand their validated requests to (the daemon's gate)."""
+
+    async def ingest(self, delivery: alertmanager.Delivery) -> None:
+        """Keep and evaluate an Alertmanager notification (after it was answered)."""
+
+    async def interaction(self, interaction: slack.Interaction) -> None:
+        """Count a Slack button click (after it was acknowledged)."""
+
+    async def vote(
+        self, approval_id: int, vote: approval.Vote, nonce: str | None
+    ) -> tuple[approval.Ruling, dict[str, Any] | None]:
+        """Count an approve/deny from the API; the approval as it stands after."""
+
+    async def rollback(self, order: gate.RollbackOrder) -> approval.Answer:
+        """An operator's rollback order."""
+
+    async def incident(self, incident_id: int) -> dict[str, Any] | None:
+        """One incident with its decisions, approvals, runs and steps."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +82,11 @@ class Context:
     token: str  # "" when the operator API is off
     status: Status
     readiness: Readiness
+    orders: Orders | None = None  # None: nothing can be ordered (503)
+    alertmanager_token: str = ""  # "" when the receiver is off
+    slack_secret: str = ""  # "" when Slack interactions over HTTP are off
+    clock: Callable[[], float] = time.time
+    pending: set[asyncio.Task[None]] = field(default_factory=set)  # work after the answer
 
 
 _CONTEXT: Final = web.AppKey("context", Context)
@@ -85,15 +127,23 @@ async def _bounded(request: web.Request, handler: Callable[..., Awaitable[Any]])
 
 @web.middleware
 async def _authorized(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
-    """The operator API wants ``Authorization: Bearer <token>``."""
-    if not request.path.startswith(API_PREFIX):
+    """Closed by default: every path but the open ones and those that check their own
+    credentials (Alertmanager's token, Slack's signature) wants the operator token."""
+    if request.path in OPEN_PATHS or request.path in SELF_AUTHENTICATED:
         return await handler(request)
-    token = request.app[_CONTEXT].token
+    refused = _bearer(
+        request,
+        request.app[_CONTEXT].token,
+        "the operator API is off: configure listen.token_file or listen.token_env",
+    )
+    return refused if refused is not None else await handler(request)
+
+
+def _bearer(request: web.Request, token: str, off: str) -> web.Response | None:
+    """None when ``Authorization: Bearer <token>`` is right; else the answer (401, or 403
+    when no token is configured, with ``off`` saying how to configure one)."""
     if not token:
-        return problem(
-            HTTPStatus.FORBIDDEN,
-            "the operator API is off: configure listen.token_file or listen.token_env",
-        )
+        return problem(HTTPStatus.FORBIDDEN, off)
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.matches(presented.strip(), token):
         log.warning("unauthorized request", method=request.method, path=request.path)
@@ -102,7 +152,7 @@ async def _authorized(request: web.Request, handler: Callable[..., Awaitable[Any
             "a valid bearer token is required",
             **{"WWW-Authenticate": "Bearer"},
         )
-    return await handler(request)
+    return None
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -128,6 +178,188 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[_CONTEXT].status())
 
 
+def _later(context: Context, work: Awaitable[None], what: str) -> None:
+    """Do ``work`` after the answer is sent; a failure is logged, the sender already has 2xx."""
+
+    async def guarded() -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("processing after the answer failed", what=what)
+
+    task = asyncio.get_running_loop().create_task(guarded())
+    context.pending.add(task)
+    task.add_done_callback(context.pending.discard)
+
+
+def _orders(context: Context) -> Orders:
+    if context.orders is None:
+        raise web.HTTPServiceUnavailable(reason="this listener takes no orders")
+    return context.orders
+
+
+async def _alertmanager(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    refused = _bearer(
+        request,
+        context.alertmanager_token,
+        "the Alertmanager receiver is off: configure alertmanager.token_file or token_env",
+    )
+    if refused is not None:
+        return refused
+    orders = _orders(context)
+    try:
+        delivery = alertmanager.parse(await request.read())
+    except errors.InputError as exc:
+        return problem(HTTPStatus.BAD_REQUEST, str(exc))
+    context.recorder.alerts_received.inc(len(delivery.alerts))
+    _later(context, orders.ingest(delivery), "alertmanager")
+    return web.json_response({"accepted": len(delivery.alerts)})
+
+
+async def _slack_interaction(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    if not context.slack_secret:
+        return problem(
+            HTTPStatus.FORBIDDEN,
+            "Slack interactions are off: configure slack.signing_secret_file or _env",
+        )
+    body = await request.read()
+    wrong = slack.verify_signature(context.slack_secret, request.headers, body, now=context.clock())
+    if wrong is not None:
+        log.warning("unsigned or badly signed Slack request", why=wrong)
+        return problem(HTTPStatus.UNAUTHORIZED, f"Slack signature: {wrong}")
+    try:
+        interaction = slack.parse_interaction(body)
+    except errors.InputError as exc:
+        return problem(HTTPStatus.BAD_REQUEST, str(exc))
+    orders = _orders(context)
+    _later(context, orders.interaction(interaction), "slack")
+    return web.Response(status=HTTPStatus.OK)  # Slack's acknowledgement: an empty 200
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+_NAME = r"^[A-Za-z0-9._@+-]{1,64}$"
+
+
+class _RollbackBody(_Request):
+    reason: str = Field(min_length=1, max_length=2000)
+    by: str = Field(pattern=_NAME)
+    category: Literal["manual", "security"] = "manual"
+    target: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class _VoteBody(_Request):
+    decision: Literal["approve", "deny"]
+    by: str = Field(pattern=_NAME)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+async def _body(request: web.Request, shape: type[_Request]) -> Any:
+    """The JSON body validated against ``shape``; a 400 naming the first problem otherwise."""
+    raw = await request.read()
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _bad("the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise _bad("the body must be a JSON object")
+    try:
+        return shape.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        if first["type"] == "missing":
+            message = "required field is missing"
+        raise _bad(f"{where}: {message}") from None
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _bad(message: str) -> _BadRequest:
+    return _BadRequest(message)
+
+
+_REFUSED_STATUS: Final = {
+    approval.Refusal.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    approval.Refusal.FORBIDDEN: HTTPStatus.FORBIDDEN,
+    approval.Refusal.DECIDED: HTTPStatus.CONFLICT,
+    approval.Refusal.EXPIRED: HTTPStatus.CONFLICT,
+    approval.Refusal.DUPLICATE: HTTPStatus.CONFLICT,
+    approval.Refusal.DISARMED: HTTPStatus.CONFLICT,
+    approval.Refusal.IN_FLIGHT: HTTPStatus.CONFLICT,
+    approval.Refusal.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+async def _rollback(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    try:
+        body: _RollbackBody = await _body(request, _RollbackBody)
+    except _BadRequest as exc:
+        return problem(HTTPStatus.BAD_REQUEST, exc.message)
+    if not body.reason.strip():
+        return problem(HTTPStatus.BAD_REQUEST, "reason: must say why")
+    order = gate.RollbackOrder(
+        target=body.target,
+        reason=body.reason.strip(),
+        category=body.category,
+        by=body.by,
+        via="api",
+        nonce=f"api:{body.request_id}" if body.request_id else None,
+    )
+    answer = await _orders(context).rollback(order)
+    if answer.refusal is approval.Refusal.REPLAY:
+        return web.json_response({"ignored": True, "message": answer.message})
+    if answer.refusal is not None:
+        return problem(_REFUSED_STATUS[answer.refusal], answer.message)
+    return web.json_response(
+        {"incident": answer.incident, "message": answer.message}, status=HTTPStatus.ACCEPTED
+    )
+
+
+async def _vote(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    raw_id = request.match_info["approval"]
+    if not _ID.fullmatch(raw_id):
+        return problem(HTTPStatus.BAD_REQUEST, "the approval id must be a positive integer")
+    try:
+        body: _VoteBody = await _body(request, _VoteBody)
+    except _BadRequest as exc:
+        return problem(HTTPStatus.BAD_REQUEST, exc.message)
+    vote = approval.Vote(
+        approve=body.decision == "approve", identities=(body.by,), via="api", at=context.clock()
+    )
+    nonce = f"api:{body.request_id}" if body.request_id else None
+    ruling, current = await _orders(context).vote(int(raw_id), vote, nonce)
+    if ruling.refusal is approval.Refusal.REPLAY:
+        return web.json_response({"ignored": True, "message": ruling.message})
+    if ruling.refusal is not None:
+        return problem(_REFUSED_STATUS[ruling.refusal], ruling.message)
+    return web.json_response(
+        {"message": ruling.message, "status": ruling.status.value, "approval": current}
+    )
+
+
+async def _incident(request: web.Request) -> web.Response:
+    raw_id = request.match_info["incident"]
+    if not _ID.fullmatch(raw_id):
+        return problem(HTTPStatus.BAD_REQUEST, "the incident id must be a positive integer")
+    found = await _orders(request.app[_CONTEXT]).incident(int(raw_id))
+    if found is None:
+        return problem(HTTPStatus.NOT_FOUND, f"there is no incident #{raw_id}")
+    return web.json_response(found)
+
+
 def build_app(
     settings: config.ListenSettings,
     recorder: telemetry.Recorder,
@@ -135,14 +367,40 @@ def build_app(
     token: str | None,
     status: Status,
     readiness: Readiness,
+    orders: Orders | None = None,
+    alertmanager_token: str | None = None,
+    slack_secret: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The routes and their guards; ``serve`` binds them, tests may too."""
     app = web.Application(middlewares=[_bounded, _authorized], client_max_size=settings.body_limit)
-    app[_CONTEXT] = Context(settings, recorder, token or "", status, readiness)
+    context = Context(
+        settings,
+        recorder,
+        token or "",
+        status,
+        readiness,
+        orders=orders,
+        alertmanager_token=alertmanager_token or "",
+        slack_secret=slack_secret or "",
+        clock=clock,
+    )
+    app[_CONTEXT] = context
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_post("/alertmanager", _alertmanager)
+    app.router.add_post("/slack/interactions", _slack_interaction)
     app.router.add_get("/api/v1/status", _status)
+    app.router.add_get("/api/v1/incidents/{incident}", _incident)
+    app.router.add_post("/api/v1/rollback", _rollback)
+    app.router.add_post("/api/v1/approvals/{approval}", _vote)
+
+    async def drain(app: web.Application) -> None:  # work accepted before shutdown finishes
+        if context.pending:
+            await asyncio.wait(list(context.pending), timeout=settings.request_timeout)
+
+    app.on_shutdown.append(drain)
     return app
 
 
@@ -165,9 +423,21 @@ async def serve(
     token: str | None,
     status: Status,
     readiness: Readiness,
+    orders: Orders | None = None,
+    alertmanager_token: str | None = None,
+    slack_secret: str | None = None,
 ) -> Server:
     """Bind and start serving; ``InputError`` if the address cannot be bound."""
-    app = build_app(settings, recorder, token=token, status=status, readiness=readiness)
+    app = build_app(
+        settings,
+        recorder,
+        token=token,
+        status=status,
+        readiness=readiness,
+        orders=orders,
+        alertmanager_token=alertmanager_token,
+        slack_secret=slack_secret,
+    )
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.request_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

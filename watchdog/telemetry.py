@@ -80,6 +80,29 @@ class Recorder:
             ["target", "status"],
             registry=r,
         )
+        self.alerts_received = Counter(
+            "rollback_watchdog_alerts_received",
+            "Alerts in Alertmanager notifications accepted by POST /alertmanager.",
+            registry=r,
+        )
+        self.alerts = Counter(
+            "rollback_watchdog_alerts",
+            "Alertmanager alerts once kept: new (firing, first seen), repeated, resolved, ignored.",
+            ["result"],
+            registry=r,
+        )
+        self.votes = Counter(
+            "rollback_watchdog_approval_votes",
+            "Approve/deny votes, by channel and result (counted, or why refused).",
+            ["via", "result"],
+            registry=r,
+        )
+        self.approvals_pending = Gauge(
+            "rollback_watchdog_approvals_pending",
+            "Approval requests waiting for people.",
+            ["target"],
+            registry=r,
+        )
         # The metric contract the shipped rules read (DESIGN.md): probes and the systemd watch.
         self.probe_success = Gauge(
             "rollback_watchdog_probe_success",

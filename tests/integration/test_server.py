@@ -107,8 +107,10 @@ async def test_without_a_configured_token_the_api_is_off(start: Start) -> None:
 async def test_unknown_routes_and_methods_are_json_4xx(start: Start) -> None:
     url = await start()
     async with httpx.AsyncClient() as client:
-        missing = await client.get(f"{url}/nope")
+        closed = await client.get(f"{url}/nope")  # closed by default: the token first
+        missing = await client.get(f"{url}/nope", headers={"Authorization": f"Bearer {TOKEN}"})
         wrong_method = await client.post(f"{url}/metrics", content=b"x")
+    assert closed.status_code == 401
     assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
     assert wrong_method.status_code == 405
     assert wrong_method.headers["Allow"] == "GET, HEAD"

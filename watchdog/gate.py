@@ -1,0 +1,460 @@
+"""The gate: what turns a decision or a person's order into a run of the runbook, and tells people.
+
+Three ways reach the executor, and all pass here: an automatic rollback (``auto`` mode), an
+approved request (``approve`` mode, or a ``propose`` in any acting mode), and an operator's order
+(``POST /api/v1/rollback``). The gate journals every request and vote (who, when, through what)
+before acting, refuses what must not happen (a second switch of a rolled-back target, a vote on
+a decided request, a voter off the allowlist) with words that say why, settles requests that
+time out or are overtaken, and keeps one message per incident up to date through the notifier.
+
+The approval rules themselves are pure (``approval``); the journal applies a vote in the same
+transaction it reads the request in. The runs are the daemon's (``Launcher``): the gate only
+asks it to start one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from watchdog import approval, config, journal, model, notify, timefmt
+from watchdog.executor import runbook
+
+log = structlog.get_logger("watchdog.gate")
+
+STARTED = "rollback started"
+JOINED = "joined the run in flight"
+_SHOWN_SIGNALS = 10  # a message lists the worst few; the journal has them all
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Start the runbook: for which incident, on whose word, and whom to tell as it goes."""
+
+    incident: int | None
+    trigger: str  # auto | approved | manual (the run's journal column)
+    initiated_by: str
+    reason: str
+    observer: runbook.Observer | None = None
+    on_end: Callable[[runbook.Outcome], None] | None = None
+
+
+class Launcher(Protocol):
+    """Starts (or joins) a target's rollback run; the daemon provides it."""
+
+    def blocked(self) -> str | None:
+        """Why a run cannot start now (no executor, a run being reconciled), or None."""
+
+    def in_flight(self) -> bool:
+        """Whether a run of this target is already going (a new order joins it)."""
+
+    def __call__(self, order: Order) -> str:
+        """Start or join a run: ``STARTED`` or ``JOINED``, or why it could not after all."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOrder:
+    """An operator's ``POST /api/v1/rollback``, validated."""
+
+    target: str | None
+    reason: str
+    category: str  # manual | security
+    by: str
+    via: str = "api"
+    nonce: str | None = None
+
+
+class Gate:
+    """The one gate of the daemon, for every target."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        store: journal.Journal,
+        notifier: notify.Notifier | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier: notify.Notifier = notifier if notifier is not None else notify.Silent()
+        self.rules = approval.Rules(
+            timeout=settings.approval.timeout,
+            on_timeout=settings.approval.on_timeout,
+            required=settings.approval.required_approvals,
+            approvers=frozenset(settings.approval.approvers),
+        )
+        self._clock = clock
+        self._targets = {t.name: t for t in settings.targets}
+        self._launchers: dict[str, Launcher] = {}
+        self._cards: dict[int, notify.Card] = {}  # the latest card of each incident
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach(self, target: str, launcher: Launcher) -> None:
+        """The daemon's runner for ``target``."""
+        self._launchers[target] = launcher
+
+    # -- from the pipeline ---------------------------------------------------------------
+
+    def asks(self, decided: model.Decision, mode: model.Mode) -> journal.ApprovalAsk | None:
+        """Whether this decision needs people: a rollback in approve mode, or a proposal in any
+        mode that acts. The ask is journaled with the decision, atomically."""
+        action = decided.action
+        needs_people = (action is model.Action.ROLLBACK and mode is model.Mode.APPROVE) or (
+            action is model.Action.PROPOSE and mode is not model.Mode.OBSERVE
+        )
+        if not needs_people:
+            return None
+        return journal.ApprovalAsk(
+            expires_at=decided.at + self.rules.timeout, required=self.rules.required
+        )
+
+    def asked_outcome(self) -> str:
+        who = ", ".join(sorted(self.rules.approvers)) or "nobody (approval.approvers is empty)"
+        return (
+            f"approval requested: {self.rules.required} of {who} within "
+            f"{timefmt.format_duration(self.rules.timeout)}"
+        )
+
+    async def decided(
+        self,
+        evaluated: model.Evaluation,
+        decided: model.Decision,
+        incident: int | None,
+        *,
+        mode: model.Mode,
+        outcome: str,
+    ) -> None:
+        """Tell people about a decision that asked for something (its incident's message)."""
+        if incident is None or decided.action is model.Action.NONE:
+            return
+        pending = await asyncio.to_thread(
+            self.store.approvals, target=decided.target, status="pending", limit=1
+        )
+        request = pending[0] if pending and pending[0].incident_id == incident else None
+        target = self._targets[decided.target]
+        card = notify.Card(
+            incident=incident,
+            target=decided.target,
+            primary=target.primary.unit,
+            fallback=target.fallback.unit,
+            verdict=decided.verdict.value,
+            score=decided.score,
+            reason=decided.reason,
+            mode=mode.value,
+            signals=_signal_lines(evaluated),
+            status=approval.progress(request.request()) if request else _status_of(outcome),
+            approval=request.id if request else None,
+            history=(*self._history(incident), self._line(decided.at, outcome)),
+        )
+        self._publish(card)
+
+    async def settle(self, target: str) -> int:
+        """Each tick: time out, cancel or launch what the approval requests of ``target`` say;
+        how many still wait for people."""
+        now = self._clock()
+        arming = await asyncio.to_thread(self.store.arming, target)
+        open_incident = await asyncio.to_thread(self.store.open_incident_id, target)
+        for row in await asyncio.to_thread(self.store.approvals, target=target, status="pending"):
+            if not arming.armed:
+                await self._end(
+                    row, approval.Status.CANCELLED, "the target was rolled back meanwhile"
+                )
+            elif row.incident_id is not None and row.incident_id != open_incident:
+                await self._end(
+                    row, approval.Status.CANCELLED, "the incident resolved before anyone decided"
+                )
+            elif (expired := approval.expiry(row.request(), now, self.rules)) is not None:
+                await self._end(row, expired.status, expired.message)
+        for row in await asyncio.to_thread(self.store.approvals, target=target, status="approved"):
+            if row.launched:
+                continue
+            if row.incident_id is not None and row.incident_id != open_incident:
+                why = "not started: the incident resolved before the run could start"
+                await asyncio.to_thread(self.store.mark_launched, row.id, why)
+                self._update(row.incident_id, why, buttons=False)
+            else:
+                await self._launch_approved(row)
+        waiting = await asyncio.to_thread(self.store.approvals, target=target, status="pending")
+        return len(waiting)
+
+    async def _end(self, row: journal.ApprovalRow, status: approval.Status, why: str) -> None:
+        ended = await asyncio.to_thread(
+            self.store.settle, row.id, status, at=self._clock(), by="rollback-watchdog", outcome=why
+        )
+        if not ended:
+            return  # someone decided first
+        log.warning("approval settled", approval=row.id, target=row.target, status=status, why=why)
+        self._update(row.incident_id, f"approval #{row.id} {status.value}: {why}", buttons=False)
+        if status is approval.Status.APPROVED:
+            fresh = await asyncio.to_thread(self.store.approval, row.id)
+            if fresh is not None:
+                await self._launch_approved(fresh)
+
+    # -- from people -----------------------------------------------------------------------
+
+    async def vote(
+        self, approval_id: int, vote: approval.Vote, *, nonce: str | None = None
+    ) -> tuple[approval.Ruling, journal.ApprovalRow | None]:
+        """Count one approve/deny (journaled either way), and act on the request's new state."""
+        ruling, row = await asyncio.to_thread(
+            self.store.vote, approval_id, vote, self.rules, nonce=nonce
+        )
+        who = ruling.voter or next((name for name in vote.identities if name), "unknown")
+        if ruling.refusal is not None:
+            log.warning(
+                "vote refused",
+                approval=approval_id,
+                by=who,
+                via=vote.via,
+                refusal=ruling.refusal.value,
+                why=ruling.message,
+            )
+            if row is not None and ruling.refusal is not approval.Refusal.REPLAY:
+                self._update(row.incident_id, f"refused: {ruling.message}")
+            return ruling, row
+        log.warning("vote counted", approval=approval_id, by=who, via=vote.via, now=ruling.status)
+        if row is not None:
+            pending = ruling.status is approval.Status.PENDING
+            status = approval.progress(row.request())
+            self._update(row.incident_id, ruling.message, status=status, buttons=pending)
+            if ruling.status is approval.Status.APPROVED:
+                await self._launch_approved(row)
+        return ruling, row
+
+    async def rollback(self, order: RollbackOrder) -> approval.Answer:
+        """An operator's order: a critical incident of category ``manual`` or ``security``,
+        run at once in any mode (a person decided), never on a target already rolled back."""
+        at = self._clock()
+        refusal: approval.Refusal | None = None
+        try:
+            target = self.settings.target(order.target)
+        except Exception as exc:  # an unknown or ambiguous target name
+            target, refusal, why = None, approval.Refusal.NOT_FOUND, str(exc)
+        if target is not None:
+            launcher = self._launchers.get(target.name)
+            arming = await asyncio.to_thread(self.store.arming, target.name)
+            if not arming.armed:
+                refusal = approval.Refusal.DISARMED
+                why = f"{target.name} was already rolled back; re-arm it first (rearm)"
+            elif launcher is None:
+                refusal, why = approval.Refusal.UNAVAILABLE, "this daemon cannot run rollbacks"
+            elif launcher.in_flight():
+                refusal, why = approval.Refusal.IN_FLIGHT, f"a rollback of {target.name} is running"
+            elif (blocked := launcher.blocked()) is not None:
+                refusal, why = approval.Refusal.UNAVAILABLE, f"cannot start now: {blocked}"
+        name = target.name if target is not None else order.target
+        if refusal is not None or target is None:
+            fresh = await asyncio.to_thread(
+                self.store.audit,
+                at=at,
+                via=order.via,
+                actor=order.by,
+                action="rollback",
+                accepted=False,
+                detail=why,
+                target=name,
+                nonce=order.nonce,
+            )
+            if not fresh:
+                return approval.Answer(
+                    False, "this request was already received; ignored", approval.Refusal.REPLAY
+                )
+            log.warning("rollback order refused", target=name, by=order.by, why=why)
+            return approval.Answer(False, why, refusal)
+        fresh = await asyncio.to_thread(
+            self.store.audit,
+            at=at,
+            via=order.via,
+            actor=order.by,
+            action="rollback",
+            accepted=True,
+            detail=f"{order.category}: {order.reason}",
+            target=target.name,
+            nonce=order.nonce,
+        )
+        if not fresh:
+            return approval.Answer(
+                False, "this request was already received; ignored", approval.Refusal.REPLAY
+            )
+        incident = await asyncio.to_thread(
+            self.store.open_manual_incident,
+            target.name,
+            reason=order.reason,
+            at=at,
+            category=order.category,
+            by=order.by,
+            via=order.via,
+        )
+        reason = f"{order.category}: {order.reason} (ordered by {order.by} via {order.via})"
+        card = notify.Card(
+            incident=incident,
+            target=target.name,
+            primary=target.primary.unit,
+            fallback=target.fallback.unit,
+            verdict=model.Verdict.ROLLBACK.value,
+            score=0.0,
+            reason=reason,
+            mode=self.settings.mode.value,
+            signals=(),
+            status="Rolling back",
+            history=(self._line(at, f"rollback ordered by {order.by} via {order.via}"),),
+        )
+        self._cards[incident] = card
+        started = self.launch(
+            target.name,
+            Order(incident, "manual", order.by, f"{order.category}: {order.reason}"),
+        )
+        if started not in (STARTED, JOINED):
+            self._update(incident, started, status="Not started", buttons=False)
+            return approval.Answer(False, started, approval.Refusal.UNAVAILABLE, incident)
+        self._publish(card)
+        log.warning("rollback ordered", target=target.name, by=order.by, incident=incident)
+        return approval.Answer(True, started, None, incident)
+
+    # -- starting runs ---------------------------------------------------------------------
+
+    def launch(self, target: str, order: Order) -> str:
+        """Ask the daemon to run the runbook; the gate follows it on the incident's message."""
+        launcher = self._launchers.get(target)
+        if launcher is None:
+            return "not started: no executor is connected"
+        if order.incident is not None:
+            incident = order.incident
+            order = dataclasses.replace(
+                order,
+                observer=order.observer or self._step_observer(incident),
+                on_end=order.on_end or self._end_observer(incident),
+            )
+        return launcher(order)
+
+    async def _launch_approved(self, row: journal.ApprovalRow) -> None:
+        arming = await asyncio.to_thread(self.store.arming, row.target)
+        if not arming.armed:  # rolled back another way meanwhile: never switch twice
+            await asyncio.to_thread(
+                self.store.mark_launched, row.id, "not started: the target was already rolled back"
+            )
+            return
+        launcher = self._launchers.get(row.target)
+        blocked = "no executor is connected" if launcher is None else launcher.blocked()
+        if blocked is not None:
+            log.error("approved rollback waits", approval=row.id, why=blocked)
+            return  # the next tick tries again
+        by = ", ".join(row.approvers) or (row.decided_by or "rollback-watchdog")
+        started = self.launch(row.target, Order(row.incident_id, "approved", by, row.reason))
+        if started in (STARTED, JOINED):
+            await asyncio.to_thread(self.store.mark_launched, row.id, started)
+            self._update(row.incident_id, started, status="Rolling back", buttons=False)
+        else:
+            log.error("approved rollback not started", approval=row.id, why=started)
+
+    def _step_observer(self, incident: int) -> runbook.Observer:
+        total = len(runbook.STEPS)
+
+        def observe(event: runbook.StepEvent) -> None:
+            if event.status == "running":
+                status = f"Rolling back: step {event.seq}/{total} {event.name}"
+                self._update(incident, None, status=status, buttons=False)
+            else:
+                took = f" ({event.seconds:.1f}s)" if event.seconds else ""
+                line = f"{event.name} {event.status}{took}: {event.detail}".rstrip(": ")
+                self._update(incident, line, buttons=False)
+
+        return observe
+
+    def _end_observer(self, incident: int) -> Callable[[runbook.Outcome], None]:
+        def ended(outcome: runbook.Outcome) -> None:
+            status = f"Rollback {outcome.status}: {outcome.detail}"
+            self._update(
+                incident,
+                f"run #{outcome.run_id} {outcome.status}",
+                status=status,
+                buttons=False,
+                final=True,
+            )
+
+        return ended
+
+    # -- the incident's message ------------------------------------------------------------
+
+    def _update(
+        self,
+        incident: int | None,
+        line: str | None,
+        *,
+        status: str | None = None,
+        buttons: bool | None = None,
+        final: bool = False,
+    ) -> None:
+        if incident is None:
+            return
+        card = self._cards.get(incident)
+        if card is None:
+            return  # nothing was posted for it by this process; the journal has the story
+        history = card.history if line is None else (*card.history, self._line(self._clock(), line))
+        self._publish(
+            dataclasses.replace(
+                card,
+                history=history,
+                status=status if status is not None else card.status,
+                approval=card.approval if buttons in (None, True) else None,
+                final=final or card.final,
+            )
+        )
+
+    def _history(self, incident: int) -> tuple[str, ...]:
+        card = self._cards.get(incident)
+        return card.history if card is not None else ()
+
+    def _line(self, at: float, text: str) -> str:
+        return f"{timefmt.format_instant(at)[11:19]}Z {text}"
+
+    def _publish(self, card: notify.Card) -> None:
+        self._cards[card.incident] = card
+        self._spawn(self.notifier.publish(card))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Let the last messages go out (briefly), then close the notifier."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self.notifier.aclose()
+
+
+def _signal_lines(evaluated: model.Evaluation) -> tuple[notify.SignalLine, ...]:
+    order = {
+        model.SignalState.FIRING: 0,
+        model.SignalState.PENDING: 1,
+        model.SignalState.ERROR: 2,
+        model.SignalState.NODATA: 3,
+    }
+    shown = sorted(
+        (s for s in evaluated.signals if s.state in order),
+        key=lambda s: (order[s.state], s.rule.severity is not model.Severity.CRITICAL),
+    )
+    return tuple(
+        notify.SignalLine(
+            name=s.name,
+            state=s.state.value,
+            severity=s.rule.severity.value,
+            category=s.rule.category.value,
+            value=s.value,
+            threshold=s.rule.threshold,
+            summary=s.rule.summary,
+        )
+        for s in shown[:_SHOWN_SIGNALS]
+    )
+
+
+def _status_of(outcome: str) -> str:
+    return outcome[:1].upper() + outcome[1:]

@@ -1,0 +1,79 @@
+"""What a notification says, and the one interface every notifier implements.
+
+An incident is told as one message that is posted once and then updated in place (Flagger's
+notifier pattern): a ``Card`` is the whole message at one moment, so a notifier never has to
+merge partial news, and the pipeline can publish after every step without caring which channel
+listens. ``Silent`` is the notifier when none is configured, so callers never test for None.
+Notifying is best effort: a notifier logs its failures and never raises into the rollback path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SignalLine:
+    """One signal as the message shows it."""
+
+    name: str
+    state: str  # ok / pending / firing / nodata / error
+    severity: str  # critical / warning
+    category: str
+    value: float | None  # None: no sample (nodata, error)
+    threshold: str  # the rule's threshold in words, e.g. "> 500 ms"
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """One incident's message: posted once, then updated in place as things happen."""
+
+    incident: int  # journal incident id: the key of the message
+    target: str
+    primary: str  # unit names, e.g. lavalink-rust.service
+    fallback: str
+    verdict: str  # rollback / propose / warn / ...
+    score: float
+    reason: str  # the decision's human text
+    mode: str  # auto / approve / observe
+    signals: tuple[SignalLine, ...]
+    status: str  # one line, e.g. "Awaiting approval (0 of 2)"
+    approval: int | None = None  # when set, the message carries Approve/Deny for this approval
+    history: tuple[str, ...] = ()  # timeline lines, oldest first
+    final: bool = False  # the end: no more buttons ever
+
+
+class MessageRefs(Protocol):
+    """Where an incident's message is (the journal implements it; sync methods)."""
+
+    def message_ref(self, incident: int) -> tuple[str, str] | None:
+        """(channel, ts) of the incident's message, None before it was posted."""
+        ...
+
+    def remember_message(self, incident: int, channel: str, ts: str) -> None:
+        """Record where the incident's message was posted."""
+        ...
+
+
+class Notifier(Protocol):
+    """Publishes incident cards; failures are logged, never raised."""
+
+    async def publish(self, card: Card) -> None:
+        """Post or update the incident's message to show ``card``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; later publishes are dropped."""
+        ...
+
+
+class Silent:
+    """The notifier when no notification channel is configured: it drops every card."""
+
+    async def publish(self, card: Card) -> None:
+        """Nothing to tell."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,154 @@
+"""Alertmanager's webhook (payload version 4) as data: which alerts fire for which target.
+
+``POST /alertmanager`` hands the raw body here. ``parse`` checks the shape Alertmanager sends
+(``notify/webhook``'s ``Message``; keys it does not know are ignored, as new releases add
+some) and names the first problem, so a bad payload is a 400 that changes nothing. ``route``
+then finds each alert's target and signal: an alert named like a rule of the target's rules
+files is that rule's signal; another alert counts only if its labels say what it is
+(``severity`` and ``rollback_category``, exactly as a rule's), otherwise it is ignored with a
+reason. Whether an alert was seen before (Alertmanager retries, re-sends every
+``repeat_interval`` and runs in HA pairs) is the journal's business: fingerprint + ``startsAt``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from watchdog import errors, model, rules, timefmt
+
+TARGET_LABEL = "rollback_target"  # names the target when several are guarded
+_ZERO_TIME = -62135596800.0  # Go's zero time.Time, 0001-01-01T00:00:00Z: "no end"
+
+
+def _instant(value: Any) -> float:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 time")  # noqa: TRY004 - pydantic wants ValueError
+    if value.startswith("0001-01-01T00:00:00"):
+        return _ZERO_TIME
+    return timefmt.parse_instant(value)
+
+
+Instant = Annotated[float, BeforeValidator(_instant)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+class Alert(_Lenient):
+    """One alert of a notification (Alertmanager's ``template.Alert``)."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: Instant = Field(alias="startsAt")
+    ends_at: Instant | None = Field(default=None, alias="endsAt")
+    fingerprint: str = Field(min_length=1, max_length=128)
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "")
+
+
+class Delivery(_Lenient):
+    """One notification: a group of alerts."""
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    group_key: str = Field(default="", alias="groupKey")
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
+    alerts: list[Alert]
+
+
+def parse(body: bytes) -> Delivery:
+    """The notification in ``body``, or ``InputError`` naming what is wrong with it."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.InputError(f"the body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise errors.InputError("the body must be a JSON object (Alertmanager's webhook payload)")
+    try:
+        return Delivery.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if where == "version":
+            message = "only webhook payload version 4 is understood"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise errors.InputError(f"{where}: {message}{more}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """An alert with the target and signal it speaks for."""
+
+    target: str
+    rule: model.Rule
+    alert: Alert
+
+
+def route(
+    delivery: Delivery, targets: Mapping[str, Sequence[model.Rule]]
+) -> tuple[list[Routed], list[str]]:
+    """Each alert's target and signal; the alerts that are no signal, with the reason."""
+    routed: list[Routed] = []
+    ignored: list[str] = []
+    for alert in delivery.alerts:
+        target = _target_of(alert, targets)
+        if target is None:
+            ignored.append(f"{alert.name or alert.fingerprint}: no target for it")
+            continue
+        try:
+            rule = rule_for(alert.name, alert.labels, alert.annotations, targets[target])
+        except ValueError as exc:
+            ignored.append(f"{alert.name or alert.fingerprint}: {exc}")
+            continue
+        routed.append(Routed(target, rule, alert))
+    return routed, ignored
+
+
+def rule_for(
+    name: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    known: Sequence[model.Rule],
+) -> model.Rule:
+    """The target's rule of that name, or one made from the alert's own labels."""
+    if not name:
+        raise ValueError("the alert has no alertname")
+    for rule in known:
+        if rule.name == name:
+            return rule
+    try:
+        severity, category, weight = rules.classify(labels)
+    except ValueError as exc:
+        raise ValueError(f"not a rule of this target, and {exc}") from None
+    return model.Rule(
+        name=name,
+        expr="",
+        severity=severity,
+        category=category,
+        weight=weight,
+        summary=annotations.get("summary", ""),
+        description=annotations.get("description", ""),
+        threshold=annotations.get("threshold", ""),
+        origin=model.Origin.ALERTMANAGER,
+    )
+
+
+def _target_of(alert: Alert, targets: Mapping[str, Sequence[model.Rule]]) -> str | None:
+    named = alert.labels.get(TARGET_LABEL)
+    if named is not None:
+        return named if named in targets else None
+    if len(targets) == 1:
+        return next(iter(targets))
+    owners = [name for name, known in targets.items() if any(r.name == alert.name for r in known)]
+    return owners[0] if len(owners) == 1 else None
