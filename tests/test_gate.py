@@ -330,9 +330,15 @@ async def test_an_alertmanager_alert_rolls_back_while_prometheus_says_nothing(
 
     repeat = target.store.ingest_alerts([alert()], at=9_995)  # Alertmanager's repeat or HA peer
     assert (repeat.new_firing, repeat.repeated) == ((), 1)
-    assert (await target.tick(budget=5)).action is model.Action.NONE
+    still = await target.tick(budget=5)  # the evidence holds, the incident acted once
+    assert (still.verdict, still.action) == (model.Verdict.ROLLBACK, model.Action.NONE)
     assert len(target.store.decisions()) == 1
-    assert target.store.firing_alerts("lavalink", seen_since=0) == []  # spent by the action
+
+    target.store.set_armed("lavalink", True, at=9_996, by="alice", note="re-armed")
+    target.store.ingest_alerts([alert()], at=9_997)  # the same alert, delivered again
+    after = await target.tick(budget=5)
+    assert (after.verdict, after.action) == (model.Verdict.HOLD, model.Action.NONE)
+    assert len(target.store.decisions()) == 1
 
 
 async def test_a_resolved_alert_never_acts_and_stays_resolved(tmp_path: Path) -> None:

@@ -823,11 +823,15 @@ class Journal:
         return Ingested(tuple(new), repeated, resolved)
 
     def firing_alerts(self, target: str, *, seen_since: float) -> list[AlertRecord]:
-        """Alerts of ``target`` still firing, not yet acted on, delivered since ``seen_since``."""
+        """Alerts of ``target`` still firing and delivered since ``seen_since``. An alert that
+        drove an action keeps counting while its incident is open (the evidence still holds;
+        the incident acts once), but never after: a re-delivery cannot act a second time."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM alerts WHERE target = ? AND status = 'firing' "
-                "AND spent_by IS NULL AND last_seen >= ? ORDER BY starts_at",
+                "SELECT alerts.* FROM alerts LEFT JOIN incidents ON incidents.id = alerts.spent_by "
+                "WHERE alerts.target = ? AND alerts.status = 'firing' AND alerts.last_seen >= ? "
+                "AND (alerts.spent_by IS NULL OR incidents.status = 'open') "
+                "ORDER BY alerts.starts_at",
                 (target, seen_since),
             ).fetchall()
         return [
@@ -887,15 +891,14 @@ class Journal:
                 nonce is not None
                 and self._db.execute("SELECT 1 FROM audit WHERE nonce = ?", (nonce,)).fetchone()
             ):
-                return (
-                    gate_rules.Ruling(
-                        False,
-                        gate_rules.Status.PENDING,
-                        "this exact request was already received; ignored",
-                        refusal=gate_rules.Refusal.REPLAY,
-                    ),
-                    None,
-                )
+                replay = gate_rules.Ruling(
+                    False,
+                    gate_rules.Status.PENDING,
+                    "this exact request was already received; ignored",
+                    refusal=gate_rules.Refusal.REPLAY,
+                )  # journaled (without the nonce, which is taken): replays can be an attack
+                self._audit(vote.at, vote.via, actor, action, approval_id, None, replay, None)
+                return replay, None
             row = self._db.execute(
                 "SELECT * FROM approvals WHERE id = ?", (approval_id,)
             ).fetchone()
