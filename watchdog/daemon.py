@@ -33,6 +33,7 @@ from watchdog import (
     notify,
     pipeline,
     rules,
+    sdnotify,
     server,
     telemetry,
 )
@@ -305,8 +306,13 @@ async def _run(
         )
         if started is not None:
             started(Running(targets=targets, listen_port=listener.port, journal=store))
+        supervisor = sdnotify.SystemdNotifier()
+        resources.callback(supervisor.stopping)
         with _signals_set(stop):
             async with asyncio.TaskGroup() as group:
+                group.create_task(
+                    _heartbeat(supervisor, store, guards, settings, stop), name="sd-notify"
+                )
                 group.create_task(link.keep(stop), name="systemd-link")
                 for guard in guards:
                     group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
@@ -328,6 +334,37 @@ def _slack_state(settings: config.Settings, secrets: Secrets) -> str:
     if not settings.slack.socket_mode and not secrets.slack_signing_secret:
         clicks = "no buttons (no signing secret, no socket mode)"
     return f"channel {settings.slack.channel}, {clicks}"
+
+
+async def _heartbeat(
+    supervisor: sdnotify.SystemdNotifier,
+    store: journal.Journal,
+    guards: list[Guard],
+    settings: config.Settings,
+    stop: asyncio.Event,
+) -> None:
+    """Tell systemd: READY once every loop has ticked, then STATUS with the verdicts, and
+    WATCHDOG=1 only while the journal answers and every loop makes progress -- a wedged
+    daemon stops pinging and ``WatchdogSec=`` restarts it."""
+    if not supervisor.enabled:
+        return
+    every = supervisor.watchdog_interval or 5.0
+    announced = False
+    while not stop.is_set():
+        problem = await _readiness(store, guards, settings)
+        status = f"mode {settings.mode.value}; " + ", ".join(
+            f"{g.target.name}: {g.verdict}" for g in guards
+        )
+        if problem is None:
+            if not announced:
+                announced = supervisor.ready(status)
+            else:
+                supervisor.status(status)
+            if supervisor.watchdog_interval is not None:
+                supervisor.alive()
+        elif announced or not problem.startswith("starting"):
+            supervisor.status(f"{status}; not healthy: {problem}")
+        await _pause(stop, every)
 
 
 async def _cancel(runs: set[asyncio.Task[runbook.Outcome | None]]) -> None:
@@ -469,6 +506,7 @@ class Guard:
     ) -> None:
         self.target = target
         self._ticked_at: float | None = None  # monotonic, for readiness
+        self.verdict = "starting"  # the last verdict, for systemd's STATUS=
         self._wake = asyncio.Event()  # wakes the loop for an evaluation now (crash loop, alert)
         self._crash_looping = False
         self._link = link
@@ -569,7 +607,8 @@ class Guard:
             try:
                 await self._adopt_orphan()
                 async with asyncio.timeout(budget + 30.0):  # last resort: the tick bounds itself
-                    await target.tick(budget=budget)
+                    decided = await target.tick(budget=budget)
+                self.verdict = decided.verdict.value
             except TimeoutError:
                 target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
                 log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, daemon, journal, model
+from watchdog import config, daemon, journal, model, sdnotify
 from watchdog.sim import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
@@ -266,3 +267,76 @@ async def test_the_listener_serves_readiness_and_the_status_api(
     assert status.status_code == 200
     (target,) = status.json()["targets"]
     assert target["target"] == "lavalink" and target["last_change"]["verdict"] == "rollback"
+
+
+async def test_systemd_hears_ready_status_watchdog_pings_and_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a Type=notify unit with WatchdogSec=1s: READY=1 once the loop ticked, STATUS with
+    the verdict, WATCHDOG=1 every half second while it makes progress, STOPPING=1 at the end."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    heard: list[str] = []
+
+    async def hear(seconds: float) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                heard.append((await asyncio.to_thread(listener.recv, 4096)).decode())
+
+    try:
+        await asyncio.gather(run_for(settings, 3.0), hear(4.0))
+    finally:
+        listener.close()
+    assert heard[0].startswith("READY=1\nSTATUS=mode observe; lavalink: ")
+    pings = [m for m in heard if m == "WATCHDOG=1"]
+    assert 3 <= len(pings) <= 8  # every 0.5 s over the ~2.5 s it ran after READY
+    assert any(m == "STATUS=mode observe; lavalink: inconclusive" for m in heard)
+    assert heard[-1] == "STOPPING=1\nSTATUS=stopping"
+
+
+async def test_a_wedged_loop_gets_no_watchdog_ping(tmp_path: Path) -> None:
+    """WATCHDOG=1 only while every evaluation loop makes progress."""
+
+    class Stalled:
+        verdict = "hold"
+        target = type("T", (), {"name": "lavalink"})()
+
+        def since_last_tick(self) -> float:
+            return 10_000.0  # far beyond three intervals plus the budget
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(1)
+    supervisor = sdnotify.SystemdNotifier(
+        {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+    )
+    settings = settings_for(tmp_path, "http://127.0.0.1:9")
+    store = journal.Journal.open(tmp_path / "state")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        daemon._heartbeat(supervisor, store, [Stalled()], settings, stop)  # type: ignore[list-item]
+    )
+    try:
+        said = (await asyncio.to_thread(listener.recv, 4096)).decode()
+        assert said.startswith("STATUS=mode observe; lavalink: hold; not healthy:")
+        assert "has not ticked" in said
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await task
+        store.close()
+    listener.setblocking(False)
+    rest = []
+    while True:
+        try:
+            rest.append(listener.recv(4096).decode())
+        except BlockingIOError:
+            break
+    listener.close()
+    assert "WATCHDOG=1" not in rest and not any(m.startswith("READY=1") for m in rest)
