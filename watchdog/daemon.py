@@ -286,7 +286,7 @@ async def _run(
                 await _reconcile(target, connection, settings, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
-        guards += [Guard(t, link, settings, runs, clock, recorder) for t in targets]
+        guards += [Guard(t, link, settings, runs, clock, recorder, halt=stop) for t in targets]
         for guard in guards:
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:
@@ -323,8 +323,10 @@ async def _run(
                         _probe(prober, recorder, stop), name=f"probes:{prober.target}"
                     )
                 await stop.wait()
-        if runs:  # let a rollback in flight finish; reconcile covers the rest after a restart
-            await asyncio.wait(list(runs), timeout=_longest_run(settings))
+        if runs:  # a run in flight finishes its step (or the stop/start pair), then pauses
+            log.warning("stopping: letting the rollback in flight reach a safe point")
+            supervisor.stopping("stopping: the rollback in flight pauses at a safe point")
+            await asyncio.wait(list(runs), timeout=_longest_step(settings))
 
 
 def _slack_state(settings: config.Settings, secrets: Secrets) -> str:
@@ -394,9 +396,13 @@ async def _readiness(
     return None
 
 
-def _longest_run(settings: config.Settings) -> float:
-    """How long a run can take: three systemd jobs, the verification and some slack."""
-    return max(3 * t.runbook.job_timeout + t.runbook.verify.timeout + 30 for t in settings.targets)
+def _longest_step(settings: config.Settings) -> float:
+    """How long a run can take to reach its next safe point: the stop/start pair (two systemd
+    jobs) or the verification, plus some slack -- what ``TimeoutStopSec=`` must allow."""
+    return max(
+        max(2 * t.runbook.job_timeout, t.runbook.verify.timeout + t.runbook.verify.settle) + 15
+        for t in settings.targets
+    )
 
 
 RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
@@ -503,10 +509,13 @@ class Guard:
         runs: set[asyncio.Task[runbook.Outcome | None]],
         clock: Callable[[], float],
         recorder: telemetry.Recorder,
+        *,
+        halt: asyncio.Event | None = None,  # the daemon's stop: runs pause at a safe point
     ) -> None:
         self.target = target
         self._ticked_at: float | None = None  # monotonic, for readiness
         self.verdict = "starting"  # the last verdict, for systemd's STATUS=
+        self._halt = halt
         self._wake = asyncio.Event()  # wakes the loop for an evaluation now (crash loop, alert)
         self._crash_looping = False
         self._link = link
@@ -562,6 +571,7 @@ class Guard:
                 incident_id=order.incident,
                 clock=self._clock,
                 observer=order.observer,
+                halt=self._halt,
             ),
             on_end=order.on_end,
         )
@@ -592,7 +602,12 @@ class Guard:
         self._start(
             "reconcile",
             runbook.reconcile(
-                target.settings, target.store, systemd, self._settings.state_dir, clock=self._clock
+                target.settings,
+                target.store,
+                systemd,
+                self._settings.state_dir,
+                clock=self._clock,
+                halt=self._halt,
             ),
         )
 

@@ -382,8 +382,8 @@ def test_a_second_trigger_joins_the_run_in_flight(world: World) -> None:
     assert world.states() == ("inactive", "active")
 
 
-def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path) -> None:
-    world.reset()
+def always_firing(world: World, server_url: str, name: str) -> Path:
+    """A config in auto mode whose one rule always fires (a crash loop, for the drill)."""
     rules = world.host / "always.yml"
     rules.write_text(
         textwrap.dedent("""\
@@ -396,18 +396,24 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
                 annotations: {summary: drill, threshold: ">= 3 restarts in 15m"}
         """)
     )
+    config = world.config(name)
+    text = config.read_text()
+    text = text.replace(
+        "prometheus: {url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}",
+        f"prometheus: {{url: '{server_url}', timeout: 2s, retries: 1}}",
+    )
+    text = text.replace(
+        f"rules: [{Path(__file__).resolve().parents[2] / 'rules' / 'lavalink.yml'}]",
+        f"rules: [{world.box.inside(rules)}]\n    presence_query: vector(1)",
+    )
+    config.write_text(text)
+    return config
+
+
+def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path) -> None:
+    world.reset()
     with prometheus.running_prometheus(tmp_path / "prometheus") as server:
-        config = world.config("auto")
-        text = config.read_text()
-        text = text.replace(
-            "prometheus: {url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}",
-            f"prometheus: {{url: '{server.url}', timeout: 2s, retries: 1}}",
-        )
-        text = text.replace(
-            f"rules: [{Path(__file__).resolve().parents[2] / 'rules' / 'lavalink.yml'}]",
-            f"rules: [{world.box.inside(rules)}]\n    presence_query: vector(1)",
-        )
-        config.write_text(text)
+        config = always_firing(world, server.url, "auto")
         # linger: more ticks after the run, and the disarmed target must not act again
         log = daemon_until_the_run_ends(world, config, within=60, linger=2.5)
     run, _ = run_rows(world, config)
@@ -424,6 +430,47 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
     assert [(d["action"], d["outcome"]) for d in decisions] == [("rollback", "rollback started")]
     assert runs == 1
     assert not armed(world, config)
+
+
+@pytest.mark.parametrize("step", ["backup", "stop-primary"])
+def test_sigterm_mid_run_pauses_at_a_safe_point_and_the_restart_finishes(
+    world: World, tmp_path: Path, step: str
+) -> None:
+    """SIGTERM finishes the current step -- the whole stop/start pair once the primary is being
+    stopped -- journals it, exits, and leaves the run for the next start to resume."""
+    world.reset()
+    with prometheus.running_prometheus(tmp_path / "prometheus") as server:
+        config = paused(always_firing(world, server.url, f"term-{step}"))
+        log_path = config.parent / "daemon.log"
+        with log_path.open("w") as log_file:
+            daemon = world.box.popen(
+                [PYTHON, "-m", "watchdog", "run", "--config", str(world.box.inside(config))],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+            deadline = time.monotonic() + 60
+            while not step_running(world, config, step):
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.05)
+            os.kill(world.box.program_pid(daemon), signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        run, steps = run_rows(world, config)
+        assert run["status"] == "running", steps  # left open for the next start
+        done = [s["name"] for s in steps if s["status"] == "ok"]
+        assert all(s["status"] != "running" for s in steps), steps  # nothing left half-journaled
+        if step == "backup":
+            assert done == ["preflight", "backup"] and world.states() == ("active", "inactive")
+        else:  # never halfway through the switch: the fallback was started before stopping
+            assert done[-3:] == ["stop-primary", "carry-config", "start-fallback"], steps
+            assert world.states() == ("inactive", "active")
+        assert "rollback paused for shutdown" in log_path.read_text()
+        log = daemon_until_the_run_ends(world, config, within=90)
+    run, steps = run_rows(world, config)
+    assert run["status"] == "succeeded", log
+    assert world.states() == ("inactive", "active")
+    assert [s["name"] for s in steps].count("stop-primary") == 1 or any(
+        s["name"] == "stop-primary" and s["status"] == "skipped" for s in steps
+    )
 
 
 def start_and_kill_in(

@@ -59,6 +59,7 @@ class Context:
     clock: Callable[[], float] = time.time
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5.0))
     current_step: int = 0  # the journal row of the step being run
+    halt: asyncio.Event | None = None  # set at shutdown: stop at the next safe point
 
     @property
     def runbook(self) -> config.RunbookSettings:
@@ -443,6 +444,9 @@ STEPS: tuple[Step, ...] = (
 
 
 _TOUCHING = frozenset(step.name for step in STEPS if step.touches_units)
+# once the primary is stopped, the fallback is started before anything else: a shutdown never
+# leaves the service down between the two
+_SWITCH_CONTINUES = frozenset({"carry-config", "start-fallback"})
 INTERRUPTED = "interrupted"
 
 
@@ -495,6 +499,8 @@ async def execute(
     notify = observer or (lambda event: None)
     pause = ctx.runbook.step_pause
     for seq, step in enumerate(steps, start=1):
+        if ctx.halt is not None and ctx.halt.is_set() and step.name not in _SWITCH_CONTINUES:
+            return _halted(ctx, step.name)
         if resume and await _safe_check(step, ctx):
             step_id = ctx.journal.step_started(ctx.run_id, seq, step.name, at=ctx.clock())
             ctx.journal.step_finished(step_id, "skipped", "already done", at=ctx.clock())
@@ -527,6 +533,14 @@ async def execute(
         if status == "failed":
             return await _failed(ctx, step, seq, detail, notify)
     return Outcome(ctx.run_id, "succeeded", "fallback verified")
+
+
+def _halted(ctx: Context, step: str) -> Outcome:
+    """The watchdog is stopping: the step before finished and was journaled; the run stays
+    open and the next start resumes it (within ``resume_within``) from ``step``."""
+    detail = f"the watchdog stopped before {step}; the run resumes when it starts again"
+    log.warning("rollback paused for shutdown", run=ctx.run_id, step=step)
+    return Outcome(ctx.run_id, INTERRUPTED, detail)
 
 
 def _connection_lost(ctx: Context) -> bool:
@@ -638,13 +652,14 @@ async def reconcile(
     *,
     clock: Callable[[], float] = time.time,
     observer: Observer | None = None,
+    halt: asyncio.Event | None = None,
 ) -> Outcome | None:
     """Finish or close a run that a crash left unfinished; None if there is none (or if its
     process is alive and still running it)."""
     with run_lock(state_dir, target.name) as mine:
         if not mine:
             return None
-        return await _reconcile_locked(target, store, systemd, state_dir, clock, observer)
+        return await _reconcile_locked(target, store, systemd, state_dir, clock, observer, halt)
 
 
 async def _reconcile_locked(
@@ -654,6 +669,7 @@ async def _reconcile_locked(
     state_dir: Path,
     clock: Callable[[], float],
     observer: Observer | None,
+    halt: asyncio.Event | None = None,
 ) -> Outcome | None:
     """With the run lock held: the run in the journal has no living process.
 
@@ -698,6 +714,7 @@ async def _reconcile_locked(
         clock,
         password=lavalink.read_password(target.runbook),
     )
+    ctx.halt = halt
     try:
         return await execute(ctx, resume=True, observer=observer)
     finally:
@@ -769,8 +786,9 @@ async def start_run(
     incident_id: int | None,
     clock: Callable[[], float] = time.time,
     observer: Observer | None = None,
+    halt: asyncio.Event | None = None,
 ) -> Outcome:
-    """Open a run and execute it.
+    """Open a run and execute it (up to the next safe point once ``halt`` is set).
 
     ``journal.RunInFlight`` if another living process runs one. A run left behind by a dead
     process (its lock is free) is reconciled first, under this lock; its outcome is returned, as
@@ -782,7 +800,9 @@ async def start_run(
             running = store.running_run(target.name)
             raise journal.RunInFlight(running.id if running else -1)
         if store.running_run(target.name) is not None:
-            orphan = await _reconcile_locked(target, store, systemd, state_dir, clock, observer)
+            orphan = await _reconcile_locked(
+                target, store, systemd, state_dir, clock, observer, halt
+            )
             if orphan is not None:
                 return orphan
         run_id = store.open_run(
@@ -802,6 +822,7 @@ async def start_run(
             reason=reason,
         )
         ctx = _context(target, systemd, store, state_dir, run_id, clock, password=password)
+        ctx.halt = halt
         try:
             return await execute(ctx, observer=observer)
         finally:
