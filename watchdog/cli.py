@@ -368,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
     for target in settings.targets:
         rules.load(target.rules)  # fail fast, with exit 2, before anything starts
     telemetry.configure_logging(level=args.log_level)
-    asyncio.run(daemon.run(settings))
+    asyncio.run(daemon.run(settings, config_path=args.config))
     return EXIT_OK
 
 

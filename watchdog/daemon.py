@@ -60,13 +60,23 @@ async def run(
     stop: asyncio.Event | None = None,  # set by tests; signals set it otherwise
     clock: Callable[[], float] = time.time,
     started: Callable[[Running], None] | None = None,  # tests learn ports and handles
+    config_path: Path | None = None,  # re-read on SIGHUP (or when ``reload`` is set)
+    reload: asyncio.Event | None = None,  # set by tests; SIGHUP sets it otherwise
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop if stop is not None else asyncio.Event()
     # secrets first: a missing one is bad input that must change nothing, not even state_dir
     secrets = Secrets.read(settings)
     with _exclusive(settings.state_dir):
-        await _run(settings, secrets=secrets, stop=stop, clock=clock, started=started)
+        await _run(
+            settings,
+            secrets=secrets,
+            stop=stop,
+            clock=clock,
+            started=started,
+            config_path=config_path,
+            reload=reload if reload is not None else asyncio.Event(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +205,8 @@ async def _run(
     stop: asyncio.Event,
     clock: Callable[[], float],
     started: Callable[[Running], None] | None,
+    config_path: Path | None,
+    reload: asyncio.Event,
 ) -> None:
     token, passwords = secrets.token, secrets.passwords
     log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
@@ -308,11 +320,14 @@ async def _run(
             started(Running(targets=targets, listen_port=listener.port, journal=store))
         supervisor = sdnotify.SystemdNotifier()
         resources.callback(supervisor.stopping)
-        with _signals_set(stop):
+        with _signals_set(stop, reload if config_path is not None else None):
             async with asyncio.TaskGroup() as group:
                 group.create_task(
                     _heartbeat(supervisor, store, guards, settings, stop), name="sd-notify"
                 )
+                if config_path is not None:
+                    reloader = Reloader(config_path, settings, guards, gatekeeper, supervisor)
+                    group.create_task(reloader.serve(reload, stop), name="reload")
                 group.create_task(link.keep(stop), name="systemd-link")
                 for guard in guards:
                     group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
@@ -367,6 +382,106 @@ async def _heartbeat(
         elif announced or not problem.startswith("starting"):
             supervisor.status(f"{status}; not healthy: {problem}")
         await _pause(stop, every)
+
+
+LIVE_SETTINGS = ("mode", "interval", "policy", "approval", "alertmanager.forget_after", "rules")
+"""What a reload changes in the running daemon; anything else takes a restart."""
+
+
+class Reloader:
+    """SIGHUP: read the config file and every rules file again and swap them in at once.
+
+    All or nothing: a file that does not load is rejected with a log line naming the problem,
+    and the running settings stay as they were. Only ``LIVE_SETTINGS`` change live (each
+    target's rules included); a change anywhere else (targets, listen, state_dir, secrets' paths,
+    slack) is reported as needing a restart and left as it was.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: config.Settings,
+        guards: list[Guard],
+        gatekeeper: gate.Gate,
+        supervisor: sdnotify.SystemdNotifier,
+    ) -> None:
+        self.path = path
+        self.settings = settings
+        self._guards = guards
+        self._gate = gatekeeper
+        self._supervisor = supervisor
+
+    async def serve(self, reload: asyncio.Event, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _pause(stop, 3600.0, wake=reload)
+            if reload.is_set():
+                reload.clear()
+                self._supervisor.reloading()
+                await asyncio.to_thread(self.reload)
+                self._supervisor.ready(f"mode {self.settings.mode.value}; reloaded")
+
+    def reload(self) -> bool:
+        """One reload; True if the new files were taken."""
+        try:
+            new = config.load(self.path)
+            loaded = {t.name: rules.load(t.rules).rules for t in new.targets}
+        except (errors.InputError, OSError) as exc:
+            why = str(exc)  # the message names file, line and field: no traceback to add
+            log.error("reload rejected; the running config stays", file=str(self.path), error=why)  # noqa: TRY400
+            return False
+        old = self.settings
+        restart = _restart_only_changes(old, new)
+        if restart:
+            log.warning("reload: these changes need a restart and were not applied", keys=restart)
+        live = old.model_copy(
+            update={
+                "mode": new.mode,
+                "interval": new.interval,
+                "policy": new.policy,
+                "approval": new.approval,
+                "alertmanager": old.alertmanager.model_copy(
+                    update={"forget_after": new.alertmanager.forget_after}
+                ),
+            }
+        )
+        self._gate.reconfigure(live)
+        policy = live.policy.to_policy()
+        for guard in self._guards:
+            target = guard.target
+            target.rules = loaded.get(target.name, target.rules)
+            target.policy = policy
+            target.mode = live.mode
+            target.alerts_forget_after = live.alertmanager.forget_after
+            target.launch = guard if live.mode is model.Mode.AUTO else None
+            guard.reconfigure(live)
+        self.settings = live
+        log.warning(
+            "reloaded",
+            file=str(self.path),
+            mode=live.mode.value,
+            rules={name: len(found) for name, found in loaded.items()},
+        )
+        return True
+
+
+def _restart_only_changes(old: config.Settings, new: config.Settings) -> list[str]:
+    """Top-level keys (and target fields) that changed but only take effect at a restart."""
+    changed = []
+    live_top = {"mode", "interval", "policy", "approval", "alertmanager", "targets"}
+    for key in type(old).model_fields:
+        if key not in live_top and getattr(old, key) != getattr(new, key):
+            changed.append(key)
+    if old.alertmanager.model_copy(update={"forget_after": 0}) != new.alertmanager.model_copy(
+        update={"forget_after": 0}
+    ):
+        changed.append("alertmanager")
+    if [t.name for t in old.targets] != [t.name for t in new.targets]:
+        changed.append("targets (names)")
+    else:
+        for before, after in zip(old.targets, new.targets, strict=True):
+            if before.model_copy(update={"rules": []}) != after.model_copy(update={"rules": []}):
+                changed.append(f"targets.{before.name}")
+    return changed
 
 
 async def _cancel(runs: set[asyncio.Task[runbook.Outcome | None]]) -> None:
@@ -533,6 +648,10 @@ class Guard:
         """Evaluate now rather than at the next tick (news that cannot wait)."""
         self._wake.set()
 
+    def reconfigure(self, settings: config.Settings) -> None:
+        """Settings swapped in by a reload (the next tick uses them)."""
+        self._settings = settings
+
     def since_last_tick(self) -> float | None:
         """Seconds since the evaluation loop last went round (None before its first tick)."""
         return None if self._ticked_at is None else time.monotonic() - self._ticked_at
@@ -570,12 +689,24 @@ class Guard:
                 reason=order.reason,
                 incident_id=order.incident,
                 clock=self._clock,
-                observer=order.observer,
+                observer=self._timed(order.observer),
                 halt=self._halt,
             ),
             on_end=order.on_end,
         )
         return gate.STARTED
+
+    def _timed(self, observer: runbook.Observer | None) -> runbook.Observer:
+        """The order's observer, plus each finished step's duration as a metric."""
+        histogram = self._recorder.step_duration
+
+        def observe(event: runbook.StepEvent) -> None:
+            if event.status in ("ok", "failed"):
+                histogram.labels(self.target.name, event.name).observe(event.seconds)
+            if observer is not None:
+                observer(event)
+
+        return observe
 
     def _start(
         self,
@@ -768,12 +899,15 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+def _signals_set(stop: asyncio.Event, reload: asyncio.Event | None = None) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    handlers = [(signal.SIGTERM, stop.set), (signal.SIGINT, stop.set)]
+    if reload is not None:
+        handlers.append((signal.SIGHUP, reload.set))
+    for signum, handler in handlers:
         try:
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, handler)
             installed.append(signum)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass

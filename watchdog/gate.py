@@ -96,6 +96,16 @@ class Gate:
         self._cards: dict[int, notify.Card] = {}  # the latest card of each incident
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, settings: config.Settings) -> None:
+        """New approval settings from a reload; requests already open keep their deadline."""
+        self.settings = settings
+        self.rules = approval.Rules(
+            timeout=settings.approval.timeout,
+            on_timeout=settings.approval.on_timeout,
+            required=settings.approval.required_approvals,
+            approvers=frozenset(settings.approval.approvers),
+        )
+
     def attach(self, target: str, launcher: Launcher) -> None:
         """The daemon's runner for ``target``."""
         self._launchers[target] = launcher

@@ -80,6 +80,13 @@ class Recorder:
             ["target", "status"],
             registry=r,
         )
+        self.step_duration = Histogram(
+            "rollback_watchdog_step_duration_seconds",
+            "How long each rollback runbook step took (ok or failed).",
+            ["target", "step"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
         self.alerts_received = Counter(
             "rollback_watchdog_alerts_received",
             "Alerts in Alertmanager notifications accepted by POST /alertmanager.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import re
 import socket
@@ -11,14 +12,14 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, daemon, journal, model, sdnotify
+from watchdog import config, daemon, journal, model, sdnotify, telemetry
 from watchdog.sim import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
@@ -263,6 +264,7 @@ async def test_the_listener_serves_readiness_and_the_status_api(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+        telemetry.configure_logging()
     assert ready.json() == {"ready": True}
     assert status.status_code == 200
     (target,) = status.json()["targets"]
@@ -340,3 +342,57 @@ async def test_a_wedged_loop_gets_no_watchdog_ping(tmp_path: Path) -> None:
             break
     listener.close()
     assert "WATCHDOG=1" not in rest and not any(m.startswith("READY=1") for m in rest)
+
+
+async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    path, rules_file = tmp_path / "config.yml", tmp_path / "rules.yml"
+    stop, reload = asyncio.Event(), asyncio.Event()
+    handles: list[daemon.Running] = []
+    task = asyncio.create_task(
+        daemon.run(settings, stop=stop, started=handles.append, config_path=path, reload=reload)
+    )
+
+    async def reloaded(check: Callable[[], bool]) -> None:
+        reload.set()
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the reload never took effect")
+
+    stream = io.StringIO()
+    telemetry.configure_logging(stream=stream)
+    try:
+        for _ in range(200):
+            if handles:
+                break
+            await asyncio.sleep(0.05)
+        target = handles[0].targets[0]
+        assert [r.name for r in target.rules] == ["TestServiceDown", "TestSlowWarning"]
+        # a good change: one rule fewer, approve mode, a new approver list
+        rules_file.write_text(DOWN_RULE.split("      - alert: TestSlowWarning")[0])
+        path.write_text(
+            path.read_text().replace("mode: observe", "mode: approve\napproval: {approvers: [al]}")
+        )
+        await reloaded(lambda: [r.name for r in target.rules] == ["TestServiceDown"])
+        assert target.mode is model.Mode.APPROVE and target.launch is None
+        assert target.gatekeeper is not None and target.gatekeeper.rules.approvers == {"al"}
+        # a bad rules file: rejected whole, the running rules and mode stay
+        rules_file.write_text(
+            "groups: [{name: x, rules: [{alert: Bad, expr: 'up ==', labels: {}}]}]"
+        )
+        path.write_text(path.read_text().replace("mode: approve", "mode: auto"))
+        await reloaded(lambda: "reload rejected" in stream.getvalue())
+        rejected = next(
+            line for line in stream.getvalue().splitlines() if "reload rejected" in line
+        )
+        assert "rules.yml" in rejected and "the running config stays" in rejected
+        assert [r.name for r in target.rules] == ["TestServiceDown"]
+        assert target.mode is model.Mode.APPROVE
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        telemetry.configure_logging()
