@@ -314,10 +314,13 @@ def alert(
     )
 
 
-async def test_an_alertmanager_alert_rolls_back_while_prometheus_says_nothing(
+NO_DATA = {'up{job="lavalink-rust"}': None, DOWN.expr: None}  # Prometheus has no series at all
+
+
+async def test_an_alertmanager_alert_rolls_back_while_prometheus_has_no_data(
     tmp_path: Path,
 ) -> None:
-    target, _, _, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.OBSERVE)
+    target, _, _, _, _ = wired(tmp_path, NO_DATA, mode=model.Mode.OBSERVE)
     target.alerts_forget_after = 3600
     ingested = target.store.ingest_alerts([alert()], at=9_990)
     assert [a.alertname for a in ingested.new_firing] == [DOWN.name]
@@ -336,9 +339,18 @@ async def test_an_alertmanager_alert_rolls_back_while_prometheus_says_nothing(
 
     target.store.set_armed("lavalink", True, at=9_996, by="alice", note="re-armed")
     target.store.ingest_alerts([alert()], at=9_997)  # the same alert, delivered again
-    after = await target.tick(budget=5)
-    assert (after.verdict, after.action) == (model.Verdict.HOLD, model.Action.NONE)
+    after = await target.tick(budget=5)  # no data of its own, and the alert is spent
+    assert (after.verdict, after.action) == (model.Verdict.INCONCLUSIVE, model.Action.NONE)
     assert len(target.store.decisions()) == 1
+
+
+async def test_the_watchdogs_own_fresh_ok_beats_a_stale_alert(tmp_path: Path) -> None:
+    """A notification can be minutes old; when the watchdog's own query says ok, that wins."""
+    target, _, _, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.OBSERVE)
+    target.alerts_forget_after = 3600
+    target.store.ingest_alerts([alert()], at=9_990)
+    made = await target.tick(budget=5)
+    assert (made.verdict, made.action) == (model.Verdict.HOLD, model.Action.NONE)
 
 
 async def test_a_resolved_alert_never_acts_and_stays_resolved(tmp_path: Path) -> None:
@@ -353,14 +365,14 @@ async def test_a_resolved_alert_never_acts_and_stays_resolved(tmp_path: Path) ->
 
 
 async def test_a_stale_alert_is_forgotten(tmp_path: Path) -> None:
-    target, _, _, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.OBSERVE)
+    target, _, _, _, _ = wired(tmp_path, NO_DATA, mode=model.Mode.OBSERVE)
     target.alerts_forget_after = 60
     target.store.ingest_alerts([alert()], at=10_000 - 61)  # never re-sent nor resolved since
-    assert (await target.tick(budget=5)).verdict is model.Verdict.HOLD
+    assert (await target.tick(budget=5)).verdict is model.Verdict.INCONCLUSIVE
 
 
 async def test_a_new_instance_of_an_alert_counts_again(tmp_path: Path) -> None:
-    target, _, _, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.OBSERVE)
+    target, _, _, _, _ = wired(tmp_path, NO_DATA, mode=model.Mode.OBSERVE)
     target.alerts_forget_after = 3600
     target.store.ingest_alerts([alert()], at=9_990)
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
@@ -368,3 +380,65 @@ async def test_a_new_instance_of_an_alert_counts_again(tmp_path: Path) -> None:
     again = target.store.ingest_alerts([alert(starts_at=9_998)], at=9_999)  # fired anew
     assert len(again.new_firing) == 1
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+
+
+async def test_a_proposal_never_proceeds_on_timeout(tmp_path: Path) -> None:
+    target, gatekeeper, runner, _, clock = wired(
+        tmp_path, HEALTHY, mode=model.Mode.AUTO, on_timeout="proceed"
+    )
+    proposal = model.Decision(
+        "lavalink",
+        clock.now,
+        model.Verdict.PROPOSE,
+        model.Action.PROPOSE,
+        "warnings add up",
+        incident=model.IncidentChange.OPEN,
+    )
+    evaluated = model.Evaluation("lavalink", clock.now, ())
+    ask = gatekeeper.asks(proposal, model.Mode.AUTO)
+    target.store.record(evaluated, proposal, mode=model.Mode.AUTO, outcome="asked", ask=ask)
+    clock.now += 600
+    await gatekeeper.settle("lavalink")
+    [ended] = target.store.approvals()
+    assert (ended.status, ended.outcome) == (
+        "expired",
+        "nobody decided in time; a proposal never proceeds",
+    )
+    assert runner.orders == []
+
+
+async def test_a_vote_after_the_incident_resolved_is_refused_and_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    target, gatekeeper, runner, _, _ = wired(tmp_path, BROKEN, required=1)
+    await target.tick(budget=5)
+    [asked] = target.store.approvals()
+    target.source = make_target(tmp_path / "other", Client(HEALTHY)).source
+    target.gatekeeper = None  # the tick closes the incident; its settle has not run yet
+    await target.tick(budget=5)
+    ruling, row = await gatekeeper.vote(asked.id, vote("bob"))
+    assert ruling.refusal is Refusal.OVERTAKEN and "its incident has resolved" in ruling.message
+    assert row is not None and row.status == "cancelled" and runner.orders == []
+
+
+async def test_a_vote_after_the_target_was_rolled_back_is_refused(tmp_path: Path) -> None:
+    target, gatekeeper, runner, _, _ = wired(tmp_path, BROKEN, required=1)
+    await target.tick(budget=5)
+    [asked] = target.store.approvals()
+    target.store.set_armed("lavalink", False, at=10_001, by="executor", note="rolled back")
+    ruling, _ = await gatekeeper.vote(asked.id, vote("bob"))
+    assert ruling.refusal is Refusal.DISARMED and runner.orders == []
+
+
+async def test_an_operators_incident_is_not_closed_by_a_healthy_evaluation(
+    tmp_path: Path,
+) -> None:
+    target, gatekeeper, _, _, _ = wired(tmp_path, BROKEN, mode=model.Mode.OBSERVE)
+    await target.tick(budget=5)  # the decision's own incident
+    answer = await gatekeeper.rollback(order())
+    assert answer.accepted and answer.incident is not None
+    target.source = make_target(tmp_path / "other", Client(HEALTHY)).source
+    assert (await target.tick(budget=5)).verdict is model.Verdict.HOLD
+    assert target.store.incident_open(answer.incident)  # it ends with its run, not a metric
+    own = [i for i in target.store.incidents() if i.origin == "decision"]
+    assert [i.status for i in own] == ["resolved"]

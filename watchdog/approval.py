@@ -37,6 +37,7 @@ class Refusal(enum.StrEnum):
     DUPLICATE = "duplicate"  # this person already approved it
     REPLAY = "replay"  # the very same click or request, delivered again
     DISARMED = "disarmed"  # the target was already rolled back; an operator must re-arm it
+    OVERTAKEN = "overtaken"  # the incident the request was about has resolved
     IN_FLIGHT = "in_flight"  # a rollback of the target is already running
     UNAVAILABLE = "unavailable"  # it cannot start now (systemd not connected, ...)
 
@@ -63,6 +64,7 @@ class Request:
     required: int
     status: Status
     approved_by: tuple[str, ...] = ()  # allowlist names, in order of approval
+    verdict: str = "rollback"  # what is asked: a rollback, or a proposal (non-critical)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ def expiry(request: Request, now: float, rules: Rules) -> Ruling | None:
     """What a pending request becomes once its time is up, or None while it still waits."""
     if request.status is not Status.PENDING or now < request.expires_at:
         return None
+    if request.verdict == "propose":  # non-critical: a person decides, never the clock
+        return Ruling(True, Status.EXPIRED, "nobody decided in time; a proposal never proceeds")
     if rules.on_timeout == "proceed":
         return Ruling(True, Status.APPROVED, "nobody decided in time; on_timeout: proceed")
     return Ruling(True, Status.EXPIRED, "nobody decided in time; on_timeout: deny")

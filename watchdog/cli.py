@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -567,16 +568,36 @@ def _rollback_via_api(
         api.close()
 
 
-def _follow_incident(api: _Api, incident: int, *, poll: float = 0.5) -> int:
-    """Print each step of the incident's run as it ends, until the run ends."""
+def _follow_incident(
+    api: _Api,
+    incident: int,
+    *,
+    poll: float = 0.5,
+    start_within: float = 30.0,
+    within: float = 900.0,
+) -> int:
+    """Print each step of the incident's run as it ends, until the run ends (exit 1 if no run
+    starts within ``start_within`` seconds, or it does not end within ``within``)."""
     shown = 0
     total = len(runbook.STEPS)
+    begun = time.monotonic()
     while True:
+        waited = time.monotonic() - begun
+        if waited > within:
+            print(f"incident #{incident}: the run has not ended after {within:g}s", file=sys.stderr)
+            return EXIT_FAILED
         answer = api.call("GET", f"/api/v1/incidents/{incident}")
         if answer.status_code != 200:
             print(f"cannot follow incident #{incident}: {_said(answer)}", file=sys.stderr)
             return EXIT_FAILED
         runs = answer.json()["runs"]
+        if not runs and waited > start_within:
+            print(
+                f"incident #{incident}: no run started within {start_within:g}s "
+                "(see `status` and the daemon's log)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         if runs:
             run = runs[-1]
             done = [step for step in run["steps"] if step["status"] != "running"]
@@ -594,7 +615,7 @@ def _follow_incident(api: _Api, incident: int, *, poll: float = 0.5) -> int:
 
 def _vote(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    if not args.id.isdigit() or int(args.id) < 1:
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", args.id):
         return _fail(f"{args.id!r} is not an approval number (see `status`)")
     api = _Api(settings, args.url)
     try:
@@ -612,8 +633,8 @@ def _vote(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         api.close()
-    if answer.status_code == 400:
-        return _fail(_said(answer))
+    if answer.status_code in (400, 404):  # no such approval: bad input
+        return _fail(f"{_said(answer)} (HTTP {answer.status_code})")
     if answer.status_code != 200:
         print(f"refused: {_said(answer)} (HTTP {answer.status_code})", file=sys.stderr)
         return EXIT_FAILED

@@ -14,7 +14,7 @@ import dataclasses
 import fcntl
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ async def run(
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)  # never printed, not even in a traceback
 class Secrets:
     """Every secret the daemon needs, read once at start (a missing one changes nothing)."""
 
@@ -131,9 +131,19 @@ class Intake:
         self._guards = guards
         self._recorder = recorder
         self._clock = clock
+        self._starting_rules: Mapping[str, Sequence[model.Rule]] = {}
+
+    def route_before_start(self, known: Mapping[str, Sequence[model.Rule]]) -> None:
+        """The rules to route alerts by until the loops exist (the listener opens first)."""
+        self._starting_rules = known
 
     async def ingest(self, delivery: alertmanager.Delivery) -> None:
-        known = {g.target.name: g.target.rules for g in self._guards}
+        known = {g.target.name: g.target.rules for g in self._guards} or self._starting_rules
+        if delivery.truncated_alerts:
+            log.warning(
+                "Alertmanager left alerts out of a notification (max_alerts)",
+                truncated=delivery.truncated_alerts,
+            )
         routed, ignored = alertmanager.route(delivery, known)
         records = [
             journal.AlertRecord(
@@ -171,7 +181,7 @@ class Intake:
     async def interaction(self, interaction: slack.Interaction) -> None:
         vote = approval.Vote(
             approve=interaction.action == slack.APPROVE,
-            identities=(interaction.user_id, interaction.username),
+            identities=(interaction.user_id,),  # the ID: a username can be changed by anyone
             via="slack",
             at=self._clock(),
         )
@@ -243,6 +253,8 @@ async def _run(
         gatekeeper = gate.Gate(settings, store, notifier, clock=clock)
         resources.push_async_callback(gatekeeper.aclose)
         intake = Intake(gatekeeper, guards, recorder, clock)
+        rule_sets = {t.name: rules.load(t.rules).rules for t in settings.targets}
+        intake.route_before_start(rule_sets)  # alerts that arrive while starting are kept
         listener = await server.serve(
             settings.listen,
             recorder,
@@ -272,11 +284,10 @@ async def _run(
         probers: list[probes.Prober] = []
         policy = settings.policy.to_policy()
         for target_settings in settings.targets:
-            rule_set = rules.load(target_settings.rules)
             state = await asyncio.to_thread(store.target_state, target_settings.name)
             target = pipeline.Target(
                 settings=target_settings,
-                rules=rule_set.rules,
+                rules=rule_sets[target_settings.name],
                 policy=policy,
                 mode=settings.mode,
                 source=source,
@@ -664,6 +675,8 @@ class Guard:
         """Why a rollback cannot start now, or None (``pipeline.Launcher``)."""
         if self._task("rollback") is not None:
             return None  # it joins the run in flight
+        if self._halt is not None and self._halt.is_set():
+            return "the watchdog is stopping"
         if self._task("reconcile") is not None:
             return "an interrupted run is being reconciled first"
         if self._link.connection() is None:

@@ -93,9 +93,12 @@ def with_alerts(
     """The evaluation plus what Alertmanager says is firing.
 
     An alert Alertmanager delivered has been through Prometheus's own ``for`` already, so the
-    signal of its name is firing whatever the watchdog's own query says now (it may lag, or
-    Prometheus may not answer the watchdog). A signal already firing by the watchdog's own
-    evaluation keeps its value; an alert that is no rule of ours becomes a signal of its own.
+    signal of its name fires when the watchdog's own evaluation cannot say better: when it is
+    pending (not yet through the ``for`` here), has no data or failed (Prometheus does not
+    answer the watchdog). When the watchdog's own fresh query says ``ok``, that wins: a
+    notification may be minutes old (``resolved`` comes a ``group_interval`` later), and stale
+    news must not roll back a healthy service. A signal already firing keeps its own value; an
+    alert that is no rule of ours becomes a signal of its own.
     """
     if not alerts:
         return evaluation
@@ -105,12 +108,15 @@ def with_alerts(
     signals: list[model.Signal] = []
     for signal in evaluation.signals:
         delivered = by_name.pop(signal.name) if signal.name in by_name else None
-        if delivered is None or signal.state is model.SignalState.FIRING:
+        if delivered is None or signal.state in _OWN_ANSWER_WINS:
             signals.append(signal)
         else:
             signals.append(_delivered(signal.rule, delivered))
     signals += [_delivered(alert.rule, alert) for alert in by_name.values()]
     return dataclasses.replace(evaluation, signals=tuple(signals))
+
+
+_OWN_ANSWER_WINS = (model.SignalState.OK, model.SignalState.FIRING)
 
 
 def _delivered(rule: model.Rule, alert: model.ExternalAlert) -> model.Signal:

@@ -94,6 +94,7 @@ class Gate:
         self._targets = {t.name: t for t in settings.targets}
         self._launchers: dict[str, Launcher] = {}
         self._cards: dict[int, notify.Card] = {}  # the latest card of each incident
+        self._refusals_shown: set[tuple[int, str, approval.Refusal]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, settings: config.Settings) -> None:
@@ -170,13 +171,12 @@ class Gate:
         how many still wait for people."""
         now = self._clock()
         arming = await asyncio.to_thread(self.store.arming, target)
-        open_incident = await asyncio.to_thread(self.store.open_incident_id, target)
         for row in await asyncio.to_thread(self.store.approvals, target=target, status="pending"):
             if not arming.armed:
                 await self._end(
                     row, approval.Status.CANCELLED, "the target was rolled back meanwhile"
                 )
-            elif row.incident_id is not None and row.incident_id != open_incident:
+            elif not await self._incident_open(row):
                 await self._end(
                     row, approval.Status.CANCELLED, "the incident resolved before anyone decided"
                 )
@@ -185,7 +185,7 @@ class Gate:
         for row in await asyncio.to_thread(self.store.approvals, target=target, status="approved"):
             if row.launched:
                 continue
-            if row.incident_id is not None and row.incident_id != open_incident:
+            if not await self._incident_open(row):
                 why = "not started: the incident resolved before the run could start"
                 await asyncio.to_thread(self.store.mark_launched, row.id, why)
                 self._update(row.incident_id, why, buttons=False)
@@ -194,6 +194,11 @@ class Gate:
         waiting = await asyncio.to_thread(self.store.approvals, target=target, status="pending")
         return len(waiting)
 
+    async def _incident_open(self, row: journal.ApprovalRow) -> bool:
+        if row.incident_id is None:
+            return True
+        return await asyncio.to_thread(self.store.incident_open, row.incident_id)
+
     async def _end(self, row: journal.ApprovalRow, status: approval.Status, why: str) -> None:
         ended = await asyncio.to_thread(
             self.store.settle, row.id, status, at=self._clock(), by="rollback-watchdog", outcome=why
@@ -201,6 +206,7 @@ class Gate:
         if not ended:
             return  # someone decided first
         log.warning("approval settled", approval=row.id, target=row.target, status=status, why=why)
+        await self._recall_card(row.incident_id)
         self._update(row.incident_id, f"approval #{row.id} {status.value}: {why}", buttons=False)
         if status is approval.Status.APPROVED:
             fresh = await asyncio.to_thread(self.store.approval, row.id)
@@ -226,11 +232,16 @@ class Gate:
                 refusal=ruling.refusal.value,
                 why=ruling.message,
             )
-            if row is not None and ruling.refusal is not approval.Refusal.REPLAY:
+            shown = (approval_id, who, ruling.refusal)  # once each: clicks must not flood Slack
+            replayed = ruling.refusal is approval.Refusal.REPLAY
+            if row is not None and not replayed and shown not in self._refusals_shown:
+                self._refusals_shown.add(shown)
+                await self._recall_card(row.incident_id)
                 self._update(row.incident_id, f"refused: {ruling.message}")
             return ruling, row
         log.warning("vote counted", approval=approval_id, by=who, via=vote.via, now=ruling.status)
         if row is not None:
+            await self._recall_card(row.incident_id)
             pending = ruling.status is approval.Status.PENDING
             status = approval.progress(row.request())
             self._update(row.incident_id, ruling.message, status=status, buttons=pending)
@@ -346,17 +357,22 @@ class Gate:
 
     async def _launch_approved(self, row: journal.ApprovalRow) -> None:
         arming = await asyncio.to_thread(self.store.arming, row.target)
+        why = None
         if not arming.armed:  # rolled back another way meanwhile: never switch twice
-            await asyncio.to_thread(
-                self.store.mark_launched, row.id, "not started: the target was already rolled back"
-            )
+            why = "not started: the target was already rolled back"
+        elif not await self._incident_open(row):
+            why = "not started: the incident resolved before the run could start"
+        await self._recall_card(row.incident_id)
+        if why is not None:
+            await asyncio.to_thread(self.store.mark_launched, row.id, why)
+            self._update(row.incident_id, why, buttons=False)
             return
         launcher = self._launchers.get(row.target)
         blocked = "no executor is connected" if launcher is None else launcher.blocked()
         if blocked is not None:
             log.error("approved rollback waits", approval=row.id, why=blocked)
             return  # the next tick tries again
-        by = ", ".join(row.approvers) or (row.decided_by or "rollback-watchdog")
+        by = ", ".join(row.approvers) or "nobody (timed out with on_timeout: proceed)"
         started = self.launch(row.target, Order(row.incident_id, "approved", by, row.reason))
         if started in (STARTED, JOINED):
             await asyncio.to_thread(self.store.mark_launched, row.id, started)
@@ -416,6 +432,32 @@ class Gate:
                 approval=card.approval if buttons in (None, True) else None,
                 final=final or card.final,
             )
+        )
+
+    async def _recall_card(self, incident: int | None) -> None:
+        """After a restart the cards are gone: rebuild an incident's from the journal, so its
+        message keeps being updated (votes, expiry, the run)."""
+        if incident is None or incident in self._cards:
+            return
+        if await asyncio.to_thread(self.store.message_ref, incident) is None:
+            return  # never posted: nothing to update
+        report = await asyncio.to_thread(self.store.incident_report, incident)
+        if report is None or report["target"] not in self._targets:
+            return
+        target = self._targets[report["target"]]
+        pending = [a for a in report["approvals"] if a["status"] == "pending"]
+        self._cards[incident] = notify.Card(
+            incident=incident,
+            target=target.name,
+            primary=target.primary.unit,
+            fallback=target.fallback.unit,
+            verdict=report["verdict"],
+            score=0.0,
+            reason=report["reason"],
+            mode=self.settings.mode.value,
+            signals=(),
+            status="Awaiting approval" if pending else report["status"].capitalize(),
+            approval=pending[-1]["id"] if pending else None,
         )
 
     def _history(self, incident: int) -> tuple[str, ...]:

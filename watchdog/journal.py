@@ -101,8 +101,11 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX steps_run ON steps (run_id, seq);
     """,
-    # 3: alerts from Alertmanager (de-duplicated), approvals, the audit trail, Slack messages
+    # 3: alerts from Alertmanager (de-duplicated), approvals, the audit trail, Slack messages;
+    # incidents opened by a person's order are kept apart from the decision's own
     """
+    ALTER TABLE incidents ADD COLUMN origin TEXT NOT NULL DEFAULT 'decision'
+        CHECK (origin IN ('decision', 'order'));
     CREATE TABLE alerts (
         fingerprint  TEXT NOT NULL,
         starts_at    REAL NOT NULL,
@@ -224,6 +227,7 @@ class IncidentRow:
     verdict: str
     acted: str | None
     reason: str
+    origin: str = "decision"  # or "order": opened by a person's rollback order
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +308,7 @@ class ApprovalRow:
             required=self.required,
             status=gate_rules.Status(self.status),
             approved_by=self.approvers,
+            verdict=self.verdict,
         )
 
 
@@ -393,8 +398,8 @@ class Journal:
                 "SELECT armed FROM targets WHERE name = ?", (target,)
             ).fetchone()
             open_row = self._db.execute(
-                "SELECT opened_at, verdict, acted FROM incidents "
-                "WHERE target = ? AND status = 'open' ORDER BY id DESC LIMIT 1",
+                "SELECT opened_at, verdict, acted FROM incidents WHERE target = ? "
+                "AND status = 'open' AND origin = 'decision' ORDER BY id DESC LIMIT 1",
                 (target,),
             ).fetchone()
             # A re-arm starts afresh: incidents closed before it do not hold a cooldown.
@@ -489,9 +494,9 @@ class Journal:
                         json.dumps([_signal_json(s) for s in evaluation.signals]),
                     ),
                 )
-            row = self._db.execute(
+            row = self._db.execute(  # the decision's own: a person's order is not its to close
                 "SELECT id FROM incidents WHERE target = ? AND status = 'open' "
-                "ORDER BY id DESC LIMIT 1",
+                "AND origin = 'decision' ORDER BY id DESC LIMIT 1",
                 (target,),
             ).fetchone()
             incident_id: int | None = row["id"] if row is not None else None
@@ -757,16 +762,12 @@ class Journal:
         via: str = "cli",
     ) -> int:
         """An incident opened by a person (``rollback --reason``), critical by definition, with
-        its decision; ``category`` is ``manual`` or ``security``. It supersedes an open one."""
+        its decision; ``category`` is ``manual`` or ``security``. It lives beside the decision's
+        own incident (which the evaluations keep following) and ends with its run."""
         with self._lock, _transaction(self._db):
-            self._db.execute(
-                "UPDATE incidents SET status = 'closed', closed_at = ? "
-                "WHERE target = ? AND status = 'open'",
-                (at, target),
-            )
             cursor = self._db.execute(
-                "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason) "
-                "VALUES (?, ?, 'open', 'rollback', 'rollback', ?)",
+                "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason, origin)"
+                " VALUES (?, ?, 'open', 'rollback', 'rollback', ?, 'order')",
                 (target, at, f"{category}: {reason}"),
             )
             incident = int(cursor.lastrowid or 0)
@@ -912,6 +913,27 @@ class Journal:
                 self._audit(vote.at, vote.via, actor, action, approval_id, None, ruling, nonce)
                 return ruling, None
             current = ApprovalRow(**dict(row))
+            void = self._overtaken(current) if current.status == "pending" else None
+            if void is not None:  # settled here, before the next tick would: never approve it
+                refusal, why = void
+                self._db.execute(
+                    "UPDATE approvals SET status = 'cancelled', decided_at = ?, "
+                    "decided_by = 'rollback-watchdog', outcome = ? WHERE id = ?",
+                    (vote.at, why, approval_id),
+                )
+                ruling = gate_rules.Ruling(
+                    False,
+                    gate_rules.Status.CANCELLED,
+                    f"approval #{approval_id} is void: {why}",
+                    refusal=refusal,
+                )
+                self._audit(
+                    vote.at, vote.via, actor, action, approval_id, current.target, ruling, nonce
+                )
+                cancelled = self._db.execute(
+                    "SELECT * FROM approvals WHERE id = ?", (approval_id,)
+                ).fetchone()
+                return ruling, ApprovalRow(**dict(cancelled))
             ruling = gate_rules.judge(current.request(), vote, rules)
             self._audit(
                 vote.at,
@@ -947,6 +969,21 @@ class Journal:
                 "SELECT * FROM approvals WHERE id = ?", (approval_id,)
             ).fetchone()
         return ruling, ApprovalRow(**dict(updated))
+
+    def _overtaken(self, request: ApprovalRow) -> tuple[gate_rules.Refusal, str] | None:
+        """Why a pending request can no longer be approved, if it cannot (lock held)."""
+        armed = self._db.execute(
+            "SELECT armed FROM targets WHERE name = ?", (request.target,)
+        ).fetchone()
+        if armed is not None and not armed["armed"]:
+            return gate_rules.Refusal.DISARMED, "the target was already rolled back"
+        if request.incident_id is not None:
+            incident = self._db.execute(
+                "SELECT status FROM incidents WHERE id = ?", (request.incident_id,)
+            ).fetchone()
+            if incident is None or incident["status"] != "open":
+                return gate_rules.Refusal.OVERTAKEN, "its incident has resolved"
+        return None
 
     def settle(
         self, approval_id: int, status: gate_rules.Status, *, at: float, by: str, outcome: str
@@ -1058,6 +1095,13 @@ class Journal:
             )
 
     # -- reading ---------------------------------------------------------------------------
+
+    def incident_open(self, incident_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status FROM incidents WHERE id = ?", (incident_id,)
+            ).fetchone()
+        return row is not None and row["status"] == "open"
 
     def incident_report(self, incident_id: int) -> dict[str, Any] | None:
         """One incident as plain data, with its decisions, approvals and runs (with steps)."""

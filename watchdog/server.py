@@ -79,12 +79,12 @@ class Context:
 
     settings: config.ListenSettings
     recorder: telemetry.Recorder
-    token: str  # "" when the operator API is off
+    token: str = field(repr=False)  # "" when the operator API is off
     status: Status
     readiness: Readiness
     orders: Orders | None = None  # None: nothing can be ordered (503)
-    alertmanager_token: str = ""  # "" when the receiver is off
-    slack_secret: str = ""  # "" when Slack interactions over HTTP are off
+    alertmanager_token: str = field(default="", repr=False)  # "" when the receiver is off
+    slack_secret: str = field(default="", repr=False)  # "": Slack over HTTP is off
     clock: Callable[[], float] = time.time
     pending: set[asyncio.Task[None]] = field(default_factory=set)  # work after the answer
 
@@ -264,8 +264,8 @@ async def _body(request: web.Request, shape: type[_Request]) -> Any:
     raw = await request.read()
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _bad("the body is not JSON") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, a giant integer
+        raise _bad("the body is not JSON (or nests or counts beyond reason)") from None
     if not isinstance(document, dict):
         raise _bad("the body must be a JSON object")
     try:
@@ -296,6 +296,7 @@ _REFUSED_STATUS: Final = {
     approval.Refusal.EXPIRED: HTTPStatus.CONFLICT,
     approval.Refusal.DUPLICATE: HTTPStatus.CONFLICT,
     approval.Refusal.DISARMED: HTTPStatus.CONFLICT,
+    approval.Refusal.OVERTAKEN: HTTPStatus.CONFLICT,
     approval.Refusal.IN_FLIGHT: HTTPStatus.CONFLICT,
     approval.Refusal.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
 }
@@ -315,7 +316,7 @@ async def _rollback(request: web.Request) -> web.Response:
         category=body.category,
         by=body.by,
         via="api",
-        nonce=f"api:{body.request_id}" if body.request_id else None,
+        nonce=f"api-rollback:{body.request_id}" if body.request_id else None,
     )
     answer = await _orders(context).rollback(order)
     if answer.refusal is approval.Refusal.REPLAY:
@@ -339,7 +340,7 @@ async def _vote(request: web.Request) -> web.Response:
     vote = approval.Vote(
         approve=body.decision == "approve", identities=(body.by,), via="api", at=context.clock()
     )
-    nonce = f"api:{body.request_id}" if body.request_id else None
+    nonce = f"api-vote:{body.request_id}" if body.request_id else None
     ruling, current = await _orders(context).vote(int(raw_id), vote, nonce)
     if ruling.refusal is approval.Refusal.REPLAY:
         return web.json_response({"ignored": True, "message": ruling.message})

@@ -62,7 +62,7 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             systemd: {{bus: 'unix:path={tmp_path / "no-bus"}'}}
             listen: {{port: 0, token_env: WD_TOKEN}}
             alertmanager: {{token_env: WD_AM_TOKEN}}
-            approval: {{approvers: [alice, U0BOB], required_approvals: 2, timeout: 10m}}
+            approval: {{approvers: [U0ALICE, U0BOB], required_approvals: 2, timeout: 10m}}
             slack:
               channel: C0ROLLBACK
               bot_token_env: WD_BOT
@@ -231,7 +231,7 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
 
         async def one_approval() -> bool:
             row = await asyncio.to_thread(store.approval, asked.id)
-            return row is not None and row.approvers == ("alice",)
+            return row is not None and row.approvers == ("U0ALICE",)
 
         await until(one_approval, "alice's approval")
 
@@ -240,14 +240,14 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
             return rows if len(rows) >= 3 else []
 
         trail = [(a.actor, a.via, a.accepted) for a in reversed(await until(audited, "audit"))]
-        assert trail[:3] == [("U0EVE", "slack", 0), ("alice", "slack", 1), ("U0ALICE", "slack", 0)]
+        assert trail[:3] == [("U0EVE", "slack", 0), ("U0ALICE", "slack", 1), ("U0ALICE", "slack", 0)]
         assert "already received" in (await asyncio.to_thread(store.audit_trail))[0].detail
 
     voted = await asyncio.to_thread(
         cli, running.config_path, "approve", str(asked.id), "--by", "U0BOB", url=running.url
     )
     assert voted.returncode == 0, voted.stderr
-    assert voted.stdout.strip() == "approved by alice, U0BOB (api)"
+    assert voted.stdout.strip() == "approved by U0ALICE, U0BOB (api)"
     again = await asyncio.to_thread(
         cli, running.config_path, "deny", str(asked.id), "--by", "alice", url=running.url
     )
@@ -260,7 +260,7 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
 
     async def updated() -> bool:
         texts = json.dumps(list(slack.messages.values()))
-        return "approved by alice, U0BOB (api)" in texts and "not on the approvers list" in texts
+        return "approved by U0ALICE, U0BOB (api)" in texts and "not on the approvers list" in texts
 
     await until(updated, "the Slack message to show the votes")
     assert buttons(next(iter(slack.messages.values()))) == []  # decided: no more buttons
@@ -276,7 +276,7 @@ async def test_cli_votes_refuse_strangers_and_bad_ids(running: Running) -> None:
     stranger = await asyncio.to_thread(
         cli, running.config_path, "approve", "5", "--by", "mallory", url=running.url
     )
-    assert stranger.returncode == 1 and "there is no approval #5 (HTTP 404)" in stranger.stderr
+    assert stranger.returncode == 2 and "there is no approval #5 (HTTP 404)" in stranger.stderr
     bad = await asyncio.to_thread(cli, running.config_path, "deny", "five", url=running.url)
     assert bad.returncode == 2 and "'five' is not an approval number" in bad.stderr
 

@@ -439,7 +439,7 @@ def parse_interaction(body: bytes) -> Interaction:
         raise errors.InputError("more than one payload field")
     try:
         payload = json.loads(payloads[0])
-    except ValueError:
+    except (ValueError, RecursionError):  # also too deep, or a giant integer
         raise errors.InputError("payload is not JSON") from None
     if not isinstance(payload, dict):
         raise errors.InputError("payload is not a JSON object")

@@ -70,8 +70,8 @@ def parse(body: bytes) -> Delivery:
     """The notification in ``body``, or ``InputError`` naming what is wrong with it."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.InputError(f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, too deep, a giant integer
+        raise errors.InputError(f"the body is not JSON: {exc}"[:200]) from None
     if not isinstance(document, dict):
         raise errors.InputError("the body must be a JSON object (Alertmanager's webhook payload)")
     try:
