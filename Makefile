@@ -2,7 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon
 
 .PHONY: test demo bench bench-rollback bench-detection lint system-deps clean
 
@@ -12,15 +13,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The real Prometheus and Alertmanager the tests and the demo run (Debian packages).
+# The real Prometheus and Alertmanager the tests and the demo run, and the real polkitd that
+# checks the shipped polkit rule (Debian packages).
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages prometheus prometheus-alertmanager (missing:$$missing)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	    echo "installing Debian packages $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "missing:$$missing -- run as root, or: sudo apt-get install prometheus prometheus-alertmanager" >&2; exit 1; \
+	    echo "missing:$$missing -- run as root, or: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
 	  fi; \
 	fi
 

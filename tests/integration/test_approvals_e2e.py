@@ -240,7 +240,11 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
             return rows if len(rows) >= 3 else []
 
         trail = [(a.actor, a.via, a.accepted) for a in reversed(await until(audited, "audit"))]
-        assert trail[:3] == [("U0EVE", "slack", 0), ("U0ALICE", "slack", 1), ("U0ALICE", "slack", 0)]
+        assert trail[:3] == [
+            ("U0EVE", "slack", 0),
+            ("U0ALICE", "slack", 1),
+            ("U0ALICE", "slack", 0),
+        ]
         assert "already received" in (await asyncio.to_thread(store.audit_trail))[0].detail
 
     voted = await asyncio.to_thread(
