@@ -136,6 +136,11 @@ class RunbookSettings(_Strict):
     resume_within: Duration = Field(default=900.0, ge=0)  # resume an interrupted run if younger
     step_pause: Duration = Field(default=0.0, ge=0)  # drills and tests: pause in each step
     verify: VerifySettings = VerifySettings()
+    # how the switch survives a reboot: enable/disable the unit files (as root), or a flag file
+    # both units check with ConditionPathExists= (the unprivileged mode: polkit grants only
+    # start/stop/restart, see packaging/)
+    persistence: Literal["enable-disable", "flag-file"] = "enable-disable"
+    flag_file: Path | None = None  # flag-file mode: present = the fallback runs at boot
 
     @field_validator("url")
     @classmethod
@@ -148,7 +153,18 @@ class RunbookSettings(_Strict):
     def _one_password_source(self) -> Self:
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give one of password_file or password_env, not both")
+        if self.persistence == "flag-file" and self.flag_file is None:
+            raise ValueError("persistence flag-file needs flag_file (the path both units check)")
         return self
+
+
+class AfterSettings(_Strict):
+    """The watch after a rollback: is the fallback healthy? (Never a switch back: an alert.)"""
+
+    enabled: bool = True
+    duration: Duration = Field(default=1800.0, gt=0)  # how long after the run
+    interval: Duration = Field(default=60.0, gt=0)  # between two checks
+    max_memory_growth: float = Field(default=0.25, gt=0)  # RSS growth over the watch, a fraction
 
 
 class ProbeSettings(_Strict):
@@ -186,6 +202,7 @@ class TargetSettings(_Strict):
     runbook: RunbookSettings = RunbookSettings()
     probes: ProbeSettings = ProbeSettings()
     watch: WatchSettings = WatchSettings()
+    after: AfterSettings = AfterSettings()
 
     @field_validator("presence_query", "activation_query")
     @classmethod
@@ -311,6 +328,57 @@ class AlertmanagerSettings(_Strict):
         return self
 
 
+class WebhookSettings(_Strict):
+    """A generic JSON webhook: each incident's message, as JSON, POSTed on every change."""
+
+    url: str
+    token_file: Path | None = None  # sent as Authorization: Bearer <token>
+    token_env: str | None = None
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+        return url
+
+    @model_validator(mode="after")
+    def _token(self) -> Self:
+        _one_secret(self.token_file, self.token_env, "token", required=False)
+        return self
+
+
+class GrafanaSettings(_Strict):
+    """Grafana: an annotation for each rollback (HTTP API, a service account token)."""
+
+    url: str
+    token_file: Path | None = None
+    token_env: str | None = None
+    dashboard_uid: str | None = "rollback-watchdog"  # None: an organisation-wide annotation
+    tags: list[str] = Field(default_factory=lambda: ["rollback-watchdog"])
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token(self) -> Self:
+        _one_secret(self.token_file, self.token_env, "token", required=True)
+        return self
+
+
+class NotifySettings(_Strict):
+    """Notifications beyond Slack, each optional."""
+
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    grafana: GrafanaSettings | None = None
+
+
 class SlackSettings(_Strict):
     """Slack: one message per incident, with Approve/Deny buttons when an approval is asked."""
 
@@ -356,6 +424,7 @@ class Settings(_Strict):
     approval: ApprovalSettings = ApprovalSettings()
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     slack: SlackSettings | None = None
+    notify: NotifySettings = NotifySettings()
     targets: list[TargetSettings] = Field(min_length=1)
 
     @field_validator("interval")
@@ -443,6 +512,23 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         update["alertmanager"] = settings.alertmanager.model_copy(
             update={"token_file": resolve(settings.alertmanager.token_file)}
         )
+    notify = settings.notify
+    if notify.webhooks or notify.grafana is not None:
+        update["notify"] = notify.model_copy(
+            update={
+                "webhooks": [
+                    hook.model_copy(update={"token_file": resolve(hook.token_file)})
+                    if hook.token_file is not None
+                    else hook
+                    for hook in notify.webhooks
+                ],
+                "grafana": notify.grafana.model_copy(
+                    update={"token_file": resolve(notify.grafana.token_file)}
+                )
+                if notify.grafana is not None and notify.grafana.token_file is not None
+                else notify.grafana,
+            }
+        )
     if settings.slack is not None:
         files = ("bot_token_file", "signing_secret_file", "app_token_file")
         update["slack"] = settings.slack.model_copy(
@@ -463,6 +549,8 @@ def _resolve_target_paths(target: TargetSettings, resolve: Any) -> TargetSetting
     runbook = target.runbook
     if runbook.password_file is not None:
         runbook = runbook.model_copy(update={"password_file": resolve(runbook.password_file)})
+    if runbook.flag_file is not None:
+        runbook = runbook.model_copy(update={"flag_file": resolve(runbook.flag_file)})
     return target.model_copy(
         update={
             "primary": side(target.primary),

@@ -235,6 +235,53 @@ def test_happy_path_switches_and_verifies(world: World) -> None:
     assert not armed(world, config)
 
 
+def test_flag_file_persistence_keeps_both_units_enabled_and_decides_the_boot(
+    world: World,
+) -> None:
+    """The unprivileged mode's switch: no enable/disable (polkit grants only start/stop/
+    restart), a flag file both units check with ConditionPathExists= decides which one a boot
+    starts. Here as root on the sandbox systemd; the polkit rule is tested on its own."""
+    world.reset()
+    flags = world.host / "flags"
+    flags.mkdir(exist_ok=True)
+    flag = world.box.inside(flags) / "active-fallback"
+    drop_ins = {PRIMARY: f"ConditionPathExists=!{flag}", FALLBACK: f"ConditionPathExists={flag}"}
+    for name, condition in drop_ins.items():
+        folder = world.box.file_inside(f"/etc/systemd/system/{name}.d")
+        folder.mkdir(exist_ok=True)
+        (folder / "flag.conf").write_text(f"[Unit]\n{condition}\n")
+    world.box.systemctl("daemon-reload")
+    world.box.systemctl("enable", FALLBACK)  # both enabled once, at install
+    try:
+        config = world.config(
+            "flag-file", extra=f"      persistence: flag-file\n      flag_file: {flag}\n"
+        )
+        done = world.cli(
+            "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert world.states() == ("inactive", "active")
+        assert (flags / "active-fallback").is_file()
+        enabled = [world.box.systemctl("is-enabled", u).stdout.strip() for u in (PRIMARY, FALLBACK)]
+        assert enabled == ["enabled", "enabled"]  # nothing but start/stop was asked of systemd
+        _, steps = run_rows(world, config)
+        start = next(s for s in steps if s["name"] == "start-fallback")
+        assert "flag" in start["detail"] and "written" in start["detail"]
+        # what a boot would do: the primary's condition fails now, the fallback's holds
+        world.box.systemctl("stop", FALLBACK)
+        world.box.systemctl("start", PRIMARY)
+        assert world.box.unit_state(PRIMARY) == "inactive"
+        again = world.cli(
+            "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--dry-run"
+        )
+        assert again.returncode == 1 and "already there" in again.stdout  # never switch twice
+    finally:
+        for name in drop_ins:
+            (world.box.file_inside(f"/etc/systemd/system/{name}.d") / "flag.conf").unlink()
+        (flags / "active-fallback").unlink(missing_ok=True)
+        world.box.systemctl("daemon-reload")
+
+
 def test_a_fallback_that_cannot_start_brings_the_primary_back(world: World) -> None:
     world.reset(fallback_start=simulator("java", "--fail-at-start"))
     try:

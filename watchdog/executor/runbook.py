@@ -169,9 +169,54 @@ async def preflight(ctx: Context) -> str:
         source, destination = carried
         if not source.is_file() and not destination.is_file():
             problems.append(f"no config to carry over: neither {source} nor {destination} exists")
+    flag = ctx.runbook.flag_file
+    if ctx.runbook.persistence == "flag-file" and flag is not None:
+        if flag.exists():
+            problems.append(
+                f"the flag file {flag} is already there: the fallback is already the boot choice "
+                "(remove it when the primary is back in service)"
+            )
+        elif not os.access(flag.parent, os.W_OK | os.X_OK):
+            problems.append(f"cannot write the flag file in {flag.parent}")
+        else:
+            notes.append(f"flag file {flag} writable")
     if problems:
         raise StepFailed("; ".join(problems))
     return ", ".join(notes)
+
+
+def _flagged(ctx: Context) -> bool:
+    """Whether the switch persists by a flag file (the unprivileged mode)."""
+    return ctx.runbook.persistence == "flag-file" and ctx.runbook.flag_file is not None
+
+
+def _write_flag(ctx: Context) -> None:
+    """The fallback is the boot choice: the flag exists (and is on disk) before its start."""
+    flag = ctx.runbook.flag_file
+    assert flag is not None  # noqa: S101 - _flagged() said so
+    try:
+        with flag.open("w") as handle:
+            handle.write(
+                f"run {ctx.run_id}: {ctx.target.fallback.unit} replaces {ctx.target.primary.unit}\n"
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        directory = os.open(flag.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise StepFailed(f"cannot write the flag file {flag}: {exc.strerror}") from None
+
+
+def _remove_flag(ctx: Context) -> None:
+    flag = ctx.runbook.flag_file
+    assert flag is not None  # noqa: S101 - _flagged() said so
+    try:
+        flag.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StepFailed(f"cannot remove the flag file {flag}: {exc.strerror}") from None
 
 
 async def java_major(command: Sequence[str]) -> tuple[int | None, str]:
@@ -273,6 +318,8 @@ async def stop_primary(ctx: Context) -> str:
     status = await ctx.systemd.status(unit)
     if not status.stopped:
         raise StepFailed(f"stop {unit}: job {result}, still {status.active_state}")
+    if _flagged(ctx):  # both units stay enabled; the flag decides at boot
+        return f"{unit} stopped (job {result})"
     await ctx.systemd.disable([unit])
     await ctx.systemd.reload()
     return f"{unit} stopped (job {result}) and disabled"
@@ -280,7 +327,7 @@ async def stop_primary(ctx: Context) -> str:
 
 async def _primary_stopped(ctx: Context) -> bool:
     status = await ctx.systemd.status(ctx.target.primary.unit)
-    return status.stopped and not status.enabled
+    return status.stopped and (_flagged(ctx) or not status.enabled)
 
 
 async def carry_config(ctx: Context) -> str:
@@ -305,13 +352,18 @@ async def _config_carried(ctx: Context) -> bool:
 
 async def start_fallback(ctx: Context) -> str:
     unit = ctx.target.fallback.unit
-    await ctx.systemd.enable([unit])
-    await ctx.systemd.reload()
+    if _flagged(ctx):
+        _write_flag(ctx)  # its ConditionPathExists= must hold before the start
+        made = f"flag {ctx.runbook.flag_file} written"
+    else:
+        await ctx.systemd.enable([unit])
+        await ctx.systemd.reload()
+        made = "enabled"
     result = await ctx.systemd.start(unit)
     status = await ctx.systemd.status(unit)
     if result != "done" or not status.active:
         raise StepFailed(f"start {unit}: job {result}, {status.active_state}/{status.sub_state}")
-    return f"{unit} enabled and started (job {result}, MainPID {status.main_pid})"
+    return f"{unit} {made} and started (job {result}, MainPID {status.main_pid})"
 
 
 async def _fallback_active(ctx: Context) -> bool:
@@ -392,6 +444,7 @@ async def finish(ctx: Context) -> str:
 def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]]:
     """What each step would do for this target, in words, for ``rollback --dry-run``."""
     runbook, primary, fallback = target.runbook, target.primary, target.fallback
+    flagged = runbook.persistence == "flag-file"
     needs = [f"{fallback.unit} and {primary.unit} load"]
     if fallback.binary is not None:
         needs.append(f"{fallback.binary} exists")
@@ -420,12 +473,20 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
             f"{state_dir / 'backups'}/emergency-<time>/",
         ),
         ("snapshot", f"both units' state; {runbook.url}/v4/info and /v4/stats"),
-        ("stop-primary", f"stop + disable {primary.unit}"),
+        (
+            "stop-primary",
+            f"stop {primary.unit}" if flagged else f"stop + disable {primary.unit}",
+        ),
         (
             "carry-config",
             f"{carried[0]} -> {carried[1]}/ unless it has one" if carried else "nothing to carry",
         ),
-        ("start-fallback", f"enable + start {fallback.unit}"),
+        (
+            "start-fallback",
+            f"write {target.runbook.flag_file}, start {fallback.unit}"
+            if flagged
+            else f"enable + start {fallback.unit}",
+        ),
         ("verify", ", ".join(checks)),
         ("finish", "disarm the target until re-armed; close the incident"),
     ]
@@ -613,14 +674,19 @@ async def restore_primary(ctx: Context) -> str:
     stopped = await ctx.systemd.stop(fallback)
     if not (await ctx.systemd.status(fallback)).stopped:  # never two servers on one port
         raise StepFailed(f"{fallback} did not stop (job {stopped}): primary left stopped")
-    await ctx.systemd.disable([fallback])
-    await ctx.systemd.enable([primary])
-    await ctx.systemd.reload()
+    if _flagged(ctx):
+        _remove_flag(ctx)  # the primary's ConditionPathExists=! must hold again
+        made = "flag removed"
+    else:
+        await ctx.systemd.disable([fallback])
+        await ctx.systemd.enable([primary])
+        await ctx.systemd.reload()
+        made = "disabled/enabled"
     result = await ctx.systemd.start(primary)
     status = await ctx.systemd.status(primary)
     if not status.active:
         raise StepFailed(f"{primary} did not come back: job {result}, {status.active_state}")
-    return f"{fallback} stopped and disabled, {primary} enabled and started again"
+    return f"{fallback} stopped, {primary} started again ({made})"
 
 
 # -- locking, starting, reconciling -----------------------------------------------------------

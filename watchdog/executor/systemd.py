@@ -34,8 +34,11 @@ UNIT = "org.freedesktop.systemd1.Unit"
 SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 _REMEMBERED_RESULTS = 256
-CONNECT_TIMEOUT = 15.0
-CONNECT_ATTEMPTS = 3
+# A connection systemd does not pick up is dropped and made again: a fresh one is usually
+# answered at once (seen on a namespaced systemd right after a unit started), so many short
+# attempts beat a few long ones. Together they still allow a busy systemd 30 s.
+CONNECT_TIMEOUT = 3.0
+CONNECT_ATTEMPTS = 10
 _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
 
 

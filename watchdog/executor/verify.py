@@ -101,10 +101,35 @@ def port_bound(pid: int, port: int) -> Check:
     if pid <= 0 or not (PROC / str(pid)).exists():
         return Check("port", False, f"no main process (MainPID {pid})")
     listening = _listeners(port)
-    bound = [p for p in [pid, *_descendants(pid)] if listening & _socket_inodes(p)]
-    if not bound:
-        return Check("port", False, f"port {port} not bound by PID {pid}")
-    return Check("port", True, f"port {port} bound by PID {bound[0]}")
+    tree = [pid, *_descendants(pid)]
+    bound = [p for p in tree if set(listening) & _socket_inodes(p)]
+    if bound:
+        return Check("port", True, f"port {port} bound by PID {bound[0]}")
+    if not _fds_readable(pid):  # another user's process, and we are not root (polkit mode)
+        uid = _uid(pid)
+        owners = {owner for owner in listening.values()}
+        if uid is not None and uid in owners:
+            return Check("port", True, f"port {port} listened on by uid {uid}, MainPID {pid}'s")
+        return Check("port", False, f"port {port} not listened on by uid {uid} (MainPID {pid})")
+    return Check("port", False, f"port {port} not bound by PID {pid}")
+
+
+def _fds_readable(pid: int) -> bool:
+    try:
+        os.listdir(PROC / str(pid) / "fd")
+    except OSError:
+        return False
+    return True
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def memory(pid: int, settings: config.VerifySettings) -> Check:
@@ -159,9 +184,9 @@ def _listdir(path: Path) -> Iterable[str]:
         return ()
 
 
-def _listeners(port: int) -> set[str]:
-    """Socket inodes listening on ``port`` (TCP, IPv4 and IPv6)."""
-    inodes: set[str] = set()
+def _listeners(port: int) -> dict[str, int]:
+    """Socket inodes listening on ``port`` (TCP, IPv4 and IPv6), with the uid that owns each."""
+    inodes: dict[str, int] = {}
     for table in ("tcp", "tcp6"):
         try:
             lines = (PROC / "net" / table).read_text().splitlines()[1:]
@@ -169,9 +194,9 @@ def _listeners(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
+            local, state, uid, inode = fields[1], fields[3], fields[7], fields[9]
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(inode)
+                inodes[inode] = int(uid)
     return inodes
 
 

@@ -9,8 +9,12 @@ Notifying is best effort: a notifier logs its failures and never raises into the
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import structlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +81,42 @@ class Silent:
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+class Fanout:
+    """Every card to several notifiers at once (Slack, webhooks, Grafana...).
+
+    They run concurrently, so a slow or hanging channel delays none of the others, and each is
+    guarded, so one that raises despite the contract cannot stop the rest. Each notifier keeps
+    its own per-incident order: cards start in the order they are published.
+    """
+
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self._notifiers = tuple(notifiers)
+
+    async def publish(self, card: Card) -> None:
+        """Give ``card`` to every notifier; returns when all are done with it."""
+        await asyncio.gather(*(self._publish(notifier, card) for notifier in self._notifiers))
+
+    async def aclose(self) -> None:
+        """Close every notifier, all at once."""
+        await asyncio.gather(*(self._aclose(notifier) for notifier in self._notifiers))
+
+    async def _publish(self, notifier: Notifier, card: Card) -> None:
+        try:
+            await notifier.publish(card)
+        except Exception as exc:
+            structlog.get_logger("watchdog.notify").error(  # noqa: TRY400 - as the notifiers log
+                "notifier failed",
+                notifier=type(notifier).__name__,
+                incident=card.incident,
+                error=type(exc).__name__,
+            )
+
+    async def _aclose(self, notifier: Notifier) -> None:
+        try:
+            await notifier.aclose()
+        except Exception as exc:
+            structlog.get_logger("watchdog.notify").error(  # noqa: TRY400 - as above
+                "notifier failed to close", notifier=type(notifier).__name__, error=type(exc).__name__
+            )
