@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from watchdog import (
@@ -37,7 +38,7 @@ from watchdog import (
     server,
     telemetry,
 )
-from watchdog.executor import runbook
+from watchdog.executor import after, runbook
 from watchdog.executor.systemd import Systemd, SystemdError
 from watchdog.notify import slack
 from watchdog.sources import alertmanager, lavalink, probes, prometheus, systemd_watch
@@ -309,7 +310,20 @@ async def _run(
                 await _reconcile(target, connection, settings, clock)
             await _warm_start(target, settings, clock())
             targets.append(target)
-        guards += [Guard(t, link, settings, runs, clock, recorder, halt=stop) for t in targets]
+        guards += [
+            Guard(
+                t,
+                link,
+                settings,
+                runs,
+                clock,
+                recorder,
+                halt=stop,
+                password=passwords.get(t.name, ""),
+                gatekeeper=gatekeeper,
+            )
+            for t in targets
+        ]
         for guard in guards:
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:
@@ -346,7 +360,8 @@ async def _run(
                         group.create_task(guard.watch(stop), name=f"watch:{guard.target.name}")
                 for prober in probers:
                     group.create_task(
-                        _probe(prober, recorder, stop), name=f"probes:{prober.target}"
+                        _probe(prober, recorder, store, clock, stop),
+                        name=f"probes:{prober.target}",
                     )
                 await stop.wait()
         if runs:  # a run in flight finishes its step (or the stop/start pair), then pauses
@@ -637,8 +652,13 @@ class Guard:
         recorder: telemetry.Recorder,
         *,
         halt: asyncio.Event | None = None,  # the daemon's stop: runs pause at a safe point
+        password: str = "",  # Lavalink's, for the watch after a rollback
+        gatekeeper: gate.Gate | None = None,
     ) -> None:
         self.target = target
+        self._password = password
+        self._gatekeeper = gatekeeper
+        self._after: set[asyncio.Task[None]] = set()
         self._ticked_at: float | None = None  # monotonic, for readiness
         self.verdict = "starting"  # the last verdict, for systemd's STATUS=
         self._halt = halt
@@ -705,9 +725,67 @@ class Guard:
                 observer=self._timed(order.observer),
                 halt=self._halt,
             ),
-            on_end=order.on_end,
+            on_end=self._ended(order),
         )
         return gate.STARTED
+
+    def _ended(self, order: gate.Order) -> Callable[[runbook.Outcome], None]:
+        """At the run's end: tell the order's observer, then watch the fallback a while."""
+
+        def ended(outcome: runbook.Outcome) -> None:
+            if order.on_end is not None:
+                order.on_end(outcome)
+            after = self.target.settings.after
+            if outcome.status == "succeeded" and after.enabled:
+                task = asyncio.get_running_loop().create_task(
+                    self._watch_after(outcome.run_id, order.incident),
+                    name=f"after:{self.target.name}",
+                )
+                self._after.add(task)
+                task.add_done_callback(self._after.discard)
+
+        return ended
+
+    async def _watch_after(self, run_id: int, incident: int | None) -> None:
+        """For ``after.duration``: the fallback against the runbook's limits. An unhealthy
+        fallback is an alert (log, metric, the incident's message), never a switch back."""
+        settings = self.target.settings.after
+        watch = after.AfterWatch(self.target.settings, self._password)
+        gauge = self._recorder.fallback_healthy.labels(self.target.name)
+        store, name = self.target.store, self.target.name
+        deadline = time.monotonic() + settings.duration
+        healthy = True
+        stop = self._halt if self._halt is not None else asyncio.Event()
+        log.info("watching the fallback", target=name, run=run_id, seconds=settings.duration)
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    found = await watch.check(self._link.connection(), client)
+                except Exception:  # the watch outlives any one bad round
+                    log.exception("fallback check failed", target=name)
+                    found = []
+                problems = [f"{c.name}: {c.detail}" for c in found if not c.ok]
+                if found:
+                    gauge.set(0 if problems else 1)
+                if found and watch.checks == 1 and not problems:  # journaled from the start
+                    await asyncio.to_thread(store.remember, run_id, "after", watch.summary())
+                if found and bool(problems) == healthy:  # it turned
+                    healthy = not problems
+                    if problems:
+                        line = "fallback unhealthy too: " + "; ".join(problems)
+                        log.error(line, target=name, run=run_id, switch_back="never automatic")
+                    else:
+                        line = "fallback healthy again"
+                        log.warning(line, target=name, run=run_id)
+                    await asyncio.to_thread(store.remember, run_id, "after", watch.summary())
+                    if self._gatekeeper is not None:
+                        await self._gatekeeper.note(incident, line)
+                await _pause(stop, settings.interval)
+        await asyncio.to_thread(store.remember, run_id, "after", watch.summary())
+        if self._gatekeeper is not None and healthy:
+            await self._gatekeeper.note(
+                incident, f"fallback healthy through the watch ({watch.checks} checks)"
+            )
 
     def _timed(self, observer: runbook.Observer | None) -> runbook.Observer:
         """The order's observer, plus each finished step's duration as a metric."""
@@ -811,13 +889,27 @@ class Guard:
             await _pause(stop, watch.settings.interval - (time.monotonic() - begun))
 
 
-async def _probe(prober: probes.Prober, recorder: telemetry.Recorder, stop: asyncio.Event) -> None:
-    """One round of synthetic probes every probe interval; export what they saw."""
+async def _probe(
+    prober: probes.Prober,
+    recorder: telemetry.Recorder,
+    store: journal.Journal,
+    clock: Callable[[], float],
+    stop: asyncio.Event,
+) -> None:
+    """One round of synthetic probes every probe interval; export what they saw, and journal
+    when the service turns from passing to failing or back (the report's downtime)."""
     interval = prober.settings.interval
     while not stop.is_set():
         begun = time.monotonic()
         try:
-            recorder.record_probes(prober.target, await prober.round())
+            results = await prober.round()
+            recorder.record_probes(prober.target, results)
+            turn = probes.health(results)
+            if turn is not None:
+                healthy, detail = turn
+                await asyncio.to_thread(
+                    store.probe_change, prober.target, at=clock(), healthy=healthy, detail=detail
+                )
         except Exception:  # the probes outlive any one bad round
             log.exception("probe round failed", target=prober.target)
         await _pause(stop, interval - (time.monotonic() - begun))

@@ -409,6 +409,11 @@ class Gate:
 
     # -- the incident's message ------------------------------------------------------------
 
+    async def note(self, incident: int | None, line: str, *, status: str | None = None) -> None:
+        """A line on the incident's message from elsewhere (the watch after a rollback)."""
+        await self._recall_card(incident)
+        self._update(incident, line, status=status, buttons=False)
+
     def _update(
         self,
         incident: int | None,

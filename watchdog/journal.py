@@ -159,6 +159,18 @@ MIGRATIONS: Sequence[str] = (
         ts           TEXT NOT NULL
     );
     """,
+    # 4: when the synthetic probes turned from passing to failing and back (the report's
+    # downtime: from the first failing probe to the first passing one on the fallback)
+    """
+    CREATE TABLE probe_changes (
+        id       INTEGER PRIMARY KEY,
+        target   TEXT NOT NULL,
+        at       REAL NOT NULL,
+        healthy  INTEGER NOT NULL CHECK (healthy IN (0, 1)),
+        detail   TEXT NOT NULL   -- the failing probes, or "all passed"
+    );
+    CREATE INDEX probe_changes_target_at ON probe_changes (target, at);
+    """,
 )
 
 
@@ -1075,6 +1087,38 @@ class Journal:
                 nonce,
             ),
         )
+
+    # -- the probes' turns ------------------------------------------------------------------
+
+    def probe_change(self, target: str, *, at: float, healthy: bool, detail: str) -> bool:
+        """Journal a round of probes if it turned the other way from the last journaled one."""
+        with self._lock, _transaction(self._db):
+            last = self._db.execute(
+                "SELECT healthy FROM probe_changes WHERE target = ? ORDER BY id DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            if last is not None and bool(last["healthy"]) == healthy:
+                return False
+            self._db.execute(
+                "INSERT INTO probe_changes (target, at, healthy, detail) VALUES (?, ?, ?, ?)",
+                (target, at, int(healthy), detail),
+            )
+            return True
+
+    def probe_changes(
+        self, target: str, *, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, healthy, detail FROM probe_changes WHERE target = ? "
+                "AND at >= ? AND at <= ? ORDER BY id",
+                (
+                    target,
+                    since if since is not None else -1e18,
+                    until if until is not None else 1e18,
+                ),
+            ).fetchall()
+        return [{"at": r["at"], "healthy": bool(r["healthy"]), "detail": r["detail"]} for r in rows]
 
     # -- where each incident's chat message is (notify.MessageRefs) -------------------------
 

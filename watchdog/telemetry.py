@@ -80,6 +80,13 @@ class Recorder:
             ["target", "status"],
             registry=r,
         )
+        self.fallback_healthy = Gauge(
+            "rollback_watchdog_fallback_healthy",
+            "After a rollback, for after.duration: 1 while the fallback passes the runbook's "
+            "limits, 0 when it does not (an alert; never a switch back).",
+            ["target"],
+            registry=r,
+        )
         self.step_duration = Histogram(
             "rollback_watchdog_step_duration_seconds",
             "How long each rollback runbook step took (ok or failed).",

@@ -477,6 +477,8 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
     assert [(d["action"], d["outcome"]) for d in decisions] == [("rollback", "rollback started")]
     assert runs == 1
     assert not armed(world, config)
+    after = json.loads(run["data"])["after"]  # the watch after the rollback began at once
+    assert after["checks"] >= 1 and after["last_problems"] == [], after
 
 
 @pytest.mark.parametrize("step", ["backup", "stop-primary"])

@@ -132,6 +132,11 @@ def _uid(pid: int) -> int | None:
     return None
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of the process tree, in bytes (0 when it cannot be read)."""
+    return sum(_rss_bytes(p) for p in [pid, *_descendants(pid)])
+
+
 def memory(pid: int, settings: config.VerifySettings) -> Check:
     """Resident memory of the process tree under ``max_memory_bytes``."""
     rss = sum(_rss_bytes(p) for p in [pid, *_descendants(pid)])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -112,3 +112,15 @@ def _loader(
 ) -> Callable[[], Awaitable[model.ProbeResult]]:
     # a function, not a lambda in the loop: each probe keeps its own source and identifier
     return lambda: lavalink.load_tracks(client, service, source, identifier)
+
+
+def health(results: Sequence[model.ProbeResult]) -> tuple[bool, str] | None:
+    """A round in one word: healthy (every conclusive probe passed), or not (which failed);
+    None when no probe said anything about the service (no data is neither)."""
+    said = [r for r in results if r.conclusive]
+    if not said:
+        return None
+    failing = [f"{r.probe}:{r.source}" if r.source else r.probe for r in said if not r.ok]
+    if failing:
+        return False, "failing: " + ", ".join(failing)
+    return True, "all passed"
