@@ -30,6 +30,7 @@ from watchdog import (
     errors,
     journal,
     model,
+    report,
     rules,
     telemetry,
     timefmt,
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         vote.add_argument("id", help="the approval's number (see status)")
         vote.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
         vote.add_argument("--url", help="the daemon's listener (default: from listen:)")
+
+    show = commands.add_parser("report", help="print a run's rollback report (Markdown)")
+    with_config(show)
+    show.add_argument("run", help="the run's number (see status)")
 
     rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
     with_config(rearm)
@@ -358,6 +363,26 @@ def _status(args: argparse.Namespace) -> int:
                 )
             else:
                 print(f"  approval #{asked['id']} {asked['status']}: {asked['outcome']}")
+    return EXIT_OK
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", args.run):
+        return _fail(f"{args.run!r} is not a run number (see `status`)")
+    if not (settings.state_dir / journal.DATABASE_NAME).exists():
+        return _fail(f"no journal in {settings.state_dir}: has `rollback-watchdog run` started?")
+    store = journal.Journal.open(settings.state_dir)
+    try:
+        data = report.gather(store, int(args.run))
+    except KeyError:
+        return _fail(f"there is no run #{args.run} in {store.path} (see `status`)")
+    finally:
+        store.close()
+    print(report.build(data), end="")
     return EXIT_OK
 
 
@@ -796,6 +821,7 @@ _HANDLERS = {
     "run": _run,
     "backtest": _backtest,
     "rearm": _rearm,
+    "report": _report,
     "rollback": _rollback,
     "approve": _vote,
     "deny": _vote,

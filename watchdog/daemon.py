@@ -40,7 +40,7 @@ from watchdog import (
 )
 from watchdog.executor import after, runbook
 from watchdog.executor.systemd import Systemd, SystemdError
-from watchdog.notify import slack
+from watchdog.notify import grafana, slack, webhook
 from watchdog.sources import alertmanager, lavalink, probes, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.daemon")
@@ -90,6 +90,8 @@ class Secrets:
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
+    webhook_tokens: tuple[str | None, ...] = ()  # one per notify.webhooks entry
+    grafana_token: str | None = None
 
     @classmethod
     def read(cls, settings: config.Settings) -> Secrets:
@@ -113,6 +115,13 @@ class Secrets:
             else None,
             slack_app_token=read(slack.app_token_file, slack.app_token_env, "Slack app token")
             if slack and slack.socket_mode
+            else None,
+            webhook_tokens=tuple(
+                read(hook.token_file, hook.token_env, f"webhook token for {hook.url}")
+                for hook in settings.notify.webhooks
+            ),
+            grafana_token=read(annotate.token_file, annotate.token_env, "Grafana token")
+            if (annotate := settings.notify.grafana) is not None
             else None,
         )
 
@@ -241,17 +250,7 @@ async def _run(
         async def readiness() -> str | None:
             return await _readiness(store, guards, settings)
 
-        notifier: notify.Notifier = notify.Silent()
-        if settings.slack is not None and secrets.slack_bot_token:
-            notifier = slack.SlackNotifier(
-                token=secrets.slack_bot_token,
-                channel=settings.slack.channel,
-                refs=store,
-                api_url=settings.slack.api_url,
-                timeout=settings.slack.timeout,
-                retries=settings.slack.retries,
-            )
-        gatekeeper = gate.Gate(settings, store, notifier, clock=clock)
+        gatekeeper = gate.Gate(settings, store, _notifiers(settings, secrets, store), clock=clock)
         resources.push_async_callback(gatekeeper.aclose)
         intake = Intake(gatekeeper, guards, recorder, clock)
         rule_sets = {t.name: rules.load(t.rules).rules for t in settings.targets}
@@ -368,6 +367,40 @@ async def _run(
             log.warning("stopping: letting the rollback in flight reach a safe point")
             supervisor.stopping("stopping: the rollback in flight pauses at a safe point")
             await asyncio.wait(list(runs), timeout=_longest_step(settings))
+
+
+def _notifiers(
+    settings: config.Settings, secrets: Secrets, store: journal.Journal
+) -> notify.Notifier:
+    """Every configured channel behind one notifier (``Silent`` when there is none)."""
+    channels: list[notify.Notifier] = []
+    if settings.slack is not None and secrets.slack_bot_token:
+        channels.append(
+            slack.SlackNotifier(
+                token=secrets.slack_bot_token,
+                channel=settings.slack.channel,
+                refs=store,
+                api_url=settings.slack.api_url,
+                timeout=settings.slack.timeout,
+                retries=settings.slack.retries,
+            )
+        )
+    for hook, token in zip(settings.notify.webhooks, secrets.webhook_tokens, strict=True):
+        channels.append(webhook.WebhookNotifier(hook.url, token=token, timeout=hook.timeout))
+    grafana_settings = settings.notify.grafana
+    if grafana_settings is not None and secrets.grafana_token:
+        channels.append(
+            grafana.GrafanaAnnotator(
+                grafana_settings.url,
+                token=secrets.grafana_token,
+                dashboard_uid=grafana_settings.dashboard_uid,
+                tags=grafana_settings.tags,
+                timeout=grafana_settings.timeout,
+            )
+        )
+    if not channels:
+        return notify.Silent()
+    return channels[0] if len(channels) == 1 else notify.Fanout(channels)
 
 
 def _slack_state(settings: config.Settings, secrets: Secrets) -> str:

@@ -1215,6 +1215,35 @@ class Journal:
     def armed(self, target: str) -> bool:
         return self.target_state(target).armed
 
+    def evaluations(
+        self, target: str, *, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The verdict changes of ``target`` from ``since`` to ``until`` (both included), oldest
+        first, with their signals as journaled (the report's root cause)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, verdict, score, reason, firing, signals FROM evaluations "
+                "WHERE target = ? AND at >= ? AND at <= ? ORDER BY at, id",
+                (
+                    target,
+                    since if since is not None else -1e18,
+                    until if until is not None else 1e18,
+                ),
+            ).fetchall()
+        return [
+            {**dict(r), "firing": json.loads(r["firing"]), "signals": json.loads(r["signals"])}
+            for r in rows
+        ]
+
+    def approval_audit(self, approval_id: int) -> list[AuditRow]:
+        """Every request journaled about one approval (votes, refusals, its settling), oldest
+        first: who decided it and through what (the report's approval line)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM audit WHERE approval_id = ? ORDER BY id", (approval_id,)
+            ).fetchall()
+        return [AuditRow(**dict(row)) for row in rows]
+
 
 class _transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""

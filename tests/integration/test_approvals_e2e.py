@@ -9,6 +9,7 @@ rollback waits for an executor: that is the state the last assertions check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from watchdog import config, daemon, journal
 from watchdog.sim import slack as fake_slack
@@ -45,13 +47,42 @@ class Running:
     store: journal.Journal
     slack: fake_slack.FakeSlack
     config_path: Path
+    hooked: list[dict[str, Any]]  # what the generic JSON webhook received
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A local receiver for the generic JSON webhook notifier (bearer token checked)."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer hook-token":
+            return web.Response(status=401)
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
 async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
-    async with fake_slack.FakeSlack(token=ENV["WD_BOT"], app_token=ENV["WD_APP"]) as slack:
+    monkeypatch.setenv("WD_HOOK", "hook-token")
+    async with (
+        fake_slack.FakeSlack(token=ENV["WD_BOT"], app_token=ENV["WD_APP"]) as slack,
+        webhook_receiver() as (hook_url, hooked),
+    ):
         path = tmp_path / "config.yml"
         path.write_text(
             textwrap.dedent(f"""\
@@ -71,6 +102,8 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
               app_token_env: WD_APP
               api_url: '{slack.api_url}'
               retries: 0
+            notify:
+              webhooks: [{{url: '{hook_url}', token_env: WD_HOOK}}]
             targets:
               - name: lavalink
                 primary: {{unit: lavalink-rust.service, job: lavalink-rust}}
@@ -91,7 +124,11 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         assert handles, f"the daemon did not start: {task}"
         try:
             yield Running(
-                f"http://127.0.0.1:{handles[0].listen_port}", handles[0].journal, slack, path
+                f"http://127.0.0.1:{handles[0].listen_port}",
+                handles[0].journal,
+                slack,
+                path,
+                hooked,
             )
         finally:
             stop.set()
@@ -267,6 +304,14 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
         return "approved by U0ALICE, U0BOB (api)" in texts and "not on the approvers list" in texts
 
     await until(updated, "the Slack message to show the votes")
+
+    async def hooked() -> bool:  # the generic webhook got the same story, as JSON
+        cards = [h["card"] for h in running.hooked]
+        return any(c["approval"] == asked.id for c in cards) and any(
+            "approved by U0ALICE, U0BOB (api)" in line for c in cards for line in c["history"]
+        )
+
+    await until(hooked, "the webhook to carry the approval")
     assert buttons(next(iter(slack.messages.values()))) == []  # decided: no more buttons
 
     ordered = await asyncio.to_thread(

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import structlog
 
+log = structlog.get_logger("watchdog.notify")
+
 
 @dataclass(frozen=True, slots=True)
 class SignalLine:
@@ -106,7 +108,8 @@ class Fanout:
         try:
             await notifier.publish(card)
         except Exception as exc:
-            structlog.get_logger("watchdog.notify").error(  # noqa: TRY400 - as the notifiers log
+            # the type only: a message or traceback could quote a secret the notifier holds
+            log.error(  # noqa: TRY400
                 "notifier failed",
                 notifier=type(notifier).__name__,
                 incident=card.incident,
@@ -117,6 +120,8 @@ class Fanout:
         try:
             await notifier.aclose()
         except Exception as exc:
-            structlog.get_logger("watchdog.notify").error(  # noqa: TRY400 - as above
-                "notifier failed to close", notifier=type(notifier).__name__, error=type(exc).__name__
+            log.error(  # noqa: TRY400
+                "notifier failed to close",
+                notifier=type(notifier).__name__,
+                error=type(exc).__name__,
             )

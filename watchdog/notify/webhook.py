@@ -335,9 +335,7 @@ class WebhookNotifier:
                 log.warning("webhook closed; card dropped", host=self._host, incident=card.incident)
                 return
             try:
-                response = await self._sender.send(
-                    "POST", self._url, payload(card, self._clock())
-                )
+                response = await self._sender.send("POST", self._url, payload(card, self._clock()))
             except DeliveryFailed as failure:
                 log.error(  # noqa: TRY400 - the reason says it all; no traceback to add
                     "webhook delivery failed",
