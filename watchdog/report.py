@@ -207,7 +207,7 @@ def initiated_by(data: ReportData) -> str:
         return f"{run.initiated_by} (approved in {', '.join(channels)})"
     if run.trigger == "manual":
         words = ["manual"]
-        if False:
+        if _category(data) == "security":
             words.append("security")
         ordered = _order(data)
         if ordered is not None:
