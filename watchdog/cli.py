@@ -706,20 +706,25 @@ async def _rollback_async(
             return EXIT_OK
         if isinstance(systemd, Unreachable):  # only a dry run goes on without systemd
             return _fail(systemd.reason)
-        return await _execute(settings, target, systemd, args.reason, by)
+        return await _execute(settings, target, systemd, args.reason, by, args.category)
     finally:
         systemd.close()
 
 
 async def _execute(
-    settings: config.Settings, target: config.TargetSettings, systemd: Systemd, reason: str, by: str
+    settings: config.Settings,
+    target: config.TargetSettings,
+    systemd: Systemd,
+    reason: str,
+    by: str,
+    category: str = "manual",
 ) -> int:
     store = journal.Journal.open(settings.state_dir)
     try:
         incident = store.open_incident_id(target.name)
         if incident is None:
             incident = store.open_manual_incident(
-                target.name, reason=reason, at=time.time(), by=by, via="cli"
+                target.name, reason=reason, at=time.time(), category=category, by=by, via="cli"
             )
         print(f"rolling {target.name} back: {target.primary.unit} -> {target.fallback.unit}")
         try:

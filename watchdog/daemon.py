@@ -33,6 +33,7 @@ from watchdog import (
     model,
     notify,
     pipeline,
+    report,
     rules,
     sdnotify,
     server,
@@ -768,6 +769,8 @@ class Guard:
         def ended(outcome: runbook.Outcome) -> None:
             if order.on_end is not None:
                 order.on_end(outcome)
+            if outcome.status != runbook.INTERRUPTED:  # an open run gets its report at its end
+                self._spawn(self._report(outcome.run_id, order.incident, post=True))
             after = self.target.settings.after
             if outcome.status == "succeeded" and after.enabled:
                 task = asyncio.get_running_loop().create_task(
@@ -778,6 +781,28 @@ class Guard:
                 task.add_done_callback(self._after.discard)
 
         return ended
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
+
+    async def _report(self, run_id: int, incident: int | None, *, post: bool) -> None:
+        """Write the run's report (``state_dir/reports``) and, if asked, post it. Best effort:
+        a report that cannot be written is logged, and ``report RUN`` can still print it."""
+        try:
+            path = await asyncio.to_thread(
+                report.write, self.target.store, run_id, self._settings.state_dir
+            )
+        except Exception:
+            log.exception("the rollback report could not be written", run=run_id)
+            return
+        log.info("rollback report written", run=run_id, path=str(path))
+        if post and self._gatekeeper is not None:
+            body = await asyncio.to_thread(path.read_text)
+            await self._gatekeeper.attach_document(
+                incident, f"Rollback report, run #{run_id}", body
+            )
 
     async def _watch_after(self, run_id: int, incident: int | None) -> None:
         """For ``after.duration``: the fallback against the runbook's limits. An unhealthy
@@ -802,6 +827,8 @@ class Guard:
                     gauge.set(0 if problems else 1)
                 if found and watch.checks == 1 and not problems:  # journaled from the start
                     await asyncio.to_thread(store.remember, run_id, "after", watch.summary())
+                if watch.checks <= 3:  # the first passing probe on the fallback comes about now
+                    await self._report(run_id, incident, post=False)
                 if found and bool(problems) == healthy:  # it turned
                     healthy = not problems
                     if problems:
@@ -819,6 +846,7 @@ class Guard:
             await self._gatekeeper.note(
                 incident, f"fallback healthy through the watch ({watch.checks} checks)"
             )
+        await self._report(run_id, incident, post=not stop.is_set())  # the final version
 
     def _timed(self, observer: runbook.Observer | None) -> runbook.Observer:
         """The order's observer, plus each finished step's duration as a metric."""

@@ -409,6 +409,11 @@ class Gate:
 
     # -- the incident's message ------------------------------------------------------------
 
+    async def attach_document(self, incident: int | None, title: str, body: str) -> None:
+        """A document for the incident's message (the rollback report)."""
+        if incident is not None:
+            await self.notifier.attach(incident, title, body)
+
     async def note(self, incident: int | None, line: str, *, status: str | None = None) -> None:
         """A line on the incident's message from elsewhere (the watch after a rollback)."""
         await self._recall_card(incident)

@@ -479,6 +479,9 @@ def test_auto_mode_rolls_back_on_a_rollback_verdict(world: World, tmp_path: Path
     assert not armed(world, config)
     after = json.loads(run["data"])["after"]  # the watch after the rollback began at once
     assert after["checks"] >= 1 and after["last_problems"] == [], after
+    written = (config.parent / "state" / "reports" / f"run-{run['id']}.md").read_text()
+    assert written.startswith(f"# Rollback report: lavalink, run #{run['id']}")
+    assert "rollback-watchdog (auto)" in written and "DrillCrashLoop" in written
 
 
 @pytest.mark.parametrize("step", ["backup", "stop-primary"])

@@ -226,6 +226,20 @@ async def test_first_card_posts_and_later_cards_update(slack: FakeSlack) -> None
     assert len(refs.remembered) == 1
 
 
+async def test_the_report_goes_into_the_incident_messages_thread(slack: FakeSlack) -> None:
+    refs = Refs()
+    slack_notifier = notifier(slack, refs)
+    await slack_notifier.publish(card(status="Rolled back", final=True))
+    ((_, _, ts),) = refs.remembered
+    report = "# Rollback report\n\n| a | b |\n|---|---|\n" + "x" * 50_000
+    await slack_notifier.attach(1, "Rollback report, run #1", report)
+    reply = slack.calls_to("chat.postMessage")[-1]
+    assert reply.error is None and reply.args["thread_ts"] == ts
+    text = reply.args["text"]
+    assert text.startswith("*Rollback report, run #1*\n```\n# Rollback report")
+    assert len(text) <= 40_000  # Slack's limit for a message's text
+
+
 async def test_a_message_posted_before_a_restart_is_updated_not_reposted(slack: FakeSlack) -> None:
     posted = await web(slack).chat_postMessage(channel=CHANNEL, text="from the last run")
     refs = Refs()

@@ -70,6 +70,10 @@ class Notifier(Protocol):
         """Post or update the incident's message to show ``card``."""
         ...
 
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """Add a document (the rollback report, Markdown) to the incident's message."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections; later publishes are dropped."""
         ...
@@ -80,6 +84,9 @@ class Silent:
 
     async def publish(self, card: Card) -> None:
         """Nothing to tell."""
+
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """Nowhere to put it."""
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -100,9 +107,23 @@ class Fanout:
         """Give ``card`` to every notifier; returns when all are done with it."""
         await asyncio.gather(*(self._publish(notifier, card) for notifier in self._notifiers))
 
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """Give the document to every notifier."""
+        await asyncio.gather(
+            *(self._attach(notifier, incident, title, body) for notifier in self._notifiers)
+        )
+
     async def aclose(self) -> None:
         """Close every notifier, all at once."""
         await asyncio.gather(*(self._aclose(notifier) for notifier in self._notifiers))
+
+    async def _attach(self, notifier: Notifier, incident: int, title: str, body: str) -> None:
+        try:
+            await notifier.attach(incident, title, body)
+        except Exception as exc:
+            log.error(  # noqa: TRY400 - the type only, as in _publish
+                "notifier failed", notifier=type(notifier).__name__, error=type(exc).__name__
+            )
 
     async def _publish(self, notifier: Notifier, card: Card) -> None:
         try:

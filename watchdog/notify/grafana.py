@@ -115,6 +115,9 @@ class GrafanaAnnotator:
                     error=self._sender.scrub(f"{type(exc).__name__}: {exc}", self._api),
                 )
 
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """Annotations carry no documents: the region's text already says how it ended."""
+
     async def aclose(self) -> None:
         """Drop later cards, give the ones in flight one last attempt, then close."""
         self._closed = True

@@ -253,6 +253,9 @@ class _Failure(Exception):
         self.error = error
 
 
+ATTACHMENT_LIMIT = 39_000  # chat.postMessage's text takes up to 40,000 characters
+
+
 class SlackNotifier:
     """Posts an incident's first card, then updates that message with every later card."""
 
@@ -307,6 +310,37 @@ class SlackNotifier:
                     incident=card.incident,
                     error=f"{type(exc).__name__}: {exc}",
                 )
+
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """The document as a reply in the incident message's thread (a code block: Slack's
+        formatting has no tables); never raises."""
+        lock = self._locks.setdefault(incident, asyncio.Lock())
+        async with lock:
+            if self._closed:
+                return
+            text = f"*{_escape(title)}*\n```\n{_fit(body, ATTACHMENT_LIMIT)}\n```"
+            try:
+                ref = self._posted.get(incident)
+                if ref is None:
+                    ref = await asyncio.to_thread(self._refs.message_ref, incident)
+                channel, thread = ref if ref is not None else (self._channel, None)
+                await _call(
+                    "chat.postMessage",
+                    self._client.chat_postMessage(channel=channel, text=text, thread_ts=thread),
+                )
+            except _Failure as failure:
+                log.error(  # noqa: TRY400 - the code says it all
+                    "slack attachment failed",
+                    incident=incident,
+                    method=failure.method,
+                    error=failure.error,
+                )
+            except Exception as exc:
+                log.exception(
+                    "slack attachment failed", incident=incident, error=type(exc).__name__
+                )
+            else:
+                log.info("slack attachment posted", incident=incident, title=title)
 
     async def aclose(self) -> None:
         """Drop later cards, after the ones in flight are done."""

@@ -360,6 +360,39 @@ class WebhookNotifier:
                     status=response.status_code,
                 )
 
+    async def attach(self, incident: int, title: str, body: str) -> None:
+        """POST the document: ``{"version": 1, "event": "document", "incident", "title",
+        "body", "sent_at"}``; never raises."""
+        async with self._serial.hold(incident):
+            if self._closed:
+                return
+            document = {
+                "version": 1,
+                "event": "document",
+                "incident": incident,
+                "title": title,
+                "body": body,
+                "sent_at": timefmt.format_instant(self._clock()),
+            }
+            try:
+                body_bytes = json.dumps(document, ensure_ascii=False).encode("utf-8")
+                await self._sender.send("POST", self._url, body_bytes)
+            except DeliveryFailed as failure:
+                log.error(  # noqa: TRY400 - the reason says it all
+                    "webhook delivery failed",
+                    host=self._host,
+                    incident=incident,
+                    status=failure.status,
+                    error=failure.reason,
+                )
+            except Exception as exc:
+                log.error(  # noqa: TRY400 - a traceback could quote the request's headers
+                    "webhook delivery failed",
+                    host=self._host,
+                    incident=incident,
+                    error=self._sender.scrub(f"{type(exc).__name__}: {exc}", self._url),
+                )
+
     async def aclose(self) -> None:
         """Drop later cards, give the ones in flight one last attempt, then close."""
         self._closed = True
