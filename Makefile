@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon
 
-.PHONY: test demo bench bench-rollback bench-detection lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-rollback: $(BIN)/.installed
 
 bench-detection: system-deps $(BIN)/.installed
 	$(BIN)/python bench/detection.py
+
+bench-ingest: $(BIN)/.installed
+	$(BIN)/python bench/ingest.py --alerts 1000 --repeats 20 --rate 500 --duration 30 --json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -581,6 +581,7 @@ def _longest_step(settings: config.Settings) -> float:
 
 
 RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
+WAKE_GAP = 1.0  # seconds: the least time between two evaluations woken early
 SILENT_READS = 3  # unanswered watch reads in a row before the connection is made again
 
 
@@ -914,6 +915,9 @@ class Guard:
                 target.recorder.source_errors.labels(target.name, "tick_failed").inc()
                 log.exception("tick failed", target=target.name)
             self._ticked_at = time.monotonic()
+            # news wakes the next tick early, but at most one tick per WAKE_GAP: a flood of
+            # alerts must not turn the loop into a busy one
+            await _pause(stop, min(interval, WAKE_GAP) - (time.monotonic() - begun))
             await _pause(stop, interval - (time.monotonic() - begun), wake=self._wake)
 
     async def read_units(self) -> None:

@@ -359,6 +359,7 @@ class Journal:
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of ours
+        connection.execute("PRAGMA cache_size=-1024")  # KiB: a small daemon, a bounded cache
         connection.execute("PRAGMA foreign_keys=ON")
         journal = cls(connection, path)
         journal._migrate()
@@ -836,15 +837,17 @@ class Journal:
         return Ingested(tuple(new), repeated, resolved)
 
     def firing_alerts(self, target: str, *, seen_since: float) -> list[AlertRecord]:
-        """Alerts of ``target`` still firing and delivered since ``seen_since``. An alert that
-        drove an action keeps counting while its incident is open (the evidence still holds;
-        the incident acts once), but never after: a re-delivery cannot act a second time."""
+        """Per alert name, the oldest alert of ``target`` still firing and delivered since
+        ``seen_since`` (one speaks for its signal). An alert that drove an action keeps counting
+        while its incident is open (the evidence still holds; the incident acts once), but never
+        after: a re-delivery cannot act a second time."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT alerts.* FROM alerts LEFT JOIN incidents ON incidents.id = alerts.spent_by "
+            rows = self._db.execute(  # SQLite takes the bare columns from the MIN() row
+                "SELECT alerts.*, MIN(alerts.starts_at) AS starts_at FROM alerts "
+                "LEFT JOIN incidents ON incidents.id = alerts.spent_by "
                 "WHERE alerts.target = ? AND alerts.status = 'firing' AND alerts.last_seen >= ? "
                 "AND (alerts.spent_by IS NULL OR incidents.status = 'open') "
-                "ORDER BY alerts.starts_at",
+                "GROUP BY alerts.alertname ORDER BY starts_at",
                 (target, seen_since),
             ).fetchall()
         return [

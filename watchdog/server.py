@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -111,6 +112,8 @@ async def _bounded(request: web.Request, handler: Callable[..., Awaitable[Any]])
             return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:  # a chunked body, counted while read
         return problem(exc.status, f"the body is over {limit} bytes")
+    except RequestPayloadError:  # a body that ends early or does not decode
+        return problem(HTTPStatus.BAD_REQUEST, "the body could not be read")
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return problem(exc.status, f"{request.method} is not allowed here", Allow=allowed)
@@ -316,7 +319,8 @@ async def _rollback(request: web.Request) -> web.Response:
         category=body.category,
         by=body.by,
         via="api",
-        nonce=f"api-rollback:{body.request_id}" if body.request_id else None,
+        # one sender's request id: another's refused request cannot burn it
+        nonce=f"api-rollback:{body.by}:{body.request_id}" if body.request_id else None,
     )
     answer = await _orders(context).rollback(order)
     if answer.refusal is approval.Refusal.REPLAY:
@@ -340,7 +344,7 @@ async def _vote(request: web.Request) -> web.Response:
     vote = approval.Vote(
         approve=body.decision == "approve", identities=(body.by,), via="api", at=context.clock()
     )
-    nonce = f"api-vote:{body.request_id}" if body.request_id else None
+    nonce = f"api-vote:{raw_id}:{body.by}:{body.request_id}" if body.request_id else None
     ruling, current = await _orders(context).vote(int(raw_id), vote, nonce)
     if ruling.refusal is approval.Refusal.REPLAY:
         return web.json_response({"ignored": True, "message": ruling.message})
@@ -439,7 +443,12 @@ async def serve(
         alertmanager_token=alertmanager_token,
         slack_secret=slack_secret,
     )
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.request_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=settings.request_timeout,
+        auto_decompress=False,  # no sender compresses; a compressed body is just not JSON
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     try:

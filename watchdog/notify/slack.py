@@ -80,6 +80,8 @@ _VERDICT_TITLES = {
 }
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _APPROVAL_ID = re.compile(r"[1-9][0-9]{0,18}")  # positive; SQLite's range checked after
+_SLACK_ID = re.compile(r"[A-Z0-9]{2,32}")  # U0123ABC, W0123ABC: what allowlists name
+_ACTION_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
 _SQLITE_MAX = 2**63 - 1
 
 
@@ -483,22 +485,23 @@ def parse_interaction(body: bytes) -> Interaction:
 def interaction_of(payload: Mapping[str, Any]) -> Interaction:
     """The click in a decoded ``block_actions`` payload (what Socket Mode delivers as is).
     Only the first action counts: a button click carries exactly one."""
-    kind = payload.get("type")
-    if kind != "block_actions":
-        raise errors.InputError(f"not a block_actions payload (type {kind!r})")
+    if payload.get("type") != "block_actions":  # nothing sent is echoed back
+        raise errors.InputError("not a block_actions payload")
     actions = payload.get("actions")
     if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
         raise errors.InputError("no actions in the payload")
     action = actions[0]
     action_id = action.get("action_id")
     if action_id not in (APPROVE, DENY):
-        raise errors.InputError(f"unknown action {action_id!r}")
+        raise errors.InputError("unknown action (approve or deny expected)")
     value = action.get("value")
     if not isinstance(value, str) or not _APPROVAL_ID.fullmatch(value) or int(value) > _SQLITE_MAX:
-        raise errors.InputError(f"action value {value!r} is not a positive integer")
+        raise errors.InputError("the action's value is not a positive integer")
     user = payload.get("user")
-    if not isinstance(user, dict) or not _text(user, "id"):
-        raise errors.InputError("missing user.id")
+    if not isinstance(user, dict) or not _SLACK_ID.fullmatch(_text(user, "id")):
+        raise errors.InputError("missing or malformed user.id")
+    if not _ACTION_TS.fullmatch(_text(action, "action_ts")):
+        raise errors.InputError("missing or malformed action_ts")
     container = payload.get("container")
     return Interaction(
         action=action_id,

@@ -30,7 +30,10 @@ def _instant(value: Any) -> float:
         raise ValueError("must be an RFC 3339 time")  # noqa: TRY004 - pydantic wants ValueError
     if value.startswith("0001-01-01T00:00:00"):
         return _ZERO_TIME
-    return timefmt.parse_instant(value)
+    try:
+        return timefmt.parse_instant(value)
+    except ValueError:  # its message quotes the value: nothing sent is echoed back
+        raise ValueError("must be an RFC 3339 time") from None
 
 
 Instant = Annotated[float, BeforeValidator(_instant)]
