@@ -287,6 +287,13 @@ def _one_secret(file: Path | None, env: str | None, what: str, *, required: bool
         raise ValueError(f"give {what}_file or {what}_env")
 
 
+def _plain_http_url(url: str) -> str:
+    """An http(s) URL with no credentials in it (they would reach logs and the journal)."""
+    if not re.match(r"^https?://[^/\s@]+(/|$)", url):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+    return url
+
+
 class ApprovalSettings(_Strict):
     """The approval gate: who may approve a rollback, how many must, and for how long."""
 
@@ -339,9 +346,7 @@ class WebhookSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
-        return url
+        return _plain_http_url(url)
 
     @model_validator(mode="after")
     def _token(self) -> Self:
@@ -362,9 +367,7 @@ class GrafanaSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
-        return url.rstrip("/")
+        return _plain_http_url(url).rstrip("/")
 
     @model_validator(mode="after")
     def _token(self) -> Self:
@@ -397,8 +400,7 @@ class SlackSettings(_Strict):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s@]+(/|$)", url):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
+        url = _plain_http_url(url)
         return url if url.endswith("/") else url + "/"
 
     @model_validator(mode="after")

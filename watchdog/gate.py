@@ -271,39 +271,26 @@ class Gate:
             elif (blocked := launcher.blocked()) is not None:
                 refusal, why = approval.Refusal.UNAVAILABLE, f"cannot start now: {blocked}"
         name = target.name if target is not None else order.target
-        if refusal is not None or target is None:
-            fresh = await asyncio.to_thread(
-                self.store.audit,
-                at=at,
-                via=order.via,
-                actor=order.by,
-                action="rollback",
-                accepted=False,
-                detail=why,
-                target=name,
-                nonce=order.nonce,
-            )
-            if not fresh:
-                return approval.Answer(
-                    False, "this request was already received; ignored", approval.Refusal.REPLAY
-                )
-            log.warning("rollback order refused", target=name, by=order.by, why=why)
-            return approval.Answer(False, why, refusal)
+        accepted = refusal is None and target is not None
+        detail = f"{order.category}: {order.reason}" if accepted else why
         fresh = await asyncio.to_thread(
             self.store.audit,
             at=at,
             via=order.via,
             actor=order.by,
             action="rollback",
-            accepted=True,
-            detail=f"{order.category}: {order.reason}",
-            target=target.name,
+            accepted=accepted,
+            detail=detail,
+            target=name,
             nonce=order.nonce,
         )
         if not fresh:
             return approval.Answer(
                 False, "this request was already received; ignored", approval.Refusal.REPLAY
             )
+        if refusal is not None or target is None:
+            log.warning("rollback order refused", target=name, by=order.by, why=why)
+            return approval.Answer(False, why, refusal)
         incident = await asyncio.to_thread(
             self.store.open_manual_incident,
             target.name,

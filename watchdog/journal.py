@@ -1115,11 +1115,7 @@ class Journal:
             rows = self._db.execute(
                 "SELECT at, healthy, detail FROM probe_changes WHERE target = ? "
                 "AND at >= ? AND at <= ? ORDER BY id",
-                (
-                    target,
-                    since if since is not None else -1e18,
-                    until if until is not None else 1e18,
-                ),
+                (target, *_window(since, until)),
             ).fetchall()
         return [{"at": r["at"], "healthy": bool(r["healthy"]), "detail": r["detail"]} for r in rows]
 
@@ -1227,11 +1223,7 @@ class Journal:
             rows = self._db.execute(
                 "SELECT at, verdict, score, reason, firing, signals FROM evaluations "
                 "WHERE target = ? AND at >= ? AND at <= ? ORDER BY at, id",
-                (
-                    target,
-                    since if since is not None else -1e18,
-                    until if until is not None else 1e18,
-                ),
+                (target, *_window(since, until)),
             ).fetchall()
         return [
             {**dict(r), "firing": json.loads(r["firing"]), "signals": json.loads(r["signals"])}
@@ -1267,6 +1259,11 @@ class _transaction:
                 raise
         elif self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _window(since: float | None, until: float | None) -> tuple[float, float]:
+    """A time range for ``at >= ? AND at <= ?``, open where not given."""
+    return (since if since is not None else -1e18, until if until is not None else 1e18)
 
 
 def _statements(script: str) -> list[str]:
