@@ -47,6 +47,13 @@ from watchdog.sources import alertmanager, lavalink, probes, prometheus, systemd
 log = structlog.get_logger("watchdog.daemon")
 
 
+@dataclass(slots=True)
+class Live:
+    """The settings in force: those of the start, or of the last reload that was taken."""
+
+    settings: config.Settings
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
     """Handles a caller (or a test) may want while the daemon runs."""
@@ -240,6 +247,7 @@ async def _run(
         source = prometheus.PrometheusSource(settings.prometheus)
         resources.callback(source.close)
         guards: list[Guard] = []
+        live = Live(settings)  # a reload replaces it
 
         async def status() -> dict[str, Any]:
             names = [t.name for t in settings.targets]
@@ -249,7 +257,7 @@ async def _run(
             }
 
         async def readiness() -> str | None:
-            return await _readiness(store, guards, settings)
+            return await _readiness(store, guards, live.settings)
 
         gatekeeper = gate.Gate(settings, store, _notifiers(settings, secrets, store), clock=clock)
         resources.push_async_callback(gatekeeper.aclose)
@@ -348,10 +356,10 @@ async def _run(
         with _signals_set(stop, reload if config_path is not None else None):
             async with asyncio.TaskGroup() as group:
                 group.create_task(
-                    _heartbeat(supervisor, store, guards, settings, stop), name="sd-notify"
+                    _heartbeat(supervisor, store, guards, live, stop), name="sd-notify"
                 )
                 if config_path is not None:
-                    reloader = Reloader(config_path, settings, guards, gatekeeper, supervisor)
+                    reloader = Reloader(config_path, live, guards, gatekeeper, supervisor)
                     group.create_task(reloader.serve(reload, stop), name="reload")
                 group.create_task(link.keep(stop), name="systemd-link")
                 for guard in guards:
@@ -417,7 +425,7 @@ async def _heartbeat(
     supervisor: sdnotify.SystemdNotifier,
     store: journal.Journal,
     guards: list[Guard],
-    settings: config.Settings,
+    live: Live,
     stop: asyncio.Event,
 ) -> None:
     """Tell systemd: READY once every loop has ticked, then STATUS with the verdicts, and
@@ -428,6 +436,7 @@ async def _heartbeat(
     every = supervisor.watchdog_interval or 5.0
     announced = False
     while not stop.is_set():
+        settings = live.settings
         problem = await _readiness(store, guards, settings)
         status = f"mode {settings.mode.value}; " + ", ".join(
             f"{g.target.name}: {g.verdict}" for g in guards
@@ -460,13 +469,13 @@ class Reloader:
     def __init__(
         self,
         path: Path,
-        settings: config.Settings,
+        live: Live,
         guards: list[Guard],
         gatekeeper: gate.Gate,
         supervisor: sdnotify.SystemdNotifier,
     ) -> None:
         self.path = path
-        self.settings = settings
+        self._live = live
         self._guards = guards
         self._gate = gatekeeper
         self._supervisor = supervisor
@@ -477,8 +486,14 @@ class Reloader:
             if reload.is_set():
                 reload.clear()
                 self._supervisor.reloading()
-                await asyncio.to_thread(self.reload)
-                self._supervisor.ready(f"mode {self.settings.mode.value}; reloaded")
+                taken = await asyncio.to_thread(self.reload)
+                mode = self.settings.mode.value
+                outcome = "reloaded" if taken else "reload rejected: the running config stays"
+                self._supervisor.ready(f"mode {mode}; {outcome}")
+
+    @property
+    def settings(self) -> config.Settings:
+        return self._live.settings
 
     def reload(self) -> bool:
         """One reload; True if the new files were taken."""
@@ -514,7 +529,7 @@ class Reloader:
             target.alerts_forget_after = live.alertmanager.forget_after
             target.launch = guard if live.mode is model.Mode.AUTO else None
             guard.reconfigure(live)
-        self.settings = live
+        self._live.settings = live
         log.warning(
             "reloaded",
             file=str(self.path),
@@ -897,10 +912,10 @@ class Guard:
 
     async def loop(self, stop: asyncio.Event) -> None:
         """Tick every ``interval`` until stopped; a failed tick never ends the loop."""
-        interval = self._settings.interval
-        budget = source_budget(self._settings)
         target = self.target
         while not stop.is_set():
+            interval = self._settings.interval  # each time round: a reload may change them
+            budget = source_budget(self._settings)
             begun = time.monotonic()
             self._wake.clear()  # this tick sees it; news during the tick wakes the next
             try:
