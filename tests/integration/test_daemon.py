@@ -322,7 +322,7 @@ async def test_a_wedged_loop_gets_no_watchdog_ping(tmp_path: Path) -> None:
     store = journal.Journal.open(tmp_path / "state")
     stop = asyncio.Event()
     task = asyncio.create_task(
-        daemon._heartbeat(supervisor, store, [Stalled()], settings, stop)  # type: ignore[list-item]
+        daemon._heartbeat(supervisor, store, [Stalled()], daemon.Live(settings), stop)  # type: ignore[list-item]
     )
     try:
         said = (await asyncio.to_thread(listener.recv, 4096)).decode()
