@@ -123,6 +123,7 @@ class Stage:
         self.box.systemctl("reset-failed")
         self.box.systemctl("enable", "--now", PRIMARY)
         wait_for_node(timeout=30)
+        wait_for_scrape(self.prometheus_url, timeout=30)  # the swap's gap is not an outage
 
     def start_watchdog(self) -> None:
         """The daemon, inside the sandbox, logging JSON lines to ``daemon_log``."""
@@ -153,6 +154,26 @@ class Stage:
             self.daemon.kill()
             self.daemon.wait(timeout=10)
         self.daemon = None
+
+
+def wait_for_scrape(prometheus_url: str, *, timeout: float) -> None:
+    """Until Prometheus's latest scrape of the Rust node succeeded (``up == 1``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = httpx.get(
+                f"{prometheus_url}/api/v1/query",
+                params={"query": 'up{job="lavalink-rust"}'},
+                timeout=2,
+            ).json()
+            series = answer.get("data", {}).get("result", [])
+            if series and all(float(s["value"][1]) == 1 for s in series):
+                return
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Prometheus did not scrape the node within {timeout:g}s")
+        time.sleep(0.2)
 
 
 def wait_for_node(*, timeout: float) -> None:
@@ -339,6 +360,10 @@ def staged(workdir: Path, options: StageOptions = StageOptions()) -> Iterator[St
             )
             box.systemctl("enable", "--now", PRIMARY)
             wait_for_node(timeout=30)
+            # Prometheus scraped the port before the node listened: a watchdog started now would
+            # read that `up == 0` (and its `for`, at demo speed, in the replayed history) as an
+            # outage. A real deployment does not start both in the same second.
+            wait_for_scrape(server.url, timeout=30)
             stage.start_watchdog()
             try:
                 yield stage
