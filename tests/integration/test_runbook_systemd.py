@@ -4,6 +4,7 @@ SIGKILL of the watchdog inside every step followed by a restart that reconciles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -235,13 +236,10 @@ def test_happy_path_switches_and_verifies(world: World) -> None:
     assert not armed(world, config)
 
 
-def test_flag_file_persistence_keeps_both_units_enabled_and_decides_the_boot(
-    world: World,
-) -> None:
-    """The unprivileged mode's switch: no enable/disable (polkit grants only start/stop/
-    restart), a flag file both units check with ConditionPathExists= decides which one a boot
-    starts. Here as root on the sandbox systemd; the polkit rule is tested on its own."""
-    world.reset()
+@contextlib.contextmanager
+def flag_file_units(world: World) -> Iterator[Path]:
+    """Both units check a flag file (packaging/examples/ as drop-ins) and are both enabled, as
+    mode (b) installs them; yields the flag's inside path. Everything is undone afterwards."""
     flags = world.host / "flags"
     flags.mkdir(exist_ok=True)
     flag = world.box.inside(flags) / "active-fallback"
@@ -253,15 +251,33 @@ def test_flag_file_persistence_keeps_both_units_enabled_and_decides_the_boot(
     world.box.systemctl("daemon-reload")
     world.box.systemctl("enable", FALLBACK)  # both enabled once, at install
     try:
-        config = world.config(
-            "flag-file", extra=f"      persistence: flag-file\n      flag_file: {flag}\n"
-        )
+        yield flag
+    finally:
+        for name in drop_ins:
+            (world.box.file_inside(f"/etc/systemd/system/{name}.d") / "flag.conf").unlink()
+        (flags / "active-fallback").unlink(missing_ok=True)
+        world.box.systemctl("daemon-reload")
+
+
+def flag_file_config(world: World, name: str, flag: Path) -> Path:
+    return world.config(name, extra=f"      persistence: flag-file\n      flag_file: {flag}\n")
+
+
+def test_flag_file_persistence_keeps_both_units_enabled_and_decides_the_boot(
+    world: World,
+) -> None:
+    """The unprivileged mode's switch: no enable/disable (polkit grants only start/stop/
+    restart), a flag file both units check with ConditionPathExists= decides which one a boot
+    starts. Here as root on the sandbox systemd; the polkit rule is tested on its own."""
+    world.reset()
+    with flag_file_units(world) as flag:
+        config = flag_file_config(world, "flag-file", flag)
         done = world.cli(
             "rollback", "--config", str(world.box.inside(config)), "--reason", "drill", "--yes"
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert world.states() == ("inactive", "active")
-        assert (flags / "active-fallback").is_file()
+        assert (world.host / "flags" / "active-fallback").is_file()
         enabled = [world.box.systemctl("is-enabled", u).stdout.strip() for u in (PRIMARY, FALLBACK)]
         assert enabled == ["enabled", "enabled"]  # nothing but start/stop was asked of systemd
         _, steps = run_rows(world, config)
@@ -275,11 +291,23 @@ def test_flag_file_persistence_keeps_both_units_enabled_and_decides_the_boot(
             "rollback", "--config", str(world.box.inside(config)), "--reason", "x", "--dry-run"
         )
         assert again.returncode == 1 and "already there" in again.stdout  # never switch twice
-    finally:
-        for name in drop_ins:
-            (world.box.file_inside(f"/etc/systemd/system/{name}.d") / "flag.conf").unlink()
-        (flags / "active-fallback").unlink(missing_ok=True)
-        world.box.systemctl("daemon-reload")
+
+
+def test_a_flag_file_run_killed_after_the_switch_resumes_forward(world: World) -> None:
+    """Killed in verify, after the flag was written and the fallback started: the restart
+    resumes the run forward. Its own flag must not fail the resumed preflight (which would
+    restore the primary: a switch back)."""
+    world.reset()
+    with flag_file_units(world) as flag:
+        config = paused(flag_file_config(world, "flag-resume", flag))
+        start_and_kill_in(world, config, "verify")
+        assert world.states() == ("inactive", "active")
+        log = daemon_until_the_run_ends(world, config, within=90)
+        run, steps = run_rows(world, config)
+        assert run["status"] == "succeeded", (run, steps, log)
+        assert world.states() == ("inactive", "active")
+        assert (world.host / "flags" / "active-fallback").is_file()
+        assert not any(s["name"] == "restore-primary" for s in steps), steps
 
 
 def test_a_fallback_that_cannot_start_brings_the_primary_back(world: World) -> None:

@@ -169,9 +169,12 @@ async def preflight(ctx: Context) -> str:
         source, destination = carried
         if not source.is_file() and not destination.is_file():
             problems.append(f"no config to carry over: neither {source} nor {destination} exists")
+    unreadable = _unreadable(ctx.target.primary.config_dir)
+    if unreadable:  # the backup would fail mid-run: say so before anything is stopped
+        problems.append(f"cannot read {unreadable} for the backup (add this user to its group)")
     flag = ctx.runbook.flag_file
     if ctx.runbook.persistence == "flag-file" and flag is not None:
-        if flag.exists():
+        if flag.exists() and not _flag_is_ours(ctx):  # ours: this run, resumed
             problems.append(
                 f"the flag file {flag} is already there: the fallback is already the boot choice "
                 "(remove it when the primary is back in service)"
@@ -183,6 +186,30 @@ async def preflight(ctx: Context) -> str:
     if problems:
         raise StepFailed("; ".join(problems))
     return ", ".join(notes)
+
+
+def _unreadable(folder: Path | None) -> Path | None:
+    """The first file or directory under ``folder`` this process cannot read, if any."""
+    if folder is None or not folder.is_dir():
+        return None
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        if not os.access(base, os.R_OK | os.X_OK):
+            return base
+        for name in files:
+            if not os.access(base / name, os.R_OK):
+                return base / name
+        dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
+    return None
+
+
+def _flag_is_ours(ctx: Context) -> bool:
+    """Whether the flag file was written by this very run (a resumed run finds its own)."""
+    flag = ctx.runbook.flag_file
+    try:
+        return flag is not None and flag.read_text().startswith(f"{_FLAG_PREFIX}{ctx.run_id}:")
+    except OSError:
+        return False
 
 
 def _flagged(ctx: Context) -> bool:
@@ -508,6 +535,7 @@ _TOUCHING = frozenset(step.name for step in STEPS if step.touches_units)
 # once the primary is stopped, the fallback is started before anything else: a shutdown never
 # leaves the service down between the two
 _SWITCH_CONTINUES = frozenset({"carry-config", "start-fallback"})
+_FLAG_PREFIX = "run "  # the flag file names the run that wrote it
 INTERRUPTED = "interrupted"
 
 
