@@ -442,3 +442,17 @@ async def test_an_operators_incident_is_not_closed_by_a_healthy_evaluation(
     assert target.store.incident_open(answer.incident)  # it ends with its run, not a metric
     own = [i for i in target.store.incidents() if i.origin == "decision"]
     assert [i.status for i in own] == ["resolved"]
+
+
+async def test_switched_to_observe_a_pending_request_is_cancelled_and_nothing_runs(
+    tmp_path: Path,
+) -> None:
+    target, gatekeeper, runner, _, clock = wired(tmp_path, BROKEN, on_timeout="proceed")
+    await target.tick(budget=5)
+    [asked] = target.store.approvals()
+    gatekeeper.reconfigure(settings(model.Mode.OBSERVE, on_timeout="proceed"))  # a reload
+    clock.now += 601  # past the timeout that would otherwise proceed
+    await gatekeeper.settle("lavalink")
+    ended = target.store.approval(asked.id)
+    assert ended is not None and ended.status == "cancelled"
+    assert "only observes" in ended.outcome and runner.orders == []

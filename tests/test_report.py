@@ -613,3 +613,7 @@ def test_cli_without_a_journal(tmp_path: Path) -> None:
     done = cli("report", "1", "--config", str(config_file(tmp_path)))
     assert_bad_input(done, "no journal in")
     assert not (tmp_path / "state" / journal.DATABASE_NAME).exists()  # nothing created
+
+
+def test_an_infinite_value_is_written_not_a_crash() -> None:
+    assert report._number(float("inf")) == "+Inf" and report._number(float("-inf")) == "-Inf"

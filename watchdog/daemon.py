@@ -241,6 +241,8 @@ async def _run(
     # every resource is closed in reverse order however far start-up got
     async with contextlib.AsyncExitStack() as resources:
         resources.callback(log.info, "stopped")
+        # from the very start: SIGTERM during the start-up reconcile pauses it at a safe point
+        resources.enter_context(_signals_set(stop, reload if config_path is not None else None))
         store = journal.Journal.open(settings.state_dir)
         resources.callback(store.close)
         recorder = telemetry.Recorder()
@@ -252,7 +254,7 @@ async def _run(
         async def status() -> dict[str, Any]:
             names = [t.name for t in settings.targets]
             return {
-                "mode": settings.mode.value,
+                "mode": live.settings.mode.value,
                 "targets": await asyncio.to_thread(store.status, names),
             }
 
@@ -290,6 +292,7 @@ async def _run(
         resources.push_async_callback(_cancel, runs)
         await link.connect()
         targets = []
+        reconciled: dict[str, runbook.Outcome | None] = {}  # runs finished at start
         probers: list[probes.Prober] = []
         policy = settings.policy.to_policy()
         for target_settings in settings.targets:
@@ -315,7 +318,9 @@ async def _run(
                 resources.push_async_callback(prober.aclose)
                 probers.append(prober)
             if (connection := link.connection()) is not None:
-                await _reconcile(target, connection, settings, clock)
+                reconciled[target_settings.name] = await _reconcile(
+                    target, connection, settings, clock, stop
+                )
             await _warm_start(target, settings, clock())
             targets.append(target)
         guards += [
@@ -332,7 +337,10 @@ async def _run(
             )
             for t in targets
         ]
+        resources.push_async_callback(_stop_watching, guards)  # before the gate and journal
         for guard in guards:
+            if (outcome := reconciled.get(guard.target.name)) is not None:
+                guard.resumed_run_ended(outcome)  # its report, its message, the watch after
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:
                 guard.target.launch = guard
@@ -353,7 +361,7 @@ async def _run(
             started(Running(targets=targets, listen_port=listener.port, journal=store))
         supervisor = sdnotify.SystemdNotifier()
         resources.callback(supervisor.stopping)
-        with _signals_set(stop, reload if config_path is not None else None):
+        try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(
                     _heartbeat(supervisor, store, guards, live, stop), name="sd-notify"
@@ -372,10 +380,12 @@ async def _run(
                         name=f"probes:{prober.target}",
                     )
                 await stop.wait()
-        if runs:  # a run in flight finishes its step (or the stop/start pair), then pauses
-            log.warning("stopping: letting the rollback in flight reach a safe point")
-            supervisor.stopping("stopping: the rollback in flight pauses at a safe point")
-            await asyncio.wait(list(runs), timeout=_longest_step(settings))
+        finally:  # stopped, or a task failed: a run in flight still pauses at a safe point
+            stop.set()
+            if runs:  # it finishes its step (or the stop/start pair), then pauses
+                log.warning("stopping: letting the rollback in flight reach a safe point")
+                supervisor.stopping("stopping: the rollback in flight pauses at a safe point")
+                await asyncio.wait(list(runs), timeout=_longest_step(settings))
 
 
 def _notifiers(
@@ -412,6 +422,11 @@ def _notifiers(
     return channels[0] if len(channels) == 1 else notify.Fanout(channels)
 
 
+async def _stop_watching(guards: list[Guard]) -> None:
+    for guard in guards:
+        await guard.stop_watching()
+
+
 def _slack_state(settings: config.Settings, secrets: Secrets) -> str:
     if settings.slack is None:
         return "off"
@@ -433,7 +448,8 @@ async def _heartbeat(
     daemon stops pinging and ``WatchdogSec=`` restarts it."""
     if not supervisor.enabled:
         return
-    every = supervisor.watchdog_interval or 5.0
+    # WatchdogSec/3 (the interval given is half of it): a late ping still lands in time
+    every = supervisor.watchdog_interval * 2 / 3 if supervisor.watchdog_interval else 5.0
     announced = False
     while not stop.is_set():
         settings = live.settings
@@ -486,7 +502,7 @@ class Reloader:
             if reload.is_set():
                 reload.clear()
                 self._supervisor.reloading()
-                taken = await asyncio.to_thread(self.reload)
+                taken = await self.reload()
                 mode = self.settings.mode.value
                 outcome = "reloaded" if taken else "reload rejected: the running config stays"
                 self._supervisor.ready(f"mode {mode}; {outcome}")
@@ -495,15 +511,23 @@ class Reloader:
     def settings(self) -> config.Settings:
         return self._live.settings
 
-    def reload(self) -> bool:
-        """One reload; True if the new files were taken."""
+    async def reload(self) -> bool:
+        """One reload; True if the new files were taken. The files are read in a thread; the
+        swap happens on the event loop in one go, so no tick sees half of it."""
         try:
-            new = config.load(self.path)
-            loaded = {t.name: rules.load(t.rules).rules for t in new.targets}
-        except (errors.InputError, OSError) as exc:
-            why = str(exc)  # the message names file, line and field: no traceback to add
-            log.error("reload rejected; the running config stays", file=str(self.path), error=why)  # noqa: TRY400
+            new, loaded = await asyncio.to_thread(self._read)
+        except Exception as exc:  # any file that does not load, however: the old one stays
+            why = str(exc) if isinstance(exc, errors.InputError | OSError) else repr(exc)
+            log.error("reload rejected; the running config stays", file=str(self.path), error=why)  # noqa: TRY400 - the message is the point
             return False
+        self._apply(new, loaded)
+        return True
+
+    def _read(self) -> tuple[config.Settings, dict[str, Sequence[model.Rule]]]:
+        new = config.load(self.path)
+        return new, {t.name: rules.load(t.rules).rules for t in new.targets}
+
+    def _apply(self, new: config.Settings, loaded: dict[str, Sequence[model.Rule]]) -> None:
         old = self.settings
         restart = _restart_only_changes(old, new)
         if restart:
@@ -536,7 +560,6 @@ class Reloader:
             mode=live.mode.value,
             rules={name: len(found) for name, found in loaded.items()},
         )
-        return True
 
 
 def _restart_only_changes(old: config.Settings, new: config.Settings) -> list[str]:
@@ -670,11 +693,12 @@ async def _reconcile(
     systemd: Systemd,
     settings: config.Settings,
     clock: Callable[[], float],
-) -> None:
+    halt: asyncio.Event,
+) -> runbook.Outcome | None:
     """Finish or close a run a crash left unfinished, then re-read what it changed."""
     log.info("reconciling", target=target.name)
     outcome = await runbook.reconcile(
-        target.settings, target.store, systemd, settings.state_dir, clock=clock
+        target.settings, target.store, systemd, settings.state_dir, clock=clock, halt=halt
     )
     if outcome is not None:
         log.warning(
@@ -685,6 +709,7 @@ async def _reconcile(
             detail=outcome.detail,
         )
         target.state = await asyncio.to_thread(target.store.target_state, target.name)
+    return outcome
 
 
 class Guard:
@@ -785,18 +810,40 @@ class Guard:
         def ended(outcome: runbook.Outcome) -> None:
             if order.on_end is not None:
                 order.on_end(outcome)
-            if outcome.status != runbook.INTERRUPTED:  # an open run gets its report at its end
-                self._spawn(self._report(outcome.run_id, order.incident, post=True))
-            after = self.target.settings.after
-            if outcome.status == "succeeded" and after.enabled:
-                task = asyncio.get_running_loop().create_task(
-                    self._watch_after(outcome.run_id, order.incident),
-                    name=f"after:{self.target.name}",
-                )
-                self._after.add(task)
-                task.add_done_callback(self._after.discard)
+            self._after_run(outcome, order.incident)
 
         return ended
+
+    def resumed_run_ended(self, outcome: runbook.Outcome) -> None:
+        """A run resumed or closed by a reconcile ended: the same ending as any run's."""
+
+        async def end() -> None:
+            run = await asyncio.to_thread(self.target.store.run, outcome.run_id)
+            if self._gatekeeper is not None:
+                await self._gatekeeper.note(
+                    run.incident_id,
+                    f"run #{outcome.run_id} {outcome.status} (resumed)",
+                    status=f"Rollback {outcome.status}: {outcome.detail}",
+                    final=outcome.status != runbook.INTERRUPTED,
+                )
+            self._after_run(outcome, run.incident_id)
+
+        self._spawn(end())
+
+    def _after_run(self, outcome: runbook.Outcome, incident: int | None) -> None:
+        """A run that ended (not one paused for shutdown): its report, and the watch after."""
+        if outcome.status == runbook.INTERRUPTED:  # still open: its end comes later
+            return
+        self._spawn(self._report(outcome.run_id, incident, post=True))
+        if outcome.status == "succeeded" and self.target.settings.after.enabled:
+            self._spawn(self._watch_after(outcome.run_id, incident))
+
+    async def stop_watching(self) -> None:
+        """At shutdown, before the journal closes: end the watch after a rollback."""
+        for task in list(self._after):
+            task.cancel()
+        if self._after:
+            await asyncio.wait(list(self._after), timeout=5.0)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -858,11 +905,18 @@ class Guard:
                         await self._gatekeeper.note(incident, line)
                 await _pause(stop, settings.interval)
         await asyncio.to_thread(store.remember, run_id, "after", watch.summary())
+        if stop.is_set():  # cut short: say so, never "healthy through the watch"
+            if self._gatekeeper is not None:
+                await self._gatekeeper.note(
+                    incident,
+                    f"the watch after the rollback ended with the watchdog ({watch.checks} checks)",
+                )
+            return
         if self._gatekeeper is not None and healthy:
             await self._gatekeeper.note(
                 incident, f"fallback healthy through the watch ({watch.checks} checks)"
             )
-        await self._report(run_id, incident, post=not stop.is_set())  # the final version
+        await self._report(run_id, incident, post=True)  # the final version
 
     def _timed(self, observer: runbook.Observer | None) -> runbook.Observer:
         """The order's observer, plus each finished step's duration as a metric."""
@@ -908,6 +962,7 @@ class Guard:
                 clock=self._clock,
                 halt=self._halt,
             ),
+            on_end=self.resumed_run_ended,
         )
 
     async def loop(self, stop: asyncio.Event) -> None:

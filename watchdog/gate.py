@@ -171,8 +171,11 @@ class Gate:
         how many still wait for people."""
         now = self._clock()
         arming = await asyncio.to_thread(self.store.arming, target)
+        observing = self.settings.mode is model.Mode.OBSERVE  # a reload may have switched
         for row in await asyncio.to_thread(self.store.approvals, target=target, status="pending"):
-            if not arming.armed:
+            if observing:
+                await self._end(row, approval.Status.CANCELLED, "the watchdog now only observes")
+            elif not arming.armed:
                 await self._end(
                     row, approval.Status.CANCELLED, "the target was rolled back meanwhile"
                 )
@@ -347,6 +350,8 @@ class Gate:
         why = None
         if not arming.armed:  # rolled back another way meanwhile: never switch twice
             why = "not started: the target was already rolled back"
+        elif self.settings.mode is model.Mode.OBSERVE:
+            why = "not started: the watchdog now only observes"
         elif not await self._incident_open(row):
             why = "not started: the incident resolved before the run could start"
         await self._recall_card(row.incident_id)
@@ -401,10 +406,12 @@ class Gate:
         if incident is not None:
             await self.notifier.attach(incident, title, body)
 
-    async def note(self, incident: int | None, line: str, *, status: str | None = None) -> None:
-        """A line on the incident's message from elsewhere (the watch after a rollback)."""
+    async def note(
+        self, incident: int | None, line: str, *, status: str | None = None, final: bool = False
+    ) -> None:
+        """A line on the incident's message from elsewhere (a resumed run, the watch after)."""
         await self._recall_card(incident)
-        self._update(incident, line, status=status, buttons=False)
+        self._update(incident, line, status=status, buttons=False, final=final)
 
     def _update(
         self,

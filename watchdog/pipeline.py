@@ -91,33 +91,37 @@ class Target:
         """
         started = time.perf_counter()
         at = self.clock()
+        # one tick, one configuration: a reload swaps these between ticks, never within one
+        mode, launch, policy, rules = self.mode, self.launch, self.policy, self.rules
         try:
             async with asyncio.timeout(budget):
-                observation = await prometheus.observe(self.source, self.settings, self.rules, at)
+                observation = await prometheus.observe(self.source, self.settings, rules, at)
         except TimeoutError:
-            observation = timed_out(self.rules, at, budget)
+            observation = timed_out(rules, at, budget)
         failures = sum(1 for r in observation.results.values() if not r.ok) + (
             0 if observation.presence.ok else 1
         )
-        rules = self.rules
+        evaluated_rules = rules
         if self.watch is not None:  # systemd's own view: needs no Prometheus
             observation = with_systemd(observation, self.watch, at)
-            rules = [*self.rules, self.watch.rule]
+            evaluated_rules = [*rules, self.watch.rule]
         await self._follow_arming()
-        evaluated, memory = evaluation.evaluate(self.name, rules, observation, self.memory)
+        evaluated, memory = evaluation.evaluate(
+            self.name, evaluated_rules, observation, self.memory
+        )
         if self.alerts_forget_after is not None:
             evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
-        decided, state = decision.decide(evaluated, self.policy, self.state)
-        acting = decided.action is model.Action.ROLLBACK and self.mode is model.Mode.AUTO
+        decided, state = decision.decide(evaluated, policy, self.state)
+        acting = decided.action is model.Action.ROLLBACK and mode is model.Mode.AUTO
         blocked = None
         if acting:
-            blocked = "no executor is connected" if self.launch is None else self.launch.blocked()
-        joining = acting and self.launch is not None and self.launch.in_flight()
-        ask = self.gatekeeper.asks(decided, self.mode) if self.gatekeeper is not None else None
+            blocked = "no executor is connected" if launch is None else launch.blocked()
+        joining = acting and launch is not None and launch.in_flight()
+        ask = self.gatekeeper.asks(decided, mode) if self.gatekeeper is not None else None
         if ask is not None and self.gatekeeper is not None:
             outcome = self.gatekeeper.asked_outcome()
         else:
-            outcome = gate_outcome(decided, self.mode, blocked, joining=joining)
+            outcome = gate_outcome(decided, mode, blocked, joining=joining)
         # what the incident had been acted on before this decision (none if it is new)
         before = None
         if self.state.incident is not None and decided.incident is not model.IncidentChange.OPEN:
@@ -126,7 +130,7 @@ class Target:
             self.store.record,
             evaluated,
             decided,
-            mode=self.mode,
+            mode=mode,
             outcome=outcome,
             acted=blocked is None,
             ask=ask,
@@ -134,21 +138,19 @@ class Target:
         if blocked is not None:
             state = not_acted(state, before)
         self.memory, self.state = memory, state
-        if acting and blocked is None and self.launch is not None:
+        if acting and blocked is None and launch is not None:
             order = gate.Order(incident, "auto", "rollback-watchdog", decided.reason)
             if self.gatekeeper is not None:
                 launched = self.gatekeeper.launch(self.name, order)
             else:
-                launched = self.launch(order)
+                launched = launch(order)
             if launched not in (STARTED, JOINED):  # lost the executor since: ask again
                 log.error("rollback not started", target=self.name, outcome=launched)
                 if incident is not None:
                     await asyncio.to_thread(self.store.unact, incident, before)
                 self.state = not_acted(self.state, before)
         if self.gatekeeper is not None:
-            await self.gatekeeper.decided(
-                evaluated, decided, incident, mode=self.mode, outcome=outcome
-            )
+            await self.gatekeeper.decided(evaluated, decided, incident, mode=mode, outcome=outcome)
             pending = await self.gatekeeper.settle(self.name)
             self.recorder.approvals_pending.labels(self.name).set(pending)
         self.recorder.record_evaluation(

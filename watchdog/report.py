@@ -13,6 +13,7 @@ case can be tested on plain data; ``write`` puts the report in the state directo
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import tempfile
@@ -624,6 +625,8 @@ def _at(at: float) -> str:
 def _number(value: Any) -> str:
     if not isinstance(value, int | float) or value != value:  # None or NaN: no value
         return "-"
+    if not math.isfinite(value):  # a ratio rule can give +Inf
+        return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"

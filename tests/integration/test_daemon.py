@@ -392,6 +392,11 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
         assert "rules.yml" in rejected and "the running config stays" in rejected
         assert [r.name for r in target.rules] == ["TestServiceDown"]
         assert target.mode is model.Mode.APPROVE
+        # a file that makes the YAML reader recurse without end: rejected too, still running
+        rules_file.write_text(DOWN_RULE)
+        path.write_text(path.read_text() + "loop: &a [*a]\n")
+        await reloaded(lambda: stream.getvalue().count("reload rejected") >= 2)
+        assert not task.done() and target.mode is model.Mode.APPROVE
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

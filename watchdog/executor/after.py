@@ -11,6 +11,7 @@ resident memory now against the first sample of the watch.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -31,6 +32,7 @@ class AfterWatch:
     checks: int = 0
     unhealthy: int = 0  # checks that found a problem
     last_problems: list[str] = field(default_factory=list)
+    began: float = field(default_factory=time.monotonic)  # the watch's start
 
     async def check(self, systemd: Systemd | None, client: httpx.AsyncClient) -> list[verify.Check]:
         """One round: the fallback's process and its endpoints against the runbook's limits."""
@@ -50,7 +52,9 @@ class AfterWatch:
                 pid = status.main_pid
                 found.append(await asyncio.to_thread(verify.memory, pid, settings))
                 found.append(await verify.cpu(pid, settings))
-                found.append(self._growth(await asyncio.to_thread(verify.rss_bytes, pid)))
+                rss = await asyncio.to_thread(verify.rss_bytes, pid)
+                settled = time.monotonic() - self.began >= settings.settle
+                found.append(self._growth(rss, settled=settled))
         self.checks += 1
         problems = [f"{c.name}: {c.detail}" for c in found if not c.ok]
         if problems:
@@ -58,10 +62,11 @@ class AfterWatch:
         self.last_problems = problems
         return found
 
-    def _growth(self, rss: int) -> verify.Check:
+    def _growth(self, rss: int, *, settled: bool = True) -> verify.Check:
+        """Growth since the first reading after the JVM settled (its heap grows at first)."""
         if rss <= 0:
             return verify.Check("memory growth", True, "no resident memory reading")
-        if self.first_rss is None:
+        if self.first_rss is None or not settled:
             self.first_rss = rss
         limit = self.target.after.max_memory_growth
         growth = (rss - self.first_rss) / self.first_rss

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -40,6 +42,9 @@ MAX_POINTS_PER_QUERY = 11000
 """Prometheus refuses range queries of more than 11,000 points per series; we chunk below it."""
 
 _STATUS = re.compile(r"HTTP Status Code (\d+) \((.*)\)\s*$", re.S)
+
+
+QUERY_THREADS = 8  # queries in flight at once; more wait their turn
 
 
 class QueryFailed(Exception):
@@ -112,6 +117,11 @@ class PrometheusSource:
         connect: Callable[..., Any] = PrometheusConnect,  # injected in tests
     ) -> None:
         self._settings = settings
+        # its own threads: a Prometheus that hangs must not take the ones the journal and the
+        # heartbeat run in (the default pool has CPUs + 4), or systemd's watchdog kills us
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=QUERY_THREADS, thread_name_prefix="prometheus"
+        )
         creds = credentials if credentials is not None else read_credentials(settings)
         session = requests.Session()
         tls = settings.tls
@@ -141,6 +151,7 @@ class PrometheusSource:
         close = getattr(self._client, "close", None)
         if close is not None:
             close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def instant(self, query: str, at: float) -> model.QueryResult:
         """One instant query at ``at``; failures come back as ``QueryResult.error``."""
@@ -200,7 +211,10 @@ class PrometheusSource:
             async for attempt in retrying:
                 with attempt:
                     self.requests += 1
-                    return await asyncio.to_thread(self._once, function, kwargs)
+                    loop = asyncio.get_running_loop()
+                    return await loop.run_in_executor(
+                        self._threads, functools.partial(self._once, function, kwargs)
+                    )
         except RetryError as exc:  # pragma: no cover - reraise=True makes this unreachable
             raise QueryFailed(str(exc), retryable=False) from None
         raise AssertionError("unreachable")  # pragma: no cover
