@@ -141,7 +141,10 @@ def drop_ins() -> dict[str, str]:
         "root-mode.conf": root_mode,
         # root-mode.conf's ReadWritePaths=-/opt/lavalink-java, where the layout puts it here
         # (targets[].fallback.config_dir below): carry-config writes application.yml there.
-        "sandbox-paths.conf": f"[Service]\nReadWritePaths=-{INSIDE}/opt/lavalink-java\n",
+        # A checkout (and its venv) under /tmp, as a CI clone may be, is bound back into the
+        # sandbox (sandbox.kept_paths); PrivateTmp=yes would hide it from the unit again.
+        "sandbox-paths.conf": f"[Service]\nReadWritePaths=-{INSIDE}/opt/lavalink-java\n"
+        + "".join(f"BindReadOnlyPaths={path}\n" for path in sandbox.kept_paths()),
         # No journald runs inside; the unit's output goes to a file the test reads.
         "test-log.conf": f"[Service]\nStandardOutput=append:{LOG}\nStandardError=append:{LOG}\n",
         # How the main process ended, as systemd tells ExecStopPost= (an inactive unit is

@@ -151,7 +151,10 @@ def _crash_loop_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> 
 def _sources_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tuple[bool, str]:
     say("operator: Rust server back (enable --now), then re-arm once the watchdog holds")
     deployment.restore_primary_units()
-    wait_for_verdict(narrator, "hold", within=90.0)
+    # the restored process's start is one more restart in the crash-loop window: re-arm only
+    # once the watchdog has held for a few evaluations, as an operator would wait for calm
+    steady = 3 * deployment.options.interval + 1.0
+    wait_for_verdict(narrator, "hold", within=120.0, steady_for=steady)
     deployment.cli("rearm", "--by", "demo-operator")
     say("SCENE 2: YouTube and SoundCloud track loading fail (loadType error, severity fault)")
     last = _last_run(deployment)
@@ -160,11 +163,22 @@ def _sources_scene(deployment: stage.Stage, narrator: Narrator, say: Say) -> tup
     return _judged(deployment, run, {"LavalinkMajorSourcesDown"}, say)
 
 
-def wait_for_verdict(narrator: Narrator, verdict: str, *, within: float) -> None:
+def wait_for_verdict(
+    narrator: Narrator, verdict: str, *, within: float, steady_for: float = 0.0
+) -> None:
+    """Until the watchdog's verdict is ``verdict`` (and has stayed so ``steady_for`` seconds)."""
     deadline = time.monotonic() + within
-    while narrator.verdict != verdict:
-        if time.monotonic() > deadline:
-            raise errors.InputError(f"the watchdog never reached {verdict} within {within:g}s")
+    since: float | None = None
+    while True:
+        now = time.monotonic()
+        if narrator.verdict == verdict:
+            since = now if since is None else since
+            if now - since >= steady_for:
+                return
+        else:
+            since = None
+        if now > deadline:
+            raise errors.InputError(f"the watchdog never held {verdict} within {within:g}s")
         time.sleep(0.2)
 
 
