@@ -763,11 +763,11 @@ class Guard:
         return None if self._ticked_at is None else time.monotonic() - self._ticked_at
 
     def in_flight(self) -> bool:
-        """Whether this target's rollback runs here now (``pipeline.Launcher``)."""
+        """Whether this target's rollback runs here now (``gate.Launcher``)."""
         return self._task("rollback") is not None
 
     def blocked(self) -> str | None:
-        """Why a rollback cannot start now, or None (``pipeline.Launcher``)."""
+        """Why a rollback cannot start now, or None (``gate.Launcher``)."""
         if self._task("rollback") is not None:
             return None  # it joins the run in flight
         if self._halt is not None and self._halt.is_set():

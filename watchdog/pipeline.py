@@ -28,7 +28,6 @@ log = structlog.get_logger("watchdog.pipeline")
 
 STARTED = gate.STARTED
 JOINED = gate.JOINED
-Launcher = gate.Launcher
 
 
 def gate_outcome(
@@ -71,7 +70,7 @@ class Target:
     memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
     state: model.TargetState = field(default_factory=model.TargetState)
     arming: journal.Arming | None = None  # as last read from the journal
-    launch: Launcher | None = None  # starts the runbook in auto mode
+    launch: gate.Launcher | None = None  # starts the runbook in auto mode
     watch: systemd_watch.SystemdWatch | None = None  # the D-Bus crash-loop signal, if watched
     gatekeeper: gate.Gate | None = None  # approvals and notifications; None: act or record only
     alerts_forget_after: float | None = None  # read Alertmanager's alerts from the journal

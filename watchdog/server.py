@@ -43,7 +43,6 @@ from watchdog.sources import alertmanager
 
 log = structlog.get_logger("watchdog.server")
 
-API_PREFIX: Final = "/api/"
 OPEN_PATHS: Final = frozenset({"/metrics", "/healthz", "/readyz"})
 SELF_AUTHENTICATED: Final = frozenset({"/alertmanager", "/slack/interactions"})
 Status = Callable[[], Awaitable[dict[str, Any]]]
@@ -268,9 +267,9 @@ async def _body(request: web.Request, shape: type[_Request]) -> Any:
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, a giant integer
-        raise _bad("the body is not JSON (or nests or counts beyond reason)") from None
+        raise _BadRequest("the body is not JSON (or nests or counts beyond reason)") from None
     if not isinstance(document, dict):
-        raise _bad("the body must be a JSON object")
+        raise _BadRequest("the body must be a JSON object")
     try:
         return shape.model_validate(document)
     except ValidationError as exc:
@@ -279,17 +278,13 @@ async def _body(request: web.Request, shape: type[_Request]) -> Any:
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         if first["type"] == "missing":
             message = "required field is missing"
-        raise _bad(f"{where}: {message}") from None
+        raise _BadRequest(f"{where}: {message}") from None
 
 
 class _BadRequest(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def _bad(message: str) -> _BadRequest:
-    return _BadRequest(message)
 
 
 _REFUSED_STATUS: Final = {
