@@ -62,10 +62,80 @@ def config_file(tmp_path: Path, extra: str = "", rules: str | None = None) -> Pa
 
 
 def test_validate_shipped_files() -> None:
-    done = cli("validate", "rules/lavalink.yml", "config/lavalink.yml")
+    # the example config names a production host's files: their syntax is what is checked here
+    done = cli("validate", "--syntax-only", "rules/lavalink.yml", "config/lavalink.yml")
     assert done.returncode == 0, done.stderr
     assert "rules OK: 11 alert rules (7 critical, 4 warning)" in done.stdout
     assert "config OK" in done.stdout
+    assert "were not checked" in done.stdout
+
+
+def test_validate_checks_every_file_and_secret_the_config_names(tmp_path: Path) -> None:
+    world = tmp_path / "world-readable.token"
+    world.write_text("t0ken-for-all\n")
+    world.chmod(0o644)
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    path = config_file(
+        tmp_path,
+        f"listen: {{token_file: {tmp_path / 'missing.token'}, operators: "
+        f"[{{name: alice, token_file: {world}}}, {{name: bob, token_env: WD_NOT_SET_ANYWHERE}}]}}\n"
+        f"alertmanager: {{token_file: {empty}}}\n",
+    )
+    done = cli("validate", "--config", str(path))
+    assert_bad_input(
+        done,
+        f"the operator API token file {tmp_path / 'missing.token'} does not exist",
+        "the operator token of bob variable $WD_NOT_SET_ANYWHERE is not set or empty",
+        f"the Alertmanager webhook token file {empty} is empty",
+        f"the operator token of alice file {world} is open to other users (mode 0644)",
+        "3 problem(s) found",
+    )
+    assert "config OK" not in done.stdout + done.stderr  # never OK before (or beside) a failure
+    assert done.stderr.index("warning:") < done.stderr.index("error:")
+    # --syntax-only: the same config passes, the files unchecked
+    skipped = cli("validate", "--syntax-only", "--config", str(path))
+    assert skipped.returncode == 0, skipped.stderr
+    assert "config OK" in skipped.stdout
+    # fixed: OK, and the world-readable token is still a warning (exit 0)
+    (tmp_path / "missing.token").write_text("shared\n")
+    empty.write_text("am\n")
+    path.write_text(
+        path.read_text().replace("token_env: WD_NOT_SET_ANYWHERE", f"token_file: {empty}")
+    )
+    empty.chmod(0o600)
+    (tmp_path / "missing.token").chmod(0o600)
+    fixed = cli("validate", "--config", str(path))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "config OK" in fixed.stdout
+    assert f"warning: {path}: the operator token of alice file {world} is open" in fixed.stderr
+
+
+def test_validate_reports_every_error_of_every_rules_file(tmp_path: Path) -> None:
+    shipped = (ROOT / "rules" / "lavalink.yml").read_text()
+    first = tmp_path / "first.yml"
+    first.write_text(
+        shipped.replace(
+            "rollback_category: instability", "rollback_category: instabilty", 1
+        ).replace("> 2147483648", "> > 2147483648", 1)
+    )
+    second = tmp_path / "second.yml"
+    second.write_text(shipped.replace("severity: warning", "severity: minor", 1))
+    config = config_file(tmp_path, rules=f"{first}, {second}")
+    for command in (
+        ("validate", str(first), str(second)),
+        ("validate", "--syntax-only", "--config", str(config)),
+    ):
+        done = cli(*command)
+        assert_bad_input(
+            done,
+            f"{first}:",
+            "rule 'LavalinkCrashLoop': unknown rollback_category 'instabilty'",
+            "rule 'LavalinkMemoryHigh': PromQL syntax error",
+            f"{second}:",
+            "unknown severity 'minor'",
+        )
+        assert "OK" not in done.stdout
 
 
 def test_invalid_yaml(tmp_path: Path) -> None:
@@ -159,18 +229,38 @@ def test_unknown_command_and_missing_option() -> None:
 
 
 def test_status_without_journal(tmp_path: Path) -> None:
-    assert_bad_input(cli("status", "--config", str(config_file(tmp_path))), "no journal in")
+    assert_bad_input(cli("status", "--config", str(config_file(tmp_path))), "no journal at")
+
+
+def test_rearm_without_a_journal_creates_nothing(tmp_path: Path) -> None:
+    path = config_file(tmp_path)
+    done = cli("rearm", "--config", str(path), "--by", "alice")
+    assert_bad_input(done, f"no journal at {tmp_path / 'state' / 'journal.sqlite3'}")
+    assert "armed" not in done.stdout
+    assert not (tmp_path / "state").exists()
 
 
 def test_rearm_then_status(tmp_path: Path) -> None:
+    from watchdog import journal
+
     path = config_file(tmp_path)
+    store = journal.Journal.open(tmp_path / "state")
+    store.set_armed("lavalink", False, at=1000.0, by="rollback", note="rolled back by run #1")
+    store.close()
     done = cli("rearm", "--config", str(path), "--by", "alice")
     assert done.returncode == 0, done.stderr
+    assert "target lavalink armed (it was disarmed by rollback)" in done.stdout
+    again = cli("rearm", "--config", str(path), "--by", "alice")
+    assert again.returncode == 0, again.stderr
+    assert "target lavalink is already armed; nothing changed" in again.stdout
     done = cli("status", "--config", str(path), "--json")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert status["targets"][0]["target"] == "lavalink"
     assert status["targets"][0]["armed"] is True
+    store = journal.Journal.open_existing(tmp_path / "state")
+    assert store.arming("lavalink").by == "alice"  # the second rearm changed nothing
+    store.close()
 
 
 @pytest.mark.parametrize("args", [("run", "--config", "/nonexistent/config.yml")])
@@ -185,8 +275,8 @@ def test_unusable_state_dir(tmp_path: Path) -> None:
         config_file(tmp_path).read_text().replace(str(tmp_path / "state"), str(blocker / "state"))
     )
     (tmp_path / "config.yml").write_text(path)
-    for command in ("rearm", "run"):
-        assert_bad_input(cli(command, "--config", str(tmp_path / "config.yml")), "Not a directory")
+    assert_bad_input(cli("run", "--config", str(tmp_path / "config.yml")), "Not a directory")
+    assert_bad_input(cli("rearm", "--config", str(tmp_path / "config.yml")), "no journal at")
 
 
 def test_backtest_refuses_huge_or_fractional_steps(tmp_path: Path) -> None:

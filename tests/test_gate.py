@@ -382,6 +382,31 @@ async def test_a_new_instance_of_an_alert_counts_again(tmp_path: Path) -> None:
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
 
 
+async def test_after_a_rearm_an_old_alert_that_never_acted_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    # the attack trial's case: rolled back (disarmed), then an alert arrives and keeps firing;
+    # it never drove an action (disarmed), so it is not spent. A re-arm must not make it act.
+    target, _, runner, _, clock = wired(tmp_path, NO_DATA, mode=model.Mode.AUTO)
+    target.alerts_forget_after = 3600
+    target.store.set_armed("lavalink", False, at=9_000, by="rollback", note="run #1")
+    target.state = target.store.target_state("lavalink")  # as the daemon reads it at start
+    target.store.ingest_alerts([alert(starts_at=9_100)], at=9_100)
+    disarmed = await target.tick(budget=5)
+    assert disarmed.action is model.Action.NONE and disarmed.reason.startswith("disarmed")
+    target.store.set_armed("lavalink", True, at=10_000, by="alice", note="re-armed")
+    clock.now = 10_004  # four seconds after the re-arm: neither re-sent nor resolved
+    after = await target.tick(budget=5)
+    assert after.action is model.Action.NONE, after
+    assert "re-armed at 1970-01-01T02:46:40Z: evidence from before ignored (Down)" in after.reason
+    assert runner.orders == [] and target.store.incidents() == []
+    # Alertmanager re-sends it (repeat_interval): fresh evidence that it still fires
+    target.store.ingest_alerts([alert(starts_at=9_100)], at=10_010)
+    clock.now = 10_011
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    assert len(runner.orders) == 1
+
+
 async def test_a_proposal_never_proceeds_on_timeout(tmp_path: Path) -> None:
     target, gatekeeper, runner, _, clock = wired(
         tmp_path, HEALTHY, mode=model.Mode.AUTO, on_timeout="proceed"

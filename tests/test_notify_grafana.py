@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 import watchdog
-from watchdog import errors, telemetry
+from watchdog import errors, logs
 from watchdog.notify import Card
 from watchdog.notify import grafana as grafana_module
 from watchdog.notify.grafana import GrafanaAnnotator
@@ -245,13 +244,13 @@ async def test_a_refused_token_is_logged_not_raised_and_never_logged(
 ) -> None:
     wrong = "glsa_wrong_token_that_must_not_leak_91"
     stream = io.StringIO()
-    telemetry.configure_logging(stream=stream)
+    logs.configure(stream=stream)
     try:
         notes = annotator(token=wrong)
         await notes.publish(card())
         await notes.aclose()
     finally:
-        structlog.reset_defaults()
+        logs.reset()
     assert [c.status for c in grafana.calls] == [401]  # a 4xx is never retried
     logged = stream.getvalue()
     assert "grafana annotation failed" in logged and "HTTP 401: Unauthorized" in logged

@@ -21,12 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
 import watchdog
-from watchdog import errors, telemetry
+from watchdog import errors, logs
 from watchdog.notify import Card, Fanout, Notifier, SignalLine
 from watchdog.notify.webhook import Serial, WebhookNotifier, retry_after
 
@@ -353,7 +352,7 @@ async def test_secrets_never_reach_the_log(receiver: Receiver, webhook: Make) ->
     receiver.answers.append(Answer(401, body=f"bad token Bearer {TOKEN} for {SECRET_PATH}"))
     receiver.answers.extend([Answer(500)] * 2)
     stream = io.StringIO()
-    telemetry.configure_logging(stream=stream, level="debug")
+    logs.configure(stream=stream, level="debug")
     try:
         await webhook().publish(card(incident=1))
         await webhook(retries=1).publish(card(incident=2))
@@ -361,7 +360,7 @@ async def test_secrets_never_reach_the_log(receiver: Receiver, webhook: Make) ->
             card(incident=3)
         )
     finally:
-        structlog.reset_defaults()
+        logs.reset()
     logged = stream.getvalue()
     lines = [json.loads(line) for line in logged.splitlines()]
     assert [line["incident"] for line in lines if line["event"] == "webhook delivery failed"] == [

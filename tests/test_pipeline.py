@@ -41,8 +41,23 @@ class Client:
         )
 
 
+class Clock:
+    """The injected clock: 10 000 s until a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_target(
-    tmp_path: Path, client: Client, *, mode: model.Mode = model.Mode.AUTO
+    tmp_path: Path,
+    client: Client,
+    *,
+    mode: model.Mode = model.Mode.AUTO,
+    clock: Clock | None = None,
+    rules: list[model.Rule] | None = None,
 ) -> pipeline.Target:
     settings = config.PrometheusSettings(timeout=1, retries=1)
     source = prometheus.PrometheusSource(
@@ -51,14 +66,14 @@ def make_target(
     store = journal.Journal.open(tmp_path)
     return pipeline.Target(
         settings=TARGET,
-        rules=[DOWN],
+        rules=rules or [DOWN],
         policy=model.Policy(),
         mode=mode,
         source=source,
         store=store,
         recorder=telemetry.Recorder(),
         state=store.target_state("lavalink"),
-        clock=lambda: 10_000.0,
+        clock=clock or Clock(),
     )
 
 
@@ -89,18 +104,44 @@ async def test_a_failed_journal_write_does_not_lose_the_decision(tmp_path: Path)
 
 
 async def test_rearming_reaches_a_running_loop_and_starts_afresh(tmp_path: Path) -> None:
-    target = make_target(tmp_path, Client(BROKEN))
+    clock = Clock()
+    target = make_target(tmp_path, Client(BROKEN), clock=clock)
     target.launch = Launcher()
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     assert (await target.tick(budget=5)).action is model.Action.NONE  # one action per incident
     target.store.set_armed("lavalink", False, at=10_001, by="executor", note="rolled back")
+    clock.now = 10_001.5
     disarmed = await target.tick(budget=5)
     assert disarmed.action is model.Action.NONE and disarmed.reason.startswith("disarmed")
     target.store.set_armed("lavalink", True, at=10_002, by="alice", note="fixed and redeployed")
-    again = await target.tick(budget=5)
+    clock.now = 10_003
+    again = await target.tick(budget=5)  # Down has no `for`: seen again after the re-arm
     assert again.action is model.Action.ROLLBACK  # a new incident, no cooldown from the old
     incidents = target.store.incidents()
     assert [i.status for i in incidents] == ["open", "closed"]
+
+
+async def test_after_a_rearm_a_rule_s_for_must_elapse_again(tmp_path: Path) -> None:
+    # Down for 60 s, true since before the incident: a re-arm must not act on the old `for`
+    slow = rule("Down", for_=60.0)
+    clock = Clock()
+    target = make_target(tmp_path, Client(BROKEN), clock=clock, rules=[slow])
+    target.launch = launcher = Launcher()
+    assert (await target.tick(budget=5)).action is model.Action.NONE  # pending
+    clock.now = 10_060
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    target.store.set_armed("lavalink", False, at=10_070, by="rollback", note="rolled back")
+    target.store.set_armed("lavalink", True, at=10_100, by="alice", note="re-armed")
+    for now in (10_101, 10_130, 10_159):  # still true, but its `for` began before the re-arm
+        clock.now = now
+        made = await target.tick(budget=5)
+        assert made.action is model.Action.NONE, made
+        assert "re-armed at 1970-01-01T02:48:20Z: evidence from before ignored (Down)" in (
+            made.reason
+        )
+    clock.now = 10_160  # held for a whole `for` after the re-arm: new evidence
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
+    assert len(launcher.launched) == 2
 
 
 async def test_a_healthy_tick_holds(tmp_path: Path) -> None:
@@ -200,12 +241,14 @@ async def test_without_a_launcher_auto_mode_records_it_could_not_act(tmp_path: P
 async def test_a_new_incident_while_a_run_is_in_flight_is_journaled_as_joining_it(
     tmp_path: Path,
 ) -> None:
-    target = make_target(tmp_path, Client(BROKEN))
+    clock = Clock()
+    target = make_target(tmp_path, Client(BROKEN), clock=clock)
     launcher = Launcher()
     target.launch = launcher
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     launcher.running = True
     target.store.set_armed("lavalink", True, at=10_001, by="test", note="new incident")
+    clock.now = 10_002
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     outcomes = [d.outcome for d in target.store.decisions()]
     assert sorted(outcomes) == sorted([pipeline.STARTED, pipeline.JOINED])

@@ -611,7 +611,7 @@ def test_cli_refuses_a_bad_run(tmp_path: Path, run: str, needle: str) -> None:
 
 def test_cli_without_a_journal(tmp_path: Path) -> None:
     done = cli("report", "1", "--config", str(config_file(tmp_path)))
-    assert_bad_input(done, "no journal in")
+    assert_bad_input(done, "no journal at")
     assert not (tmp_path / "state" / journal.DATABASE_NAME).exists()  # nothing created
 
 

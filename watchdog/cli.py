@@ -25,14 +25,15 @@ from watchdog import (
     __version__,
     backtest,
     config,
+    configcheck,
     credentials,
     daemon,
     errors,
     journal,
+    logs,
     model,
     report,
     rules,
-    telemetry,
     timefmt,
     yamlsrc,
 )
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check config and rules files")
     validate.add_argument("paths", nargs="*", type=Path, help="config or rules files")
     validate.add_argument("--config", "-c", type=Path, help="a config file (and its rules)")
+    validate.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="check the files' syntax and rules only, not the secrets and files they name "
+        "(for packaging pipelines that validate before secrets are installed)",
+    )
 
     check = commands.add_parser("check", help="evaluate once now and show every signal")
     with_config(check)
@@ -98,7 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--target", help="target name (default: the only one)")
     rollback.add_argument("--dry-run", action="store_true", help="print the plan and preflight")
     rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    rollback.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
+    rollback.add_argument(
+        "--as",
+        "--by",
+        dest="by",
+        default=None,
+        help="through the API: use operator NAME's token (listen.operators); the daemon "
+        "journals whom the token names. --local: who to journal. "
+        "Default: your user name ($SUDO_USER or $USER), else the shared token",
+    )
+    rollback.add_argument(
+        "--token-file",
+        type=Path,
+        help="your operator token (default: $ROLLBACK_WATCHDOG_TOKEN, else as --as says)",
+    )
     rollback.add_argument(
         "--category",
         choices=["manual", "security"],
@@ -117,7 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         vote = commands.add_parser(verb, help=words)
         with_config(vote)
         vote.add_argument("id", help="the approval's number (see status)")
-        vote.add_argument("--by", default=None, help="who (default: $SUDO_USER or $USER)")
+        vote.add_argument(
+            "--as",
+            "--by",
+            dest="by",
+            default=None,
+            help="use operator NAME's token (listen.operators); the vote counts for whom the "
+            "token names (default: your user name, else the shared token)",
+        )
+        vote.add_argument(
+            "--token-file",
+            type=Path,
+            help="your operator token (default: $ROLLBACK_WATCHDOG_TOKEN, else as --as says)",
+        )
         vote.add_argument("--url", help="the daemon's listener (default: from listen:)")
 
     show = commands.add_parser("report", help="print a run's rollback report (Markdown)")
@@ -165,37 +197,82 @@ def _os_message(exc: BaseException) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Every problem of every file at once, and "OK" only when there is none (exit 2 if any)."""
     paths: list[Path] = list(args.paths)
     if args.config is not None:
         paths.insert(0, args.config)
     if not paths:
         return _fail("validate: give a config file (--config) or rules files")
+    problems: list[str] = []
+    warnings: list[str] = []
+    report: list[str] = []
     for path in paths:
-        document = yamlsrc.load_file(path, error=errors.InputError)
+        try:
+            document = yamlsrc.load_file(path, error=errors.InputError)
+        except errors.InputError as exc:
+            problems.append(str(exc))
+            continue
         if isinstance(document.value, dict) and "groups" in document.value:
-            rule_set = rules.load([path])
-            _print_rules(path, rule_set)
-        else:
+            _validate_rules([path], problems, report)
+            continue
+        try:
             settings = config.load(path)
-            print(
-                f"{path}: config OK: mode {settings.mode.value}, {len(settings.targets)} target(s)"
+        except errors.InputError as exc:
+            problems.append(str(exc))
+            continue
+        report.append(
+            f"{path}: config OK: mode {settings.mode.value}, {len(settings.targets)} target(s)"
+        )
+        for target in settings.targets:
+            report.append(
+                f"  target {target.name}: {target.primary.unit} -> {target.fallback.unit}"
             )
-            for target in settings.targets:
-                rule_set = rules.load(target.rules)
-                print(f"  target {target.name}: {target.primary.unit} -> {target.fallback.unit}")
-                for rules_path in target.rules:
-                    _print_rules(rules_path, rules.load([rules_path]), indent="    ")
+            for rules_path in target.rules:
+                _validate_rules([rules_path], problems, report, indent="    ")
+            if len(target.rules) > 1:  # one alert name in two files: only seen together
+                try:
+                    rules.load(target.rules)
+                except errors.RulesError as exc:
+                    problems += [line for line in str(exc).splitlines() if line not in problems]
+        if not args.syntax_only:
+            for found in configcheck.problems(settings):
+                (problems if found.fatal else warnings).append(f"{path}: {found.message}")
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        print(
+            f"{len(problems)} problem(s) found; nothing is OK until all are fixed", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    for line in report:
+        print(line)
+    if args.syntax_only:
+        print("(--syntax-only: the secrets and files the config names were not checked)")
     return EXIT_OK
 
 
-def _print_rules(path: Path, rule_set: rules.RuleSet, *, indent: str = "") -> None:
+def _validate_rules(
+    paths: list[Path], problems: list[str], report: list[str], *, indent: str = ""
+) -> None:
+    try:
+        rule_set = rules.load(paths)
+    except errors.RulesError as exc:
+        problems.extend(str(exc).splitlines())
+        return
+    for path in paths:
+        report.extend(_rules_lines(path, rule_set, indent=indent))
+
+
+def _rules_lines(path: Path, rule_set: rules.RuleSet, *, indent: str = "") -> list[str]:
     critical = sum(1 for r in rule_set.rules if r.severity is model.Severity.CRITICAL)
-    print(
+    lines = [
         f"{indent}{path}: rules OK: {len(rule_set.rules)} alert rules "
         f"({critical} critical, {len(rule_set.rules) - critical} warning)"
-    )
-    for note in rule_set.notes:
-        print(f"{indent}  note: {note}")
+    ]
+    lines += [f"{indent}  note: {note}" for note in rule_set.notes]
+    return lines
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -311,15 +388,15 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    if not (settings.state_dir / journal.DATABASE_NAME).exists():
-        return _fail(f"no journal in {settings.state_dir}: has `rollback-watchdog run` started?")
-    store = journal.Journal.open(settings.state_dir)
+    store = journal.Journal.open_existing(settings.state_dir)
     try:
         report = store.status([target.name for target in settings.targets])
+        unrouted = store.unrouted_status()
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"mode": settings.mode.value, "targets": report}, indent=2))
+        document = {"mode": settings.mode.value, "targets": report, "unrouted_alerts": unrouted}
+        print(json.dumps(document, indent=2))
         return EXIT_OK
     print(f"mode: {settings.mode.value}   journal: {settings.state_dir / journal.DATABASE_NAME}")
     for item in report:
@@ -363,6 +440,14 @@ def _status(args: argparse.Namespace) -> int:
                 )
             else:
                 print(f"  approval #{asked['id']} {asked['status']}: {asked['outcome']}")
+    if unrouted["kept"]:
+        print(f"\nunrouted alerts (no decision): {unrouted['kept']} kept; the latest:")
+        for one in unrouted["latest"]:
+            print(
+                f"  {one['alertname'] or '(no alertname)'} {one['status']}, "
+                f"{one['reason']}: {one['detail']} "
+                f"(last {timefmt.format_instant(one['last_seen'])})"
+            )
     return EXIT_OK
 
 
@@ -373,9 +458,7 @@ def _report(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     if not re.fullmatch(r"[1-9][0-9]{0,17}", args.run):
         return _fail(f"{args.run!r} is not a run number (see `status`)")
-    if not (settings.state_dir / journal.DATABASE_NAME).exists():
-        return _fail(f"no journal in {settings.state_dir}: has `rollback-watchdog run` started?")
-    store = journal.Journal.open(settings.state_dir)
+    store = journal.Journal.open_existing(settings.state_dir)
     try:
         data = report.gather(store, int(args.run))
     except KeyError:
@@ -393,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     for target in settings.targets:
         rules.load(target.rules)  # fail fast, with exit 2, before anything starts
-    telemetry.configure_logging(level=args.log_level)
+    logs.configure(level=args.log_level)
     asyncio.run(daemon.run(settings, config_path=args.config))
     return EXIT_OK
 
@@ -505,28 +588,56 @@ def _rollback(args: argparse.Namespace) -> int:
             print("nothing done")
             return EXIT_FAILED
     if through_api:
-        return _rollback_via_api(settings, target, args, by)
+        return _rollback_via_api(settings, target, args)
     return asyncio.run(_rollback_async(settings, target, args, by))
 
 
 # -- the daemon's operator API --------------------------------------------------------------
 
 
+TOKEN_VARIABLE = "ROLLBACK_WATCHDOG_TOKEN"  # noqa: S105 - a variable's name, not a token
+
+
 def _api_configured(settings: config.Settings) -> bool:
-    return settings.listen.token_file is not None or settings.listen.token_env is not None
+    return settings.listen.api_on
+
+
+def _operator_token(settings: config.Settings, args: argparse.Namespace) -> str:
+    """The token this command presents: ``--token-file``, else ``$ROLLBACK_WATCHDOG_TOKEN``,
+    else the token of operator ``--as`` (default: your user name) from ``listen.operators``,
+    else the shared ``listen.token_*``. The daemon, not this choice, says whom it names."""
+    listen = settings.listen
+    if getattr(args, "token_file", None) is not None:
+        return credentials.read_secret(args.token_file, None, "operator token") or ""
+    if os.environ.get(TOKEN_VARIABLE, "").strip():
+        return os.environ[TOKEN_VARIABLE].strip()
+    wanted = args.by
+    name = wanted or os.environ.get("SUDO_USER") or os.environ.get("USER")
+    for operator in listen.operators:
+        if operator.name == name:
+            token = credentials.read_secret(
+                operator.token_file, operator.token_env, f"operator token of {operator.name}"
+            )
+            return token or ""
+    shared = listen.token_file is not None or listen.token_env is not None
+    if wanted is not None and not (shared and wanted == listen.token_name):
+        known = [o.name for o in listen.operators] + ([listen.token_name] if shared else [])
+        raise errors.InputError(
+            f"--as {wanted}: no such operator in listen (operators: {', '.join(known) or 'none'})"
+        )
+    if shared:
+        token = credentials.read_secret(listen.token_file, listen.token_env, "operator API token")
+        return token or ""
+    raise errors.InputError(
+        f"no operator token for you: give --token-file, set ${TOKEN_VARIABLE}, or --as one of "
+        f"listen.operators ({', '.join(o.name for o in listen.operators) or 'none configured'})"
+    )
 
 
 class _Api:
-    """The daemon's operator API, as the CLI calls it (``listen:`` and its token)."""
+    """The daemon's operator API, as the CLI calls it (``listen:`` and an operator's token)."""
 
-    def __init__(self, settings: config.Settings, url: str | None) -> None:
-        token = credentials.read_secret(
-            settings.listen.token_file, settings.listen.token_env, "operator API token"
-        )
-        if token is None:
-            raise errors.InputError(
-                "the operator API has no token: configure listen.token_file or listen.token_env"
-            )
+    def __init__(self, settings: config.Settings, url: str | None, token: str) -> None:
         host = settings.listen.host
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
         host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
@@ -560,16 +671,15 @@ def _said(answer: httpx.Response) -> str:
 
 
 def _rollback_via_api(
-    settings: config.Settings, target: config.TargetSettings, args: argparse.Namespace, by: str
+    settings: config.Settings, target: config.TargetSettings, args: argparse.Namespace
 ) -> int:
-    api = _Api(settings, args.url)
+    api = _Api(settings, args.url, _operator_token(settings, args))
     try:
         answer = api.call(
             "POST",
             "/api/v1/rollback",
             {
                 "reason": args.reason.strip(),
-                "by": by,
                 "category": args.category,
                 "target": target.name,
                 "request_id": f"cli-{os.getpid()}-{time.time_ns()}",
@@ -642,16 +752,12 @@ def _vote(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     if not re.fullmatch(r"[1-9][0-9]{0,17}", args.id):
         return _fail(f"{args.id!r} is not an approval number (see `status`)")
-    api = _Api(settings, args.url)
+    api = _Api(settings, args.url, _operator_token(settings, args))
     try:
         answer = api.call(
             "POST",
             f"/api/v1/approvals/{int(args.id)}",
-            {
-                "decision": args.command,
-                "by": _who(args),
-                "request_id": f"cli-{os.getpid()}-{time.time_ns()}",
-            },
+            {"decision": args.command, "request_id": f"cli-{os.getpid()}-{time.time_ns()}"},
         )
     except _Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -795,12 +901,19 @@ async def _follow(
 def _rearm(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
-    store = journal.Journal.open(settings.state_dir)
+    store = journal.Journal.open_existing(settings.state_dir)
     try:
+        arming = store.arming(target.name)
+        if arming.armed:
+            print(f"target {target.name} is already armed; nothing changed")
+            return EXIT_OK
         store.set_armed(target.name, True, at=time.time(), by=args.by, note="re-armed via CLI")
     finally:
         store.close()
-    print(f"target {target.name} armed")
+    print(
+        f"target {target.name} armed (it was disarmed by {arming.by}); only evidence newer than "
+        "now can act on it"
+    )
     return EXIT_OK
 
 

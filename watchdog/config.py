@@ -8,9 +8,11 @@ variable that holds each one (systemd credentials work as files), and the adapte
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import promql_parser
 from pydantic import (
@@ -23,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from watchdog import errors, model, timefmt, yamlsrc
+from watchdog import errors, matchers, model, timefmt, yamlsrc
 
 Duration = Annotated[float, BeforeValidator(timefmt.parse_duration)]
 """Seconds, written as a Prometheus duration (``15s``, ``5m``) or a number of seconds."""
@@ -74,6 +76,7 @@ class PrometheusSettings(_Strict):
     bearer_token_env: str | None = None
     basic_auth: BasicAuth | None = None
     tls: TLSSettings = TLSSettings()
+    allow_insecure_http: bool = False  # credentials over plain http:// to another host
 
     @field_validator("url")
     @classmethod
@@ -92,6 +95,8 @@ class PrometheusSettings(_Strict):
             raise ValueError("give one of bearer_token_file or bearer_token_env, not both")
         if bearer and self.basic_auth is not None:
             raise ValueError("use a bearer token or basic_auth, not both")
+        if bearer or self.basic_auth is not None:
+            _no_clear_text(self.url, allow=self.allow_insecure_http, what="the credentials")
         return self
 
 
@@ -190,6 +195,22 @@ class WatchSettings(_Strict):
     crash_loop_window: Duration = Field(default=900.0, gt=0)  # ... within this long: critical
 
 
+class AlertRouting(_Strict):
+    """Which of Alertmanager's alerts belong to this target. An alert whose ``rollback_target``
+    label names the target always does; otherwise one of these matcher sets must match
+    (default: ``{job="<primary job>"}`` and ``{target="<name>"}``, the watchdog's own label).
+    Anything else is unrouted: journaled and counted, never a decision."""
+
+    matchers: list[str] | None = None
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, written: list[str] | None) -> list[str] | None:
+        for text in written or ():
+            matchers.parse(text)  # ValueError names the set and the problem
+        return written
+
+
 class TargetSettings(_Strict):
     """One guarded service: a primary (new, suspect) and a fallback (old, trusted)."""
 
@@ -203,6 +224,7 @@ class TargetSettings(_Strict):
     probes: ProbeSettings = ProbeSettings()
     watch: WatchSettings = WatchSettings()
     after: AfterSettings = AfterSettings()
+    alerts: AlertRouting = AlertRouting()
 
     @field_validator("presence_query", "activation_query")
     @classmethod
@@ -217,6 +239,16 @@ class TargetSettings(_Strict):
     @property
     def presence(self) -> str:
         return self.presence_query or f'up{{job="{self.primary.job}"}}'
+
+    @property
+    def alert_matchers(self) -> tuple[matchers.MatcherSet, ...]:
+        """The matcher sets that route an alert here (besides ``rollback_target``)."""
+        if self.alerts.matchers is not None:
+            return tuple(matchers.parse(text) for text in self.alerts.matchers)
+        return (
+            matchers.MatcherSet((matchers.Matcher("job", matchers.Op.EQUAL, self.primary.job),)),
+            matchers.MatcherSet((matchers.Matcher("target", matchers.Op.EQUAL, self.name),)),
+        )
 
     @property
     def probe_identifiers(self) -> dict[str, str]:
@@ -262,13 +294,33 @@ class SystemdSettings(_Strict):
         return bus
 
 
+NAME_PATTERN = r"^[A-Za-z0-9._@+-]{1,64}$"
+"""A person's name as the API, the CLI and ``approval.approvers`` write it."""
+
+
+class OperatorSettings(_Strict):
+    """One person (or bot) of the operator API: the token names them, the body never does."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    token_file: Path | None = None
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _token(self) -> Self:
+        _one_secret(self.token_file, self.token_env, "token", required=True)
+        return self
+
+
 class ListenSettings(_Strict):
     """The watchdog's one HTTP listener (loopback by default): metrics, health, operator API."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=9877, ge=0, le=65535)
-    token_file: Path | None = None  # the operator API's bearer token; without one the API is off
+    # a shared operator token, one identity named token_name; without any token the API is off
+    token_file: Path | None = None
     token_env: str | None = None
+    token_name: str = Field(default="operator", pattern=NAME_PATTERN)
+    operators: list[OperatorSettings] = Field(default_factory=list)  # a token per person
     body_limit: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)  # bytes
     request_timeout: Duration = Field(default=10.0, gt=0)  # to read a request and answer it
 
@@ -276,7 +328,18 @@ class ListenSettings(_Strict):
     def _one_token_source(self) -> Self:
         if self.token_file is not None and self.token_env is not None:
             raise ValueError("give one of token_file or token_env, not both")
+        names = [o.name for o in self.operators]
+        if self.token_file is not None or self.token_env is not None:
+            names.append(self.token_name)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"operator names must be unique: {', '.join(repeated)} repeated")
         return self
+
+    @property
+    def api_on(self) -> bool:
+        """Whether any operator token is configured (else the operator API answers 403)."""
+        return bool(self.operators) or self.token_file is not None or self.token_env is not None
 
 
 def _one_secret(file: Path | None, env: str | None, what: str, *, required: bool) -> None:
@@ -292,6 +355,27 @@ def _plain_http_url(url: str) -> str:
     if not re.match(r"^https?://[^/\s@]+(/|$)", url):
         raise ValueError(f"{url!r} is not an http:// or https:// URL without credentials")
     return url
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_clear_text(url: str, *, allow: bool, what: str) -> None:
+    """Tokens never cross a network in clear: plain http:// only to this machine, unless the
+    config says ``allow_insecure_http: true``."""
+    if url.startswith("http://") and not allow and not is_loopback(url):
+        raise ValueError(
+            f"{url!r}: plain http:// to another host would send {what} in clear; "
+            "use https://, or set allow_insecure_http: true"
+        )
 
 
 class ApprovalSettings(_Strict):
@@ -328,6 +412,9 @@ class AlertmanagerSettings(_Strict):
     token_env: str | None = None
     # a firing alert not delivered again (repeat) nor resolved for this long no longer counts
     forget_after: Duration = Field(default=6 * 3600.0, gt=0)
+    # the most alerts kept at once, routed and unrouted each: past it, new ones are dropped
+    # (counted); resolved and forgotten ones make room first
+    max_alerts: int = Field(default=1000, ge=10, le=1_000_000)
 
     @model_validator(mode="after")
     def _token(self) -> Self:
@@ -342,6 +429,7 @@ class WebhookSettings(_Strict):
     token_file: Path | None = None  # sent as Authorization: Bearer <token>
     token_env: str | None = None
     timeout: Duration = Field(default=10.0, gt=0)
+    allow_insecure_http: bool = False  # plain http:// to another host
 
     @field_validator("url")
     @classmethod
@@ -351,6 +439,7 @@ class WebhookSettings(_Strict):
     @model_validator(mode="after")
     def _token(self) -> Self:
         _one_secret(self.token_file, self.token_env, "token", required=False)
+        _no_clear_text(self.url, allow=self.allow_insecure_http, what="the incidents")
         return self
 
 
@@ -363,6 +452,7 @@ class GrafanaSettings(_Strict):
     dashboard_uid: str | None = "rollback-watchdog"  # None: an organisation-wide annotation
     tags: list[str] = Field(default_factory=lambda: ["rollback-watchdog"])
     timeout: Duration = Field(default=10.0, gt=0)
+    allow_insecure_http: bool = False  # plain http:// to another host
 
     @field_validator("url")
     @classmethod
@@ -372,6 +462,7 @@ class GrafanaSettings(_Strict):
     @model_validator(mode="after")
     def _token(self) -> Self:
         _one_secret(self.token_file, self.token_env, "token", required=True)
+        _no_clear_text(self.url, allow=self.allow_insecure_http, what="the Grafana token")
         return self
 
 
@@ -396,6 +487,7 @@ class SlackSettings(_Strict):
     api_url: str = "https://slack.com/api/"
     timeout: Duration = Field(default=10.0, gt=0)  # each Web API call
     retries: int = Field(default=3, ge=0, le=10)  # per call: 429 (Retry-After), 5xx, connection
+    allow_insecure_http: bool = False  # plain http:// api_url to another host (tests, proxies)
 
     @field_validator("api_url")
     @classmethod
@@ -410,7 +502,15 @@ class SlackSettings(_Strict):
             self.signing_secret_file, self.signing_secret_env, "signing_secret", required=False
         )
         _one_secret(self.app_token_file, self.app_token_env, "app_token", required=self.socket_mode)
+        _no_clear_text(self.api_url, allow=self.allow_insecure_http, what="the Slack bot token")
         return self
+
+
+class JournalSettings(_Strict):
+    """How long the journal keeps what piles up; incidents, approvals, runs and the audit trail
+    are kept for good."""
+
+    retention: Duration = Field(default=90 * 86400.0, ge=3600)  # evaluations and alerts
 
 
 class Settings(_Strict):
@@ -427,6 +527,7 @@ class Settings(_Strict):
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     slack: SlackSettings | None = None
     notify: NotifySettings = NotifySettings()
+    journal: JournalSettings = JournalSettings()
     targets: list[TargetSettings] = Field(min_length=1)
 
     @field_validator("interval")
@@ -497,66 +598,24 @@ def _describe(exc: ValidationError, document: yamlsrc.Document) -> str:
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    def resolve(path: Path) -> Path:
-        return path if path.is_absolute() else (base / path)
-
-    targets = [
-        target.model_copy(update={"rules": [resolve(p) for p in target.rules]})
-        for target in settings.targets
-    ]
-    targets = [_resolve_target_paths(target, resolve) for target in targets]
-    update: dict[str, Any] = {"targets": targets, "state_dir": resolve(settings.state_dir)}
-    if settings.listen.token_file is not None:
-        update["listen"] = settings.listen.model_copy(
-            update={"token_file": resolve(settings.listen.token_file)}
-        )
-    if settings.alertmanager.token_file is not None:
-        update["alertmanager"] = settings.alertmanager.model_copy(
-            update={"token_file": resolve(settings.alertmanager.token_file)}
-        )
-    notify = settings.notify
-    if notify.webhooks or notify.grafana is not None:
-        update["notify"] = notify.model_copy(
-            update={
-                "webhooks": [
-                    hook.model_copy(update={"token_file": resolve(hook.token_file)})
-                    if hook.token_file is not None
-                    else hook
-                    for hook in notify.webhooks
-                ],
-                "grafana": notify.grafana.model_copy(
-                    update={"token_file": resolve(notify.grafana.token_file)}
-                )
-                if notify.grafana is not None and notify.grafana.token_file is not None
-                else notify.grafana,
-            }
-        )
-    if settings.slack is not None:
-        files = ("bot_token_file", "signing_secret_file", "app_token_file")
-        update["slack"] = settings.slack.model_copy(
-            update={key: resolve(path) for key in files if (path := getattr(settings.slack, key))}
-        )
-    return settings.model_copy(update=update)
+    """Every path in the settings, wherever it sits, relative to the config file's directory."""
+    resolved = _resolved(settings, base)
+    assert isinstance(resolved, Settings)  # noqa: S101 - a model stays the model it was
+    return resolved
 
 
-def _resolve_target_paths(target: TargetSettings, resolve: Any) -> TargetSettings:
-    def side(unit: UnitSettings) -> UnitSettings:
-        update = {
-            key: resolve(value)
-            for key in ("config_dir", "unit_file", "binary")
-            if (value := getattr(unit, key)) is not None
-        }
-        return unit.model_copy(update=update)
-
-    runbook = target.runbook
-    if runbook.password_file is not None:
-        runbook = runbook.model_copy(update={"password_file": resolve(runbook.password_file)})
-    if runbook.flag_file is not None:
-        runbook = runbook.model_copy(update={"flag_file": resolve(runbook.flag_file)})
-    return target.model_copy(
-        update={
-            "primary": side(target.primary),
-            "fallback": side(target.fallback),
-            "runbook": runbook,
-        }
-    )
+def _resolved(value: Any, base: Path) -> Any:
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base / value
+    if isinstance(value, BaseModel):
+        update = {}
+        for name in type(value).model_fields:
+            field = getattr(value, name)
+            new = _resolved(field, base)
+            if new is not field:
+                update[name] = new
+        return value.model_copy(update=update) if update else value
+    if isinstance(value, list):
+        items = [_resolved(item, base) for item in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value

@@ -4,7 +4,10 @@ The config file never holds a secret; it names the file (a systemd credential wo
 file under ``$CREDENTIALS_DIRECTORY``) or the environment variable that does. Every reader of a
 password or token goes through ``read_secret`` so a missing one fails the same clear way, and
 every check of a presented token goes through ``matches``, which compares digests so timing
-says nothing about the token's length or prefix.
+says nothing about the token's length or prefix. ``identify`` names the operator a token
+belongs to, comparing it with every operator's token so the time says nothing about which.
+``file_problems`` says what is wrong with a secret file as it sits on disk (``validate`` and
+the daemon's start report it): missing, unreadable, empty, or open to other users.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog import errors
@@ -55,3 +60,65 @@ def matches(presented: str, expected: str) -> bool:
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+@dataclass(frozen=True, slots=True, repr=False)  # never printed, not even in a traceback
+class Identity:
+    """One operator of the API: a name and the token that proves it."""
+
+    name: str
+    token: str
+
+
+def identify(presented: str, identities: Sequence[Identity]) -> str | None:
+    """The name whose token was presented, or None. Every token is compared, whichever
+    matches: the time taken says nothing about who."""
+    found = None
+    for identity in identities:
+        if matches(presented, identity.token) and found is None:
+            found = identity.name
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """Something wrong with a secret file: ``fatal`` ones stop the daemon from starting."""
+
+    message: str
+    fatal: bool
+
+
+def file_problems(path: Path, what: str) -> list[FileProblem]:
+    """What is wrong with the secret file ``path`` as it sits on disk: missing, not a file,
+    unreadable or empty (fatal); readable or writable by users other than its owner and group,
+    or writable by its group (a warning: a token others can read is a token others have)."""
+    hint = (
+        " (systemd credentials exist only while the unit runs: validate --syntax-only)"
+        if str(path).startswith("/run/credentials/")
+        else ""
+    )
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return [FileProblem(f"the {what} file {path} does not exist{hint}", True)]
+    except OSError as exc:
+        return [FileProblem(f"the {what} file {path} cannot be read: {exc.strerror}", True)]
+    if not stat.S_ISREG(found.st_mode):
+        return [FileProblem(f"the {what} file {path} is not a regular file", True)]
+    try:
+        empty = not path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return [FileProblem(f"the {what} file {path} cannot be read: {exc.strerror}", True)]
+    except UnicodeDecodeError:
+        return [FileProblem(f"the {what} file {path} is not UTF-8 text", True)]
+    problems = [FileProblem(f"the {what} file {path} is empty", True)] if empty else []
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        problems.append(
+            FileProblem(
+                f"the {what} file {path} is open to other users (mode {mode:04o}): "
+                f"chmod 600 {path} (or 640 for a group that needs it)",
+                False,
+            )
+        )
+    return problems

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,12 @@ from watchdog import (
     approval,
     backtest,
     config,
+    configcheck,
     credentials,
     errors,
     gate,
     journal,
+    logs,
     model,
     notify,
     pipeline,
@@ -37,7 +38,9 @@ from watchdog import (
     rules,
     sdnotify,
     server,
+    statedir,
     telemetry,
+    timefmt,
 )
 from watchdog.executor import after, runbook
 from watchdog.executor.systemd import Systemd, SystemdError
@@ -76,7 +79,11 @@ async def run(
     stop = stop if stop is not None else asyncio.Event()
     # secrets first: a missing one is bad input that must change nothing, not even state_dir
     secrets = Secrets.read(settings)
-    with _exclusive(settings.state_dir):
+    logs.redact(*secrets.values())
+    for warning in configcheck.problems(settings):
+        if not warning.fatal:  # a fatal one would have stopped Secrets.read, or preflight says
+            log.warning("check the config's files", problem=warning.message)
+    with statedir.exclusive(settings.state_dir):
         await _run(
             settings,
             secrets=secrets,
@@ -92,7 +99,7 @@ async def run(
 class Secrets:
     """Every secret the daemon needs, read once at start (a missing one changes nothing)."""
 
-    token: str | None  # the operator API's
+    operators: tuple[credentials.Identity, ...]  # the operator API's: each token names a person
     alertmanager_token: str | None
     passwords: dict[str, str]  # Lavalink's, per target
     slack_bot_token: str | None = None
@@ -106,7 +113,7 @@ class Secrets:
         read = credentials.read_secret
         slack = settings.slack
         return cls(
-            token=read(settings.listen.token_file, settings.listen.token_env, "operator API token"),
+            operators=_operators(settings.listen),
             alertmanager_token=read(
                 settings.alertmanager.token_file,
                 settings.alertmanager.token_env,
@@ -133,6 +140,40 @@ class Secrets:
             else None,
         )
 
+    def values(self) -> list[str | None]:
+        """Every secret, for the log's redaction."""
+        return [
+            *(operator.token for operator in self.operators),
+            self.alertmanager_token,
+            *self.passwords.values(),
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            *self.webhook_tokens,
+            self.grafana_token,
+        ]
+
+
+def _operators(listen: config.ListenSettings) -> tuple[credentials.Identity, ...]:
+    """Each operator's token, named; two operators with one token could not be told apart."""
+    found = []
+    shared = credentials.read_secret(listen.token_file, listen.token_env, "operator API token")
+    if shared is not None:
+        found.append(credentials.Identity(listen.token_name, shared))
+    for operator in listen.operators:
+        token = credentials.read_secret(
+            operator.token_file, operator.token_env, f"operator token of {operator.name}"
+        )
+        found.append(credentials.Identity(operator.name, token or ""))
+    for index, one in enumerate(found):
+        for other in found[index + 1 :]:
+            if credentials.matches(one.token, other.token):
+                raise errors.ConfigError(
+                    f"operators {one.name} and {other.name} have the same token: "
+                    "each needs their own, or the token cannot say who it is"
+                )
+    return tuple(found)
+
 
 class Intake:
     """What the listener hands its validated requests to (``server.Orders``): alerts go to the
@@ -149,41 +190,64 @@ class Intake:
         self._guards = guards
         self._recorder = recorder
         self._clock = clock
-        self._starting_rules: Mapping[str, Sequence[model.Rule]] = {}
+        self._starting: list[alertmanager.Destination] = []
+        # unrouted and dropped alerts: the first of each name logged, the rest counted
+        self._alert_tally = logs.Tally("alerts not taken", log=log.info)
 
-    def route_before_start(self, known: Mapping[str, Sequence[model.Rule]]) -> None:
-        """The rules to route alerts by until the loops exist (the listener opens first)."""
-        self._starting_rules = known
+    def route_before_start(self, destinations: Sequence[alertmanager.Destination]) -> None:
+        """Where alerts go until the loops exist (the listener opens first)."""
+        self._starting = list(destinations)
+
+    def flush(self) -> None:
+        """Log what was counted of alerts not taken (the heartbeat calls it now and then)."""
+        self._alert_tally.flush()
 
     async def ingest(self, delivery: alertmanager.Delivery) -> None:
-        known = {g.target.name: g.target.rules for g in self._guards} or self._starting_rules
+        """Keep the alerts routed to a target (and wake its evaluation if one is new), and
+        the unrouted ones apart, each with its reason: never a decision."""
+        destinations = [
+            alertmanager.Destination(
+                g.target.name, g.target.settings.alert_matchers, g.target.rules
+            )
+            for g in self._guards
+        ] or self._starting
         if delivery.truncated_alerts:
             log.warning(
                 "Alertmanager left alerts out of a notification (max_alerts)",
                 truncated=delivery.truncated_alerts,
             )
-        routed, ignored = alertmanager.route(delivery, known)
-        records = [
-            journal.AlertRecord(
-                fingerprint=r.alert.fingerprint,
-                starts_at=r.alert.starts_at,
-                target=r.target,
-                alertname=r.rule.name,
-                status=r.alert.status,
-                labels=r.alert.labels,
-                annotations=r.alert.annotations,
-            )
-            for r in routed
-        ]
+        routed, unrouted = alertmanager.route(delivery, destinations)
+        at = self._clock()
+        settings = self._gate.settings.alertmanager
         store = self._gate.store
-        ingested = await asyncio.to_thread(store.ingest_alerts, records, at=self._clock())
-        alerts = self._recorder.alerts
-        alerts.labels("new").inc(len(ingested.new_firing))
-        alerts.labels("repeated").inc(ingested.repeated)
-        alerts.labels("resolved").inc(ingested.resolved)
-        alerts.labels("ignored").inc(len(ignored))
-        for why in ignored[:5]:  # a flood of foreign alerts must not flood the log
-            log.info("alert ignored", why=why)
+        ingested = await asyncio.to_thread(
+            store.ingest_alerts,
+            [_record(r) for r in routed],
+            at=at,
+            limit=settings.max_alerts,
+            forget_before=at - settings.forget_after,
+        )
+        let_go = await asyncio.to_thread(
+            store.record_unrouted,
+            [_unrouted_record(u) for u in unrouted],
+            at=at,
+            limit=settings.max_alerts,
+        )
+        recorder = self._recorder
+        recorder.alerts.labels("new").inc(len(ingested.new_firing))
+        recorder.alerts.labels("repeated").inc(ingested.repeated)
+        recorder.alerts.labels("resolved").inc(ingested.resolved)
+        for reason in model.Unrouted:
+            count = sum(1 for u in unrouted if u.reason is reason)
+            if count:
+                recorder.alerts_unrouted.labels(reason.value).inc(count)
+        if ingested.dropped:
+            recorder.alerts_dropped.labels("routed").inc(ingested.dropped)
+            self._alert_tally.add(f"routed alerts dropped: {settings.max_alerts} already kept")
+        if let_go:
+            recorder.alerts_dropped.labels("unrouted").inc(let_go)
+        for one in unrouted:  # a flood of foreign alerts must not flood the log
+            self._alert_tally.add(f"unrouted ({one.reason.value}): {one.alert.name or '?'}")
         fresh = {alert.target for alert in ingested.new_firing}
         if fresh:
             log.warning(
@@ -226,6 +290,65 @@ class Intake:
         self._recorder.votes.labels(via, result).inc()
 
 
+def _check_predecessor(store: journal.Journal, settings: config.Settings, now: float) -> None:
+    """Say so loudly when the state directory held another journal than the one opened. A
+    journal created afresh there means the old one is gone -- every approval, run and audit
+    line -- and whether a target was rolled back is no longer known: every target starts
+    disarmed, so nothing switches until an operator has looked and re-armed it."""
+    previous = store.predecessor
+    if previous is None:
+        return
+    if not store.created:
+        log.warning(
+            "the state directory held another journal before this one",
+            journal=str(store.path),
+            previous=previous.journal_id,
+            previous_created_at=timefmt.format_instant(previous.created_at),
+        )
+        return
+    log.error(
+        "journal lost: the state directory had a journal that is gone; its incidents, "
+        "approvals, runs and audit trail are lost. Every target starts disarmed: check which "
+        "unit runs, then re-arm (rollback-watchdog rearm)",
+        journal=str(store.path),
+        previous=previous.journal_id,
+        previous_created_at=timefmt.format_instant(previous.created_at),
+    )
+    for target in settings.targets:
+        store.set_armed(
+            target.name,
+            False,
+            at=now,
+            by="rollback-watchdog",
+            note=f"journal {previous.journal_id} was lost: re-arm once checked",
+        )
+
+
+def _record(routed: alertmanager.Routed) -> journal.AlertRecord:
+    return journal.AlertRecord(
+        fingerprint=routed.alert.fingerprint,
+        starts_at=routed.alert.starts_at,
+        target=routed.target,
+        alertname=routed.rule.name,
+        status=routed.alert.status,
+        labels=routed.alert.labels,
+        annotations=routed.alert.annotations,
+    )
+
+
+def _unrouted_record(unrouted: alertmanager.Unrouted) -> journal.UnroutedRecord:
+    return journal.UnroutedRecord(
+        fingerprint=unrouted.alert.fingerprint,
+        starts_at=unrouted.alert.starts_at,
+        alertname=unrouted.alert.name,
+        status=unrouted.alert.status,
+        reason=unrouted.reason,
+        detail=unrouted.detail,
+        labels=unrouted.alert.labels,
+        target=unrouted.target,
+    )
+
+
 async def _run(
     settings: config.Settings,
     *,
@@ -236,15 +359,18 @@ async def _run(
     config_path: Path | None,
     reload: asyncio.Event,
 ) -> None:
-    token, passwords = secrets.token, secrets.passwords
+    operators, passwords = secrets.operators, secrets.passwords
     log.info("starting", state_dir=str(settings.state_dir), mode=settings.mode.value)
     # every resource is closed in reverse order however far start-up got
     async with contextlib.AsyncExitStack() as resources:
         resources.callback(log.info, "stopped")
         # from the very start: SIGTERM during the start-up reconcile pauses it at a safe point
         resources.enter_context(_signals_set(stop, reload if config_path is not None else None))
+        for change in statedir.tighten(settings.state_dir):  # before the journal is read
+            log.warning("state directory tightened: owner only", change=change)
         store = journal.Journal.open(settings.state_dir)
         resources.callback(store.close)
+        _check_predecessor(store, settings, clock())
         recorder = telemetry.Recorder()
         source = prometheus.PrometheusSource(settings.prometheus)
         resources.callback(source.close)
@@ -256,6 +382,7 @@ async def _run(
             return {
                 "mode": live.settings.mode.value,
                 "targets": await asyncio.to_thread(store.status, names),
+                "unrouted_alerts": await asyncio.to_thread(store.unrouted_status),
             }
 
         async def readiness() -> str | None:
@@ -265,11 +392,16 @@ async def _run(
         resources.push_async_callback(gatekeeper.aclose)
         intake = Intake(gatekeeper, guards, recorder, clock)
         rule_sets = {t.name: rules.load(t.rules).rules for t in settings.targets}
-        intake.route_before_start(rule_sets)  # alerts that arrive while starting are kept
+        intake.route_before_start(  # alerts that arrive while starting are kept
+            [
+                alertmanager.Destination(t.name, t.alert_matchers, rule_sets[t.name])
+                for t in settings.targets
+            ]
+        )
         listener = await server.serve(
             settings.listen,
             recorder,
-            token=token,
+            operators=operators,
             status=status,
             readiness=readiness,
             orders=intake,
@@ -351,7 +483,9 @@ async def _run(
             targets=[t.name for t in targets],
             prometheus=settings.prometheus.url,
             listen=f"http://{settings.listen.host}:{listener.port}",
-            operator_api="on" if token else "off (no listen.token_file / token_env)",
+            operator_api=f"on ({', '.join(o.name for o in operators)})"
+            if operators
+            else "off (no listen.operators or listen.token_file / token_env)",
             alertmanager="on" if secrets.alertmanager_token else "off (no alertmanager.token_*)",
             slack=_slack_state(settings, secrets),
             journal=str(store.path),
@@ -370,6 +504,9 @@ async def _run(
                     reloader = Reloader(config_path, live, guards, gatekeeper, supervisor)
                     group.create_task(reloader.serve(reload, stop), name="reload")
                 group.create_task(link.keep(stop), name="systemd-link")
+                group.create_task(
+                    _housekeeping(store, recorder, intake, live, clock, stop), name="housekeeping"
+                )
                 for guard in guards:
                     group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
                     if guard.target.watch is not None:
@@ -453,7 +590,8 @@ async def _heartbeat(
     announced = False
     while not stop.is_set():
         settings = live.settings
-        problem = await _readiness(store, guards, settings)
+        dead = await _liveness(store, guards, settings)
+        problem = dead if dead is not None else await asyncio.to_thread(store.intact)
         status = f"mode {settings.mode.value}; " + ", ".join(
             f"{g.target.name}: {g.verdict}" for g in guards
         )
@@ -462,11 +600,44 @@ async def _heartbeat(
                 announced = supervisor.ready(status)
             else:
                 supervisor.status(status)
-            if supervisor.watchdog_interval is not None:
-                supervisor.alive()
         elif announced or not problem.startswith("starting"):
             supervisor.status(f"{status}; not healthy: {problem}")
+        if dead is None and announced and supervisor.watchdog_interval is not None:
+            supervisor.alive()
         await _pause(stop, every)
+
+
+HOUSEKEEPING_EVERY = 60.0  # seconds between checks of the journal file, and tally flushes
+PRUNE_EVERY = 86400.0  # seconds between two prunings of the journal
+
+
+async def _housekeeping(
+    store: journal.Journal,
+    recorder: telemetry.Recorder,
+    intake: Intake,
+    live: Live,
+    clock: Callable[[], float],
+    stop: asyncio.Event,
+) -> None:
+    """Every minute: is the journal file still ours (a metric; the journal logs the loss once),
+    and what was counted of alerts not taken. Once a day, from the start: prune what is older
+    than ``journal.retention`` (verdict changes and alerts; never incidents, runs, approvals)."""
+    pruned_at: float | None = None
+    while not stop.is_set():
+        try:
+            lost = await asyncio.to_thread(store.intact)
+            recorder.journal_intact.set(0 if lost else 1)
+            intake.flush()
+            now = time.monotonic()
+            if lost is None and (pruned_at is None or now - pruned_at >= PRUNE_EVERY):
+                pruned_at = now
+                before = clock() - live.settings.journal.retention
+                pruned = await asyncio.to_thread(store.prune, before)
+                if any(pruned.values()):
+                    log.info("journal pruned", older_than=timefmt.format_instant(before), **pruned)
+        except Exception:  # housekeeping outlives any one bad round
+            log.exception("journal housekeeping failed")
+        await _pause(stop, HOUSEKEEPING_EVERY)
 
 
 LIVE_SETTINGS = ("mode", "interval", "policy", "approval", "alertmanager.forget_after", "rules")
@@ -593,8 +764,19 @@ async def _cancel(runs: set[asyncio.Task[runbook.Outcome | None]]) -> None:
 async def _readiness(
     store: journal.Journal, guards: list[Guard], settings: config.Settings
 ) -> str | None:
-    """Ready: the journal answers and every evaluation loop ticked within three intervals (plus
-    the tick's own budget)."""
+    """Ready: alive (``_liveness``) and the journal file still the one opened at start."""
+    problem = await _liveness(store, guards, settings)
+    if problem is not None:
+        return problem
+    return await asyncio.to_thread(store.intact)
+
+
+async def _liveness(
+    store: journal.Journal, guards: list[Guard], settings: config.Settings
+) -> str | None:
+    """Alive: the journal answers and every evaluation loop ticked within three intervals
+    (plus the tick's own budget). A journal file deleted under the daemon is not ready, but
+    alive: systemd must not kill it in the middle of a run it can no longer resume."""
     if not guards:
         return "starting"
     if not await asyncio.to_thread(store.healthy):
@@ -981,6 +1163,8 @@ class Guard:
             except TimeoutError:
                 target.recorder.source_errors.labels(target.name, "tick_timeout").inc()
                 log.error("tick timed out", target=target.name, budget_seconds=budget)  # noqa: TRY400 - no traceback to add
+            except errors.JournalLost:  # logged once where found; nothing acts until a restart
+                target.recorder.source_errors.labels(target.name, "journal_lost").inc()
             except Exception:  # the loop outlives any one bad tick
                 target.recorder.source_errors.labels(target.name, "tick_failed").inc()
                 log.exception("tick failed", target=target.name)
@@ -1118,24 +1302,6 @@ async def _warm_start(target: pipeline.Target, settings: config.Settings, now: f
         return
     target.memory = replayed.memory
     log.info("warm start", target=target.name, window_seconds=window, queries=replayed.queries)
-
-
-@contextlib.contextmanager
-def _exclusive(state_dir: Path) -> Iterator[None]:
-    """One daemon per state directory: two would act on the same journal."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = (state_dir / "daemon.lock").open("a+")
-    except OSError as exc:
-        raise errors.InputError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise errors.InputError(
-                f"another rollback-watchdog is running with state_dir {state_dir}"
-            ) from None
-        yield
 
 
 @contextlib.contextmanager

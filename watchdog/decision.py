@@ -11,10 +11,14 @@ This is the runbook's "when to roll back" written as code (DESIGN.md, decision p
 
 Around that: during ``warmup`` after the primary became active only instability signals count,
 and a non-instability signal counts only once its ``for`` has elapsed *after* warm-up, so a slow
-first minute never causes a rollback later. A disarmed target (after a rollback) never yields
-an action. An incident is opened by the first non-hold verdict and closed by hold; each verdict
-level acts once per incident, and for ``cooldown`` after an incident closed, a new incident only
-acts if it is worse than the last one (escalation always breaks through).
+first minute never causes a rollback later. After an operator re-armed the target only evidence
+newer than the re-arm counts, whatever its source: a rule whose ``for`` elapsed after it, an
+alert whose firing began or was delivered again after it -- what was already seen before the
+rollback (or while disarmed) must never start a second one. A disarmed target (after a
+rollback) never yields an action. An incident is opened by the first non-hold verdict and
+closed by hold; each verdict level acts once per incident, and for ``cooldown`` after an
+incident closed, a new incident only acts if it is worse than the last one (escalation always
+breaks through).
 
 No I/O, no clock: the instant is ``evaluation.at``; state goes in and comes out.
 """
@@ -59,6 +63,7 @@ def decide(
     if activated is None:
         activated = state.activated_at  # the query had no answer: the last one still holds
     counted, ignored, warmup_end = _count(evaluation, policy, activated)
+    counted, stale = _newer_than_rearm(counted, state.armed_at, now)
     critical = [s for s in counted if s.rule.severity is model.Severity.CRITICAL]
     warnings = [s for s in counted if s.rule.severity is model.Severity.WARNING]
     score = sum(s.rule.weight for s in warnings)
@@ -100,6 +105,12 @@ def decide(
             else timefmt.format_instant(warmup_end)
         )
         reason += f"; warm-up until {until} ignores " + ", ".join(s.name for s in ignored)
+    if stale and state.armed_at is not None:
+        reason += (
+            f"; re-armed at {timefmt.format_instant(state.armed_at)}: evidence from before "
+            "ignored (" + ", ".join(s.name for s in stale) + ")"
+        )
+    ignored += stale
 
     inconclusive_since = (
         (state.inconclusive_since if state.inconclusive_since is not None else now)
@@ -119,6 +130,7 @@ def decide(
         )
         next_state = model.TargetState(
             armed=False,
+            armed_at=state.armed_at,
             incident=state.incident,
             last_closed_at=state.last_closed_at,
             last_closed_verdict=state.last_closed_verdict,
@@ -144,6 +156,7 @@ def decide(
     )
     next_state = model.TargetState(
         armed=True,
+        armed_at=state.armed_at,
         incident=incident,
         last_closed_at=last_closed_at,
         last_closed_verdict=last_closed_verdict,
@@ -184,6 +197,31 @@ def _count(
         else:
             ignored.append(signal)
     return counted, ignored, warmup_end
+
+
+def _newer_than_rearm(
+    counted: list[model.Signal], armed_at: float | None, now: float
+) -> tuple[list[model.Signal], list[model.Signal]]:
+    """Split counted signals into those with evidence newer than the re-arm and those without.
+
+    A delivered alert is new if its firing began, or it was delivered again, at or after the
+    re-arm;
+    a rule's own state is new if its condition held for its whole ``for`` after the re-arm
+    (like warm-up); a rule kept firing by ``keep_firing_for`` was last true at ``kept_since``.
+    """
+    if armed_at is None:
+        return counted, []
+    fresh: list[model.Signal] = []
+    stale: list[model.Signal] = []
+    for signal in counted:
+        since = signal.active_since if signal.active_since is not None else now
+        if signal.evidence_at is not None:
+            newer = max(since, signal.evidence_at) >= armed_at
+        else:
+            last_true = signal.kept_since if signal.kept_since is not None else now
+            newer = last_true - max(since, armed_at) >= signal.rule.for_seconds
+        (fresh if newer else stale).append(signal)
+    return fresh, stale
 
 
 def _act(

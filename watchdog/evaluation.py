@@ -126,6 +126,7 @@ def _delivered(rule: model.Rule, alert: model.ExternalAlert) -> model.Signal:
         labels=alert.labels,
         active_since=alert.starts_at,
         detail="firing in Alertmanager",
+        evidence_at=alert.last_seen if alert.last_seen is not None else alert.starts_at,
     )
 
 

@@ -65,7 +65,7 @@ class RollbackOrder:
     target: str | None
     reason: str
     category: str  # manual | security
-    by: str
+    by: str  # the operator the request's token names
     via: str = "api"
     nonce: str | None = None
 
@@ -254,7 +254,8 @@ class Gate:
 
     async def rollback(self, order: RollbackOrder) -> approval.Answer:
         """An operator's order: a critical incident of category ``manual`` or ``security``,
-        run at once in any mode (a person decided), never on a target already rolled back."""
+        run at once in any mode (a person decided) -- in approve mode only if that person is an
+        approver -- never on a target already rolled back."""
         at = self._clock()
         refusal: approval.Refusal | None = None
         try:
@@ -264,7 +265,13 @@ class Gate:
         if target is not None:
             launcher = self._launchers.get(target.name)
             arming = await asyncio.to_thread(self.store.arming, target.name)
-            if not arming.armed:
+            if self.settings.mode is model.Mode.APPROVE and order.by not in self.rules.approvers:
+                refusal = approval.Refusal.FORBIDDEN  # the approvers decide in approve mode
+                why = (
+                    f"{order.by} is not on approval.approvers: in approve mode only an "
+                    "approver may order a rollback"
+                )
+            elif not arming.armed:
                 refusal = approval.Refusal.DISARMED
                 why = f"{target.name} was already rolled back; re-arm it first (rearm)"
             elif launcher is None:

@@ -14,16 +14,24 @@ The class is synchronous and thread-safe; the daemon calls it through ``asyncio.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import structlog
+
 from watchdog import approval as gate_rules
-from watchdog import model
+from watchdog import errors, model, statedir
+
+log = structlog.get_logger("watchdog.journal")
 
 DATABASE_NAME = "journal.sqlite3"
 
@@ -171,6 +179,31 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX probe_changes_target_at ON probe_changes (target, at);
     """,
+    # 5: alerts that reach no decision (unrouted: no target, or not a signal there), kept
+    # bounded; the journal's identity (a file deleted or replaced under a running daemon, or
+    # a state directory that lost its journal, is noticed); alerts pruned by age
+    """
+    CREATE TABLE unrouted_alerts (
+        fingerprint  TEXT NOT NULL,
+        starts_at    REAL NOT NULL,
+        alertname    TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+        reason       TEXT NOT NULL,      -- model.Unrouted
+        detail       TEXT NOT NULL,
+        target       TEXT,               -- the target it belongs to (not_a_signal)
+        labels       TEXT NOT NULL,      -- JSON
+        first_seen   REAL NOT NULL,
+        last_seen    REAL NOT NULL,
+        deliveries   INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (fingerprint, starts_at)
+    );
+    CREATE INDEX unrouted_alerts_last_seen ON unrouted_alerts (last_seen);
+    CREATE INDEX alerts_last_seen ON alerts (last_seen);
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -268,15 +301,34 @@ class AlertRecord:
     status: str  # firing | resolved
     labels: dict[str, str]
     annotations: dict[str, str]
+    last_seen: float | None = None  # as read back: its latest delivery
 
 
 @dataclass(frozen=True, slots=True)
 class Ingested:
-    """What one delivery changed: alerts new to us, re-deliveries, and resolutions."""
+    """What one delivery changed: alerts new to us, re-deliveries, and resolutions; and the
+    new ones dropped because ``max_alerts`` were already kept."""
 
     new_firing: tuple[AlertRecord, ...] = ()
     repeated: int = 0
     resolved: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UnroutedRecord:
+    """An alert that reaches no decision, as the journal keeps it (``status`` shows them)."""
+
+    fingerprint: str
+    starts_at: float
+    alertname: str
+    status: str  # firing | resolved
+    reason: model.Unrouted
+    detail: str
+    labels: dict[str, str]
+    target: str | None = None
+    last_seen: float | None = None
+    deliveries: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,12 +399,49 @@ class Journal:
         self._db = connection
         self._lock = threading.Lock()
         self.path = path
+        self._identity = _file_identity(path)
+        self._lost: str | None = None
+        self.journal_id = ""
+        self.created_at = 0.0
+        # set by ``open`` when the state directory last held another journal
+        self.predecessor: statedir.Marker | None = None
+        self.created = False  # this open created the database file
 
     @classmethod
     def open(cls, state_dir: Path) -> Journal:
-        """Open (creating and migrating as needed) the journal in ``state_dir``."""
+        """Open (creating and migrating as needed) the journal in ``state_dir``, and check it
+        against the directory's marker: ``predecessor`` is set when the directory last held
+        another journal (with ``created``: that one is gone)."""
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state_dir / DATABASE_NAME
+        created = not path.exists()
+        if created:
+            _set_aside_orphans(path)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # never 0644 via umask
+        journal = cls._connect(path)
+        journal.created = created
+        previous = statedir.read_marker(state_dir)
+        if previous is not None and previous.journal_id != journal.journal_id:
+            journal.predecessor = previous
+        if previous is None or journal.predecessor is not None:
+            statedir.write_marker(
+                state_dir, statedir.Marker(journal.journal_id, journal.created_at)
+            )
+        return journal
+
+    @classmethod
+    def open_existing(cls, state_dir: Path) -> Journal:
+        """Open the journal a daemon made (the CLI's reading and re-arming commands);
+        ``InputError`` if there is none -- nothing is created."""
+        path = state_dir / DATABASE_NAME
+        if not path.is_file():
+            raise errors.InputError(
+                f"no journal at {path}: has `rollback-watchdog run` started with this config?"
+            )
+        return cls._connect(path)
+
+    @classmethod
+    def _connect(cls, path: Path) -> Journal:
         connection = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=10.0
         )
@@ -363,6 +452,7 @@ class Journal:
         connection.execute("PRAGMA foreign_keys=ON")
         journal = cls(connection, path)
         journal._migrate()
+        journal._identify()
         return journal
 
     def close(self) -> None:
@@ -393,6 +483,70 @@ class Journal:
                     raise
                 self._db.execute("COMMIT")
 
+    def _identify(self) -> None:
+        """This journal's id and creation time, made once (the marker and ``intact`` read it)."""
+        with self._lock, _transaction(self._db):
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?), "
+                "('created_at', ?)",
+                (uuid.uuid4().hex, repr(time.time())),
+            )
+            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self.journal_id, self.created_at = rows["journal_id"], float(rows["created_at"])
+
+    # -- is this still the journal we opened? ----------------------------------------------
+
+    def intact(self) -> str | None:
+        """None while the file at ``path`` is the journal this process opened; else what
+        happened to it (deleted, replaced), which sticks until a restart."""
+        if self._lost is None:
+            problem = self._changed()
+            if problem is None:
+                try:
+                    with self._lock:
+                        row = self._db.execute(
+                            "SELECT value FROM meta WHERE key = 'journal_id'"
+                        ).fetchone()
+                except sqlite3.Error:
+                    row = None  # healthy() says the database does not answer
+                else:
+                    if row is None or row["value"] != self.journal_id:
+                        problem = f"{self.path} now holds another journal (overwritten)"
+            if problem is not None:
+                self._lose(problem)
+        return self._lost
+
+    def _changed(self) -> str | None:
+        try:
+            identity = _file_identity(self.path)
+        except FileNotFoundError:
+            return f"{self.path} was deleted"
+        except OSError as exc:
+            return f"{self.path} cannot be read: {exc.strerror}"
+        if identity != self._identity:
+            return f"{self.path} was replaced by another file"
+        return None
+
+    def _lose(self, problem: str) -> None:
+        self._lost = (
+            f"the journal is not the one this daemon opened ({problem}): nothing written now "
+            "would survive a restart, so no action is taken; find out what happened to it, "
+            "then restart the watchdog"
+        )
+        log.error("journal lost", problem=problem, path=str(self.path), action="none until restart")
+
+    @contextlib.contextmanager
+    def _write(self, *, in_flight: bool = False) -> Iterator[None]:
+        """A write transaction on a journal still ours (lock held by the caller). A run already
+        in flight (``in_flight``) keeps journaling even to a lost file, and its log lines say
+        the same: stopping it halfway would leave the service down."""
+        if self._lost is None and (problem := self._changed()) is not None:
+            self._lose(problem)
+        if self._lost is not None and not in_flight:
+            raise errors.JournalLost(self._lost)
+        with _transaction(self._db):
+            yield
+
     def healthy(self) -> bool:
         """True when the database answers a query."""
         try:
@@ -408,7 +562,7 @@ class Journal:
         """What the decision must remember about ``target``, as journaled."""
         with self._lock:
             armed_row = self._db.execute(
-                "SELECT armed FROM targets WHERE name = ?", (target,)
+                "SELECT armed, changed_at FROM targets WHERE name = ?", (target,)
             ).fetchone()
             open_row = self._db.execute(
                 "SELECT opened_at, verdict, acted FROM incidents WHERE target = ? "
@@ -429,8 +583,10 @@ class Journal:
                 verdict=model.Verdict(open_row["verdict"]),
                 acted=model.Verdict(open_row["acted"]) if open_row["acted"] else None,
             )
+        armed = bool(armed_row["armed"]) if armed_row is not None else True
         return model.TargetState(
-            armed=bool(armed_row["armed"]) if armed_row is not None else True,
+            armed=armed,
+            armed_at=armed_row["changed_at"] if armed and armed_row is not None else None,
             incident=incident,
             last_closed_at=closed_row["closed_at"] if closed_row is not None else None,
             last_closed_verdict=model.Verdict(closed_row["verdict"]) if closed_row else None,
@@ -451,7 +607,7 @@ class Journal:
 
         Re-arming closes the open incident and clears the cooldown: what comes next is new.
         """
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             if armed:
                 self._db.execute(
                     "UPDATE incidents SET status = 'closed', closed_at = ? "
@@ -488,7 +644,7 @@ class Journal:
         fed an action are spent: re-deliveries of them never act again.
         """
         target = decision.target
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             last = self._db.execute(
                 "SELECT verdict FROM evaluations WHERE target = ? ORDER BY id DESC LIMIT 1",
                 (target,),
@@ -595,7 +751,7 @@ class Journal:
 
     def unact(self, incident_id: int, previous: model.Verdict | None) -> None:
         """Undo ``record``'s "acted on" for an action that could not be carried out after all."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             self._db.execute(
                 "UPDATE incidents SET acted = ? WHERE id = ?",
                 (previous.value if previous is not None else None, incident_id),
@@ -625,6 +781,26 @@ class Journal:
             )
         return report
 
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete verdict changes and alerts older than ``before`` (the retention); each
+        target's latest verdict change stays, as do incidents, approvals, runs and the audit
+        trail. How many rows of each went."""
+        with self._lock, self._write():
+            evaluations = self._db.execute(
+                "DELETE FROM evaluations WHERE at < ? AND id NOT IN "
+                "(SELECT MAX(id) FROM evaluations GROUP BY target)",
+                (before,),
+            ).rowcount
+            alerts = self._db.execute(
+                "DELETE FROM alerts WHERE last_seen < ? AND (spent_by IS NULL OR spent_by NOT IN "
+                "(SELECT id FROM incidents WHERE status = 'open'))",
+                (before,),
+            ).rowcount
+            unrouted = self._db.execute(
+                "DELETE FROM unrouted_alerts WHERE last_seen < ?", (before,)
+            ).rowcount
+        return {"evaluations": evaluations, "alerts": alerts, "unrouted_alerts": unrouted}
+
     # -- runs ------------------------------------------------------------------------------
 
     def open_run(
@@ -640,7 +816,7 @@ class Journal:
         """Journal a new run; ``RunInFlight`` if one is already running for ``target``."""
         with self._lock:
             try:
-                with _transaction(self._db):
+                with self._write():
                     cursor = self._db.execute(
                         "INSERT INTO runs (target, incident_id, trigger, initiated_by, reason, "
                         "started_at, status) VALUES (?, ?, ?, ?, ?, ?, 'running')",
@@ -684,7 +860,7 @@ class Journal:
 
     def step_started(self, run_id: int, seq: int, name: str, *, at: float) -> int:
         """Journal that a step is about to act; the row says 'running' until it ends."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write(in_flight=True):
             cursor = self._db.execute(
                 "INSERT INTO steps (run_id, seq, name, started_at, status) "
                 "VALUES (?, ?, ?, ?, 'running')",
@@ -693,7 +869,7 @@ class Journal:
             return int(cursor.lastrowid or 0)
 
     def step_finished(self, step_id: int, status: str, detail: str, *, at: float) -> None:
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write(in_flight=True):
             self._db.execute(
                 "UPDATE steps SET status = ?, detail = ?, finished_at = ? WHERE id = ?",
                 (status, detail, at, step_id),
@@ -701,7 +877,7 @@ class Journal:
 
     def remember(self, run_id: int, key: str, value: Any) -> None:
         """Add one fact (JSON) to a run: the backup path, a snapshot, the verification."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write(in_flight=True):
             row = self._db.execute("SELECT data FROM runs WHERE id = ?", (run_id,)).fetchone()
             data = json.loads(row["data"]) if row else {}
             data[key] = value
@@ -723,7 +899,7 @@ class Journal:
         """End a run; a successful rollback also disarms the target and closes the incident,
         in the same transaction, so no crash can leave one done without the others. Only a run
         still running is ended; False if it had ended already."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write(in_flight=True):
             row = self._db.execute(
                 "SELECT target, incident_id FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
@@ -777,7 +953,7 @@ class Journal:
         """An incident opened by a person (``rollback --reason``), critical by definition, with
         its decision; ``category`` is ``manual`` or ``security``. It lives beside the decision's
         own incident (which the evaluations keep following) and ends with its run."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             cursor = self._db.execute(
                 "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason, origin)"
                 " VALUES (?, ?, 'open', 'rollback', 'rollback', ?, 'order')",
@@ -794,13 +970,33 @@ class Journal:
 
     # -- alerts from Alertmanager -----------------------------------------------------------
 
-    def ingest_alerts(self, alerts: Sequence[AlertRecord], *, at: float) -> Ingested:
+    def ingest_alerts(
+        self,
+        alerts: Sequence[AlertRecord],
+        *,
+        at: float,
+        limit: int | None = None,
+        forget_before: float | None = None,
+    ) -> Ingested:
         """Keep one delivery's alerts, each (fingerprint, startsAt) once: a re-delivery only
-        refreshes it. A resolution sticks (a late retry of the firing state cannot undo it)."""
+        refreshes it. A resolution sticks (a late retry of the firing state cannot undo it).
+
+        At most ``limit`` alerts are kept. When full, resolved ones and those not delivered
+        since ``forget_before`` make room first; a new alert that still finds none is dropped
+        and counted, so a flood can never push out the evidence already kept."""
         new: list[AlertRecord] = []
-        repeated = resolved = 0
-        with self._lock, _transaction(self._db):
+        repeated = resolved = dropped = 0
+        with self._lock, self._write():
+            kept = self._count("alerts") if limit is not None else 0
+            purged = False
             for alert in alerts:
+                if limit is not None and kept >= limit and not self._known(alert):
+                    if not purged:
+                        kept -= self._purge_alerts(forget_before)
+                        purged = True
+                    if kept >= limit:
+                        dropped += 1
+                        continue
                 row = self._db.execute(
                     "INSERT INTO alerts (fingerprint, starts_at, target, alertname, status, "
                     "labels, annotations, first_seen, last_seen, resolved_at) "
@@ -828,28 +1024,142 @@ class Journal:
                     ),
                 ).fetchone()
                 if row["deliveries"] == 1:
+                    kept += 1
                     if alert.status == "firing":
                         new.append(alert)
                 else:
                     repeated += 1
                 if alert.status == "resolved":
                     resolved += 1
-        return Ingested(tuple(new), repeated, resolved)
+        return Ingested(tuple(new), repeated, resolved, dropped)
+
+    def _count(self, table: str) -> int:
+        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our own table names
+
+    def _known(self, alert: AlertRecord) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM alerts WHERE fingerprint = ? AND starts_at = ?",
+                (alert.fingerprint, alert.starts_at),
+            ).fetchone()
+            is not None
+        )
+
+    def _purge_alerts(self, forget_before: float | None) -> int:
+        """Forget alerts that are no evidence any more: resolved, or not delivered again since
+        ``forget_before`` (lock held, in a transaction); how many."""
+        cursor = self._db.execute(
+            "DELETE FROM alerts WHERE status = 'resolved' OR last_seen < ?",
+            (forget_before if forget_before is not None else -1e18,),
+        )
+        return cursor.rowcount
+
+    def record_unrouted(self, alerts: Sequence[UnroutedRecord], *, at: float, limit: int) -> int:
+        """Keep alerts that reach no decision, so ``status`` can say what arrived and why it
+        was not taken; at most ``limit``, the least recently delivered go first. How many
+        were let go to stay within it."""
+        if not alerts:
+            return 0
+        with self._lock, self._write():
+            self._db.executemany(
+                "INSERT INTO unrouted_alerts (fingerprint, starts_at, alertname, status, reason, "
+                "detail, target, labels, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET "
+                "last_seen = excluded.last_seen, deliveries = unrouted_alerts.deliveries + 1, "
+                "status = CASE WHEN unrouted_alerts.status = 'resolved' THEN 'resolved' "
+                "ELSE excluded.status END, reason = excluded.reason, detail = excluded.detail, "
+                "target = excluded.target",
+                [
+                    (
+                        alert.fingerprint,
+                        alert.starts_at,
+                        alert.alertname,
+                        alert.status,
+                        alert.reason.value,
+                        alert.detail,
+                        alert.target,
+                        json.dumps(alert.labels),
+                        at,
+                        at,
+                    )
+                    for alert in alerts
+                ],
+            )
+            over = self._count("unrouted_alerts") - limit
+            if over > 0:
+                self._db.execute(
+                    "DELETE FROM unrouted_alerts WHERE rowid IN (SELECT rowid FROM "
+                    "unrouted_alerts ORDER BY last_seen, rowid LIMIT ?)",
+                    (over,),
+                )
+            return max(over, 0)
+
+    def unrouted_status(self, *, limit: int = 10) -> dict[str, Any]:
+        """The unrouted alerts as plain data (``status``): how many are kept, the latest few."""
+        total, latest = self.unrouted(limit=limit)
+        return {
+            "kept": total,
+            "latest": [
+                {
+                    "alertname": one.alertname,
+                    "status": one.status,
+                    "reason": one.reason.value,
+                    "detail": one.detail,
+                    "target": one.target,
+                    "labels": one.labels,
+                    "deliveries": one.deliveries,
+                    "last_seen": one.last_seen,
+                }
+                for one in latest
+            ],
+        }
+
+    def unrouted(self, *, limit: int = 10) -> tuple[int, list[UnroutedRecord]]:
+        """How many unrouted alerts are kept, and the most recently delivered ones."""
+        with self._lock:
+            total = self._count("unrouted_alerts")
+            rows = self._db.execute(
+                "SELECT * FROM unrouted_alerts ORDER BY last_seen DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return total, [
+            UnroutedRecord(
+                fingerprint=row["fingerprint"],
+                starts_at=row["starts_at"],
+                alertname=row["alertname"],
+                status=row["status"],
+                reason=model.Unrouted(row["reason"]),
+                detail=row["detail"],
+                labels=json.loads(row["labels"]),
+                target=row["target"],
+                last_seen=row["last_seen"],
+                deliveries=row["deliveries"],
+            )
+            for row in rows
+        ]
 
     def firing_alerts(self, target: str, *, seen_since: float) -> list[AlertRecord]:
         """Per alert name, the oldest alert of ``target`` still firing and delivered since
-        ``seen_since`` (one speaks for its signal). An alert that drove an action keeps counting
-        while its incident is open (the evidence still holds; the incident acts once), but never
-        after: a re-delivery cannot act a second time."""
+        ``seen_since`` (one speaks for its signal), with the latest delivery of any alert of
+        that name as its ``last_seen`` (how fresh the evidence is). An alert that drove an
+        action keeps counting while its incident is open (the evidence still holds; the
+        incident acts once), but never after: a re-delivery cannot act a second time."""
         with self._lock:
-            rows = self._db.execute(  # SQLite takes the bare columns from the MIN() row
-                "SELECT alerts.*, MIN(alerts.starts_at) AS starts_at FROM alerts "
+            rows = self._db.execute(
+                "SELECT alerts.* FROM alerts "
                 "LEFT JOIN incidents ON incidents.id = alerts.spent_by "
                 "WHERE alerts.target = ? AND alerts.status = 'firing' AND alerts.last_seen >= ? "
                 "AND (alerts.spent_by IS NULL OR incidents.status = 'open') "
-                "GROUP BY alerts.alertname ORDER BY starts_at",
+                "ORDER BY alerts.starts_at, alerts.rowid",
                 (target, seen_since),
             ).fetchall()
+        oldest: dict[str, sqlite3.Row] = {}
+        latest: dict[str, float] = {}
+        for row in rows:
+            name = row["alertname"]
+            oldest.setdefault(name, row)
+            latest[name] = max(latest.get(name, row["last_seen"]), row["last_seen"])
         return [
             AlertRecord(
                 fingerprint=row["fingerprint"],
@@ -859,8 +1169,9 @@ class Journal:
                 status=row["status"],
                 labels=json.loads(row["labels"]),
                 annotations=json.loads(row["annotations"]),
+                last_seen=latest[name],
             )
-            for row in rows
+            for name, row in oldest.items()
         ]
 
     # -- approvals and the audit trail -----------------------------------------------------
@@ -902,7 +1213,7 @@ class Journal:
         way. The same ``nonce`` (one Slack click, one API request id) is only ever counted once."""
         actor = next((name for name in vote.identities if name), "unknown")
         action = "approve" if vote.approve else "deny"
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             if (
                 nonce is not None
                 and self._db.execute("SELECT 1 FROM audit WHERE nonce = ?", (nonce,)).fetchone()
@@ -1005,7 +1316,7 @@ class Journal:
     ) -> bool:
         """End a pending request without a vote (timed out, overtaken); False if it was no
         longer pending (someone decided first)."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             cursor = self._db.execute(
                 "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, outcome = ? "
                 "WHERE id = ? AND status = 'pending'",
@@ -1024,7 +1335,7 @@ class Journal:
 
     def mark_launched(self, approval_id: int, outcome: str) -> None:
         """An approved request's run was started (or joined the one in flight)."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             self._db.execute(
                 "UPDATE approvals SET launched = 1, outcome = CASE WHEN outcome = '' THEN ? "
                 "ELSE outcome || '; ' || ? END WHERE id = ?",
@@ -1047,7 +1358,7 @@ class Journal:
         """Journal one request by a person; False if ``nonce`` was seen before (a replay)."""
         with self._lock:
             try:
-                with _transaction(self._db):
+                with self._write():
                     self._db.execute(
                         "INSERT INTO audit (at, via, actor, action, approval_id, target, "
                         "accepted, detail, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1095,7 +1406,7 @@ class Journal:
 
     def probe_change(self, target: str, *, at: float, healthy: bool, detail: str) -> bool:
         """Journal a round of probes if it turned the other way from the last journaled one."""
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             last = self._db.execute(
                 "SELECT healthy FROM probe_changes WHERE target = ? ORDER BY id DESC LIMIT 1",
                 (target,),
@@ -1129,7 +1440,7 @@ class Journal:
         return (row["channel"], row["ts"]) if row is not None else None
 
     def remember_message(self, incident: int, channel: str, ts: str) -> None:
-        with self._lock, _transaction(self._db):
+        with self._lock, self._write():
             self._db.execute(
                 "INSERT INTO messages (incident_id, channel, ts) VALUES (?, ?, ?) "
                 "ON CONFLICT (incident_id) DO UPDATE SET channel = excluded.channel, "
@@ -1259,6 +1570,22 @@ class _transaction:
                 raise
         elif self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _set_aside_orphans(path: Path) -> None:
+    """A new database must not meet the write-ahead log of a deleted one: SQLite would try to
+    replay it. Leftovers of a crash are renamed, kept for whoever investigates."""
+    for suffix in ("-wal", "-shm"):
+        orphan = path.with_name(path.name + suffix)
+        if orphan.exists():
+            aside = orphan.with_name(f"{orphan.name}.orphaned-{int(time.time())}")
+            orphan.rename(aside)
+            log.warning("set aside a deleted journal's leftover", path=str(aside))
 
 
 def _window(since: float | None, until: float | None) -> tuple[float, float]:

@@ -149,6 +149,15 @@ class Rule:
     origin: Origin = Origin.PROMETHEUS  # a systemd signal ignores the presence query
 
 
+class Unrouted(enum.StrEnum):
+    """Why an alert from Alertmanager reaches no decision (it is journaled and counted)."""
+
+    NO_MATCH = "no_match"  # no rollback_target label and no target's matchers match
+    UNKNOWN_TARGET = "unknown_target"  # rollback_target names no target of this watchdog
+    AMBIGUOUS = "ambiguous"  # several targets' matchers match: it belongs to none for sure
+    NOT_A_SIGNAL = "not_a_signal"  # its target's, but no rule of it and no severity/category
+
+
 @dataclass(frozen=True, slots=True)
 class ExternalAlert:
     """A firing alert Alertmanager delivered, as evidence for the signal of the same name."""
@@ -157,6 +166,7 @@ class ExternalAlert:
     labels: Labels
     starts_at: float
     fingerprint: str = ""
+    last_seen: float | None = None  # its latest delivery: how fresh the evidence is
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +233,8 @@ class Signal:
     active_since: float | None = None  # when its condition became true (pending or firing)
     kept_since: float | None = None  # firing only by keep_firing_for: condition false since then
     detail: str = ""  # why: the query error, "no data", ...
+    # when a source last confirmed it (an alert's latest delivery); None: this evaluation saw it
+    evidence_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -264,6 +276,7 @@ class TargetState:
     """What the decision remembers about a target between evaluations."""
 
     armed: bool = True
+    armed_at: float | None = None  # when an operator last re-armed it: older evidence is spent
     incident: IncidentState | None = None
     last_closed_at: float | None = None
     last_closed_verdict: Verdict | None = None

@@ -200,6 +200,7 @@ class Target:
                     labels=model.labels_of(alert.labels),
                     starts_at=alert.starts_at,
                     fingerprint=alert.fingerprint,
+                    last_seen=alert.last_seen,
                 )
             )
         return alerts

@@ -46,69 +46,90 @@ class RuleSet:
 
 
 def load(paths: Iterable[Path]) -> RuleSet:
-    """Load and validate rule files; raise ``RulesError`` on the first problem."""
+    """Load and validate rule files; ``RulesError`` naming every problem found, one per line."""
     rules: list[model.Rule] = []
     notes: list[str] = []
+    problems: list[str] = []
     seen: dict[str, model.Rule] = {}
     for path in paths:
-        document = yamlsrc.load_file(path, error=errors.RulesError)
-        loaded, file_notes = _load_document(document)
+        try:
+            document = yamlsrc.load_file(path, error=errors.RulesError)
+        except errors.RulesError as exc:
+            problems.append(str(exc))
+            continue
+        loaded, file_notes = _load_document(document, problems)
         for rule in loaded:
             if rule.name in seen:
                 first = seen[rule.name]
-                raise errors.RulesError(
+                problems.append(
                     f"{rule.file}:{rule.line}: group {rule.group!r}, rule {rule.name!r}: "
                     f"alert name already used at {first.file}:{first.line}; the watchdog "
                     "tells signals apart by alert name"
                 )
+                continue
             seen[rule.name] = rule
             rules.append(rule)
         notes.extend(file_notes)
+    if problems:
+        raise errors.RulesError("\n".join(problems))
     if not rules:
         raise errors.RulesError("no alert rules found: the watchdog has nothing to evaluate")
     return RuleSet(rules=tuple(rules), notes=tuple(notes))
 
 
-def _load_document(document: yamlsrc.Document) -> tuple[list[model.Rule], list[str]]:
+def _load_document(
+    document: yamlsrc.Document, problems: list[str]
+) -> tuple[list[model.Rule], list[str]]:
+    """The document's alert rules and notes; each problem is added to ``problems`` and the
+    part it spoils (the file, a group, a rule) is skipped, so every other one is still read."""
     root = document.value
     if not isinstance(root, Mapping) or "groups" not in root:
-        raise errors.RulesError(
+        problems.append(
             f"{document.where(())}: not a Prometheus rule file: expected a mapping with 'groups'"
         )
+        return [], []
     unknown = set(root) - {"groups"}
     if unknown:
         key = sorted(unknown)[0]
-        raise errors.RulesError(f"{document.where((key,))}: unknown top-level field {key!r}")
+        problems.append(f"{document.where((key,))}: unknown top-level field {key!r}")
     groups = root["groups"]
     if not isinstance(groups, list):
-        raise errors.RulesError(f"{document.where(('groups',))}: 'groups' must be a list")
+        problems.append(f"{document.where(('groups',))}: 'groups' must be a list")
+        return [], []
     rules: list[model.Rule] = []
     notes: list[str] = []
     group_names: set[str] = set()
     for g_index, group in enumerate(groups):
         g_path: yamlsrc.PathKey = ("groups", g_index)
         if not isinstance(group, Mapping):
-            raise errors.RulesError(f"{document.where(g_path)}: a group must be a mapping")
+            problems.append(f"{document.where(g_path)}: a group must be a mapping")
+            continue
         name = group.get("name")
         if not isinstance(name, str) or not name:
-            raise errors.RulesError(f"{document.where(g_path)}: group {g_index} has no 'name'")
+            problems.append(f"{document.where(g_path)}: group {g_index} has no 'name'")
+            continue
         if name in group_names:
-            raise errors.RulesError(f"{document.where((*g_path, 'name'))}: group {name!r} repeated")
+            problems.append(f"{document.where((*g_path, 'name'))}: group {name!r} repeated")
         group_names.add(name)
         unknown = set(group) - _GROUP_KEYS
         if unknown:
             key = sorted(unknown)[0]
-            raise errors.RulesError(
+            problems.append(
                 f"{document.where((*g_path, key))}: group {name!r}: unknown field {key!r}"
             )
         group_rules = group.get("rules") or []
         if not isinstance(group_rules, list):
-            raise errors.RulesError(
+            problems.append(
                 f"{document.where((*g_path, 'rules'))}: group {name!r}: 'rules' must be a list"
             )
+            continue
         for r_index, raw in enumerate(group_rules):
             r_path = (*g_path, "rules", r_index)
-            rule = _load_rule(document, r_path, name, raw)
+            try:
+                rule = _load_rule(document, r_path, name, raw)
+            except errors.RulesError as exc:
+                problems.append(str(exc))
+                continue
             if rule is None:
                 notes.append(
                     f"{document.where(r_path)}: group {name!r}: recording rule "

@@ -9,14 +9,21 @@ to secure and one place that turns a request into data:
 - ``POST /slack/interactions``: a button click, signed by Slack over the raw body; acknowledged
   at once (Slack wants an answer within 3 s), the vote is counted after;
 - ``/api/v1/...``: the operator API (status, incidents, ``rollback``, ``approvals/{id}``) with
-  the operator token. Every other path wants that token too: new routes are closed by default.
+  an operator's token. Every other path wants one too: new routes are closed by default.
+
+Each operator has a token of their own (``listen.operators``; the shared ``listen.token_*`` is
+one more, named ``listen.token_name``): the token names the person, the body never does, so a
+vote or an order is journaled under the name its token proves.
 
 Every failure this module answers is a JSON 4xx naming the problem without echoing what was
-sent (a request line aiohttp cannot parse gets aiohttp's own 400). Bodies are capped at
-``body_limit`` (413), idle or dripping connections are cut at ``request_timeout``, and an answer
-that takes longer is a 503. Tokens are compared in constant time and never logged; a route whose
-secret is not configured answers 403, the rest still serves. Nothing here acts: handlers parse
-and validate, then hand plain values to ``Orders`` (the gate, in the daemon).
+sent (a request line or header aiohttp cannot parse gets aiohttp's own 400). Bodies are capped
+at ``body_limit`` (413), idle or dripping connections are cut at ``request_timeout``, and an
+answer that takes longer is a 503. Tokens are compared in constant time and never logged; a
+route whose secret is not configured answers 403, the rest still serves. Refusals are counted
+per route and status (a metric, and a ``Tally`` in the log: a flood is a few lines), and a
+request aiohttp cannot even parse is counted the same way -- its raw headers, which may hold a
+token, never reach the log. Nothing here acts: handlers parse and validate, then hand plain
+values to ``Orders`` (the gate, in the daemon).
 """
 
 from __future__ import annotations
@@ -24,20 +31,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog import approval, config, credentials, errors, gate, telemetry
+from watchdog import approval, config, credentials, errors, gate, logs, telemetry
 from watchdog.notify import slack
 from watchdog.sources import alertmanager
 
@@ -79,9 +88,10 @@ class Context:
 
     settings: config.ListenSettings
     recorder: telemetry.Recorder
-    token: str = field(repr=False)  # "" when the operator API is off
+    operators: tuple[credentials.Identity, ...] = field(repr=False)  # (): the API is off
     status: Status
     readiness: Readiness
+    refusals: logs.Tally
     orders: Orders | None = None  # None: nothing can be ordered (503)
     alertmanager_token: str = field(default="", repr=False)  # "" when the receiver is off
     slack_secret: str = field(default="", repr=False)  # "": Slack over HTTP is off
@@ -90,6 +100,9 @@ class Context:
 
 
 _CONTEXT: Final = web.AppKey("context", Context)
+_WHO: Final = web.RequestKey("who", str)  # the operator the request's token names
+_WHY: Final = web.RequestKey("why", str)  # a refusal's reason, for the tally (fixed words)
+REFUSALS_EVERY = 60.0  # seconds: refused requests are logged as one line per this at most
 
 
 def problem(status: int, message: str, **headers: str) -> web.Response:
@@ -103,12 +116,31 @@ def problem(status: int, message: str, **headers: str) -> web.Response:
 async def _bounded(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
     """Errors become JSON answers; nothing is echoed back; every request has a deadline, and a
     body over the limit is refused before any handler runs (whether or not it reads it)."""
+    answer = await _answer(request, handler)
+    if isinstance(answer, web.StreamResponse) and answer.status >= 400:
+        _refused(request, answer.status)
+    return answer
+
+
+def _refused(request: web.Request, status: int) -> None:
+    """Count a refusal: a metric per route and status, and one tally line per interval."""
+    context = request.app[_CONTEXT]
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource is not None else "(no route)"
+    context.recorder.refused.labels(route, str(status)).inc()
+    why = request.get(_WHY, HTTPStatus(status).phrase)
+    context.refusals.add(f"{request.method} {route} {status}: {why}")
+
+
+async def _answer(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
     limit = request.app[_CONTEXT].settings.body_limit
     if request.content_length is not None and request.content_length > limit:
         return problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
     try:
         async with asyncio.timeout(request.app[_CONTEXT].settings.request_timeout):
             return await handler(request)
+    except errors.JournalLost as exc:  # no new action: logged once where it was found
+        return problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:  # a chunked body, counted while read
         return problem(exc.status, f"the body is over {limit} bytes")
     except RequestPayloadError:  # a body that ends early or does not decode
@@ -133,12 +165,32 @@ async def _authorized(request: web.Request, handler: Callable[..., Awaitable[Any
     credentials (Alertmanager's token, Slack's signature) wants the operator token."""
     if request.path in OPEN_PATHS or request.path in SELF_AUTHENTICATED:
         return await handler(request)
-    refused = _bearer(
-        request,
-        request.app[_CONTEXT].token,
-        "the operator API is off: configure listen.token_file or listen.token_env",
+    operators = request.app[_CONTEXT].operators
+    if not operators:
+        return problem(
+            HTTPStatus.FORBIDDEN,
+            "the operator API is off: configure listen.operators or listen.token_file",
+        )
+    who = credentials.identify(_presented(request), operators)
+    if who is None:
+        return _unauthorized(request)
+    request[_WHO] = who
+    return await handler(request)
+
+
+def _presented(request: web.Request) -> str:
+    """The bearer token of the request ("" without one); the header itself is never logged."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" else ""
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    request[_WHY] = "missing or wrong bearer token"
+    return problem(
+        HTTPStatus.UNAUTHORIZED,
+        "a valid bearer token is required",
+        **{"WWW-Authenticate": "Bearer"},
     )
-    return refused if refused is not None else await handler(request)
 
 
 def _bearer(request: web.Request, token: str, off: str) -> web.Response | None:
@@ -146,14 +198,8 @@ def _bearer(request: web.Request, token: str, off: str) -> web.Response | None:
     when no token is configured, with ``off`` saying how to configure one)."""
     if not token:
         return problem(HTTPStatus.FORBIDDEN, off)
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.matches(presented.strip(), token):
-        log.warning("unauthorized request", method=request.method, path=request.path)
-        return problem(
-            HTTPStatus.UNAUTHORIZED,
-            "a valid bearer token is required",
-            **{"WWW-Authenticate": "Bearer"},
-        )
+    if not credentials.matches(_presented(request), token):
+        return _unauthorized(request)
     return None
 
 
@@ -229,7 +275,7 @@ async def _slack_interaction(request: web.Request) -> web.Response:
     body = await request.read()
     wrong = slack.verify_signature(context.slack_secret, request.headers, body, now=context.clock())
     if wrong is not None:
-        log.warning("unsigned or badly signed Slack request", why=wrong)
+        request[_WHY] = f"Slack signature: {wrong}"
         return problem(HTTPStatus.UNAUTHORIZED, f"Slack signature: {wrong}")
     try:
         interaction = slack.parse_interaction(body)
@@ -244,12 +290,8 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-_NAME = r"^[A-Za-z0-9._@+-]{1,64}$"
-
-
 class _RollbackBody(_Request):
     reason: str = Field(min_length=1, max_length=2000)
-    by: str = Field(pattern=_NAME)
     category: Literal["manual", "security"] = "manual"
     target: str | None = Field(default=None, max_length=200)
     request_id: str | None = Field(default=None, min_length=1, max_length=128)
@@ -257,7 +299,6 @@ class _RollbackBody(_Request):
 
 class _VoteBody(_Request):
     decision: Literal["approve", "deny"]
-    by: str = Field(pattern=_NAME)
     request_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
@@ -270,6 +311,8 @@ async def _body(request: web.Request, shape: type[_Request]) -> Any:
         raise _BadRequest("the body is not JSON (or nests or counts beyond reason)") from None
     if not isinstance(document, dict):
         raise _BadRequest("the body must be a JSON object")
+    if "by" in document:  # the token says who: nobody can claim to be someone else
+        raise _BadRequest("by: the token names who you are; leave by out")
     try:
         return shape.model_validate(document)
     except ValidationError as exc:
@@ -308,14 +351,15 @@ async def _rollback(request: web.Request) -> web.Response:
         return problem(HTTPStatus.BAD_REQUEST, exc.message)
     if not body.reason.strip():
         return problem(HTTPStatus.BAD_REQUEST, "reason: must say why")
+    who = request[_WHO]
     order = gate.RollbackOrder(
         target=body.target,
         reason=body.reason.strip(),
         category=body.category,
-        by=body.by,
+        by=who,
         via="api",
         # one sender's request id: another's refused request cannot burn it
-        nonce=f"api-rollback:{body.by}:{body.request_id}" if body.request_id else None,
+        nonce=f"api-rollback:{who}:{body.request_id}" if body.request_id else None,
     )
     answer = await _orders(context).rollback(order)
     if answer.refusal is approval.Refusal.REPLAY:
@@ -336,10 +380,11 @@ async def _vote(request: web.Request) -> web.Response:
         body: _VoteBody = await _body(request, _VoteBody)
     except _BadRequest as exc:
         return problem(HTTPStatus.BAD_REQUEST, exc.message)
+    who = request[_WHO]
     vote = approval.Vote(
-        approve=body.decision == "approve", identities=(body.by,), via="api", at=context.clock()
+        approve=body.decision == "approve", identities=(who,), via="api", at=context.clock()
     )
-    nonce = f"api-vote:{raw_id}:{body.by}:{body.request_id}" if body.request_id else None
+    nonce = f"api-vote:{raw_id}:{who}:{body.request_id}" if body.request_id else None
     ruling, current = await _orders(context).vote(int(raw_id), vote, nonce)
     if ruling.refusal is approval.Refusal.REPLAY:
         return web.json_response({"ignored": True, "message": ruling.message})
@@ -364,7 +409,7 @@ def build_app(
     settings: config.ListenSettings,
     recorder: telemetry.Recorder,
     *,
-    token: str | None,
+    operators: Sequence[credentials.Identity],
     status: Status,
     readiness: Readiness,
     orders: Orders | None = None,
@@ -377,9 +422,10 @@ def build_app(
     context = Context(
         settings,
         recorder,
-        token or "",
+        tuple(operators),
         status,
         readiness,
+        logs.Tally("requests refused", log=log.warning),
         orders=orders,
         alertmanager_token=alertmanager_token or "",
         slack_secret=slack_secret or "",
@@ -400,8 +446,43 @@ def build_app(
         if context.pending:
             await asyncio.wait(list(context.pending), timeout=settings.request_timeout)
 
+    async def tally(app: web.Application) -> Any:  # refusals: one line per interval at most
+        async def flush() -> None:
+            while True:
+                await asyncio.sleep(REFUSALS_EVERY)
+                context.refusals.flush()
+
+        task = asyncio.get_running_loop().create_task(flush())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        context.refusals.flush()
+
     app.on_shutdown.append(drain)
+    app.cleanup_ctx.append(tally)
     return app
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, for this listener: a request it cannot even parse (a control
+    byte in a header, a broken request line) is a refusal like any other -- counted, never
+    logged with its message, which quotes the raw header and so maybe a token. Anything else
+    goes on to the log (redacted there like every line)."""
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._context = context
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            code = exc.code if isinstance(exc.code, int) and exc.code >= 400 else 400
+            self._context.recorder.refused.labels("(unparsed request)", str(code)).inc()
+            why = f"aiohttp could not parse it ({type(exc).__name__})"
+            self._context.refusals.add(f"(unparsed request) {code}: {why}")
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 @dataclass
@@ -420,7 +501,7 @@ async def serve(
     settings: config.ListenSettings,
     recorder: telemetry.Recorder,
     *,
-    token: str | None,
+    operators: Sequence[credentials.Identity],
     status: Status,
     readiness: Readiness,
     orders: Orders | None = None,
@@ -431,7 +512,7 @@ async def serve(
     app = build_app(
         settings,
         recorder,
-        token=token,
+        operators=operators,
         status=status,
         readiness=readiness,
         orders=orders,
@@ -443,6 +524,7 @@ async def serve(
         access_log=None,
         keepalive_timeout=settings.request_timeout,
         auto_decompress=False,  # no sender compresses; a compressed body is just not JSON
+        logger=cast(logging.Logger, _ProtocolLog(app[_CONTEXT])),
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -28,6 +28,7 @@ class Recorder:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._signal_series: dict[str, set[tuple[str, str, str]]] = {}  # per target, exported
         r = self.registry
         self._info = Info("rollback_watchdog_build", "Version of the running watchdog.", registry=r)
         self._info.info({"version": __version__})
@@ -101,8 +102,34 @@ class Recorder:
         )
         self.alerts = Counter(
             "rollback_watchdog_alerts",
-            "Alertmanager alerts once kept: new (firing, first seen), repeated, resolved, ignored.",
+            "Alertmanager alerts routed to a target: new (firing, first seen), repeated, resolved.",
             ["result"],
+            registry=r,
+        )
+        self.alerts_unrouted = Counter(
+            "rollback_watchdog_alerts_unrouted",
+            "Alertmanager alerts that reach no decision, by why: no_match, unknown_target, "
+            "ambiguous, not_a_signal.",
+            ["reason"],
+            registry=r,
+        )
+        self.alerts_dropped = Counter(
+            "rollback_watchdog_alerts_dropped",
+            "Alerts not kept, or let go, because alertmanager.max_alerts were already kept "
+            "(routed: new ones dropped; unrouted: the least recently delivered let go).",
+            ["kind"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "rollback_watchdog_http_refused",
+            "Requests the listener refused, by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.journal_intact = Gauge(
+            "rollback_watchdog_journal_intact",
+            "1 while the journal file is the one the daemon opened; 0 once it was deleted or "
+            "replaced (no action is taken until a restart).",
             registry=r,
         )
         self.votes = Counter(
@@ -170,12 +197,21 @@ class Recorder:
         self.evaluation_duration.labels(target).observe(duration)
         self.evaluations.labels(target).inc()
         self.last_evaluation.labels(target).set(evaluation.at)
+        exported: set[tuple[str, str, str]] = set()
         for signal in evaluation.signals:
             rule = signal.rule
+            exported.add((rule.name, rule.severity.value, rule.category.value))
             for state in model.SignalState:
                 self.signal_state.labels(
                     target, rule.name, rule.severity.value, rule.category.value, state.value
                 ).set(1 if signal.state is state else 0)
+        # a signal that is gone (an alert resolved or forgotten, a rule removed by a reload)
+        # leaves no series behind: no stale "firing 1", no series growing without bound
+        for gone in self._signal_series.get(target, set()) - exported:
+            for state in model.SignalState:
+                with contextlib.suppress(KeyError):
+                    self.signal_state.remove(target, *gone, state.value)
+        self._signal_series[target] = exported
         self.score.labels(target).set(decision.score)
         for verdict in model.Verdict:
             self.verdict.labels(target, verdict.value).set(1 if decision.verdict is verdict else 0)

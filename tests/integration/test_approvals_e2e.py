@@ -38,6 +38,8 @@ ENV = {
     "WD_SLACK_SECRET": SECRET,
     "WD_BOT": "xoxb-e2e",
     "WD_APP": "xapp-e2e",
+    "WD_BOB": "bob-token-e2e",  # the operator API names the voter by the token
+    "WD_MALLORY": "mallory-token-e2e",
 }
 
 
@@ -91,7 +93,12 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             state_dir: {tmp_path / "state"}
             prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s, retries: 1}}
             systemd: {{bus: 'unix:path={tmp_path / "no-bus"}'}}
-            listen: {{port: 0, token_env: WD_TOKEN}}
+            listen:
+              port: 0
+              token_env: WD_TOKEN
+              operators:
+                - {{name: U0BOB, token_env: WD_BOB}}
+                - {{name: mallory, token_env: WD_MALLORY}}
             alertmanager: {{token_env: WD_AM_TOKEN}}
             approval: {{approvers: [U0ALICE, U0BOB], required_approvals: 2, timeout: 10m}}
             slack:
@@ -285,12 +292,12 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
         assert "already received" in (await asyncio.to_thread(store.audit_trail))[0].detail
 
     voted = await asyncio.to_thread(
-        cli, running.config_path, "approve", str(asked.id), "--by", "U0BOB", url=running.url
+        cli, running.config_path, "approve", str(asked.id), "--as", "U0BOB", url=running.url
     )
     assert voted.returncode == 0, voted.stderr
     assert voted.stdout.strip() == "approved by U0ALICE, U0BOB (api)"
     again = await asyncio.to_thread(
-        cli, running.config_path, "deny", str(asked.id), "--by", "alice", url=running.url
+        cli, running.config_path, "deny", str(asked.id), "--as", "mallory", url=running.url
     )
     assert again.returncode == 1
     assert f"approval #{asked.id} was already approved (HTTP 409)" in again.stderr
@@ -314,16 +321,34 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
     await until(hooked, "the webhook to carry the approval")
     assert buttons(next(iter(slack.messages.values()))) == []  # decided: no more buttons
 
-    ordered = await asyncio.to_thread(
+    shared = await asyncio.to_thread(  # the shared token names "operator": not an approver
         cli, running.config_path, "rollback", "--reason", "drill", "--yes", url=running.url
+    )
+    assert shared.returncode == 1
+    assert (
+        "operator is not on approval.approvers: in approve mode only an approver may order a "
+        "rollback (HTTP 403)"
+    ) in shared.stderr
+    ordered = await asyncio.to_thread(
+        cli,
+        running.config_path,
+        "rollback",
+        "--reason",
+        "drill",
+        "--yes",
+        "--as",
+        "U0BOB",
+        url=running.url,
     )
     assert ordered.returncode == 1
     assert "cannot start now: no executor is connected (HTTP 503)" in ordered.stderr
+    trail = [(a.actor, a.action, a.accepted) for a in store.audit_trail(limit=2)]
+    assert trail == [("U0BOB", "rollback", 0), ("operator", "rollback", 0)]
 
 
 async def test_cli_votes_refuse_strangers_and_bad_ids(running: Running) -> None:
     stranger = await asyncio.to_thread(
-        cli, running.config_path, "approve", "5", "--by", "mallory", url=running.url
+        cli, running.config_path, "approve", "5", "--as", "mallory", url=running.url
     )
     assert stranger.returncode == 2 and "there is no approval #5 (HTTP 404)" in stranger.stderr
     bad = await asyncio.to_thread(cli, running.config_path, "deny", "five", url=running.url)

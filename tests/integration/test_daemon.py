@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, daemon, journal, model, sdnotify, telemetry
+from watchdog import config, daemon, journal, logs, model, sdnotify
 from watchdog.sim import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
@@ -264,7 +264,7 @@ async def test_the_listener_serves_readiness_and_the_status_api(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        telemetry.configure_logging()
+        logs.reset()
     assert ready.json() == {"ready": True}
     assert status.status_code == 200
     (target,) = status.json()["targets"]
@@ -364,7 +364,7 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
         raise AssertionError("the reload never took effect")
 
     stream = io.StringIO()
-    telemetry.configure_logging(stream=stream)
+    logs.configure(stream=stream)
     try:
         for _ in range(200):
             if handles:
@@ -400,4 +400,4 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        telemetry.configure_logging()
+        logs.reset()

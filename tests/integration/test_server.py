@@ -3,15 +3,18 @@ and JSON 4xx answers for whatever else arrives."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, errors, server, telemetry
+from watchdog import config, credentials, errors, logs, server, telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +28,11 @@ async def start() -> AsyncIterator[Start]:
     running: list[server.Server] = []
 
     async def serve(
-        *, token: str | None = TOKEN, ready: str | Exception | None = None, **listen: Any
+        *,
+        token: str | None = TOKEN,
+        ready: str | Exception | None = None,
+        every: float | None = None,
+        **listen: Any,
     ) -> str:
         async def status() -> dict[str, Any]:
             return {"mode": "observe", "targets": [{"target": "lavalink", "armed": True}]}
@@ -36,8 +43,11 @@ async def start() -> AsyncIterator[Start]:
             return ready
 
         settings = config.ListenSettings(port=0, **listen)
+        operators = [credentials.Identity("operator", token)] if token else []
+        if every is not None:
+            server.REFUSALS_EVERY = every
         bound = await server.serve(
-            settings, telemetry.Recorder(), token=token, status=status, readiness=readiness
+            settings, telemetry.Recorder(), operators=operators, status=status, readiness=readiness
         )
         running.append(bound)
         return f"http://127.0.0.1:{bound.port}"
@@ -100,7 +110,7 @@ async def test_without_a_configured_token_the_api_is_off(start: Start) -> None:
         answer = await client.get(f"{url}/api/v1/status", headers={"Authorization": "Bearer x"})
         metrics = await client.get(f"{url}/metrics")
     assert answer.status_code == 403
-    assert "listen.token_file" in answer.json()["message"]
+    assert "listen.operators or listen.token_file" in answer.json()["message"]
     assert metrics.status_code == 200  # the rest still serves
 
 
@@ -119,16 +129,17 @@ async def test_unknown_routes_and_methods_are_json_4xx(start: Start) -> None:
 
 async def test_a_presented_token_never_reaches_the_log(start: Start) -> None:
     stream = io.StringIO()
-    telemetry.configure_logging(stream=stream)
+    logs.configure(stream=stream)
     try:
         url = await start()
         async with httpx.AsyncClient() as client:
             await client.get(f"{url}/api/v1/status", headers={"Authorization": "Bearer guess-123"})
             await client.get(f"{url}/api/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
     finally:
-        structlog.reset_defaults()
+        logs.reset()
     logged = stream.getvalue()
-    assert "unauthorized request" in logged  # the refusal is logged ...
+    assert "requests refused" in logged  # the refusal is logged ...
+    assert "missing or wrong bearer token" in logged
     assert "guess-123" not in logged and TOKEN not in logged  # ... without any token
 
 
@@ -139,7 +150,7 @@ async def test_a_taken_port_is_bad_input(start: Start) -> None:
         await server.serve(
             config.ListenSettings(port=port),
             telemetry.Recorder(),
-            token=None,
+            operators=[],
             status=_unused,
             readiness=_unused_readiness,
         )
@@ -177,3 +188,157 @@ async def test_readiness_that_cannot_be_checked_is_not_ready(start: Start) -> No
         ready = await client.get(f"{url}/readyz")
     assert ready.status_code == 503
     assert ready.json()["problem"] == "readiness could not be checked: RuntimeError"
+
+
+def refused(url: str) -> dict[tuple[str, str], float]:
+    """rollback_watchdog_http_refused_total by (route, code)."""
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "rollback_watchdog_http_refused_total":
+                found[(sample.labels["route"], sample.labels["code"])] = sample.value
+    return found
+
+
+async def raw(url: str, request: bytes) -> bytes:
+    """Send bytes as they are (no client would send them) and read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read(65536)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\x00", b"\x7f", b"\r"])
+async def test_a_control_byte_after_the_token_keeps_the_log_json_and_tokenless(
+    start: Start, byte: bytes
+) -> None:
+    # aiohttp's own parser refuses the header and used to log a plain-text traceback quoting
+    # it, token and all
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        url = await start()
+        line = b"Authorization: Bearer " + TOKEN.encode() + byte
+        answer = await raw(url, b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+        await asyncio.sleep(0.1)
+        counted = await asyncio.to_thread(refused, url)
+    finally:
+        logs.reset()
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    logged = stream.getvalue()
+    assert TOKEN not in logged and "Traceback" not in logged
+    lines = [json.loads(line) for line in logged.splitlines()]  # every line is JSON
+    assert [line["event"] for line in lines] == ["requests refused"]
+    assert "aiohttp could not parse it" in lines[0]["what"]
+    assert counted[("(unparsed request)", "400")] == 1
+
+
+async def test_refused_requests_are_counted_not_logged_one_by_one(start: Start) -> None:
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        url = await start(every=0.5)
+        async with httpx.AsyncClient() as client:
+            for index in range(300):
+                await client.get(
+                    f"{url}/api/v1/status", headers={"Authorization": f"Bearer x{index}"}
+                )
+                await client.post(f"{url}/api/v1/rollback")  # no token either
+            await asyncio.sleep(0.7)  # one flush
+            await client.get(f"{url}/api/v1/status")
+        counted = await asyncio.to_thread(refused, url)
+    finally:
+        server.REFUSALS_EVERY = 60.0
+        logs.reset()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert all(line["event"] == "requests refused" for line in lines)
+    assert len(lines) <= 6, lines  # two keys: the first of each, then a count per interval
+    key = "GET /api/v1/status 401: missing or wrong bearer token"
+    first = sum(1 for line in lines if line.get("what") == key)
+    summed = sum(line.get("counts", {}).get(key, 0) for line in lines)
+    assert first + summed >= 300  # all of the flushed ones, none lost in between
+    assert counted[("/api/v1/status", "401")] == 301
+    assert counted[("/api/v1/rollback", "401")] == 300
+
+
+async def test_a_library_s_log_line_goes_through_the_same_pipeline_redacted(
+    start: Start,
+) -> None:
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    logs.redact(TOKEN)
+    try:
+        logging.getLogger("some.library").warning("retrying with Authorization: Bearer %s", TOKEN)
+        logging.getLogger("some.library").error("token=%s rejected", "a1b2c3d4")
+        try:
+            int(f"bad header {TOKEN!r}")
+        except ValueError:
+            logging.getLogger("other.library").exception("request failed")
+    finally:
+        logs.reset()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["some.library", "some.library", "other.library"]
+    assert lines[0]["event"] == "retrying with Authorization: Bearer [REDACTED]"
+    assert lines[1]["event"] == "token=[REDACTED] rejected"
+    assert "ValueError: invalid literal for int() with base 10:" in lines[2]["exception"]
+    assert "bad header '[REDACTED]'" in lines[2]["exception"]
+    assert TOKEN not in stream.getvalue()
+
+
+async def test_each_operator_s_token_names_them_and_only_them(start: Start) -> None:
+    seen: list[str] = []
+
+    class Orders:
+        async def rollback(self, order: Any) -> Any:
+            from watchdog import approval
+
+            seen.append(order.by)
+            return approval.Answer(True, "rollback started", None, 7)
+
+    settings = config.ListenSettings(port=0)
+    operators = [
+        credentials.Identity("alice", "a-token-1"),
+        credentials.Identity("bob", "b-token-2"),
+    ]
+
+    async def status() -> dict[str, Any]:
+        return {}
+
+    async def readiness() -> str | None:
+        return None
+
+    bound = await server.serve(
+        settings,
+        telemetry.Recorder(),
+        operators=operators,
+        status=status,
+        readiness=readiness,
+        orders=Orders(),  # type: ignore[arg-type]
+    )
+    url = f"http://127.0.0.1:{bound.port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            as_bob = await client.post(
+                f"{url}/api/v1/rollback",
+                json={"reason": "drill"},
+                headers={"Authorization": "Bearer b-token-2"},
+            )
+            claims = await client.post(
+                f"{url}/api/v1/rollback",
+                json={"reason": "drill", "by": "alice"},
+                headers={"Authorization": "Bearer b-token-2"},
+            )
+            nobody = await client.post(
+                f"{url}/api/v1/rollback",
+                json={"reason": "drill"},
+                headers={"Authorization": "Bearer c-token-3"},
+            )
+    finally:
+        await bound.close()
+    assert as_bob.status_code == 202 and seen == ["bob"]
+    assert claims.status_code == 400
+    assert claims.json()["message"] == "by: the token names who you are; leave by out"
+    assert nobody.status_code == 401 and seen == ["bob"]

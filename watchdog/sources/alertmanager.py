@@ -3,10 +3,14 @@
 ``POST /alertmanager`` hands the raw body here. ``parse`` checks the shape Alertmanager sends
 (``notify/webhook``'s ``Message``; keys it does not know are ignored, as new releases add
 some) and names the first problem, so a bad payload is a 400 that changes nothing. ``route``
-then finds each alert's target and signal: an alert named like a rule of the target's rules
-files is that rule's signal; another alert counts only if its labels say what it is
-(``severity`` and ``rollback_category``, exactly as a rule's), otherwise it is ignored with a
-reason. Whether an alert was seen before (Alertmanager retries, re-sends every
+then finds each alert's target, by its labels only (DESIGN.md: alerts belong to a target): the
+``rollback_target`` label names it, or exactly one target's matcher sets match (by default
+its primary's ``job`` or the watchdog's own ``target`` label). An alert's name alone never
+routes it -- another team's ``PostgresDown`` must not roll Lavalink back -- and there is no
+"only target" shortcut. On its target, an alert named like a rule is that rule's signal;
+another counts only if its labels say what it is (``severity`` and ``rollback_category``,
+exactly as a rule's). Everything else is *unrouted*, with the reason: journaled and counted,
+never a decision. Whether an alert was seen before (Alertmanager retries, re-sends every
 ``repeat_interval`` and runs in HA pairs) is the journal's business: fingerprint + ``startsAt``.
 """
 
@@ -19,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from watchdog import errors, model, rules, timefmt
+from watchdog import errors, matchers, model, rules, timefmt
 
 TARGET_LABEL = "rollback_target"  # names the target when several are guarded
 _ZERO_TIME = -62135596800.0  # Go's zero time.Time, 0001-01-01T00:00:00Z: "no end"
@@ -90,6 +94,15 @@ def parse(body: bytes) -> Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    """A target as alerts are routed to it: its matcher sets and its rules."""
+
+    name: str
+    matchers: tuple[matchers.MatcherSet, ...]
+    rules: Sequence[model.Rule]
+
+
+@dataclass(frozen=True, slots=True)
 class Routed:
     """An alert with the target and signal it speaks for."""
 
@@ -98,24 +111,55 @@ class Routed:
     alert: Alert
 
 
+@dataclass(frozen=True, slots=True)
+class Unrouted:
+    """An alert that reaches no decision, and why."""
+
+    alert: Alert
+    reason: model.Unrouted
+    detail: str
+    target: str | None = None  # the target it belongs to, when it is just not a signal there
+
+
 def route(
-    delivery: Delivery, targets: Mapping[str, Sequence[model.Rule]]
-) -> tuple[list[Routed], list[str]]:
-    """Each alert's target and signal; the alerts that are no signal, with the reason."""
+    delivery: Delivery, destinations: Sequence[Destination]
+) -> tuple[list[Routed], list[Unrouted]]:
+    """Each alert's target and signal, or why it has none."""
     routed: list[Routed] = []
-    ignored: list[str] = []
+    unrouted: list[Unrouted] = []
     for alert in delivery.alerts:
-        target = _target_of(alert, targets)
-        if target is None:
-            ignored.append(f"{alert.name or alert.fingerprint}: no target for it")
+        found = target_of(alert.labels, destinations)
+        if not isinstance(found, Destination):
+            reason, why = found
+            unrouted.append(Unrouted(alert, reason, why))
             continue
         try:
-            rule = rule_for(alert.name, alert.labels, alert.annotations, targets[target])
+            rule = rule_for(alert.name, alert.labels, alert.annotations, found.rules)
         except ValueError as exc:
-            ignored.append(f"{alert.name or alert.fingerprint}: {exc}")
+            why = f"{found.name}'s, but {exc}"
+            unrouted.append(Unrouted(alert, model.Unrouted.NOT_A_SIGNAL, why, found.name))
             continue
-        routed.append(Routed(target, rule, alert))
-    return routed, ignored
+        routed.append(Routed(found.name, rule, alert))
+    return routed, unrouted
+
+
+def target_of(
+    labels: Mapping[str, str], destinations: Sequence[Destination]
+) -> Destination | tuple[model.Unrouted, str]:
+    """The one target these labels say the alert belongs to, or why there is none."""
+    named = labels.get(TARGET_LABEL)
+    if named is not None:
+        for destination in destinations:
+            if destination.name == named:
+                return destination
+        return model.Unrouted.UNKNOWN_TARGET, f"{TARGET_LABEL}={named!r} is no target here"
+    owners = [d for d in destinations if matchers.any_matches(d.matchers, labels)]
+    if len(owners) == 1:
+        return owners[0]
+    if owners:
+        names = ", ".join(d.name for d in owners)
+        return model.Unrouted.AMBIGUOUS, f"matches the alert matchers of {names}"
+    return model.Unrouted.NO_MATCH, f"no {TARGET_LABEL} label and no target's matchers match"
 
 
 def rule_for(
@@ -145,13 +189,3 @@ def rule_for(
         threshold=annotations.get("threshold", ""),
         origin=model.Origin.ALERTMANAGER,
     )
-
-
-def _target_of(alert: Alert, targets: Mapping[str, Sequence[model.Rule]]) -> str | None:
-    named = alert.labels.get(TARGET_LABEL)
-    if named is not None:
-        return named if named in targets else None
-    if len(targets) == 1:
-        return next(iter(targets))
-    owners = [name for name, known in targets.items() if any(r.name == alert.name for r in known)]
-    return owners[0] if len(owners) == 1 else None
