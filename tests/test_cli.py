@@ -406,3 +406,89 @@ def test_demo_refuses_a_workdir_that_already_holds_a_journal(tmp_path: Path) -> 
     if "needs a sandboxed systemd" in done.stderr:
         pytest.skip(done.stderr.strip())
     assert_bad_input(done, "already holds a demo's journal")
+
+
+def test_the_cli_presents_its_user_s_own_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from watchdog import cli as commands
+    from watchdog import config, errors
+
+    for name in ("alice", "shared", "mine"):
+        (tmp_path / f"{name}.token").write_text(f"{name}-token\n")
+    path = config_file(
+        tmp_path,
+        f"listen: {{token_file: {tmp_path / 'shared.token'}, operators: "
+        f"[{{name: alice, token_file: {tmp_path / 'alice.token'}}}, "
+        "{name: bob, token_env: BOB}]}\n",
+    )
+    settings = config.load(path)
+    monkeypatch.delenv("ROLLBACK_WATCHDOG_TOKEN", raising=False)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+
+    def token(by: str | None = None, token_file: Path | None = None) -> str:
+        return commands._operator_token(settings, argparse.Namespace(by=by, token_file=token_file))
+
+    monkeypatch.setenv("USER", "alice")
+    assert token() == "alice-token"  # your user name is an operator: your token
+    monkeypatch.setenv("USER", "root")
+    assert token() == "shared-token"  # else the shared one
+    assert token(by="alice") == "alice-token"
+    assert token(by="operator") == "shared-token"  # the shared token's name
+    assert token(token_file=tmp_path / "mine.token") == "mine-token"
+    monkeypatch.setenv("ROLLBACK_WATCHDOG_TOKEN", "from-env")
+    assert token(by="alice") == "from-env"
+    monkeypatch.delenv("ROLLBACK_WATCHDOG_TOKEN")
+    with pytest.raises(errors.InputError, match="--as carol: no such operator in listen"):
+        token(by="carol")
+    with pytest.raises(errors.ConfigError, match=r"the operator token of bob variable \$BOB"):
+        token(by="bob")
+
+
+def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path: Path) -> None:
+    """The daemon as a process, its real stderr: aiohttp's parser refusing a header with a
+    control byte after the token used to write a plain-text traceback quoting it."""
+    token = "op-t0ken-9f8e7d"
+    (tmp_path / "api.token").write_text(token + "\n")
+    (tmp_path / "api.token").chmod(0o600)
+    port = closed_port()
+    path = config_file(
+        tmp_path,
+        f"interval: 1s\nlisten: {{port: {port}, token_file: {tmp_path / 'api.token'}}}\n"
+        + unreachable(),
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:
+            lines.append(line)
+            if '"event": "started"' in line:
+                break
+        for value in (b"\x01", b"\x00", b"\x1b[31m"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(
+                    b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                    + token.encode()
+                    + value
+                    + b"\r\n\r\n"
+                )
+                assert b" 400 " in conn.recv(4096).split(b"\r\n", 1)[0]
+    finally:
+        daemon.terminate()
+        rest = daemon.communicate(timeout=30)[1]
+    lines.extend(rest.splitlines())
+    events = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+    refused = [e for e in events if e["event"] == "requests refused"]
+    assert refused and "aiohttp could not parse it" in refused[0]["what"]
+    assert sum(e.get("counts", {}).get(refused[0]["what"], 0) for e in refused) == 2
+    assert not any(token in line for line in lines)
+    assert not any("Traceback" in line for line in lines)
+    assert daemon.returncode == 0

@@ -159,3 +159,123 @@ def test_more_bad_settings(tmp_path: Path, extra: str, message: str) -> None:
 def test_parse_instant_rejects_implausible_numbers(text: str) -> None:
     with pytest.raises(ValueError, match="not a time"):
         timefmt.parse_instant(text)
+
+
+def test_alert_matchers_default_to_the_primary_job_and_the_target_label(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, MINIMAL))
+    sets = [str(one) for one in settings.targets[0].alert_matchers]
+    assert sets == ['{job="lavalink-rust"}', '{target="lavalink"}']
+    own = MINIMAL + (
+        '    alerts:\n      matchers: [\'{job="lavalink-rust", instance=~"node-1:.*"}\','
+        " 'LavalinkDown{cluster=\"eu\"}']\n"
+    )
+    sets = [str(one) for one in config.load(write(tmp_path, own)).targets[0].alert_matchers]
+    assert sets == [
+        '{job="lavalink-rust", instance=~"node-1:.*"}',
+        '{alertname="LavalinkDown", cluster="eu"}',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("matcher", "message"),
+    [
+        ("'{job=}'", "is not a label matcher set"),
+        ("'{job!=\"x\"}'", "must require some label value"),
+        ("'{job=~\"(\"}'", "is not a label matcher set"),
+        ("'rate(x[5m])'", "is not a label matcher set"),
+        ("'{job=\"x\"} offset 5m'", "is not a label matcher set like"),
+    ],
+)
+def test_bad_alert_matchers_name_the_target_and_the_set(
+    tmp_path: Path, matcher: str, message: str
+) -> None:
+    text = MINIMAL + f"    alerts: {{matchers: [{matcher}]}}\n"
+    with pytest.raises(errors.ConfigError, match=r"targets\.0\.alerts\.matchers: .*" + message):
+        config.load(write(tmp_path, text))
+
+
+def test_operators_each_with_a_token_and_unique_names(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "listen:\n  token_file: shared.token\n  operators:\n"
+        "    - {name: alice, token_file: alice.token}\n    - {name: bob, token_env: BOB}\n"
+    )
+    listen = config.load(write(tmp_path, text)).listen
+    assert [o.name for o in listen.operators] == ["alice", "bob"]
+    assert listen.operators[0].token_file == tmp_path / "alice.token"  # relative to the file
+    assert listen.token_file == tmp_path / "shared.token" and listen.token_name == "operator"
+    assert listen.api_on
+    for bad, message in (
+        ("    - {name: alice, token_env: A2}\n", "operator names must be unique: alice"),
+        ("    - {name: carol}\n", "give token_file or token_env"),
+        ("    - {name: 'carol smith', token_env: C}\n", "String should match pattern"),
+    ):
+        with pytest.raises(errors.ConfigError, match=message):
+            config.load(write(tmp_path, text + bad))
+    clash = MINIMAL + "listen: {token_env: T, operators: [{name: operator, token_env: O}]}\n"
+    with pytest.raises(errors.ConfigError, match="operator names must be unique: operator"):
+        config.load(write(tmp_path, clash))
+
+
+def test_every_relative_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "prometheus:\n  bearer_token_file: prom.token\n"
+        "  tls: {ca_file: ca.pem, cert_file: c.pem, key_file: c.key}\n"
+    )
+    prom = config.load(write(tmp_path, text)).prometheus
+    assert prom.bearer_token_file == tmp_path / "prom.token"
+    assert (prom.tls.ca_file, prom.tls.cert_file, prom.tls.key_file) == (
+        tmp_path / "ca.pem",
+        tmp_path / "c.pem",
+        tmp_path / "c.key",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "slack: {channel: C0123, bot_token_env: B, api_url: 'http://slack.example.com/api/'}\n",
+            r"slack: 'http://slack.example.com/api/': plain http:// to another host would send "
+            r"the Slack bot token in clear",
+        ),
+        (
+            "notify: {webhooks: [{url: 'http://hooks.example.com/x'}]}\n",
+            r"notify\.webhooks\.0: .*plain http:// to another host",
+        ),
+        (
+            "notify: {grafana: {url: 'http://10.0.0.5:3000', token_env: G}}\n",
+            r"notify\.grafana: .*plain http:// to another host would send the Grafana token",
+        ),
+        (
+            "prometheus: {url: 'http://prom.example.com:9090', bearer_token_env: P}\n",
+            r"prometheus: .*would send the credentials in clear",
+        ),
+    ],
+)
+def test_tokens_never_cross_a_network_in_clear(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        config.load(write(tmp_path, MINIMAL + extra))
+    allowed = extra.replace("}\n", ", allow_insecure_http: true}\n", 1)
+    if "webhooks" in extra:
+        allowed = extra.replace("x'}", "x', allow_insecure_http: true}")
+    if "grafana" in extra:
+        allowed = extra.replace("token_env: G}", "token_env: G, allow_insecure_http: true}")
+    assert config.load(write(tmp_path, MINIMAL + allowed)) is not None  # said so: allowed
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:3000", "http://localhost:3000", "http://[::1]:3000", "https://x.io"]
+)
+def test_loopback_or_https_needs_no_permission(tmp_path: Path, url: str) -> None:
+    text = MINIMAL + f"notify: {{grafana: {{url: '{url}', token_env: G}}}}\n"
+    assert config.load(write(tmp_path, text)).notify.grafana is not None
+
+
+def test_journal_retention_and_alert_bound(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, MINIMAL))
+    assert settings.journal.retention == 90 * 86400 and settings.alertmanager.max_alerts == 1000
+    text = MINIMAL + "journal: {retention: 30d}\nalertmanager: {max_alerts: 200}\n"
+    settings = config.load(write(tmp_path, text))
+    assert settings.journal.retention == 30 * 86400 and settings.alertmanager.max_alerts == 200
+    with pytest.raises(errors.ConfigError, match=r"journal\.retention: .*greater than or equal"):
+        config.load(write(tmp_path, MINIMAL + "journal: {retention: 10m}\n"))

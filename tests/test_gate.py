@@ -297,6 +297,27 @@ async def test_an_order_that_must_not_run_is_refused_and_journaled(
     assert (line.actor, line.action, line.accepted) == ("alice", "rollback", 0)
 
 
+async def test_in_approve_mode_only_an_approver_may_order_a_rollback(tmp_path: Path) -> None:
+    target, gatekeeper, runner, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.APPROVE)
+    answer = await gatekeeper.rollback(order(by="mallory"))
+    assert not answer.accepted and answer.refusal is Refusal.FORBIDDEN
+    assert answer.message == (
+        "mallory is not on approval.approvers: in approve mode only an approver may order a "
+        "rollback"
+    )
+    assert runner.orders == [] and target.store.incidents() == []
+    [line] = target.store.audit_trail()
+    assert (line.actor, line.accepted, line.detail) == ("mallory", 0, answer.message)
+    allowed = await gatekeeper.rollback(order(by="bob"))  # an approver: a person decided
+    assert allowed.accepted and [o.initiated_by for o in runner.orders] == ["bob"]
+
+
+async def test_in_auto_mode_any_operator_may_order_a_rollback(tmp_path: Path) -> None:
+    _, gatekeeper, runner, _, _ = wired(tmp_path, HEALTHY, mode=model.Mode.AUTO)
+    assert (await gatekeeper.rollback(order(by="mallory"))).accepted
+    assert [o.initiated_by for o in runner.orders] == ["mallory"]
+
+
 # -- Alertmanager's alerts in the decision --------------------------------------------------
 
 
@@ -309,7 +330,12 @@ def alert(
         target="lavalink",
         alertname=name,
         status=status,
-        labels={"alertname": name, "severity": "critical", "instance": "node1"},
+        labels={
+            "alertname": name,
+            "severity": "critical",
+            "instance": "node1",
+            "job": "lavalink-rust",
+        },
         annotations={"summary": "down"},
     )
 
@@ -405,6 +431,32 @@ async def test_after_a_rearm_an_old_alert_that_never_acted_starts_nothing(
     clock.now = 10_011
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     assert len(runner.orders) == 1
+
+
+async def test_an_alert_kept_before_routing_by_labels_is_no_evidence(tmp_path: Path) -> None:
+    # kept for "the only target" by a release that routed by name: its labels say otherwise
+    target, _, runner, _, _ = wired(tmp_path, NO_DATA, mode=model.Mode.AUTO)
+    target.alerts_forget_after = 3600
+    foreign = journal.AlertRecord(
+        fingerprint="fp-pg",
+        starts_at=9_900.0,
+        target="lavalink",
+        alertname="PostgresDown",
+        status="firing",
+        labels={
+            "alertname": "PostgresDown",
+            "job": "postgres",
+            "severity": "critical",
+            "rollback_category": "instability",
+        },
+        annotations={},
+    )
+    target.store.ingest_alerts([foreign], at=9_990)
+    made = await target.tick(budget=5)
+    assert made.verdict is model.Verdict.INCONCLUSIVE and made.action is model.Action.NONE
+    assert runner.orders == []
+    target.store.ingest_alerts([alert()], at=9_995)  # one whose labels do name the target
+    assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
 
 
 async def test_a_proposal_never_proceeds_on_timeout(tmp_path: Path) -> None:

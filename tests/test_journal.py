@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import rule, signal
-from watchdog import decision, journal, model
+from watchdog import decision, errors, journal, model
 
 CRASH = rule("CrashLoop")
 CPU = rule("CpuHigh", severity="warning")
@@ -131,4 +133,207 @@ def test_failed_write_changes_nothing(tmp_path: Path) -> None:
     assert store.incidents() == []
     assert store.decisions() == []
     assert store.healthy()
+    store.close()
+
+
+def test_arming_remembers_when_it_was_re_armed(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+    assert store.target_state("lavalink").armed_at is None  # never disarmed
+    store.set_armed("lavalink", False, at=1, by="rollback", note="run #1")
+    assert store.target_state("lavalink").armed_at is None
+    store.set_armed("lavalink", True, at=5, by="alice", note="re-armed")
+    assert store.target_state("lavalink").armed_at == 5
+    store.close()
+
+
+# -- the journal's identity ---------------------------------------------------------------
+
+
+def dump_decisions(store: journal.Journal) -> list[str]:
+    return [d.action for d in store.decisions()]
+
+
+def rollback_decision(at: float) -> tuple[model.Evaluation, model.Decision]:
+    evaluation = model.Evaluation("lavalink", at, (signal(CRASH, "firing"),))
+    made, _ = decision.decide(evaluation, POLICY, model.TargetState())
+    return evaluation, made
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_journal_deleted_or_replaced_under_us_refuses_new_actions(
+    tmp_path: Path, how: str
+) -> None:
+    store = journal.Journal.open(tmp_path)
+    run = store.open_run(
+        "lavalink", incident_id=None, trigger="auto", initiated_by="x", reason="y", at=1
+    )
+    assert store.intact() is None
+    path = tmp_path / journal.DATABASE_NAME
+    if how == "deleted":
+        path.unlink()
+    else:  # another journal renamed over it (a restored backup, say)
+        other = journal.Journal.open(tmp_path / "other")
+        other.close()
+        (tmp_path / "other" / journal.DATABASE_NAME).rename(path)
+    evaluation, made = rollback_decision(10)
+    with pytest.raises(errors.JournalLost, match="restart the watchdog"):  # before any write
+        store.record(evaluation, made, mode=model.Mode.AUTO, outcome="x")
+    assert dump_decisions(store) == []
+    assert "no action is taken" in (store.intact() or "")
+    for write in (
+        lambda: store.record(evaluation, made, mode=model.Mode.AUTO, outcome="x"),
+        lambda: store.open_manual_incident("lavalink", reason="r", at=11),
+        lambda: store.set_armed("lavalink", True, at=11, by="alice", note="n"),
+        lambda: store.open_run(
+            "other", incident_id=None, trigger="auto", initiated_by="x", reason="y", at=1
+        ),
+        lambda: store.audit(
+            at=11, via="api", actor="a", action="rollback", accepted=False, detail=""
+        ),
+    ):
+        with pytest.raises(errors.JournalLost):
+            write()
+    # the run already in flight still journals its steps: stopping halfway leaves the service down
+    step = store.step_started(run, 1, "preflight", at=12)
+    store.step_finished(step, "ok", "fine", at=13)
+    assert store.finish_run(run, "aborted", "stopped", at=14)
+    store.close()
+
+
+def test_a_state_directory_that_lost_its_journal_says_so(tmp_path: Path) -> None:
+    first = journal.Journal.open(tmp_path)
+    assert (first.created, first.predecessor) == (True, None)
+    first_id = first.journal_id
+    first.close()
+    again = journal.Journal.open(tmp_path)  # the same journal: nothing to say
+    assert (again.created, again.predecessor, again.journal_id) == (False, None, first_id)
+    again.close()
+    (tmp_path / journal.DATABASE_NAME).unlink()
+    fresh = journal.Journal.open(tmp_path)
+    assert fresh.created and fresh.predecessor is not None
+    assert fresh.predecessor.journal_id == first_id and fresh.journal_id != first_id
+    fresh.close()
+    after = journal.Journal.open(tmp_path)  # said once: the directory now holds the new one
+    assert after.predecessor is None
+    after.close()
+
+
+def test_a_new_journal_never_replays_a_deleted_one_s_log(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+    store.close()
+    path = tmp_path / journal.DATABASE_NAME
+    path.with_name(path.name + "-wal").write_bytes(b"left by a crash" * 100)
+    path.unlink()
+    fresh = journal.Journal.open(tmp_path)
+    assert fresh.healthy() and fresh.predecessor is not None
+    aside = list(tmp_path.glob("journal.sqlite3-wal.orphaned-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"left by a crash")
+    fresh.close()
+
+
+def test_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = journal.Journal.open(tmp_path / "state")
+        store.set_armed("lavalink", True, at=1, by="a", note="n")  # the WAL exists now
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes["journal.sqlite3"] == 0o600
+    assert modes["journal-id"] == 0o600
+    assert modes.get("journal.sqlite3-wal", 0o600) == 0o600  # SQLite copies the database's
+
+
+def test_open_existing_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(errors.InputError, match="no journal at"):
+        journal.Journal.open_existing(tmp_path / "state")
+    assert not (tmp_path / "state").exists()
+
+
+# -- alerts: bounded, and pruned --------------------------------------------------------------
+
+
+def routed(name: str, *, at: float = 100.0, status: str = "firing") -> journal.AlertRecord:
+    return journal.AlertRecord(
+        fingerprint=f"fp-{name}",
+        starts_at=at,
+        target="lavalink",
+        alertname=name,
+        status=status,
+        labels={"alertname": name},
+        annotations={},
+    )
+
+
+def test_at_most_max_alerts_are_kept_and_a_flood_never_pushes_one_out(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+    first = store.ingest_alerts([routed(f"A{i}") for i in range(3)], at=100, limit=3)
+    assert (len(first.new_firing), first.dropped) == (3, 0)
+    flood = store.ingest_alerts([routed(f"B{i}") for i in range(50)], at=101, limit=3)
+    assert (len(flood.new_firing), flood.dropped) == (0, 50)
+    again = store.ingest_alerts([routed("A1")], at=102, limit=3)  # a kept one: a re-delivery
+    assert (again.repeated, again.dropped) == (1, 0)
+    assert {a.alertname for a in store.firing_alerts("lavalink", seen_since=0)} == {
+        "A0",
+        "A1",
+        "A2",
+    }
+    # a resolved one, and one not delivered since forget_before, make room
+    store.ingest_alerts([routed("A0", status="resolved")], at=103, limit=3)
+    room = store.ingest_alerts(
+        [routed("C0"), routed("C1"), routed("C2")], at=104, limit=3, forget_before=101.5
+    )
+    assert ([a.alertname for a in room.new_firing], room.dropped) == (["C0", "C1"], 1)
+    store.close()
+
+
+def test_firing_alerts_carry_their_latest_delivery(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+    store.ingest_alerts([routed("Down", at=50)], at=60)
+    store.ingest_alerts(
+        [journal.AlertRecord("fp-2", 70.0, "lavalink", "Down", "firing", {}, {})], at=90
+    )
+    [one] = store.firing_alerts("lavalink", seen_since=0)
+    assert (one.starts_at, one.last_seen) == (50, 90)  # the oldest speaks, the newest dates it
+    store.close()
+
+
+def test_unrouted_alerts_are_kept_bounded_least_recently_delivered_out(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+
+    def unrouted(name: str) -> journal.UnroutedRecord:
+        return journal.UnroutedRecord(
+            f"fp-{name}", 1.0, name, "firing", model.Unrouted.NO_MATCH, "no match", {"job": "pg"}
+        )
+
+    assert store.record_unrouted([unrouted(f"P{i}") for i in range(4)], at=10, limit=5) == 0
+    assert store.record_unrouted([unrouted("P0")], at=11, limit=5) == 0  # delivered again
+    assert store.record_unrouted([unrouted("Q0"), unrouted("Q1")], at=12, limit=5) == 1
+    total, latest = store.unrouted(limit=10)
+    assert total == 5 and "P1" not in {u.alertname for u in latest}  # the stalest went
+    assert [u.alertname for u in latest][:2] in (["Q1", "Q0"], ["Q0", "Q1"])
+    status = store.unrouted_status(limit=1)
+    assert status["kept"] == 5 and status["latest"][0]["reason"] == "no_match"
+    store.close()
+
+
+def test_retention_prunes_evaluations_and_alerts_but_keeps_the_record(tmp_path: Path) -> None:
+    store = journal.Journal.open(tmp_path)
+    state = model.TargetState()
+    _, state = step(store, state, 10, signal(CRASH, "firing"))  # rollback: an incident
+    _, state = step(store, state, 20)  # hold
+    _, state = step(store, state, 30, signal(CPU, "firing"))  # warn
+    store.ingest_alerts([routed("Old", at=5)], at=5)
+    store.ingest_alerts([routed("New", at=500)], at=500)
+    store.record_unrouted(
+        [journal.UnroutedRecord("u", 1.0, "PgDown", "firing", model.Unrouted.NO_MATCH, "", {})],
+        at=6,
+        limit=10,
+    )
+    pruned = store.prune(before=100)
+    assert pruned == {"evaluations": 2, "alerts": 1, "unrouted_alerts": 1}
+    assert [e["verdict"] for e in store.evaluations("lavalink")] == ["warn"]  # the latest stays
+    assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["New"]
+    assert len(store.incidents()) == 2 and store.decisions()  # incidents and decisions stay
     store.close()

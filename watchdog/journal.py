@@ -497,23 +497,12 @@ class Journal:
     # -- is this still the journal we opened? ----------------------------------------------
 
     def intact(self) -> str | None:
-        """None while the file at ``path`` is the journal this process opened; else what
-        happened to it (deleted, replaced), which sticks until a restart."""
-        if self._lost is None:
-            problem = self._changed()
-            if problem is None:
-                try:
-                    with self._lock:
-                        row = self._db.execute(
-                            "SELECT value FROM meta WHERE key = 'journal_id'"
-                        ).fetchone()
-                except sqlite3.Error:
-                    row = None  # healthy() says the database does not answer
-                else:
-                    if row is None or row["value"] != self.journal_id:
-                        problem = f"{self.path} now holds another journal (overwritten)"
-            if problem is not None:
-                self._lose(problem)
+        """None while the file at ``path`` is the journal this process opened (the same
+        inode); else what happened to it -- deleted, or another file put in its place --
+        which sticks until a restart. (A copy written over the open file in place keeps the
+        inode: SQLite's own checks are all that see that.)"""
+        if self._lost is None and (problem := self._changed()) is not None:
+            self._lose(problem)
         return self._lost
 
     def _changed(self) -> str | None:

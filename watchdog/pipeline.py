@@ -186,8 +186,13 @@ class Target:
         stored = await asyncio.to_thread(
             self.store.firing_alerts, self.name, seen_since=at - forget
         )
+        # routed when kept, and again now: an alert kept by an older release or under other
+        # matchers must still say by its labels that it is this target's
+        here = alertmanager.Destination(self.name, self.settings.alert_matchers, self.rules)
         alerts = []
         for alert in stored:
+            if alertmanager.target_of(alert.labels, [here]) is not here:
+                continue
             try:
                 rule = alertmanager.rule_for(
                     alert.alertname, alert.labels, alert.annotations, self.rules

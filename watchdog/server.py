@@ -232,6 +232,8 @@ def _later(context: Context, work: Awaitable[None], what: str) -> None:
     async def guarded() -> None:
         try:
             await work
+        except errors.JournalLost:  # logged once where it was found: nothing is taken now
+            context.recorder.refused.labels(f"{what} (after the answer)", "503").inc()
         except Exception:
             log.exception("processing after the answer failed", what=what)
 

@@ -279,13 +279,14 @@ def alertmanager_config(webhook_url: str, credentials_file: Path) -> str:
         """)
 
 
-def prometheus_config(node_port: int, rules_file: Path, alertmanager_address: str) -> str:
+def prometheus_config(node_port: int, rules_files: list[Path], alertmanager_address: str) -> str:
+    files = ", ".join(f"'{path}'" for path in rules_files)
     return textwrap.dedent(f"""\
         global: {{scrape_interval: 1s, evaluation_interval: 1s}}
         scrape_configs:
           - job_name: lavalink-rust
             static_configs: [{{targets: ['127.0.0.1:{node_port}']}}]
-        rule_files: ['{rules_file}']
+        rule_files: [{files}]
         alerting:
           alertmanagers:
             - static_configs: [{{targets: ['{alertmanager_address}']}}]
@@ -293,11 +294,18 @@ def prometheus_config(node_port: int, rules_file: Path, alertmanager_address: st
 
 
 @contextlib.contextmanager
-def alert_stack(tmp_path: Path, *, alertmanager_token: str) -> Iterator[Stack]:
+def alert_stack(
+    tmp_path: Path, *, alertmanager_token: str, other_rules: str | None = None
+) -> Iterator[Stack]:
     """Node, watchdog, Alertmanager (sending ``alertmanager_token``), Prometheus, in the
-    order each needs the previous one's address; all stopped again in reverse order."""
+    order each needs the previous one's address; all stopped again in reverse order.
+    ``other_rules``: another team's rules, loaded into the same Prometheus."""
     rules_file = tmp_path / "lavalink-fast.yml"
     rules_file.write_text(stage.fast_rules(RULES, SPEED))
+    rules_files = [rules_file]
+    if other_rules is not None:
+        rules_files.append(tmp_path / "other-team.yml")
+        rules_files[-1].write_text(other_rules)
     credentials = tmp_path / "alertmanager-credentials"
     credentials.write_text(alertmanager_token)
     settings = watchdog_settings(tmp_path)
@@ -315,7 +323,7 @@ def alert_stack(tmp_path: Path, *, alertmanager_token: str) -> Iterator[Stack]:
         server = started.enter_context(
             sim_prometheus.running_prometheus(
                 tmp_path / "prometheus",
-                config_yaml=prometheus_config(node.port, rules_file, manager.address),
+                config_yaml=prometheus_config(node.port, rules_files, manager.address),
             )
         )
         stack = Stack(
@@ -446,3 +454,59 @@ def test_deliveries_with_a_wrong_token_are_refused_and_change_nothing(tmp_path: 
         assert stack.rollbacks() == []
         assert stack.rows("SELECT * FROM incidents WHERE verdict = 'rollback'") == []
     assert (sample(metrics, "rollback_watchdog_alerts_received_total") or 0) == 0
+
+
+POSTGRES_RULES = """\
+groups:
+  - name: databases
+    rules:
+      - alert: PostgresDown
+        expr: vector(1)
+        for: 5s  # fires once Prometheus has found its Alertmanager (else resent after 1m)
+        labels: {job: postgres, severity: critical, rollback_category: instability}
+        annotations: {summary: the database is down}
+"""
+
+
+def test_another_team_s_critical_alert_is_unrouted_and_never_a_decision(tmp_path: Path) -> None:
+    """The attack trial's alert, through the real Prometheus and Alertmanager: critical,
+    classified, and delivered to the watchdog -- but its labels name no target of it."""
+    with alert_stack(
+        tmp_path, alertmanager_token=WEBHOOK_TOKEN, other_rules=POSTGRES_RULES
+    ) as stack:
+        (kept,) = wait_for(
+            "PostgresDown delivered and kept as unrouted",
+            lambda: stack.rows("SELECT * FROM unrouted_alerts") or None,
+            timeout=30,
+        )
+        assert (kept["alertname"], kept["reason"], kept["target"]) == (
+            "PostgresDown",
+            "no_match",
+            None,
+        )
+        wait_for(  # re-sent by Alertmanager: still nothing
+            "PostgresDown delivered again",
+            lambda: stack.first("SELECT * FROM unrouted_alerts WHERE deliveries >= 2"),
+            timeout=20,
+        )
+        ticks = stack.evaluations()
+        wait_for(
+            "two more evaluations",
+            lambda: True if stack.evaluations() >= ticks + 2 else None,
+            timeout=15,
+        )
+        assert stack.rows("SELECT * FROM alerts") == []
+        # blind on its own (a dead Prometheus): inconclusive, and nothing worse
+        assert stack.rows("SELECT * FROM incidents WHERE verdict != 'inconclusive'") == []
+        assert stack.rows("SELECT * FROM decisions") == []
+        status = httpx.get(
+            f"{stack.watchdog_url}/api/v1/status",
+            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+            timeout=5,
+        ).json()
+        metrics = stack.metrics()
+    assert status["unrouted_alerts"]["latest"][0]["alertname"] == "PostgresDown"
+    assert (sample(metrics, "rollback_watchdog_alerts_unrouted_total", reason="no_match") or 0) >= 2
+    assert "PostgresDown" not in "".join(
+        line for line in metrics.splitlines() if line.startswith("rollback_watchdog_signal_state")
+    )

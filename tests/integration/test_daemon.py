@@ -8,11 +8,12 @@ import io
 import json
 import re
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -401,3 +402,144 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
         stop.set()
         await asyncio.wait_for(task, 10)
         logs.reset()
+
+
+@contextlib.asynccontextmanager
+async def started(settings: config.Settings) -> AsyncIterator[tuple[str, daemon.Running]]:
+    """The daemon running, ready; its base URL and handles."""
+    stop = asyncio.Event()
+    handles: list[daemon.Running] = []
+    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    try:
+        for _ in range(200):
+            if handles or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert handles, f"the daemon did not start: {task}"
+        url = f"http://127.0.0.1:{handles[0].listen_port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+        yield url, handles[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def with_operator(settings: config.Settings, env: str) -> config.Settings:
+    operator = config.OperatorSettings(name="alice", token_env=env)
+    listen = settings.listen.model_copy(update={"operators": [operator]})
+    return settings.model_copy(update={"listen": listen, "mode": model.Mode.AUTO})
+
+
+async def test_a_journal_deleted_while_running_stops_every_new_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WD_ALICE", "alice-t0ken")
+    settings = with_operator(
+        settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}"), "WD_ALICE"
+    )
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        async with started(settings) as (url, _), httpx.AsyncClient() as client:
+            (settings.state_dir / journal.DATABASE_NAME).unlink()
+            ready = await client.get(f"{url}/readyz")
+            order = await client.post(
+                f"{url}/api/v1/rollback",
+                json={"reason": "drill"},
+                headers={"Authorization": "Bearer alice-t0ken"},
+            )
+            await asyncio.sleep(2.5)  # ticks: each refused, none acts
+            metrics = (await client.get(f"{url}/metrics")).text
+            again = await client.get(f"{url}/readyz")
+    finally:
+        logs.reset()
+    assert ready.status_code == 503
+    assert "journal.sqlite3 was deleted" in ready.json()["problem"]
+    assert "no action is taken" in ready.json()["problem"]
+    assert order.status_code == 503 and "restart the watchdog" in order.json()["message"]
+    assert again.status_code == 503  # it sticks until a restart
+    assert (
+        sample(metrics, "rollback_watchdog_source_errors_total", source="journal_lost") or 0
+    ) >= 1
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lost = [line for line in lines if line["event"] == "journal lost"]
+    assert len(lost) == 1 and lost[0]["level"] == "error"  # said once, loudly
+    assert not [line for line in lines if line["event"] == "tick failed"]
+
+
+async def test_a_start_on_a_lost_journal_says_so_and_starts_disarmed(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    store = journal.Journal.open(settings.state_dir)
+    old = store.journal_id
+    store.close()
+    (settings.state_dir / journal.DATABASE_NAME).unlink()  # deleted while the daemon was down
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        async with started(settings) as (_, running):
+            arming = running.journal.arming("lavalink")
+    finally:
+        logs.reset()
+    assert not arming.armed and arming.by == "rollback-watchdog"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [lost] = [line for line in lines if line["event"].startswith("journal lost")]
+    assert lost["level"] == "error" and lost["previous"] == old
+    assert "Every target starts disarmed" in lost["event"]
+
+
+async def test_the_state_directory_is_tightened_and_open_token_files_are_named(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    state = settings.state_dir
+    (state / "reports").mkdir(parents=True)
+    state.chmod(0o755)
+    (state / "reports" / "run-1.md").write_text("the password was in here\n")
+    (state / "reports" / "run-1.md").chmod(0o644)
+    token = tmp_path / "api.token"
+    token.write_text("t0ken-for-everyone\n")
+    token.chmod(0o644)
+    listen = settings.listen.model_copy(update={"token_file": token})
+    settings = settings.model_copy(update={"listen": listen})
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        async with started(settings):
+            pass
+    finally:
+        logs.reset()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [state, *state.rglob("*")]}
+    assert set(modes.values()) <= {0o700, 0o600}, modes
+    assert modes["state"] == 0o700 and modes["run-1.md"] == 0o600
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warned = [line["problem"] for line in lines if line["event"] == "check the config's files"]
+    assert warned == [
+        f"the operator API token file {token} is open to other users (mode 0644): "
+        f"chmod 600 {token} (or 640 for a group that needs it)"
+    ]
+    assert "t0ken-for-everyone" not in stream.getvalue()
+
+
+async def test_the_journal_is_pruned_at_start_by_retention(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    store = journal.Journal.open(settings.state_dir)
+    for at, verdict in ((1000.0, model.Verdict.ROLLBACK), (2000.0, model.Verdict.HOLD)):
+        store.record(
+            model.Evaluation("lavalink", at, ()),
+            model.Decision("lavalink", at, verdict, model.Action.NONE, "seeded"),
+            mode=model.Mode.OBSERVE,
+            outcome="none",
+        )
+    store.close()
+    async with started(settings) as (_, running):
+        for _ in range(100):
+            seeded = [e["at"] for e in running.journal.evaluations("lavalink") if e["at"] < 1e9]
+            if seeded == [2000.0]:
+                break
+            await asyncio.sleep(0.05)
+    # 1970 is past 90 days: pruned, but for the target's latest verdict change at the time
+    assert seeded == [2000.0]
