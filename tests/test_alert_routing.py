@@ -130,9 +130,10 @@ def test_an_alert_of_the_target_that_is_no_signal_is_unrouted_with_its_target() 
         ('{job="a", env!~"dev|test"}', {"job": "a", "env": "test"}, False),
         ('{job="a", env=""}', {"job": "a"}, True),
         ('job="a", env="x"', {"job": "a", "env": "x"}, True),  # Alertmanager's bare form
-        ("Down", {"alertname": "Down"}, True),
+        ('Down{job="a"}', {"alertname": "Down", "job": "a"}, True),
         ('Down{job="a"}', {"alertname": "Up", "job": "a"}, False),
-        ('{__name__="Down"}', {"alertname": "Down"}, True),
+        ('{__name__="Down", job="a"}', {"alertname": "Down", "job": "a"}, True),
+        (r'{job="a", x=~"\\d+"}', {"job": "a", "x": "\u0663"}, False),  # ASCII digits, as RE2
         ('{job="say \\"hi\\""}', {"job": 'say "hi"'}, True),
     ],
 )
@@ -146,3 +147,24 @@ def test_a_matcher_set_prints_as_it_parses() -> None:
     written = '{job="a", instance=~"n.*", env!="dev", x!~"y"}'
     assert str(matchers.parse(written)) == written
     assert matchers.parse(str(matchers.parse('{j="q\\"uote"}'))).matches({"j": 'q"uote'})
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        ("Down", "a label besides alertname"),  # a name alone: another host's Down too
+        ('{alertname="Down"}', "a label besides alertname"),
+        ('{job!=""}', "a label besides alertname"),  # every alert with a job
+        ('{job=~".+"}', "a label besides alertname"),  # ... the same, as a pattern
+        ('{job=~".*", env="prod"}', None),  # the env narrows it: fine
+        ('{job="a", env=~"[[:alpha:]]+"}', "POSIX classes"),  # re would read another set
+    ],
+)
+def test_a_matcher_set_that_would_take_everything_is_refused(
+    written: str, problem: str | None
+) -> None:
+    if problem is None:
+        assert matchers.parse(written).matches({"job": "x", "env": "prod"})
+        return
+    with pytest.raises(ValueError, match=problem):
+        matchers.parse(written)

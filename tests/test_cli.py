@@ -408,7 +408,7 @@ def test_demo_refuses_a_workdir_that_already_holds_a_journal(tmp_path: Path) -> 
     assert_bad_input(done, "already holds a demo's journal")
 
 
-def test_the_cli_presents_its_user_s_own_token(
+def test_the_cli_presents_the_caller_s_own_token_never_another_operator_s(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import argparse
@@ -421,30 +421,27 @@ def test_the_cli_presents_its_user_s_own_token(
     path = config_file(
         tmp_path,
         f"listen: {{token_file: {tmp_path / 'shared.token'}, operators: "
-        f"[{{name: alice, token_file: {tmp_path / 'alice.token'}}}, "
-        "{name: bob, token_env: BOB}]}\n",
+        f"[{{name: alice, token_file: {tmp_path / 'alice.token'}}}]}}\n",
     )
     settings = config.load(path)
     monkeypatch.delenv("ROLLBACK_WATCHDOG_TOKEN", raising=False)
-    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "alice")  # alice's token file is readable here: never taken
 
-    def token(by: str | None = None, token_file: Path | None = None) -> str:
-        return commands._operator_token(settings, argparse.Namespace(by=by, token_file=token_file))
+    def token(token_file: Path | None = None) -> str:
+        return commands._operator_token(settings, argparse.Namespace(token_file=token_file))
 
-    monkeypatch.setenv("USER", "alice")
-    assert token() == "alice-token"  # your user name is an operator: your token
-    monkeypatch.setenv("USER", "root")
-    assert token() == "shared-token"  # else the shared one
-    assert token(by="alice") == "alice-token"
-    assert token(by="operator") == "shared-token"  # the shared token's name
+    assert token() == "shared-token"
     assert token(token_file=tmp_path / "mine.token") == "mine-token"
     monkeypatch.setenv("ROLLBACK_WATCHDOG_TOKEN", "from-env")
-    assert token(by="alice") == "from-env"
+    assert token() == "from-env"
+    assert token(token_file=tmp_path / "mine.token") == "mine-token"  # the explicit one wins
     monkeypatch.delenv("ROLLBACK_WATCHDOG_TOKEN")
-    with pytest.raises(errors.InputError, match="--as carol: no such operator in listen"):
-        token(by="carol")
-    with pytest.raises(errors.ConfigError, match=r"the operator token of bob variable \$BOB"):
-        token(by="bob")
+    digest = "sha256:" + "ab" * 32  # the daemon's copy of a token: no client can present it
+    (tmp_path / "shared.token").write_text(digest + "\n")
+    with pytest.raises(errors.InputError, match=r"no operator token: give your own"):
+        token()
+    done = cli("approve", "1", "--config", str(path), "--as", "alice")
+    assert_bad_input(done, "unrecognized arguments: --as alice")
 
 
 def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path: Path) -> None:
@@ -480,7 +477,8 @@ def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path
                     + value
                     + b"\r\n\r\n"
                 )
-                assert b" 400 " in conn.recv(4096).split(b"\r\n", 1)[0]
+                answer = conn.recv(4096)
+                assert b" 400 " in answer.split(b"\r\n", 1)[0] and token.encode() not in answer
     finally:
         daemon.terminate()
         rest = daemon.communicate(timeout=30)[1]

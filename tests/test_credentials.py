@@ -47,3 +47,36 @@ def test_matching_is_exact() -> None:
     assert not credentials.matches("ab", "abc")
     assert not credentials.matches("", "abc")
     assert credentials.matches("ünïcode", "ünïcode")
+
+
+def test_a_stored_digest_accepts_the_token_and_only_the_token() -> None:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(b"alice-t0ken").hexdigest()
+    assert credentials.matches("alice-t0ken", digest)
+    assert not credentials.matches(digest, digest)  # the daemon's copy is no credential
+    assert not credentials.matches("alice-t0ken ", digest)
+    assert credentials.is_digest(digest) and not credentials.is_digest("alice-t0ken")
+    assert credentials.same_token(digest, "alice-t0ken")
+    assert credentials.same_token("alice-t0ken", digest)
+    assert credentials.same_token(digest, digest)
+    assert not credentials.same_token(digest, "bob-t0ken")
+
+
+def test_one_token_names_one_operator() -> None:
+    alice = credentials.Identity("alice", "a-token")
+    bob = credentials.Identity("bob", "sha256:" + "0" * 64)
+    assert credentials.identify("a-token", [alice, bob]) == "alice"
+    assert credentials.identify("sha256:" + "0" * 64, [alice, bob]) is None
+    assert credentials.identify("", [alice, bob]) is None
+
+
+def test_the_alertmanager_token_is_never_an_operator_s() -> None:
+    from watchdog import daemon
+
+    with pytest.raises(errors.ConfigError, match="also operator alice's"):
+        daemon.Secrets(
+            operators=(credentials.Identity("alice", "shared-1"),),
+            alertmanager_token="shared-1",
+            passwords={},
+        )

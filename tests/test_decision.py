@@ -294,3 +294,52 @@ def test_keep_firing_cannot_carry_a_warmup_problem_past_warmup() -> None:
     # the same problem still true well after warm-up counts
     still = model.Signal(kept, model.SignalState.FIRING, value=2, active_since=0)
     assert decide(ev(300, still, activated_at=0)).verdict is V.ROLLBACK
+
+
+WINDOWED = model.Rule(  # changes(x[15m]) >= 3: no `for`, but reads 15 minutes back
+    "CrashLoopWindowed",
+    "changes(x[15m]) >= 3",
+    model.Severity.CRITICAL,
+    model.Category.INSTABILITY,
+    lookback_seconds=900.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("rule_", "since", "at", "fresh"),
+    [
+        (CRASH, 500.0, 1000.0, True),  # an instant expression, seen after the re-arm
+        (CRASH, 500.0, 999.0, False),  # the clock before the re-arm: nothing new yet
+        (LATENCY, 500.0, 1299.0, False),  # `for` 5m: not yet held for 5m after the re-arm
+        (LATENCY, 500.0, 1300.0, True),
+        (LATENCY, 1100.0, 1300.0, False),  # became true after the re-arm: its own `for`
+        (LATENCY, 1100.0, 1400.0, True),
+        (WINDOWED, 500.0, 1000.0, False),  # its 15m window still holds the old restarts
+        (WINDOWED, 500.0, 1899.0, False),
+        (WINDOWED, 500.0, 1900.0, True),  # only data from after the re-arm
+        (WINDOWED, 1950.0, 1950.0, True),  # became true well after: counts at once
+    ],
+)
+def test_after_a_rearm_only_evidence_newer_than_it_counts(
+    rule_: model.Rule, since: float, at: float, fresh: bool
+) -> None:
+    state = model.TargetState(armed_at=1000.0)
+    made = decide(ev(at, signal(rule_, "firing", since=since)), state)
+    assert (made.verdict is V.ROLLBACK) is fresh, made.reason
+    if not fresh:
+        assert f"evidence from before ignored ({rule_.name})" in made.reason
+
+
+def test_after_a_rearm_an_alert_must_begin_or_be_delivered_again() -> None:
+    state = model.TargetState(armed_at=1000.0)
+    alert_rule = rule("FromAlertmanager")
+
+    def delivered(starts: float, last_seen: float) -> model.Signal:
+        return model.Signal(
+            alert_rule, model.SignalState.FIRING, active_since=starts, evidence_at=last_seen
+        )
+
+    assert decide(ev(1010, delivered(500, 900)), state).verdict is V.HOLD  # neither
+    assert decide(ev(1010, delivered(500, 1005)), state).verdict is V.ROLLBACK  # sent again
+    assert decide(ev(1010, delivered(1002, 1002)), state).verdict is V.ROLLBACK  # began after
+    assert decide(ev(1010, delivered(500, 900)), model.TargetState()).verdict is V.ROLLBACK

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import rule, signal
-from watchdog import decision, errors, journal, model
+from watchdog import decision, errors, journal, model, statedir
 
 CRASH = rule("CrashLoop")
 CPU = rule("CpuHigh", severity="warning")
@@ -200,32 +200,49 @@ def test_a_journal_deleted_or_replaced_under_us_refuses_new_actions(
     store.close()
 
 
-def test_a_state_directory_that_lost_its_journal_says_so(tmp_path: Path) -> None:
+def claim(store: journal.Journal, state_dir: Path) -> None:
+    """What the daemon does at start: mark the directory as this journal's."""
+    statedir.write_marker(state_dir, statedir.Marker(store.journal_id, store.created_at))
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied", "opened by the CLI first"])
+def test_a_journal_created_where_another_was_records_the_loss_itself(
+    tmp_path: Path, how: str
+) -> None:
     first = journal.Journal.open(tmp_path)
-    assert (first.created, first.predecessor) == (True, None)
+    assert first.created and first.lost_predecessor() is None
     first_id = first.journal_id
+    claim(first, tmp_path)
     first.close()
     again = journal.Journal.open(tmp_path)  # the same journal: nothing to say
-    assert (again.created, again.predecessor, again.journal_id) == (False, None, first_id)
+    assert (again.created, again.lost_predecessor(), again.journal_id) == (False, None, first_id)
     again.close()
-    (tmp_path / journal.DATABASE_NAME).unlink()
+    path = tmp_path / journal.DATABASE_NAME
+    if how == "emptied":
+        path.write_bytes(b"")  # 0 bytes: SQLite takes it for a new database
+    else:
+        path.unlink()
+    if how == "opened by the CLI first":  # rollback --local: it must not hide the loss
+        journal.Journal.open(tmp_path).close()
     fresh = journal.Journal.open(tmp_path)
-    assert fresh.created and fresh.predecessor is not None
-    assert fresh.predecessor.journal_id == first_id and fresh.journal_id != first_id
+    lost = fresh.lost_predecessor()
+    assert lost is not None and lost.journal_id == first_id and fresh.journal_id != first_id
+    fresh.disarm_after_loss(["lavalink", "other"], at=50.0, note="lost")
+    assert fresh.lost_predecessor() is None  # handled once, with the disarm
+    assert not fresh.arming("lavalink").armed and not fresh.arming("other").armed
+    assert fresh.arming("lavalink").by == "rollback-watchdog"
     fresh.close()
-    after = journal.Journal.open(tmp_path)  # said once: the directory now holds the new one
-    assert after.predecessor is None
-    after.close()
 
 
 def test_a_new_journal_never_replays_a_deleted_one_s_log(tmp_path: Path) -> None:
     store = journal.Journal.open(tmp_path)
+    claim(store, tmp_path)
     store.close()
     path = tmp_path / journal.DATABASE_NAME
     path.with_name(path.name + "-wal").write_bytes(b"left by a crash" * 100)
     path.unlink()
     fresh = journal.Journal.open(tmp_path)
-    assert fresh.healthy() and fresh.predecessor is not None
+    assert fresh.healthy() and fresh.lost_predecessor() is not None
     aside = list(tmp_path.glob("journal.sqlite3-wal.orphaned-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"left by a crash")
     fresh.close()
@@ -241,7 +258,6 @@ def test_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert modes["journal.sqlite3"] == 0o600
-    assert modes["journal-id"] == 0o600
     assert modes.get("journal.sqlite3-wal", 0o600) == 0o600  # SQLite copies the database's
 
 
@@ -279,12 +295,17 @@ def test_at_most_max_alerts_are_kept_and_a_flood_never_pushes_one_out(tmp_path: 
         "A1",
         "A2",
     }
-    # a resolved one, and one not delivered since forget_before, make room
-    store.ingest_alerts([routed("A0", status="resolved")], at=103, limit=3)
+    # only an alert not delivered since forget_before makes room: A0 and A2 (last seen 100)
+    store.ingest_alerts([routed("A0", status="resolved")], at=101, limit=3)  # A0: seen at 101
     room = store.ingest_alerts(
-        [routed("C0"), routed("C1"), routed("C2")], at=104, limit=3, forget_before=101.5
+        [routed("C0"), routed("C1"), routed("C2")], at=104, limit=3, forget_before=100.5
     )
-    assert ([a.alertname for a in room.new_firing], room.dropped) == (["C0", "C1"], 1)
+    assert ([a.alertname for a in room.new_firing], room.dropped) == (["C0"], 2)
+    # the resolved A0 is still kept: a late retry of its firing state must not act
+    late = store.ingest_alerts([routed("A0")], at=105, limit=3, forget_before=100.5)
+    assert (late.new_firing, late.repeated) == ((), 1)
+    names = {a.alertname for a in store.firing_alerts("lavalink", seen_since=0)}
+    assert names == {"A1", "C0"}  # A0 stays resolved
     store.close()
 
 
@@ -331,9 +352,14 @@ def test_retention_prunes_evaluations_and_alerts_but_keeps_the_record(tmp_path: 
         at=6,
         limit=10,
     )
+    incident = store.incidents()[-1]  # the rollback's (opened at 10): it led to a run
+    store.open_run(
+        "lavalink", incident_id=incident.id, trigger="auto", initiated_by="x", reason="r", at=15
+    )
     pruned = store.prune(before=100)
-    assert pruned == {"evaluations": 2, "alerts": 1, "unrouted_alerts": 1}
-    assert [e["verdict"] for e in store.evaluations("lavalink")] == ["warn"]  # the latest stays
+    assert pruned == {"evaluations": 1, "alerts": 1, "unrouted_alerts": 1}
+    # the rollback behind the run (its report's root cause) and the latest stay
+    assert [e["verdict"] for e in store.evaluations("lavalink")] == ["rollback", "warn"]
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["New"]
     assert len(store.incidents()) == 2 and store.decisions()  # incidents and decisions stay
     store.close()

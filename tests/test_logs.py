@@ -36,13 +36,23 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
             "headers {'Authorization': 'Bearer zz9'}",
             "headers {'Authorization': 'Bearer [REDACTED]'}",
         ),
+        (  # a bare value (Lavalink's password) is no scheme, and the next header stays
+            "Authorization: SECRETHEX\r\nContent-Type: application/json",
+            "Authorization: [REDACTED]\r\nContent-Type: application/json",
+        ),
         ("sent Bearer abc123 to x", "sent Bearer [REDACTED] to x"),
+        ("sent bearer abc123 to x", "sent bearer [REDACTED] to x"),
+        ("Bearer abc\x1fSECRET", "Bearer [REDACTED]"),  # a control byte inside: all of it
         ("posting with xoxb-1234-5678-abcdef", "posting with [REDACTED]"),
         ("app xapp-1-A0-99-ff", "app [REDACTED]"),
         ("password=hunter2&user=x", "password=[REDACTED]&user=x"),
-        ('{"token": "s3cr3t"}', '{"token": "[REDACTED]"}'),
+        ('{"token": "s3cr3t!"}', '{"token": "[REDACTED]"}'),
+        # ordinary words are no credentials
         ("a valid bearer token is required", "a valid bearer token is required"),
-        ("missing or wrong bearer token", "missing or wrong bearer token"),
+        ("Bearer token required", "Bearer token required"),
+        ("Basic auth failed", "Basic auth failed"),
+        ("token: configure listen.operators", "token: configure listen.operators"),
+        ("have the same token: each needs their own", "have the same token: each needs their own"),
     ],
 )
 def test_credential_shaped_text_is_redacted(text: str, expected: str) -> None:
@@ -50,13 +60,13 @@ def test_credential_shaped_text_is_redacted(text: str, expected: str) -> None:
 
 
 def test_known_secrets_are_redacted_anywhere_even_nested(stream: io.StringIO) -> None:
-    logs.redact("op-t0ken-abc", "ab")  # too short to redact safely: ignored
+    logs.redact("op-t0ken-abc", "lavalink"[:5])  # too short to redact safely: ignored
     log = structlog.get_logger("watchdog.test")
-    log.warning("oops: abort", detail={"sent": ["x op-t0ken-abc y"]}, raw=b"op-t0ken-abc")
+    log.warning("oops: lavalink", detail={"sent": ["x op-t0ken-abc y"]}, raw=b"op-t0ken-abc")
     [line] = lines(stream)
     assert line["detail"] == {"sent": ["x [REDACTED] y"]}
     assert line["raw"] == "b'[REDACTED]'"
-    assert line["event"] == "oops: abort"  # "ab" was too short to be taken for a secret
+    assert line["event"] == "oops: lavalink"  # "laval" was too short to be taken for a secret
     assert "op-t0ken-abc" not in stream.getvalue()
 
 

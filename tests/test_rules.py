@@ -7,6 +7,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import promql_parser
 import pytest
 
 from watchdog import errors, model, rules
@@ -238,3 +239,19 @@ def test_missing_file_is_input_error(tmp_path: Path) -> None:
 )
 def test_threshold_derived_from_expr(expr: str, threshold: str) -> None:
     assert rules.derive_threshold(expr) == threshold
+
+
+@pytest.mark.parametrize(
+    ("expr", "seconds"),
+    [
+        ("up == 0", 0),
+        ('changes(process_start_time_seconds{job="x"}[15m]) >= 3', 900),
+        ("rate(x[5m] offset 1m) > 1", 360),
+        ("max_over_time(rate(x[1m])[10m:30s]) > 1", 660),
+        ("(a - min_over_time(a[15m])) >= 3 or b offset 20m", 1200),
+        ("predict_linear(m[30m], 7200) > 1 and predict_linear(m[10m], 7200) > 1", 1800),
+        ("histogram_quantile(0.5, sum by (le) (rate(h_bucket[5m]))) > 0.5", 300),
+    ],
+)
+def test_a_rule_knows_how_far_back_it_reads(expr: str, seconds: float) -> None:
+    assert rules.lookback_of(promql_parser.parse(expr)) == seconds

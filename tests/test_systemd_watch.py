@@ -100,6 +100,25 @@ async def test_old_restarts_leave_the_window() -> None:
     assert watch.observe(1065).points == ()
 
 
+async def test_after_a_rearm_only_the_restarts_after_it_count() -> None:
+    watch = systemd_watch.SystemdWatch(target(crash_loop_restarts=3, crash_loop_window="15m"))
+    reader = Scripted()
+    for at, count in ((1000, 0), (1005, 2), (1010, 4)):  # a crash loop, then a rollback
+        reader.restarts[PRIMARY] = count
+        await watch.sample(reader, clock(at))
+    assert watch.observe(1010).points  # 4 in the window
+    for at, count in ((1020, 4), (1030, 5)):  # re-armed at 1015: one restart since
+        reader.restarts[PRIMARY] = count
+        await watch.sample(reader, clock(at))
+    assert watch.observe(1030).points  # without the re-arm: 5 in the window
+    assert watch.observe(1030, since=1015).points == ()  # after it: only 1
+    for at, count in ((1035, 6), (1040, 7)):
+        reader.restarts[PRIMARY] = count
+        await watch.sample(reader, clock(at))
+    (point,) = watch.observe(1040, since=1015).points  # a new crash loop: 3 since the re-arm
+    assert point.value == 3
+
+
 @pytest.mark.parametrize(
     ("reader", "now", "error"),
     [

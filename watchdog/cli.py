@@ -106,18 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="print the plan and preflight")
     rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rollback.add_argument(
-        "--as",
         "--by",
-        dest="by",
         default=None,
-        help="through the API: use operator NAME's token (listen.operators); the daemon "
-        "journals whom the token names. --local: who to journal. "
-        "Default: your user name ($SUDO_USER or $USER), else the shared token",
+        help="with --local: who rolls back, journaled (default: $SUDO_USER or $USER); "
+        "through the daemon your token names you",
     )
     rollback.add_argument(
         "--token-file",
         type=Path,
-        help="your operator token (default: $ROLLBACK_WATCHDOG_TOKEN, else as --as says)",
+        help="your operator token (default: $ROLLBACK_WATCHDOG_TOKEN, else listen.token_*)",
     )
     rollback.add_argument(
         "--category",
@@ -138,17 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(vote)
         vote.add_argument("id", help="the approval's number (see status)")
         vote.add_argument(
-            "--as",
-            "--by",
-            dest="by",
-            default=None,
-            help="use operator NAME's token (listen.operators); the vote counts for whom the "
-            "token names (default: your user name, else the shared token)",
-        )
-        vote.add_argument(
             "--token-file",
             type=Path,
-            help="your operator token (default: $ROLLBACK_WATCHDOG_TOKEN, else as --as says)",
+            help="your operator token: the vote counts for whom it names "
+            "(default: $ROLLBACK_WATCHDOG_TOKEN, else listen.token_*)",
         )
         vote.add_argument("--url", help="the daemon's listener (default: from listen:)")
 
@@ -176,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = _HANDLERS[args.command]
+    if args.command != "run":  # `run` sets its own; the others say only what went wrong
+        logs.configure(level="warning", renderer="console")
     try:
         return handler(args)
     except errors.InputError as exc:
@@ -237,7 +229,8 @@ def _validate(args: argparse.Namespace) -> int:
         if not args.syntax_only:
             for found in configcheck.problems(settings):
                 (problems if found.fatal else warnings).append(f"{path}: {found.message}")
-    for line in warnings:
+    problems = list(dict.fromkeys(problems))  # a rules file two targets share: said once
+    for line in dict.fromkeys(warnings):
         print(f"warning: {line}", file=sys.stderr)
     if problems:
         for line in problems:
@@ -577,6 +570,8 @@ def _rollback(args: argparse.Namespace) -> int:
         return _fail("--reason must say why")
     by = _who(args)
     through_api = not (args.local or args.dry_run) and _api_configured(settings)
+    if through_api and args.by is not None:
+        return _fail("--by names who rolls back with --local; through the daemon, your token does")
     if not args.dry_run and not args.yes:
         if not sys.stdin.isatty():
             return _fail("rollback needs --yes when not run from a terminal")
@@ -603,34 +598,22 @@ def _api_configured(settings: config.Settings) -> bool:
 
 
 def _operator_token(settings: config.Settings, args: argparse.Namespace) -> str:
-    """The token this command presents: ``--token-file``, else ``$ROLLBACK_WATCHDOG_TOKEN``,
-    else the token of operator ``--as`` (default: your user name) from ``listen.operators``,
-    else the shared ``listen.token_*``. The daemon, not this choice, says whom it names."""
-    listen = settings.listen
+    """The caller's own token: ``--token-file``, else ``$ROLLBACK_WATCHDOG_TOKEN``, else the
+    shared ``listen.token_*`` if it is readable here. Never another operator's: the daemon
+    names whoever the token belongs to, so the CLI must not pick a name for you."""
     if getattr(args, "token_file", None) is not None:
         return credentials.read_secret(args.token_file, None, "operator token") or ""
     if os.environ.get(TOKEN_VARIABLE, "").strip():
         return os.environ[TOKEN_VARIABLE].strip()
-    wanted = args.by
-    name = wanted or os.environ.get("SUDO_USER") or os.environ.get("USER")
-    for operator in listen.operators:
-        if operator.name == name:
-            token = credentials.read_secret(
-                operator.token_file, operator.token_env, f"operator token of {operator.name}"
-            )
-            return token or ""
-    shared = listen.token_file is not None or listen.token_env is not None
-    if wanted is not None and not (shared and wanted == listen.token_name):
-        known = [o.name for o in listen.operators] + ([listen.token_name] if shared else [])
-        raise errors.InputError(
-            f"--as {wanted}: no such operator in listen (operators: {', '.join(known) or 'none'})"
-        )
-    if shared:
-        token = credentials.read_secret(listen.token_file, listen.token_env, "operator API token")
-        return token or ""
+    listen = settings.listen
+    shared = credentials.read_secret(
+        listen.token_file, listen.token_env, "operator API token (listen.token_*)"
+    )
+    if shared is not None and not credentials.is_digest(shared):
+        return shared
     raise errors.InputError(
-        f"no operator token for you: give --token-file, set ${TOKEN_VARIABLE}, or --as one of "
-        f"listen.operators ({', '.join(o.name for o in listen.operators) or 'none configured'})"
+        f"no operator token: give your own with --token-file or ${TOKEN_VARIABLE} "
+        "(the daemon names you by it)"
     )
 
 
@@ -692,8 +675,9 @@ def _rollback_via_api(
             return EXIT_FAILED
         incident = int(answer.json()["incident"])
         print(
-            f"rolling {target.name} back through the watchdog at {api.url} (incident #{incident}):"
-            f" {target.primary.unit} -> {target.fallback.unit}"
+            f"rolling {target.name} back through the watchdog at {api.url} as "
+            f"{answer.json().get('by', '?')} (incident #{incident}): "
+            f"{target.primary.unit} -> {target.fallback.unit}"
         )
         return _follow_incident(api, incident)
     except _Unreachable as exc:

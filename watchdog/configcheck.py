@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from watchdog import config, credentials
+from watchdog import config, credentials, logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +90,17 @@ def problems(
     found: list[credentials.FileProblem] = []
     for item in named(settings):
         if item.env is not None:
-            if not env.get(item.env, "").strip():
+            value = env.get(item.env, "").strip()
+            if not value:
                 found.append(
                     credentials.FileProblem(
-                        f"the {item.what} variable ${item.env} is not set or empty", True
+                        f"the {item.what} variable ${item.env} is not set or empty here "
+                        "(validate where the daemon runs, or with --syntax-only)",
+                        True,
                     )
                 )
+            elif len(value) < logs.MIN_SECRET:
+                found.append(credentials.short(f"the {item.what} in ${item.env}", len(value)))
             continue
         if item.path is None:
             continue

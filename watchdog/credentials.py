@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog import errors
+from watchdog import errors, logs
 
 
 def read_secret(
@@ -51,11 +52,33 @@ def read_secret(
     return None
 
 
+DIGEST_PREFIX = "sha256:"
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
 def matches(presented: str, expected: str) -> bool:
     """Whether a presented secret is the expected one. Both are hashed first, so the comparison
     takes the same time whatever their lengths or contents; bytes that are not UTF-8 (a header
-    decoded with surrogateescape) simply do not match."""
-    return hmac.compare_digest(_digest(presented), _digest(expected))
+    decoded with surrogateescape) simply do not match. ``expected`` may be the token's SHA-256
+    (``sha256:<hex>``, what ``printf %s TOKEN | sha256sum`` prints): then whoever reads the
+    daemon's copy, root included, still cannot present the token itself."""
+    stored = _DIGEST.fullmatch(expected)
+    wanted = bytes.fromhex(stored.group(1)) if stored else _digest(expected)
+    return hmac.compare_digest(_digest(presented), wanted)
+
+
+def is_digest(secret: str) -> bool:
+    """Whether a stored token is a digest (``sha256:<hex>``), which no client can present."""
+    return _DIGEST.fullmatch(secret) is not None
+
+
+def same_token(one: str, other: str) -> bool:
+    """Whether two stored tokens (plain or digests) stand for the same token."""
+    if is_digest(one) and is_digest(other):
+        return hmac.compare_digest(one, other)
+    if is_digest(one):
+        return matches(other, one)
+    return matches(one, other)
 
 
 def _digest(secret: str) -> bytes:
@@ -88,6 +111,15 @@ class FileProblem:
     fatal: bool
 
 
+def short(what: str, length: int) -> FileProblem:
+    """A secret too short to be safe, or to be redacted from the log by its value."""
+    return FileProblem(
+        f"{what} is {length} characters long: guessable, and too short for the log to redact "
+        f"it by value (use at least {logs.MIN_SECRET}, better 32 random ones)",
+        False,
+    )
+
+
 def file_problems(path: Path, what: str) -> list[FileProblem]:
     """What is wrong with the secret file ``path`` as it sits on disk: missing, not a file,
     unreadable or empty (fatal); readable or writable by users other than its owner and group,
@@ -106,12 +138,14 @@ def file_problems(path: Path, what: str) -> list[FileProblem]:
     if not stat.S_ISREG(found.st_mode):
         return [FileProblem(f"the {what} file {path} is not a regular file", True)]
     try:
-        empty = not path.read_text(encoding="utf-8").strip()
+        value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         return [FileProblem(f"the {what} file {path} cannot be read: {exc.strerror}", True)]
     except UnicodeDecodeError:
         return [FileProblem(f"the {what} file {path} is not UTF-8 text", True)]
-    problems = [FileProblem(f"the {what} file {path} is empty", True)] if empty else []
+    problems = [FileProblem(f"the {what} file {path} is empty", True)] if not value else []
+    if value and len(value) < logs.MIN_SECRET:
+        problems.append(short(f"the {what} in {path}", len(value)))
     mode = stat.S_IMODE(found.st_mode)
     if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
         problems.append(

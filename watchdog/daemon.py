@@ -140,6 +140,16 @@ class Secrets:
             else None,
         )
 
+    def __post_init__(self) -> None:
+        for operator in self.operators:  # one credential, one use: Alertmanager never votes
+            if self.alertmanager_token and credentials.same_token(
+                operator.token, self.alertmanager_token
+            ):
+                raise errors.ConfigError(
+                    f"the Alertmanager webhook token is also operator {operator.name}'s: "
+                    "give each its own"
+                )
+
     def values(self) -> list[str | None]:
         """Every secret, for the log's redaction."""
         return [
@@ -167,7 +177,7 @@ def _operators(listen: config.ListenSettings) -> tuple[credentials.Identity, ...
         found.append(credentials.Identity(operator.name, token or ""))
     for index, one in enumerate(found):
         for other in found[index + 1 :]:
-            if credentials.matches(one.token, other.token):
+            if credentials.same_token(one.token, other.token):
                 raise errors.ConfigError(
                     f"operators {one.name} and {other.name} have the same token: "
                     "each needs their own, or the token cannot say who it is"
@@ -246,8 +256,8 @@ class Intake:
             self._alert_tally.add(f"routed alerts dropped: {settings.max_alerts} already kept")
         if let_go:
             recorder.alerts_dropped.labels("unrouted").inc(let_go)
-        for one in unrouted:  # a flood of foreign alerts must not flood the log
-            self._alert_tally.add(f"unrouted ({one.reason.value}): {one.alert.name or '?'}")
+        for one in unrouted:  # keyed by reason only: names are the sender's, and unbounded
+            self._alert_tally.add(f"unrouted alerts ({one.reason.value}; see status)")
         fresh = {alert.target for alert in ingested.new_firing}
         if fresh:
             log.warning(
@@ -290,37 +300,38 @@ class Intake:
         self._recorder.votes.labels(via, result).inc()
 
 
-def _check_predecessor(store: journal.Journal, settings: config.Settings, now: float) -> None:
-    """Say so loudly when the state directory held another journal than the one opened. A
-    journal created afresh there means the old one is gone -- every approval, run and audit
-    line -- and whether a target was rolled back is no longer known: every target starts
-    disarmed, so nothing switches until an operator has looked and re-armed it."""
-    previous = store.predecessor
-    if previous is None:
-        return
-    if not store.created:
+def _claim(store: journal.Journal, settings: config.Settings, now: float) -> None:
+    """Say so loudly when the journal is not the one the state directory held, then mark the
+    directory as this journal's. A journal created where another was (it records that itself)
+    means the old one is gone -- every approval, run and audit line -- and whether a target
+    was rolled back is no longer known: every target starts disarmed, so nothing switches
+    until an operator has looked and re-armed it."""
+    lost = store.lost_predecessor()
+    previous = statedir.read_marker(settings.state_dir)
+    if lost is not None:
+        log.error(
+            "journal lost: the state directory had a journal that is gone; its incidents, "
+            "approvals, runs and audit trail are lost. Every target starts disarmed: check "
+            "which unit runs, then re-arm (rollback-watchdog rearm)",
+            journal=str(store.path),
+            previous=lost.journal_id,
+            previous_created_at=timefmt.format_instant(lost.created_at),
+        )
+        store.disarm_after_loss(
+            [target.name for target in settings.targets],
+            at=now,
+            note=f"journal {lost.journal_id} was lost: re-arm once checked",
+        )
+    elif previous is not None and previous.journal_id != store.journal_id:
         log.warning(
             "the state directory held another journal before this one",
             journal=str(store.path),
             previous=previous.journal_id,
             previous_created_at=timefmt.format_instant(previous.created_at),
         )
-        return
-    log.error(
-        "journal lost: the state directory had a journal that is gone; its incidents, "
-        "approvals, runs and audit trail are lost. Every target starts disarmed: check which "
-        "unit runs, then re-arm (rollback-watchdog rearm)",
-        journal=str(store.path),
-        previous=previous.journal_id,
-        previous_created_at=timefmt.format_instant(previous.created_at),
-    )
-    for target in settings.targets:
-        store.set_armed(
-            target.name,
-            False,
-            at=now,
-            by="rollback-watchdog",
-            note=f"journal {previous.journal_id} was lost: re-arm once checked",
+    if previous is None or previous.journal_id != store.journal_id:
+        statedir.write_marker(
+            settings.state_dir, statedir.Marker(store.journal_id, store.created_at)
         )
 
 
@@ -370,8 +381,9 @@ async def _run(
             log.warning("state directory tightened: owner only", change=change)
         store = journal.Journal.open(settings.state_dir)
         resources.callback(store.close)
-        _check_predecessor(store, settings, clock())
+        _claim(store, settings, clock())
         recorder = telemetry.Recorder()
+        recorder.journal_intact.set(1)  # just opened: ours
         source = prometheus.PrometheusSource(settings.prometheus)
         resources.callback(source.close)
         guards: list[Guard] = []
@@ -391,6 +403,7 @@ async def _run(
         gatekeeper = gate.Gate(settings, store, _notifiers(settings, secrets, store), clock=clock)
         resources.push_async_callback(gatekeeper.aclose)
         intake = Intake(gatekeeper, guards, recorder, clock)
+        resources.callback(intake.flush)  # what was counted last is logged at the stop
         rule_sets = {t.name: rules.load(t.rules).rules for t in settings.targets}
         intake.route_before_start(  # alerts that arrive while starting are kept
             [

@@ -205,9 +205,11 @@ def _newer_than_rearm(
     """Split counted signals into those with evidence newer than the re-arm and those without.
 
     A delivered alert is new if its firing began, or it was delivered again, at or after the
-    re-arm;
-    a rule's own state is new if its condition held for its whole ``for`` after the re-arm
-    (like warm-up); a rule kept firing by ``keep_firing_for`` was last true at ``kept_since``.
+    re-arm. A rule's own state is new once its expression reads only data from after the
+    re-arm (its range windows and offsets, ``lookback_seconds``, have passed) and its condition
+    has then held for its whole ``for``, like warm-up: a ``changes(x[15m]) >= 3`` still
+    counting restarts from before the rollback is no new evidence. A rule kept firing by
+    ``keep_firing_for`` was last true at ``kept_since``.
     """
     if armed_at is None:
         return counted, []
@@ -218,8 +220,9 @@ def _newer_than_rearm(
         if signal.evidence_at is not None:
             newer = max(since, signal.evidence_at) >= armed_at
         else:
+            clean = armed_at + signal.rule.lookback_seconds  # its data all from after
             last_true = signal.kept_since if signal.kept_since is not None else now
-            newer = last_true - max(since, armed_at) >= signal.rule.for_seconds
+            newer = last_true - max(since, clean) >= signal.rule.for_seconds
         (fresh if newer else stale).append(signal)
     return fresh, stale
 

@@ -401,33 +401,22 @@ class Journal:
         self.path = path
         self._identity = _file_identity(path)
         self._lost: str | None = None
+        self._losing = threading.Lock()
         self.journal_id = ""
         self.created_at = 0.0
-        # set by ``open`` when the state directory last held another journal
-        self.predecessor: statedir.Marker | None = None
-        self.created = False  # this open created the database file
+        self.created = False  # this open created the journal (it had no identity yet)
 
     @classmethod
     def open(cls, state_dir: Path) -> Journal:
-        """Open (creating and migrating as needed) the journal in ``state_dir``, and check it
-        against the directory's marker: ``predecessor`` is set when the directory last held
-        another journal (with ``created``: that one is gone)."""
+        """Open (creating and migrating as needed) the journal in ``state_dir``. A journal
+        created here while the directory's marker names another one records that loss in
+        itself, in the transaction that creates it (``lost_predecessor``)."""
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state_dir / DATABASE_NAME
-        created = not path.exists()
-        if created:
+        if not path.exists():
             _set_aside_orphans(path)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # never 0644 via umask
-        journal = cls._connect(path)
-        journal.created = created
-        previous = statedir.read_marker(state_dir)
-        if previous is not None and previous.journal_id != journal.journal_id:
-            journal.predecessor = previous
-        if previous is None or journal.predecessor is not None:
-            statedir.write_marker(
-                state_dir, statedir.Marker(journal.journal_id, journal.created_at)
-            )
-        return journal
+        return cls._connect(path, statedir.read_marker(state_dir))
 
     @classmethod
     def open_existing(cls, state_dir: Path) -> Journal:
@@ -438,10 +427,10 @@ class Journal:
             raise errors.InputError(
                 f"no journal at {path}: has `rollback-watchdog run` started with this config?"
             )
-        return cls._connect(path)
+        return cls._connect(path, statedir.read_marker(state_dir))
 
     @classmethod
-    def _connect(cls, path: Path) -> Journal:
+    def _connect(cls, path: Path, marker: statedir.Marker | None) -> Journal:
         connection = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=10.0
         )
@@ -452,7 +441,7 @@ class Journal:
         connection.execute("PRAGMA foreign_keys=ON")
         journal = cls(connection, path)
         journal._migrate()
-        journal._identify()
+        journal._identify(marker)
         return journal
 
     def close(self) -> None:
@@ -483,16 +472,47 @@ class Journal:
                     raise
                 self._db.execute("COMMIT")
 
-    def _identify(self) -> None:
-        """This journal's id and creation time, made once (the marker and ``intact`` read it)."""
+    def _identify(self, marker: statedir.Marker | None) -> None:
+        """This journal's id and creation time, made once. A journal that has none is new
+        (whatever the file looked like: missing, empty, 0 bytes); if the directory's marker
+        names another journal, that one was lost, and the new journal says so itself."""
         with self._lock, _transaction(self._db):
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?), "
-                "('created_at', ?)",
-                (uuid.uuid4().hex, repr(time.time())),
-            )
             rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            if "journal_id" not in rows:
+                self.created = True
+                fresh = {"journal_id": uuid.uuid4().hex, "created_at": repr(time.time())}
+                if marker is not None:
+                    fresh["lost_journal"] = marker.journal_id
+                    fresh["lost_created_at"] = repr(marker.created_at)
+                self._db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)", list(fresh.items())
+                )
+                rows = fresh
         self.journal_id, self.created_at = rows["journal_id"], float(rows["created_at"])
+
+    def lost_predecessor(self) -> statedir.Marker | None:
+        """The journal this one replaced when it was created, until ``disarm_after_loss``."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "lost_journal" not in rows or "lost_handled_at" in rows:
+            return None
+        return statedir.Marker(rows["lost_journal"], float(rows["lost_created_at"]))
+
+    def disarm_after_loss(self, targets: Sequence[str], *, at: float, note: str) -> None:
+        """Disarm every target and mark the loss handled, in one transaction: a crash in
+        between leaves both undone, and the next start does it again."""
+        with self._lock, self._write():
+            for target in targets:
+                self._db.execute(
+                    "INSERT INTO targets (name, armed, changed_at, changed_by, note) "
+                    "VALUES (?, 0, ?, 'rollback-watchdog', ?) ON CONFLICT (name) DO UPDATE SET "
+                    "armed = 0, changed_at = excluded.changed_at, "
+                    "changed_by = excluded.changed_by, note = excluded.note",
+                    (target, at, note),
+                )
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('lost_handled_at', ?)", (repr(at),)
+            )
 
     # -- is this still the journal we opened? ----------------------------------------------
 
@@ -517,11 +537,14 @@ class Journal:
         return None
 
     def _lose(self, problem: str) -> None:
-        self._lost = (
-            f"the journal is not the one this daemon opened ({problem}): nothing written now "
-            "would survive a restart, so no action is taken; find out what happened to it, "
-            "then restart the watchdog"
-        )
+        with self._losing:  # found by a write and by readiness at once: said once
+            if self._lost is not None:
+                return
+            self._lost = (
+                f"the journal is not the one this daemon opened ({problem}): nothing written "
+                "now would survive a restart, so no action is taken; find out what happened to "
+                "it, then restart the watchdog"
+            )
         log.error("journal lost", problem=problem, path=str(self.path), action="none until restart")
 
     @contextlib.contextmanager
@@ -772,12 +795,15 @@ class Journal:
 
     def prune(self, before: float) -> dict[str, int]:
         """Delete verdict changes and alerts older than ``before`` (the retention); each
-        target's latest verdict change stays, as do incidents, approvals, runs and the audit
-        trail. How many rows of each went."""
+        target's latest verdict change stays, and those that led to a run (its report reads
+        them), as do incidents, approvals, runs and the audit trail. How many rows went."""
         with self._lock, self._write():
-            evaluations = self._db.execute(
+            evaluations = self._db.execute(  # a run's report reads those behind its incident
                 "DELETE FROM evaluations WHERE at < ? AND id NOT IN "
-                "(SELECT MAX(id) FROM evaluations GROUP BY target)",
+                "(SELECT MAX(id) FROM evaluations GROUP BY target) AND NOT EXISTS "
+                "(SELECT 1 FROM incidents JOIN runs ON runs.incident_id = incidents.id "
+                "WHERE incidents.target = evaluations.target "
+                "AND evaluations.at BETWEEN incidents.opened_at AND runs.started_at)",
                 (before,),
             ).rowcount
             alerts = self._db.execute(
@@ -970,9 +996,9 @@ class Journal:
         """Keep one delivery's alerts, each (fingerprint, startsAt) once: a re-delivery only
         refreshes it. A resolution sticks (a late retry of the firing state cannot undo it).
 
-        At most ``limit`` alerts are kept. When full, resolved ones and those not delivered
-        since ``forget_before`` make room first; a new alert that still finds none is dropped
-        and counted, so a flood can never push out the evidence already kept."""
+        At most ``limit`` alerts are kept. When full, those not delivered since
+        ``forget_before`` make room first; a new alert that still finds none is dropped and
+        counted, so a flood can never push out the evidence already kept."""
         new: list[AlertRecord] = []
         repeated = resolved = dropped = 0
         with self._lock, self._write():
@@ -1035,12 +1061,13 @@ class Journal:
         )
 
     def _purge_alerts(self, forget_before: float | None) -> int:
-        """Forget alerts that are no evidence any more: resolved, or not delivered again since
-        ``forget_before`` (lock held, in a transaction); how many."""
-        cursor = self._db.execute(
-            "DELETE FROM alerts WHERE status = 'resolved' OR last_seen < ?",
-            (forget_before if forget_before is not None else -1e18,),
-        )
+        """Forget the alerts not delivered again since ``forget_before`` (lock held, in a
+        transaction); how many. Only those: a resolved row must outlive a late retry of its
+        firing state (or the retry would act), and a spent one the re-deliveries of its alert
+        (or they would act again) -- Alertmanager re-sends well within ``forget_after``."""
+        if forget_before is None:
+            return 0
+        cursor = self._db.execute("DELETE FROM alerts WHERE last_seen < ?", (forget_before,))
         return cursor.rowcount
 
     def record_unrouted(self, alerts: Sequence[UnroutedRecord], *, at: float, limit: int) -> int:

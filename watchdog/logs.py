@@ -27,24 +27,28 @@ from typing import Any, Literal, TextIO
 import structlog
 
 REDACTED = "[REDACTED]"
-_MIN_SECRET = 4  # shorter "secrets" would redact ordinary words
+MIN_SECRET = 8  # shorter "secrets" would redact ordinary words (and are weak besides)
+_VALUE = r"[^ \t\r\n'\",;]+"  # up to a space, a line end or a quote; control bytes included
+# a value that looks like a credential, not a word: it has a digit, a symbol or a control byte
+_CREDENTIAL = r"(?=[^ \t\r\n'\",;]*[0-9_\-.=+/\x00-\x1f\x7f])[^ \t\r\n'\",;]{6,}"
+# ... and as a key's value (``password=...&user=...``, ``{"token": ...}``)
+_PAIR = r"(?=[^ \t\r\n'\",;&}]*[0-9_\-.=+/\x00-\x1f\x7f])[^ \t\r\n'\",;&}]{6,}"
+_SCHEMES = r"(?:Bearer|Basic|Token|Digest|Negotiate)"
 _PATTERNS = (
     # an Authorization header's value, with or without its scheme, as text or a bytes repr
     (
         re.compile(
-            r"(?i)\b((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:(\w+)\s+)?[^\s'\",]+"
+            rf"(?i)\b((?:proxy-)?authorization['\"]?[ \t]*[:=][ \t]*['\"]?)(?:({_SCHEMES})[ \t]+)?"
+            rf"{_VALUE}"
         ),
         lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}",
     ),
-    # a scheme as clients send it (prose such as "a bearer token" is left alone)
-    (
-        re.compile(r"\b(Bearer|Basic|BEARER|BASIC)\s+[^\s'\",]+"),
-        lambda m: f"{m.group(1)} {REDACTED}",
-    ),
+    (re.compile(rf"(?i)\b({_SCHEMES})[ \t]+{_CREDENTIAL}"), lambda m: f"{m.group(1)} {REDACTED}"),
     (re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+"), lambda m: REDACTED),
     (
         re.compile(
-            r"(?i)\b(password|passwd|secret|token|api[_-]?key)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}&]+"
+            rf"(?i)\b(password|passwd|secret|token|api[_-]?key)(['\"]?[ \t]*[:=][ \t]*['\"]?)"
+            rf"{_PAIR}"
         ),
         lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}",
     ),
@@ -62,7 +66,7 @@ class Redactor:
     def add(self, *secrets: str | None) -> None:
         """Secrets to redact wherever they appear (tokens, passwords, signing secrets)."""
         with self._lock:
-            self._secrets.update(s for s in secrets if s and len(s) >= _MIN_SECRET)
+            self._secrets.update(s for s in secrets if s and len(s) >= MIN_SECRET)
             longest_first = sorted(self._secrets, key=len, reverse=True)
             self._known = (
                 re.compile("|".join(re.escape(s) for s in longest_first)) if longest_first else None
@@ -153,9 +157,10 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     # the libraries say what went wrong, not each request they made (httpx logs those at info)
-    root.setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+    root.setLevel(max(numeric, logging.WARNING))
     logging.getLogger("watchdog").setLevel(numeric)
     logging.captureWarnings(True)
+    logging.raiseExceptions = False  # a line that fails to format is dropped, never printed raw
 
 
 def reset() -> None:
@@ -167,6 +172,7 @@ def reset() -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.NOTSET)
     logging.captureWarnings(False)
+    logging.raiseExceptions = True
     REDACTOR.clear()
 
 

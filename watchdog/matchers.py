@@ -5,7 +5,9 @@ An alert from Alertmanager counts for a target only when its labels say so (DESI
 is written as a PromQL selector, ``{job="lavalink-rust", instance=~"node-1:.*"}`` (every matcher
 must hold), optionally led by an alert name (``LavalinkDown{job="lavalink-rust"}`` also wants
 ``alertname="LavalinkDown"``). promql-parser reads them, so the syntax and its errors are
-Prometheus's own; regular expressions are anchored at both ends, as there.
+Prometheus's own; regular expressions are anchored at both ends and ASCII, as RE2 reads them
+there. A set must require a value of some label besides ``alertname``: a name alone, or only
+exclusions, or a pattern every value fits, would take in other teams' and hosts' alerts.
 
 Pure: value types and matching, no I/O.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +49,15 @@ class Matcher:
     op: Op
     value: str
 
+    def requires_a_value(self) -> bool:
+        """Whether it narrows alerts down: an equality with a value, or a pattern that not
+        just any value fits (``.*``, ``.+`` and their like would route nearly everything)."""
+        if self.op is Op.EQUAL:
+            return self.value != ""
+        if self.op is Op.MATCH:
+            return not any(_compiled(self.value).fullmatch(probe) for probe in _PROBES)
+        return False
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = labels.get(self.name, "")
         if self.op is Op.EQUAL:
@@ -73,6 +85,7 @@ class MatcherSet:
         return "{" + ", ".join(str(m) for m in self.matchers) + "}"
 
 
+@functools.lru_cache(maxsize=256)  # read for every delivery and every tick: parsed once
 def parse(text: str) -> MatcherSet:
     """``{a="b", c=~"d"}`` (or ``Name{...}``, or a bare ``a="b"``) as a matcher set;
     ``ValueError`` saying what is wrong otherwise."""
@@ -97,6 +110,12 @@ def parse(text: str) -> MatcherSet:
     if parsed.name:  # the selector's metric name is the alert's name
         found = [m for m in found if m.name != "__name__"]
         found.insert(0, Matcher("alertname", Op.EQUAL, parsed.name))
+    if not any(m.name != "alertname" and m.requires_a_value() for m in found):
+        raise ValueError(
+            f"{text!r}: a matcher set must say which service an alert is about, with a label "
+            'besides alertname that it requires (e.g. job="lavalink-rust"): an alert\'s name '
+            "alone, or a pattern any value fits, would take other teams' and hosts' alerts"
+        )
     return MatcherSet(tuple(found))
 
 
@@ -105,15 +124,24 @@ def _matcher(raw: promql_parser.Matcher) -> Matcher:
     name = "alertname" if raw.name == "__name__" else raw.name
     if op in (Op.MATCH, Op.NOT_MATCH):
         try:
-            _compiled(raw.value)
-        except re.error as exc:  # RE2 syntax Python's re does not know, e.g. \pL
-            raise ValueError(f"{name}{op.value}{raw.value!r}: unsupported regex: {exc}") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # "possible nested set": [[:alpha:]] and kin
+                _compiled(raw.value)
+        except (re.error, FutureWarning) as exc:  # RE2 syntax re reads otherwise, or not at all
+            raise ValueError(
+                f"{name}{op.value}{raw.value!r}: unsupported regex ({exc}); POSIX classes such "
+                "as [[:alpha:]] and \\p{...} are not supported: write [a-zA-Z]"
+            ) from None
     return Matcher(name, op, raw.value)
+
+
+# values a pattern must not all fit to narrow anything down (RE2 and re agree on ASCII here)
+_PROBES = ("", "x", "rollback-watchdog-probe-7f3a", "0")
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    return re.compile(pattern, re.ASCII)  # \d, \w, \s are ASCII in RE2, as in Prometheus
 
 
 def any_matches(sets: Sequence[MatcherSet], labels: Mapping[str, str]) -> bool:

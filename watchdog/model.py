@@ -147,6 +147,9 @@ class Rule:
     group: str = ""
     line: int = 0
     origin: Origin = Origin.PROMETHEUS  # a systemd signal ignores the presence query
+    # how far back its expression reads (range windows, subqueries, offsets): after a re-arm,
+    # only values computed from data newer than the re-arm are evidence
+    lookback_seconds: float = 0.0
 
 
 class Unrouted(enum.StrEnum):

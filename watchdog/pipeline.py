@@ -101,10 +101,10 @@ class Target:
             0 if observation.presence.ok else 1
         )
         evaluated_rules = rules
-        if self.watch is not None:  # systemd's own view: needs no Prometheus
-            observation = with_systemd(observation, self.watch, at)
-            evaluated_rules = [*rules, self.watch.rule]
         await self._follow_arming()
+        if self.watch is not None:  # systemd's own view: needs no Prometheus
+            observation = with_systemd(observation, self.watch, at, since=self.state.armed_at)
+            evaluated_rules = [*rules, self.watch.rule]
         evaluated, memory = evaluation.evaluate(
             self.name, evaluated_rules, observation, self.memory
         )
@@ -232,11 +232,16 @@ def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Ob
 
 
 def with_systemd(
-    observation: model.Observation, watch: systemd_watch.SystemdWatch, at: float
+    observation: model.Observation,
+    watch: systemd_watch.SystemdWatch,
+    at: float,
+    *,
+    since: float | None = None,
 ) -> model.Observation:
-    """The observation plus the systemd watch's crash-loop input; systemd's activation time
-    stands in when Prometheus could not say when the primary started."""
-    results = {**observation.results, watch.rule.name: watch.observe(at)}
+    """The observation plus the systemd watch's crash-loop input (restarts from ``since`` on:
+    the last re-arm); systemd's activation time stands in when Prometheus could not say when
+    the primary started."""
+    results = {**observation.results, watch.rule.name: watch.observe(at, since=since)}
     activated_at, failed = observation.activated_at, observation.activation_failed
     if activated_at is None or failed:
         from_systemd = watch.activated_at()

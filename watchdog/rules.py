@@ -201,7 +201,32 @@ def _load_rule(
         file=document.source,
         group=group,
         line=document.line_of((*path, "alert")),
+        lookback_seconds=lookback_of(parsed),
     )
+
+
+def lookback_of(node: Any) -> float:
+    """How far back an expression reads, in seconds: the longest chain of range windows,
+    subquery ranges and offsets (``changes(x[15m] offset 1m)`` reads 16 minutes back)."""
+    if isinstance(node, promql_parser.MatrixSelector):
+        return _seconds(node.range) + lookback_of(node.vector_selector)
+    if isinstance(node, promql_parser.VectorSelector):
+        return _seconds(node.offset)
+    if isinstance(node, promql_parser.SubqueryExpr):
+        return _seconds(node.range) + _seconds(node.offset) + lookback_of(node.expr)
+    children: list[Any] = []
+    for key in ("lhs", "rhs", "expr", "param"):
+        child = getattr(node, key, None)
+        if child is not None and not isinstance(child, str | int | float):
+            children.append(child)
+    args = getattr(node, "args", None)
+    if args is not None:
+        children.extend(args)
+    return max((lookback_of(child) for child in children), default=0.0)
+
+
+def _seconds(delta: Any) -> float:
+    return float(delta.total_seconds()) if delta is not None else 0.0
 
 
 def classify(labels: Mapping[str, str]) -> tuple[model.Severity, model.Category, float]:

@@ -42,7 +42,9 @@ from typing import Any, Final, Literal, Protocol, cast
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -103,6 +105,7 @@ _CONTEXT: Final = web.AppKey("context", Context)
 _WHO: Final = web.RequestKey("who", str)  # the operator the request's token names
 _WHY: Final = web.RequestKey("why", str)  # a refusal's reason, for the tally (fixed words)
 REFUSALS_EVERY = 60.0  # seconds: refused requests are logged as one line per this at most
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def problem(status: int, message: str, **headers: str) -> web.Response:
@@ -129,7 +132,8 @@ def _refused(request: web.Request, status: int) -> None:
     route = info.route.resource.canonical if info.route.resource is not None else "(no route)"
     context.recorder.refused.labels(route, str(status)).inc()
     why = request.get(_WHY, HTTPStatus(status).phrase)
-    context.refusals.add(f"{request.method} {route} {status}: {why}")
+    method = request.method if request.method in _METHODS else "OTHER"  # any token is a method
+    context.refusals.add(f"{method} {route} {status}: {why}")
 
 
 async def _answer(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
@@ -369,7 +373,8 @@ async def _rollback(request: web.Request) -> web.Response:
     if answer.refusal is not None:
         return problem(_REFUSED_STATUS[answer.refusal], answer.message)
     return web.json_response(
-        {"incident": answer.incident, "message": answer.message}, status=HTTPStatus.ACCEPTED
+        {"incident": answer.incident, "by": who, "message": answer.message},
+        status=HTTPStatus.ACCEPTED,
     )
 
 
@@ -466,6 +471,42 @@ def build_app(
     return app
 
 
+class _QuietHandler(RequestHandler):
+    """aiohttp's protocol, but a request it cannot parse gets a fixed 400 body: aiohttp's own
+    body quotes the raw line back, and with it a token, to whatever proxy logs answers."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            message = "the request could not be parsed (nothing of it is repeated here)"
+        return super().handle_error(request, status, exc, message)
+
+
+class _QuietServer(web.Server):
+    """Makes each connection's protocol a ``_QuietHandler``."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _QuietHandler  # same slots: only handle_error differs
+        return handler
+
+
+class _Runner(web.AppRunner):
+    """The app's runner, with ``_QuietServer`` for its connections."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _QuietServer  # a subclass that adds no state
+        return server
+
+
 class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server log, for this listener: a request it cannot even parse (a control
     byte in a header, a broken request line) is a refusal like any other -- counted, never
@@ -521,7 +562,7 @@ async def serve(
         alertmanager_token=alertmanager_token,
         slack_secret=slack_secret,
     )
-    runner = web.AppRunner(
+    runner = _Runner(
         app,
         access_log=None,
         keepalive_timeout=settings.request_timeout,

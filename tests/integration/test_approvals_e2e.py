@@ -183,15 +183,22 @@ async def until(check: Any, what: str, within: float = 15.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def cli(config_path: Path, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    config_path: Path, *args: str, url: str | None = None, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it: ``token`` is theirs (else the shared one is used)."""
     where = ["--url", url] if url else []  # the test's listener took a free port (listen.port 0)
+    env = {**os.environ, **ENV}
+    env.pop("ROLLBACK_WATCHDOG_TOKEN", None)
+    if token is not None:
+        env["ROLLBACK_WATCHDOG_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "watchdog", *args, "--config", str(config_path), *where],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, **ENV},
+        env=env,
     )
 
 
@@ -292,12 +299,17 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
         assert "already received" in (await asyncio.to_thread(store.audit_trail))[0].detail
 
     voted = await asyncio.to_thread(
-        cli, running.config_path, "approve", str(asked.id), "--as", "U0BOB", url=running.url
+        cli, running.config_path, "approve", str(asked.id), url=running.url, token=ENV["WD_BOB"]
     )
     assert voted.returncode == 0, voted.stderr
     assert voted.stdout.strip() == "approved by U0ALICE, U0BOB (api)"
     again = await asyncio.to_thread(
-        cli, running.config_path, "deny", str(asked.id), "--as", "mallory", url=running.url
+        cli,
+        running.config_path,
+        "deny",
+        str(asked.id),
+        url=running.url,
+        token=ENV["WD_MALLORY"],
     )
     assert again.returncode == 1
     assert f"approval #{asked.id} was already approved (HTTP 409)" in again.stderr
@@ -336,9 +348,8 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
         "--reason",
         "drill",
         "--yes",
-        "--as",
-        "U0BOB",
         url=running.url,
+        token=ENV["WD_BOB"],
     )
     assert ordered.returncode == 1
     assert "cannot start now: no executor is connected (HTTP 503)" in ordered.stderr
@@ -348,7 +359,7 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
 
 async def test_cli_votes_refuse_strangers_and_bad_ids(running: Running) -> None:
     stranger = await asyncio.to_thread(
-        cli, running.config_path, "approve", "5", "--as", "mallory", url=running.url
+        cli, running.config_path, "approve", "5", url=running.url, token=ENV["WD_MALLORY"]
     )
     assert stranger.returncode == 2 and "there is no approval #5 (HTTP 404)" in stranger.stderr
     bad = await asyncio.to_thread(cli, running.config_path, "deny", "five", url=running.url)

@@ -473,9 +473,8 @@ async def test_a_journal_deleted_while_running_stops_every_new_action(
 
 async def test_a_start_on_a_lost_journal_says_so_and_starts_disarmed(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
-    store = journal.Journal.open(settings.state_dir)
-    old = store.journal_id
-    store.close()
+    async with started(settings) as (_, running):  # a first life: it claims the directory
+        old = running.journal.journal_id
     (settings.state_dir / journal.DATABASE_NAME).unlink()  # deleted while the daemon was down
     stream = io.StringIO()
     logs.configure(stream=stream)
@@ -489,6 +488,14 @@ async def test_a_start_on_a_lost_journal_says_so_and_starts_disarmed(tmp_path: P
     [lost] = [line for line in lines if line["event"].startswith("journal lost")]
     assert lost["level"] == "error" and lost["previous"] == old
     assert "Every target starts disarmed" in lost["event"]
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        async with started(settings) as (_, running):  # said once: the next start is quiet
+            assert not running.journal.arming("lavalink").armed  # still, until re-armed
+    finally:
+        logs.reset()
+    assert "journal lost" not in stream.getvalue()
 
 
 async def test_the_state_directory_is_tightened_and_open_token_files_are_named(

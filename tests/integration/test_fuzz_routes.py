@@ -1203,6 +1203,7 @@ def test_fuzz_a_control_byte_in_a_header_is_a_400_that_never_logs_the_header(
         answer = send_raw(live.daemon.url, request)
         status = answer.split(b"\r\n", 1)[0]
         assert b" 400 " in status, answer[:200]
+        assert secret[:12] not in answer and secret[5:] not in answer  # nothing echoed
 
     fuzz()
     assert len(examples) >= 120, len(examples)

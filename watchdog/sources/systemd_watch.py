@@ -117,15 +117,17 @@ class SystemdWatch:
         last = self._last
         return last is not None and last.error is not None and last.error.startswith("no answer")
 
-    def restarts(self) -> int:
-        """Automatic restarts of the primary within the window, as the rule counts them."""
-        if not self._restarts:
+    def restarts(self, since: float | None = None) -> int:
+        """Automatic restarts of the primary within the window (and since ``since``: after a
+        re-arm only the restarts after it count), as the rule counts them."""
+        counts = [count for at, count in self._restarts if since is None or at >= since]
+        if not counts:
             return 0
-        newest = self._restarts[-1][1]
-        return newest - min(count for _, count in self._restarts)
+        return counts[-1] - min(counts)
 
-    def observe(self, now: float) -> model.QueryResult:
-        """The crash-loop signal's input at ``now``: one series while it holds, none otherwise."""
+    def observe(self, now: float, *, since: float | None = None) -> model.QueryResult:
+        """The crash-loop signal's input at ``now``: one series while it holds, none otherwise.
+        ``since``: count only restarts seen from then on (the target's last re-arm)."""
         last = self._last
         if last is None:
             return model.QueryResult(error="systemd watch: no reading yet")
@@ -133,7 +135,7 @@ class SystemdWatch:
             return model.QueryResult(error=f"systemd watch: {last.error}")
         if self._stale(last, now):
             return model.QueryResult(error=f"systemd watch: last reading {now - last.at:.0f}s old")
-        restarts = self.restarts()
+        restarts = self.restarts(since)
         if restarts < self.settings.crash_loop_restarts:
             return model.QueryResult()
         labels = model.labels_of({"unit": self.primary})
