@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon
 
-.PHONY: test demo bench bench-rollback bench-detection bench-ingest lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-detection: system-deps $(BIN)/.installed
 
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --alerts 1000 --repeats 20 --rate 500 --duration 30 --json
+
+# BEFORE=DIR: the same flood on another checkout (git worktree add DIR <commit>), for a before/after
+bench-flood: $(BIN)/.installed
+	$(BIN)/python bench/flood.py --runs 3 $(if $(BEFORE),--code $(BEFORE))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

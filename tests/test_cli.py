@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,32 @@ def config_file(tmp_path: Path, extra: str = "", rules: str | None = None) -> Pa
         + extra
     )
     return path
+
+
+@contextlib.contextmanager
+def running_daemon(
+    path: Path, *, until: Callable[[list[str]], bool], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``run`` as a process, its stderr read line by line until ``until`` says so; stopped
+    with SIGTERM at the end of the block, the rest of its lines added."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:
+            lines.append(line)
+            if until(lines):
+                break
+        yield daemon, lines
+    finally:
+        daemon.terminate()
+        lines.extend(daemon.communicate(timeout=30)[1].splitlines())
 
 
 def test_validate_shipped_files() -> None:
@@ -339,24 +367,12 @@ def test_run_logs_json_keeps_going_without_prometheus_and_never_logs_secrets(
         f"  {{url: 'http://127.0.0.1:{closed_port()}', retries: 1, bearer_token_env: WD_TOKEN}}\n",
     )
     env = {**os.environ, "WD_TOKEN": secret}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert daemon.stderr is not None
-        for line in daemon.stderr:
-            lines.append(line)
-            if sum('"event": "evaluated"' in seen for seen in lines) >= 3:
-                break
-    finally:
-        daemon.terminate()
-        rest = daemon.communicate(timeout=30)[1]
-    lines.extend(rest.splitlines())
+
+    def evaluated_thrice(seen: list[str]) -> bool:
+        return sum('"event": "evaluated"' in line for line in seen) >= 3
+
+    with running_daemon(path, until=evaluated_thrice, env=env) as (daemon, lines):
+        pass
     events = [json.loads(line) for line in lines if line.strip()]
     evaluated = [e for e in events if e["event"] == "evaluated"]
     assert len(evaluated) >= 3
@@ -456,19 +472,11 @@ def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path
         f"interval: 1s\nlisten: {{port: {port}, token_file: {tmp_path / 'api.token'}}}\n"
         + unreachable(),
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "--config", str(path)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert daemon.stderr is not None
-        for line in daemon.stderr:
-            lines.append(line)
-            if '"event": "started"' in line:
-                break
+
+    def started(seen: list[str]) -> bool:
+        return '"event": "started"' in seen[-1]
+
+    with running_daemon(path, until=started) as (daemon, lines):
         for value in (b"\x01", b"\x00", b"\x1b[31m"):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 conn.sendall(
@@ -479,10 +487,6 @@ def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path
                 )
                 answer = conn.recv(4096)
                 assert b" 400 " in answer.split(b"\r\n", 1)[0] and token.encode() not in answer
-    finally:
-        daemon.terminate()
-        rest = daemon.communicate(timeout=30)[1]
-    lines.extend(rest.splitlines())
     events = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
     refused = [e for e in events if e["event"] == "requests refused"]
     assert refused and "aiohttp could not parse it" in refused[0]["what"]

@@ -42,6 +42,42 @@ def test_creates_wal_database_at_latest_schema(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path) -> None:
+    """Schema 4 (the release before alert routing): its rows survive, an alert it kept for
+    the target by name alone stays in the table (it is routed again when read), and the new
+    journal gets an identity without taking itself for a lost one."""
+    path = tmp_path / journal.DATABASE_NAME
+    db = sqlite3.connect(path)
+    for version, script in enumerate(journal.MIGRATIONS[:4], start=1):
+        for statement in [part for part in script.split(";") if part.strip()]:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+    db.execute(
+        "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason) "
+        "VALUES ('lavalink', 10, 'closed', 'rollback', 'rollback', 'crash loop')"
+    )
+    db.execute(
+        "INSERT INTO targets (name, armed, changed_at, changed_by, note) "
+        "VALUES ('lavalink', 0, 20, 'rollback', 'rolled back by run #1')"
+    )
+    db.execute(
+        "INSERT INTO alerts (fingerprint, starts_at, target, alertname, status, labels, "
+        "annotations, first_seen, last_seen) VALUES ('fp', 1, 'lavalink', 'PostgresDown', "
+        "'firing', '{\"job\": \"postgres\"}', '{}', 1, 1)"
+    )
+    db.commit()
+    db.close()
+    store = journal.Journal.open(tmp_path)
+    assert store.schema_version == len(journal.MIGRATIONS) == 5
+    assert [(i.verdict, i.reason) for i in store.incidents()] == [("rollback", "crash loop")]
+    assert not store.arming("lavalink").armed  # still disarmed after the upgrade
+    assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["PostgresDown"]
+    assert store.unrouted() == (0, [])
+    assert store.journal_id  # an identity of its own from now on
+    assert store.lost_predecessor() is None  # no marker yet: nothing was lost
+    store.close()
+
+
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     journal.Journal.open(tmp_path).close()
     db = sqlite3.connect(tmp_path / journal.DATABASE_NAME)
@@ -210,12 +246,12 @@ def test_a_journal_created_where_another_was_records_the_loss_itself(
     tmp_path: Path, how: str
 ) -> None:
     first = journal.Journal.open(tmp_path)
-    assert first.created and first.lost_predecessor() is None
+    assert first.lost_predecessor() is None
     first_id = first.journal_id
     claim(first, tmp_path)
     first.close()
     again = journal.Journal.open(tmp_path)  # the same journal: nothing to say
-    assert (again.created, again.lost_predecessor(), again.journal_id) == (False, None, first_id)
+    assert (again.lost_predecessor(), again.journal_id) == (None, first_id)
     again.close()
     path = tmp_path / journal.DATABASE_NAME
     if how == "emptied":

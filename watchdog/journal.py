@@ -404,7 +404,6 @@ class Journal:
         self._losing = threading.Lock()
         self.journal_id = ""
         self.created_at = 0.0
-        self.created = False  # this open created the journal (it had no identity yet)
 
     @classmethod
     def open(cls, state_dir: Path) -> Journal:
@@ -479,7 +478,6 @@ class Journal:
         with self._lock, _transaction(self._db):
             rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             if "journal_id" not in rows:
-                self.created = True
                 fresh = {"journal_id": uuid.uuid4().hex, "created_at": repr(time.time())}
                 if marker is not None:
                     fresh["lost_journal"] = marker.journal_id
@@ -1162,20 +1160,17 @@ class Journal:
         action keeps counting while its incident is open (the evidence still holds; the
         incident acts once), but never after: a re-delivery cannot act a second time."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT alerts.* FROM alerts "
+            rows = self._db.execute(  # one row per name, the oldest, dated by the newest
+                "SELECT * FROM (SELECT alerts.*, ROW_NUMBER() OVER names AS nth, "
+                "MAX(alerts.last_seen) OVER names AS latest FROM alerts "
                 "LEFT JOIN incidents ON incidents.id = alerts.spent_by "
                 "WHERE alerts.target = ? AND alerts.status = 'firing' AND alerts.last_seen >= ? "
                 "AND (alerts.spent_by IS NULL OR incidents.status = 'open') "
-                "ORDER BY alerts.starts_at, alerts.rowid",
+                "WINDOW names AS (PARTITION BY alerts.alertname ORDER BY alerts.starts_at, "
+                "alerts.rowid ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) "
+                "WHERE nth = 1 ORDER BY starts_at",
                 (target, seen_since),
             ).fetchall()
-        oldest: dict[str, sqlite3.Row] = {}
-        latest: dict[str, float] = {}
-        for row in rows:
-            name = row["alertname"]
-            oldest.setdefault(name, row)
-            latest[name] = max(latest.get(name, row["last_seen"]), row["last_seen"])
         return [
             AlertRecord(
                 fingerprint=row["fingerprint"],
@@ -1185,9 +1180,9 @@ class Journal:
                 status=row["status"],
                 labels=json.loads(row["labels"]),
                 annotations=json.loads(row["annotations"]),
-                last_seen=latest[name],
+                last_seen=row["latest"],
             )
-            for name, row in oldest.items()
+            for row in rows
         ]
 
     # -- approvals and the audit trail -----------------------------------------------------
