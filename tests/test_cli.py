@@ -494,3 +494,12 @@ def test_run_s_log_stays_json_and_tokenless_under_a_control_byte_header(tmp_path
     assert not any(token in line for line in lines)
     assert not any("Traceback" in line for line in lines)
     assert daemon.returncode == 0
+
+
+def test_through_the_daemon_the_token_names_you_not_by(tmp_path: Path) -> None:
+    (tmp_path / "api.token").write_text("op-t0ken-1234\n")
+    path = config_file(tmp_path, f"listen: {{token_file: {tmp_path / 'api.token'}}}\n")
+    done = cli("rollback", "--config", str(path), "--reason", "drill", "--yes", "--by", "alice")
+    assert_bad_input(
+        done, "--by names who rolls back with --local; through the daemon, your token does"
+    )

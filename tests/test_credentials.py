@@ -80,3 +80,21 @@ def test_the_alertmanager_token_is_never_an_operator_s() -> None:
             alertmanager_token="shared-1",
             passwords={},
         )
+
+
+def test_two_operators_with_one_token_are_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    from watchdog import config, daemon
+
+    (tmp_path / "a.token").write_text("same-t0ken-1\n")
+    digest = "sha256:" + hashlib.sha256(b"same-t0ken-1").hexdigest()
+    (tmp_path / "b.token").write_text(digest + "\n")  # the same token, kept as a digest
+    listen = config.ListenSettings(
+        operators=[
+            config.OperatorSettings(name="alice", token_file=tmp_path / "a.token"),
+            config.OperatorSettings(name="bob", token_file=tmp_path / "b.token"),
+        ]
+    )
+    with pytest.raises(errors.ConfigError, match="operators alice and bob have the same token"):
+        daemon._operators(listen)
