@@ -7,10 +7,10 @@ SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon
 
 .PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood lint system-deps clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./lab
 	touch $@
 
 # The real Prometheus and Alertmanager the tests and the demo run, and the real polkitd that

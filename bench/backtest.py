@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from watchdog import backtest, config, model, rules, timefmt
-from watchdog.sim import history, prometheus
 from watchdog.sources import prometheus as prometheus_source
+from watchdog_lab import history, prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0

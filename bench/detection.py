@@ -1,6 +1,6 @@
 """Benchmark: fault injected -> rollback verdict, the watchdog vs Prometheus + Alertmanager.
 
-Each run boots a fresh live stage (``watchdog.sim.stage``: the two simulator units in a sandboxed
+Each run boots a fresh live stage (``watchdog_lab.stage``: the two simulator units in a sandboxed
 systemd, a real Prometheus, the watchdog) with the shipped rules unchanged and a 5 s scrape,
 rule-evaluation and watchdog interval. The watchdog runs in observe mode: it decides but does not
 switch, so the fault stays in place for the standard path too (a switch would end the crash loop,
@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from watchdog.sim import alertmanager, live, prometheus, stage
+from watchdog_lab import alertmanager, live, prometheus, stage
 
 TIMEOUT = 180.0  # seconds from the injection for both paths to speak
 

@@ -1,7 +1,7 @@
 """Benchmark: decision -> verified fallback on a real (sandbox) systemd, vs the manual procedure.
 
 Two Lavalink simulators run as ``lavalink-rust.service`` and ``lavalink-java.service`` under a
-systemd booted in a throwaway namespace (``watchdog.sim.sandbox``). Each round switches Rust ->
+systemd booted in a throwaway namespace (``watchdog_lab.sandbox``). Each round switches Rust ->
 Java twice from the same starting state: once with ``rollback-watchdog rollback --yes`` and once
 with the operators' manual procedure exactly as written (``systemctl stop/disable/enable/start``,
 ``sleep 15``, curl checks) as a shell script. The fallback takes ``--startup-delay`` seconds to
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watchdog.sim import lavalink, sandbox, stage
+from watchdog_lab import lavalink, sandbox, stage
 
 PYTHON = sys.executable
 PASSWORD = stage.PASSWORD  # the layout and the simulators share it

@@ -1,4 +1,4 @@
-"""The Grafana annotator end to end against the fake Grafana (tests/sim/test_grafana_fake.py
+"""The Grafana annotator end to end against the fake Grafana (tests/lab/test_grafana_fake.py
 checks the fake against grafana-client): real HTTP on loopback, the incident's cards as the gate
 publishes them, and what Grafana ends up holding, read back through its own API.
 """
@@ -21,7 +21,7 @@ from watchdog import errors, logs
 from watchdog.notify import Card
 from watchdog.notify import grafana as grafana_module
 from watchdog.notify.grafana import GrafanaAnnotator
-from watchdog.sim.grafana import FakeGrafana
+from watchdog_lab.grafana import FakeGrafana
 
 TOKEN = "glsa_annotator_secret_7f3e9a1b2c4d"
 DASHBOARD = "rollback-watchdog"

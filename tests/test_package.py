@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,29 @@ def test_every_module_opens_with_a_docstring() -> None:
 
     missing = [
         str(path.relative_to(ROOT))
-        for path in (ROOT / "watchdog").rglob("*.py")
+        for folder in (ROOT / "watchdog", ROOT / "lab" / "watchdog_lab")
+        for path in folder.rglob("*.py")
         if not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert missing == []
+
+
+def test_the_wheel_holds_the_product_and_none_of_the_lab(tmp_path: Path) -> None:
+    """What operators install: the daemon's package only -- no simulator, fake, sandbox or demo
+    stage (they live in lab/, a distribution of their own)."""
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    built = subprocess.run(
+        [*pip, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("rollback_watchdog-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = [n for n in names if n.endswith(".py")]
+    assert "watchdog/cli.py" in modules and "watchdog/profiles/http/__init__.py" in modules
+    assert all(n.startswith("watchdog/") for n in modules), modules
+    lab_words = ("sim", "fake", "sandbox", "stage", "lab", "demo")
+    leaked = [n for n in modules if any(w in part for part in n.split("/") for w in lab_words)]
+    assert leaked == [], leaked

@@ -28,7 +28,7 @@ from watchdog.notify.slack import (
     parse_interaction,
     verify_signature,
 )
-from watchdog.sim.slack import block_actions, blocks_problem, interaction_body, sign
+from watchdog_lab.slack import block_actions, blocks_problem, interaction_body, sign
 
 # Slack's published example (docs.slack.dev/authentication/verifying-requests-from-slack).
 EXAMPLE_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -905,15 +906,25 @@ def _rearm(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # test/demo tooling, kept out of the daemon's imports
+    # The demo's stage is the lab's (simulators, sandbox systemd): a separate distribution that
+    # is never in the wheel, so it is looked up by name, and its absence is bad input.
+    try:
+        lab = importlib.import_module("watchdog_lab.demo" if args.replay else "watchdog_lab.live")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("watchdog_lab"):
+            raise
+        print(
+            "the demo needs the lab (simulators and the sandbox systemd), which is not part of "
+            "the installed package: from a clone of the repository, run `make demo`, or "
+            "`pip install -e ./lab` and try again",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     if args.replay:
-        from watchdog.sim import demo
-
-        replayed: int = demo.run(workdir=args.workdir, print_timeline=print_timeline)
+        replayed: int = lab.run(workdir=args.workdir, print_timeline=print_timeline)
         return replayed
-    from watchdog.sim import live
-
-    return live.run(workdir=args.workdir)
+    live: int = lab.run(workdir=args.workdir)
+    return live
 
 
 _HANDLERS = {

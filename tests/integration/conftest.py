@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim import history, prometheus
+from watchdog_lab import history, prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 2 * 3600.0

@@ -31,9 +31,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog import config, daemon, journal
-from watchdog.sim import alertmanager as sim_alertmanager
-from watchdog.sim import prometheus as sim_prometheus
-from watchdog.sim import stage
+from watchdog_lab import alertmanager as sim_alertmanager
+from watchdog_lab import prometheus as sim_prometheus
+from watchdog_lab import stage
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ class SimNode:
                 [
                     sys.executable,
                     "-m",
-                    "watchdog.sim.lavalink",
+                    "watchdog_lab.lavalink",
                     "--port",
                     str(self.port),
                     "--password",

@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from watchdog import config, daemon, journal
-from watchdog.sim import slack as fake_slack
+from watchdog_lab import slack as fake_slack
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog import config, daemon, journal, logs, model, sdnotify
-from watchdog.sim import prometheus as sim_prometheus
+from watchdog_lab import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
 

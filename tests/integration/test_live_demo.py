@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.sim import sandbox
+from watchdog_lab import sandbox
 
 pytestmark = [
     pytest.mark.integration,

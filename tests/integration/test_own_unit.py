@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from watchdog import model
-from watchdog.sim import lavalink, prometheus, sandbox, stage
+from watchdog_lab import lavalink, prometheus, sandbox, stage
 
 pytestmark = [
     pytest.mark.integration,

@@ -36,7 +36,7 @@ def simulator(*flags: str) -> Iterator[str]:
     """A Lavalink simulator process on a free port; its base URL once it answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "watchdog.sim.lavalink", "--port", str(port), *flags],
+        [sys.executable, "-m", "watchdog_lab.lavalink", "--port", str(port), *flags],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from watchdog import config, errors, model
-from watchdog.sim import openmetrics
-from watchdog.sim import prometheus as sim_prometheus
 from watchdog.sources import prometheus
+from watchdog_lab import openmetrics
+from watchdog_lab import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import bcrypt
 import pytest
 
 from watchdog import config
-from watchdog.sim import prometheus as sim_prometheus
 from watchdog.sources import prometheus
+from watchdog_lab import prometheus as sim_prometheus
 
 pytestmark = [
     pytest.mark.integration,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim import lavalink, prometheus, sandbox, stage
+from watchdog_lab import lavalink, prometheus, sandbox, stage
 
 pytestmark = [
     pytest.mark.integration,

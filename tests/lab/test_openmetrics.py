@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.sim.openmetrics import (
+from watchdog_lab.openmetrics import (
     Series,
     escape_label_value,
     format_timestamp,
     format_value,
     write_openmetrics,
 )
-from watchdog.sim.prometheus import create_blocks
+from watchdog_lab.prometheus import create_blocks
 
 T0 = 1_700_000_000.0
 AWKWARD_VALUE = 'back\\slash "quoted"\nsecond line'

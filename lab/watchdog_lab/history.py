@@ -34,7 +34,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from watchdog.sim.openmetrics import Series
+from watchdog_lab.openmetrics import Series
 
 RUST_JOB = "lavalink-rust"
 RUST_INSTANCE = "127.0.0.1:2333"

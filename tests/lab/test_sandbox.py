@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.sim.sandbox import (
+from watchdog_lab.sandbox import (
     INSIDE_DIR,
     Sandbox,
     SandboxUnavailable,

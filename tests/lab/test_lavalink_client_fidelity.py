@@ -3,7 +3,7 @@ would against Lavalink: its REST helpers, its WebSocket transport (`ready`, `sta
 error handling all run unchanged against simulator processes.
 
 No Discord library is needed: lavalink.py only wants the bot's user id. Every node is a real
-`python -m watchdog.sim.lavalink` subprocess, as in test_lavalink_sim.py.
+`python -m watchdog_lab.lavalink` subprocess, as in test_lavalink_sim.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lavalink.events import Event, NodeDisconnectedEvent, NodeReadyEvent
 from lavalink.server import LoadType
 from lavalink.server import Severity as LibrarySeverity
 
-from tests.sim.test_lavalink_sim import BOT_USER_ID, PASSWORD, Node, launch
+from tests.lab.test_lavalink_sim import BOT_USER_ID, PASSWORD, Node, launch
 
 STATS_INTERVAL = "0.5"
 EVENT_TIMEOUT = 5.0

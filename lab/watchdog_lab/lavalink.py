@@ -7,7 +7,7 @@ must talk to something that answers exactly as Lavalink does: the same auth rule
 the Prometheus series of `LavalinkStatsCollector`. The `java` flavour is Lavalink 4.2.2; the
 `rust` flavour differs where naoNao89/Lavalink-rust differs (`/version` JSON, hard-coded REST
 `frameStats`). A real client library (lavalink.py) is run against it in
-``tests/sim/test_lavalink_client_fidelity.py``.
+``tests/lab/test_lavalink_client_fidelity.py``.
 
 Faults, so a rollback can be provoked on purpose. All of them live in one `Faults` object; a
 start flag sets each, and the control endpoint changes them while the node runs:
@@ -44,7 +44,7 @@ wrong; never delayed or failed by the injected faults, so a test can always clea
   names the bad key, and nothing changes (the whole body is validated before any of it
   applies; unknown keys are rejected). Flags and the endpoint share the same checks.
 
-Run: ``python -m watchdog.sim.lavalink --port 2333 --flavour java``; import: `build_app`,
+Run: ``python -m watchdog_lab.lavalink --port 2333 --flavour java``; import: `build_app`,
 `serve`, `SimOptions`. Facts are from ``../shared/reference/lavalink.md`` sections 1 and 2.
 """
 
@@ -139,7 +139,7 @@ SEARCH_RESULT_COUNT: Final = 5
 SESSION_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 SESSION_ID_LENGTH: Final = 16
 
-log = logging.getLogger("watchdog.sim.lavalink")
+log = logging.getLogger("watchdog_lab.lavalink")
 
 
 @dataclass(frozen=True)
@@ -1565,7 +1565,7 @@ def _check_positive_seconds(value: object) -> float:
 
 def parse_options(argv: Sequence[str] | None = None) -> SimOptions:
     parser = argparse.ArgumentParser(
-        prog="python -m watchdog.sim.lavalink",
+        prog="python -m watchdog_lab.lavalink",
         description="Simulate one Lavalink v4 node (REST, WebSocket, /metrics) on a real port. "
         f"Faults can be changed while it runs: GET/POST {CONTROL_PATH} (see the module doc).",
     )
@@ -1685,7 +1685,7 @@ def command_line(flavour: str, *extra: str, password: str, port: int = 2333) -> 
         [
             sys.executable,
             "-m",
-            "watchdog.sim.lavalink",
+            "watchdog_lab.lavalink",
             "--host",
             "127.0.0.1",
             "--port",

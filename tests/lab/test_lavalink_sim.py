@@ -1,6 +1,6 @@
 """The Lavalink simulator answers as Lavalink does, over a real socket, from a real process.
 
-Every node here is `python -m watchdog.sim.lavalink` in a subprocess on a free port; REST goes
+Every node here is `python -m watchdog_lab.lavalink` in a subprocess on a free port; REST goes
 through httpx and the WebSocket through aiohttp's client, as a bot's library would talk to it.
 """
 
@@ -28,7 +28,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog.sim.lavalink import Faults, Severity, load_result, parse_options
+from watchdog_lab.lavalink import Faults, Severity, load_result, parse_options
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "youshallnotpass"
@@ -149,7 +149,7 @@ class Node:
 def launch(log_dir: Path, *flags: str, wait: bool = True) -> Node:
     port = free_port()
     log_path = log_dir / f"lavalink-{port}.log"
-    command = [sys.executable, "-m", "watchdog.sim.lavalink", "--port", str(port), *flags]
+    command = [sys.executable, "-m", "watchdog_lab.lavalink", "--port", str(port), *flags]
     launched_at = time.time()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
@@ -903,7 +903,7 @@ def test_flags_parse_byte_sizes_and_share_the_endpoints_checks() -> None:
 )
 def test_bad_fault_flags_are_refused_with_the_reason(flags: list[str], complaint: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "watchdog.sim.lavalink", "--port", str(free_port()), *flags],
+        [sys.executable, "-m", "watchdog_lab.lavalink", "--port", str(free_port()), *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,

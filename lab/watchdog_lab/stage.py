@@ -33,7 +33,7 @@ import httpx
 import yaml
 
 from watchdog import timefmt
-from watchdog.sim import lavalink, prometheus, sandbox
+from watchdog_lab import lavalink, prometheus, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules" / "lavalink.yml"

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.sim import logs
-from watchdog.sim.openmetrics import Series, write_openmetrics
+from watchdog_lab import logs
+from watchdog_lab.openmetrics import Series, write_openmetrics
 
 # No scrape jobs: the server only serves the backfilled blocks.
 DEFAULT_CONFIG_YAML = """\

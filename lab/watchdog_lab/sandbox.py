@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from watchdog.sim import logs
+from watchdog_lab import logs
 
 INSIDE_DIR = Path("/run/wd")
 SYSTEMD = Path("/lib/systemd/systemd")
@@ -60,7 +60,7 @@ _PROBE_TIMEOUT_SECONDS = 15.0
 _TEARDOWN_TIMEOUT_SECONDS = 15.0
 _BOOT_SCRIPT = """\
 #!/bin/bash
-# Written by watchdog.sim.sandbox: PID 1 of a throwaway PID + mount namespace (mounts are private).
+# Written by watchdog_lab.sandbox: PID 1 of a throwaway PID + mount namespace (mounts are private).
 # Hide every directory systemd would write or clean behind a private tmpfs, then boot systemd.
 set -euo pipefail
 host_dir=$1

@@ -24,7 +24,7 @@ from grafana_client.client import (
     GrafanaUnauthorizedError,
 )
 
-from watchdog.sim.grafana import FakeGrafana
+from watchdog_lab.grafana import FakeGrafana
 
 TOKEN = "glsa_fidelity_0123456789abcdef_0a1b2c3d"
 DASHBOARD = "rollback-watchdog"

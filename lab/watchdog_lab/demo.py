@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog import backtest, config, errors, model, rules, timefmt
-from watchdog.sim import history, prometheus
 from watchdog.sources import prometheus as prometheus_source
+from watchdog_lab import history, prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "lavalink.yml"

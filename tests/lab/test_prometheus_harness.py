@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from watchdog.sim.history import MIB, RUST_UNIT, Fault, FaultKind, lavalink_history, select
-from watchdog.sim.openmetrics import Series
-from watchdog.sim.prometheus import (
+from watchdog_lab.history import MIB, RUST_UNIT, Fault, FaultKind, lavalink_history, select
+from watchdog_lab.openmetrics import Series
+from watchdog_lab.prometheus import (
     PrometheusUnavailable,
     RunningPrometheus,
     create_blocks,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog import errors
-from watchdog.sim import prometheus, sandbox, stage
+from watchdog_lab import prometheus, sandbox, stage
 
 SCENE_TIMEOUT = 120.0  # seconds from a fault to the end of its rollback run
 Say = Callable[[str], None]

@@ -31,7 +31,7 @@ from watchdog.notify.slack import (
     SocketModeListener,
     blocks,
 )
-from watchdog.sim.slack import FakeSlack, block_actions
+from watchdog_lab.slack import FakeSlack, block_actions
 
 BOT = "xoxb-1111-2222-bottoken"
 APP = "xapp-1-A0FAKEAPP-3333-apptoken"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.sim import prometheus
+from watchdog_lab import prometheus
 
 BINARY = "prometheus-alertmanager"
 

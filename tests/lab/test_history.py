@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from watchdog.sim.history import (
+from watchdog_lab.history import (
     DURATION_BUCKETS,
     JAVA_JOB,
     LOAD_TYPES,
@@ -23,7 +23,7 @@ from watchdog.sim.history import (
     lavalink_history,
     select,
 )
-from watchdog.sim.openmetrics import Series
+from watchdog_lab.openmetrics import Series
 
 START = 1_699_999_980.0
 END = START + 2 * 3600
