@@ -32,7 +32,7 @@ DAY = 86400.0
 async def replay_once(url: str, days: float, end: float) -> tuple[float, int, int, str | None]:
     settings = config.load(ROOT / "config" / "lavalink.yml")
     target = settings.target(None)
-    rule_set = rules.load(target.rules)
+    rule_set = rules.load(target.rules, target.rule_variables)
     prom = settings.prometheus.model_copy(update={"url": url, "timeout": 60.0})
     source = prometheus_source.PrometheusSource(prom)
     started = time.perf_counter()

@@ -141,7 +141,7 @@ def test_unit_is_a_notify_service_with_a_watchdog() -> None:
 def test_stop_timeout_lets_the_runbook_step_in_flight_finish() -> None:
     """SIGTERM lets a run reach its next safe point: the stop/start pair (two systemd jobs) or
     the verification, plus 15 s of slack. That is what the daemon waits for at exit."""
-    runbook = config.RunbookSettings()
+    runbook = config.RunbookSettings(url="http://127.0.0.1:2333")
     longest_step = max(2 * runbook.job_timeout, runbook.verify.timeout + runbook.verify.settle) + 15
     stop = setting(load(UNIT), "Service", "TimeoutStopSec")
     assert stop is not None and seconds(stop) >= longest_step, (stop, longest_step)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from watchdog import config, errors
+from watchdog import config, credentials, errors
 from watchdog.executor import runbook
-from watchdog.sources import lavalink
+from watchdog.profiles.lavalink import runtime
 
 
 def java_says(text: str, code: int = 0) -> list[str]:
@@ -24,15 +24,15 @@ def java_says(text: str, code: int = 0) -> list[str]:
     ],
 )
 async def test_java_major(output: str, major: int) -> None:
-    found, detail = await runbook.java_major(java_says(output))
+    found, detail = await runtime.java_major(java_says(output))
     assert found == major
     assert detail == output
 
 
 async def test_java_missing_or_broken() -> None:
-    found, detail = await runbook.java_major(["/nonexistent/java", "-version"])
+    found, detail = await runtime.java_major(["/nonexistent/java", "-version"])
     assert found is None and "cannot run /nonexistent/java -version" in detail
-    found, detail = await runbook.java_major(java_says("Error: could not create the VM", 1))
+    found, detail = await runtime.java_major(java_says("Error: could not create the VM", 1))
     assert found is None and "gave no version (exit 1)" in detail
 
 
@@ -69,21 +69,22 @@ def test_plan_names_every_step_with_its_concrete_effect(tmp_path: Path) -> None:
     assert "port 2333 bound by MainPID" in steps["verify"] and "RSS < 2048 MiB" in steps["verify"]
 
 
+def read_password(settings: config.RunbookSettings) -> str:
+    return credentials.service_secret(settings.password_file, settings.password_env)
+
+
 def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "password"
     secret.write_text("youshallnotpass\n")
-    assert (
-        lavalink.read_password(target(tmp_path, password_file=str(secret)).runbook)
-        == "youshallnotpass"
-    )
+    assert read_password(target(tmp_path, password_file=str(secret)).runbook) == "youshallnotpass"
     monkeypatch.setenv("LL_PW", "from-env")
-    assert lavalink.read_password(target(tmp_path, password_env="LL_PW").runbook) == "from-env"
-    assert lavalink.read_password(target(tmp_path).runbook) == ""
+    assert read_password(target(tmp_path, password_env="LL_PW").runbook) == "from-env"
+    assert read_password(target(tmp_path).runbook) == ""
     with pytest.raises(errors.ConfigError, match="cannot read the service password file"):
-        lavalink.read_password(target(tmp_path, password_file=str(tmp_path / "nope")).runbook)
+        read_password(target(tmp_path, password_file=str(tmp_path / "nope")).runbook)
     monkeypatch.delenv("LL_PW")
     with pytest.raises(errors.ConfigError, match=r"\$LL_PW is not set"):
-        lavalink.read_password(target(tmp_path, password_env="LL_PW").runbook)
+        read_password(target(tmp_path, password_env="LL_PW").runbook)
 
 
 def test_runbook_settings_are_validated(tmp_path: Path) -> None:

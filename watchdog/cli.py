@@ -221,10 +221,10 @@ def _validate(args: argparse.Namespace) -> int:
                 f"  target {target.name}: {target.primary.unit} -> {target.fallback.unit}"
             )
             for rules_path in target.rules:
-                _validate_rules([rules_path], problems, report, indent="    ")
+                _validate_rules([rules_path], problems, report, indent="    ", target=target)
             if len(target.rules) > 1:  # one alert name in two files: only seen together
                 try:
-                    rules.load(target.rules)
+                    rules.load(target.rules, target.rule_variables)
                 except errors.RulesError as exc:
                     problems += [line for line in str(exc).splitlines() if line not in problems]
         if not args.syntax_only:
@@ -248,10 +248,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _validate_rules(
-    paths: list[Path], problems: list[str], report: list[str], *, indent: str = ""
+    paths: list[Path],
+    problems: list[str],
+    report: list[str],
+    *,
+    indent: str = "",
+    target: config.TargetSettings | None = None,
 ) -> None:
     try:
-        rule_set = rules.load(paths)
+        rule_set = rules.load(paths, target.rule_variables if target is not None else None)
     except errors.RulesError as exc:
         problems.extend(str(exc).splitlines())
         return
@@ -275,7 +280,7 @@ def _rules_lines(path: Path, rule_set: rules.RuleSet, *, indent: str = "") -> li
 def _check(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
-    rule_set = rules.load(target.rules)
+    rule_set = rules.load(target.rules, target.rule_variables)
     return asyncio.run(_check_async(settings, target, rule_set, as_json=args.json))
 
 
@@ -468,8 +473,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    for target in settings.targets:
-        rules.load(target.rules)  # fail fast, with exit 2, before anything starts
+    for target in settings.targets:  # fail fast, with exit 2, before anything starts
+        rules.load(target.rules, target.rule_variables)
     logs.configure(level=args.log_level)
     asyncio.run(daemon.run(settings, config_path=args.config))
     return EXIT_OK
@@ -504,7 +509,7 @@ def _backtest(args: argparse.Namespace) -> int:
             f"{(end - start) / step:.0f} steps is too many (at most {MAX_BACKTEST_STEPS}): "
             "shorten the window or use a longer --step"
         )
-    rule_set = rules.load(target.rules)
+    rule_set = rules.load(target.rules, target.rule_variables)
     return asyncio.run(_backtest_async(settings, target, rule_set, start, end, step, args.json))
 
 

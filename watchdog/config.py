@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import promql_parser
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -107,18 +108,17 @@ class UnitSettings(_Strict):
     job: str = Field(min_length=1)
     config_dir: Path | None = None  # backed up; the primary's holds the config to carry over
     unit_file: Path | None = None  # backed up (default: /etc/systemd/system/<unit>)
-    binary: Path | None = None  # must exist before anything is stopped (e.g. Lavalink.jar)
+    binary: Path | None = None  # must exist before anything is stopped (e.g. the fallback's jar)
 
 
 class VerifySettings(_Strict):
     """The runbook's verification list; defaults are its numbers."""
 
-    timeout: Duration = Field(default=60.0, gt=0)  # for /version to answer after the start
+    timeout: Duration = Field(default=60.0, gt=0)  # for the service to answer after the start
     poll: Duration = Field(default=0.25, gt=0)
-    identifiers: dict[str, str] = Field(
-        default_factory=lambda: {"youtube": "ytsearch:test", "soundcloud": "scsearch:test"}
-    )
-    websocket: bool = True
+    # the profile's own checks (lavalink: track loading per source, a WebSocket session)
+    identifiers: dict[str, str] = Field(default_factory=dict)
+    websocket: bool = False
     port: int | None = Field(default=None, ge=1, le=65535)  # default: the URL's port
     max_memory_bytes: float = Field(default=2 * 1024**3, gt=0)
     max_cpu: float = Field(default=0.5, gt=0)  # of one core, sampled over `cpu_sample`
@@ -130,12 +130,13 @@ class VerifySettings(_Strict):
 class RunbookSettings(_Strict):
     """How the rollback is carried out for a target."""
 
-    url: str = "http://127.0.0.1:2333"  # the service, whichever side runs it
-    password_file: Path | None = None  # Lavalink's `Authorization` password
+    url: str  # the service, whichever side runs it (a profile may give a default)
+    password_file: Path | None = None  # the service's own secret (sent as the profile says)
     password_env: str | None = None
-    java_command: list[str] | None = Field(default_factory=lambda: ["java", "-version"])
+    # the lavalink profile's runtime check: this command's major version, before any stop
+    java_command: list[str] | None = None
     min_java: int = 17
-    carry_config: str | None = "application.yml"  # copied to the fallback if it has none
+    carry_config: str | None = None  # a file copied to the fallback's config_dir if it has none
     job_timeout: Duration = Field(default=90.0, gt=0)  # each systemd start/stop job
     on_fallback_failure: Literal["restore_primary", "leave"] = "restore_primary"
     resume_within: Duration = Field(default=900.0, ge=0)  # resume an interrupted run if younger
@@ -173,16 +174,17 @@ class AfterSettings(_Strict):
 
 
 class ProbeSettings(_Strict):
-    """The watchdog's own synthetic probes: Lavalink exports no latency or per-source failures,
-    so the watchdog asks the service as a bot would, and exports what it saw."""
+    """The watchdog's own synthetic probes: the profile's questions, asked as a user's client
+    would, every interval, and exported for Prometheus (services rarely export their latency)."""
 
     enabled: bool = True
     interval: Duration = Field(default=15.0, gt=0)
     timeout: Duration = Field(default=5.0, gt=0)  # each probe; a hung service fails, never blocks
     concurrency: int = Field(default=4, ge=1, le=32)  # probes in flight at once
-    websocket: bool = True
+    websocket: bool = False  # lavalink: a WebSocket session each round
     identifiers: dict[str, str] | None = None  # per source; default: runbook.verify.identifiers
-    # searches hit YouTube/SoundCloud for real: less often, so the host is not rate-limited
+    # the profile's periodic probes (lavalink's searches hit YouTube/SoundCloud for real): less
+    # often, so the host is not rate-limited
     loadtracks_interval: Duration = Field(default=60.0, gt=0)
 
 
@@ -211,20 +213,88 @@ class AlertRouting(_Strict):
         return written
 
 
+class HealthSettings(_Strict):
+    """The http profile's health endpoint: what a healthy answer is."""
+
+    path: str = Field(default="/health", pattern=r"^/[^\s]*$")
+    status: int = Field(default=200, ge=100, le=599)
+    body: str | None = None  # a regular expression the body must contain (re.search)
+    header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]+$")  # carries the secret
+
+    @field_validator("body")
+    @classmethod
+    def _pattern(cls, body: str | None) -> str | None:
+        if body is not None:
+            try:
+                re.compile(body)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return body
+
+
+PROFILES = Path(__file__).parent / "profiles"
+"""Each profile's package; its ``defaults.yml`` holds its config defaults (data, not code)."""
+
+
+def profile_defaults(name: str) -> dict[str, Any]:
+    """The config defaults of the profile ``name``; ValueError naming the known ones."""
+    known = sorted(p.parent.name for p in PROFILES.glob("*/defaults.yml"))
+    if name not in known:
+        raise ValueError(f"unknown profile {name!r} (known: {', '.join(known)})")
+    loaded = yaml.safe_load((PROFILES / name / "defaults.yml").read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _under(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with ``defaults`` filled in where it says nothing (mappings merge, the rest is
+    replaced: a list or an explicit null in the config wins)."""
+    merged = dict(defaults)
+    for key, value in given.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = _under(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 class TargetSettings(_Strict):
     """One guarded service: a primary (new, suspect) and a fallback (old, trusted)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    profile: str = "lavalink"  # what kind of service (profiles/): lavalink, http
     primary: UnitSettings
     fallback: UnitSettings
     rules: list[Path] = Field(min_length=1)
     presence_query: str | None = None  # default: up{job="<primary job>"}
     activation_query: str | None = None  # default: max(process_start_time_seconds{job=...})
-    runbook: RunbookSettings = RunbookSettings()
+    runbook: RunbookSettings
+    health: HealthSettings = HealthSettings()  # the http profile's endpoint
     probes: ProbeSettings = ProbeSettings()
     watch: WatchSettings = WatchSettings()
     after: AfterSettings = AfterSettings()
     alerts: AlertRouting = AlertRouting()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, given: Any) -> Any:
+        if not isinstance(given, dict):
+            return given  # pydantic says what is wrong with it
+        name = given.get("profile", "lavalink")
+        if not isinstance(name, str):
+            return given
+        return _under(profile_defaults(name), given)
+
+    @property
+    def rule_variables(self) -> dict[str, str]:
+        """What a templated rules file may name (``${primary_job}``): this target's names."""
+        return {
+            "target": self.name,
+            "primary_job": self.primary.job,
+            "primary_unit": self.primary.unit,
+            "fallback_job": self.fallback.job,
+            "fallback_unit": self.fallback.unit,
+        }
 
     @field_validator("presence_query", "activation_query")
     @classmethod

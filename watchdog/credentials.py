@@ -156,3 +156,9 @@ def file_problems(path: Path, what: str) -> list[FileProblem]:
             )
         )
     return problems
+
+
+def service_secret(path: Path | None, variable: str | None) -> str:
+    """The guarded service's own secret (Lavalink's password, an HTTP service's token), from
+    its file or environment variable; '' when none is configured."""
+    return read_secret(path, variable, "service password") or ""

@@ -45,7 +45,7 @@ from watchdog import (
 from watchdog.executor import after, runbook
 from watchdog.executor.systemd import Systemd, SystemdError
 from watchdog.notify import grafana, slack, webhook
-from watchdog.sources import alertmanager, lavalink, probes, prometheus, systemd_watch
+from watchdog.sources import alertmanager, probes, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.daemon")
 
@@ -101,7 +101,7 @@ class Secrets:
 
     operators: tuple[credentials.Identity, ...]  # the operator API's: each token names a person
     alertmanager_token: str | None
-    passwords: dict[str, str]  # Lavalink's, per target
+    passwords: dict[str, str]  # each target's service secret (Lavalink's password)
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
@@ -119,7 +119,10 @@ class Secrets:
                 settings.alertmanager.token_env,
                 "Alertmanager webhook token",
             ),
-            passwords={t.name: lavalink.read_password(t.runbook) for t in settings.targets},
+            passwords={
+                t.name: credentials.service_secret(t.runbook.password_file, t.runbook.password_env)
+                for t in settings.targets
+            },
             slack_bot_token=read(slack.bot_token_file, slack.bot_token_env, "Slack bot token")
             if slack
             else None,
@@ -404,7 +407,7 @@ async def _run(
         resources.push_async_callback(gatekeeper.aclose)
         intake = Intake(gatekeeper, guards, recorder, clock)
         resources.callback(intake.flush)  # what was counted last is logged at the stop
-        rule_sets = {t.name: rules.load(t.rules).rules for t in settings.targets}
+        rule_sets = {t.name: rules.load(t.rules, t.rule_variables).rules for t in settings.targets}
         intake.route_before_start(  # alerts that arrive while starting are kept
             [
                 alertmanager.Destination(t.name, t.alert_matchers, rule_sets[t.name])
@@ -458,8 +461,8 @@ async def _run(
             if target_settings.watch.enabled:
                 target.watch = systemd_watch.SystemdWatch(target_settings)
             if target_settings.probes.enabled:
-                password = passwords[target_settings.name]
-                prober = probes.Prober(target_settings, password=password)
+                secret = passwords[target_settings.name]
+                prober = probes.Prober.for_profile(target_settings, secret=secret)
                 resources.push_async_callback(prober.aclose)
                 probers.append(prober)
             if (connection := link.connection()) is not None:
@@ -709,7 +712,7 @@ class Reloader:
 
     def _read(self) -> tuple[config.Settings, dict[str, Sequence[model.Rule]]]:
         new = config.load(self.path)
-        return new, {t.name: rules.load(t.rules).rules for t in new.targets}
+        return new, {t.name: rules.load(t.rules, t.rule_variables).rules for t in new.targets}
 
     def _apply(self, new: config.Settings, loaded: dict[str, Sequence[model.Rule]]) -> None:
         old = self.settings
@@ -922,7 +925,7 @@ class Guard:
         recorder: telemetry.Recorder,
         *,
         halt: asyncio.Event | None = None,  # the daemon's stop: runs pause at a safe point
-        password: str = "",  # Lavalink's, for the watch after a rollback
+        password: str = "",  # the service's secret, for the watch after a rollback
         gatekeeper: gate.Gate | None = None,
     ) -> None:
         self.target = target

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog import journal, timefmt
+from watchdog import errors, journal, profiles, timefmt
 
 REPORTS_DIR = "reports"
 UNKNOWN_DOWNTIME = "unknown (probes off or no turn journaled)"
@@ -446,12 +446,14 @@ def _impact(data: ReportData) -> list[str]:
 def _users(snapshot: Any) -> str:
     if not isinstance(snapshot, dict):
         return "unknown (no snapshot of the primary was journaled)"
-    stats = snapshot.get("/v4/stats")
-    if isinstance(stats, dict) and isinstance(stats.get("players"), int):
-        playing = stats.get("playingPlayers")
-        also = f" ({playing} playing)" if isinstance(playing, int) else ""
-        return f"{stats['players']} players connected to the primary at the snapshot{also}"
-    return f"unknown (the primary's /v4/stats at the snapshot: {_inline(str(stats))})"
+    # runs journaled before profiles existed were Lavalink's
+    name = snapshot.get("profile", "lavalink")
+    try:
+        profile = profiles.get(str(name))
+    except errors.ConfigError:
+        return f"unknown (the snapshot's profile {name!r} is not known to this version)"
+    users = profile.users(snapshot)
+    return _inline(users) if users is not None else f"unknown (the {name} profile cannot tell)"
 
 
 def _services(target: str, snapshot: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,48 @@ class RuleSet:
         return {rule.name: rule for rule in self.rules}
 
 
-def load(paths: Iterable[Path]) -> RuleSet:
-    """Load and validate rule files; ``RulesError`` naming every problem found, one per line."""
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+"""``${name}``: a template's word for one of the target's names (Go templates use ``$x``)."""
+
+
+def render(text: str, variables: Mapping[str, str], source: str = "<rules>") -> str:
+    """A templated rules file with the target's names filled in (``${primary_job}``);
+    ``RulesError`` naming the line of a placeholder that is not one of ``variables``."""
+    unknown = [
+        (text.count("\n", 0, m.start()) + 1, m.group(1))
+        for m in _PLACEHOLDER.finditer(text)
+        if m.group(1) not in variables
+    ]
+    if unknown:
+        known = ", ".join("${" + name + "}" for name in sorted(variables))
+        raise errors.RulesError(
+            "\n".join(
+                f"{source}:{line}: unknown placeholder ${{{name}}} (a rules file may use {known})"
+                for line, name in unknown
+            )
+        )
+    return _PLACEHOLDER.sub(lambda m: variables[m.group(1)], text)
+
+
+def _renderer(variables: Mapping[str, str] | None, path: Path) -> Callable[[str], str] | None:
+    # no variables (a rules file checked on its own): a template's placeholders stay as text
+    if variables is None:
+        return None
+    return lambda text: render(text, variables, str(path))
+
+
+def load(paths: Iterable[Path], variables: Mapping[str, str] | None = None) -> RuleSet:
+    """Load and validate rule files, templated ones rendered with ``variables`` (a target's
+    names); ``RulesError`` naming every problem found, one per line."""
     rules: list[model.Rule] = []
     notes: list[str] = []
     problems: list[str] = []
     seen: dict[str, model.Rule] = {}
     for path in paths:
         try:
-            document = yamlsrc.load_file(path, error=errors.RulesError)
+            document = yamlsrc.load_file(
+                path, error=errors.RulesError, render=_renderer(variables, path)
+            )
         except errors.RulesError as exc:
             problems.append(str(exc))
             continue

@@ -41,15 +41,21 @@ class Document:
         return f"{self.source}:{self.line_of(path)}"
 
 
-def load_file(path: Path, *, error: Callable[[str], errors.InputError]) -> Document:
-    """Parse a YAML file; any problem becomes ``error(message)`` naming file and line."""
+def load_file(
+    path: Path,
+    *,
+    error: Callable[[str], errors.InputError],
+    render: Callable[[str], str] | None = None,
+) -> Document:
+    """Parse a YAML file (its text through ``render`` first, if given: a template); any
+    problem becomes ``error(message)`` naming file and line."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text: {exc.reason}") from None
-    return load_text(text, str(path), error=error)
+    return load_text(render(text) if render is not None else text, str(path), error=error)
 
 
 def load_text(text: str, source: str, *, error: Callable[[str], errors.InputError]) -> Document:

@@ -59,7 +59,7 @@ def run(*, workdir: Path | None, print_timeline: Callable[[backtest.Replay], Non
 def _run(workdir: Path, print_timeline: Callable[[backtest.Replay], None]) -> int:
     settings = config.load(CONFIG)
     target = settings.target(None)
-    rule_set = rules.load(target.rules)
+    rule_set = rules.load(target.rules, target.rule_variables)
     start = math.floor(time.time() / 3600) * 3600 - 8 * 3600  # backfilled, not the head block
     faults, deploy = incident(start)
 

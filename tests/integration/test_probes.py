@@ -77,7 +77,7 @@ async def probe_round() -> AsyncIterator[Round]:
     opened: list[probes.Prober] = []
 
     async def run(url: str, password: str = PASSWORD, **settings: object) -> telemetry.Recorder:
-        prober = probes.Prober(target(url, **settings), password=password)
+        prober = probes.Prober.for_profile(target(url, **settings), secret=password)
         opened.append(prober)
         recorder = telemetry.Recorder()
         recorder.record_probes("lavalink", await prober.round())
@@ -175,8 +175,8 @@ async def test_a_refused_password_is_no_data_never_a_failing_service(
 async def test_a_refused_password_removes_earlier_series(probe_round: Round) -> None:
     recorder = telemetry.Recorder()
     with simulator() as url:
-        good = probes.Prober(target(url), password=PASSWORD)
-        bad = probes.Prober(target(url), password="wrong")
+        good = probes.Prober.for_profile(target(url), secret=PASSWORD)
+        bad = probes.Prober.for_profile(target(url), secret="wrong")
         try:
             recorder.record_probes("lavalink", await good.round())
             assert success(recorder, "version") == 1
@@ -225,8 +225,8 @@ async def test_probes_run_beside_a_busy_event_loop() -> None:
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)
-    prober = probes.Prober(
-        target(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout="600ms"), password=PASSWORD
+    prober = probes.Prober.for_profile(
+        target(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout="600ms"), secret=PASSWORD
     )
     ticks = 0
 
@@ -249,7 +249,7 @@ async def test_probes_run_beside_a_busy_event_loop() -> None:
 async def test_loadtracks_runs_only_every_loadtracks_interval() -> None:
     """Each loadtracks probe is a real search on YouTube or SoundCloud: rarer than the rest."""
     with simulator() as url:
-        prober = probes.Prober(target(url, loadtracks_interval="1h"), password=PASSWORD)
+        prober = probes.Prober.for_profile(target(url, loadtracks_interval="1h"), secret=PASSWORD)
         try:
             first = {(r.probe, r.source) for r in await prober.round()}
             second = {(r.probe, r.source) for r in await prober.round()}
@@ -263,9 +263,9 @@ async def test_a_probe_that_breaks_inside_the_watchdog_is_no_data() -> None:
     def explode(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("a bug in our own code path")
 
-    prober = probes.Prober(
+    prober = probes.Prober.for_profile(
         target("http://127.0.0.1:9", websocket=False),
-        password=PASSWORD,
+        secret=PASSWORD,
         transport=httpx.MockTransport(explode),
     )
     recorder = telemetry.Recorder()

@@ -1,11 +1,11 @@
 """After a rollback: is the fallback healthy too? Checked for ``after.duration``, never undone.
 
 The runbook's last instruction is to keep watching the old server after the switch: memory
-under 2 GB, CPU under 50 %, the basic endpoints under 500 ms, no memory growth. A fallback that
-fails them is news for people (an alert, the incident's message, a metric), never a reason to
-switch back on its own -- that would be the ping-pong the design forbids. Each check is one
-``verify.Check``, the same judgement the verification step made; the memory growth is the
-resident memory now against the first sample of the watch.
+under 2 GB, CPU under 50 %, the profile's basic endpoints under 500 ms, no memory growth. A
+fallback that fails them is news for people (an alert, the incident's message, a metric), never
+a reason to switch back on its own -- that would be the ping-pong the design forbids. Each
+check is one ``verify.Check``, the same judgement the verification step made; the memory growth
+is the resident memory now against the first sample of the watch.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from watchdog import config
+from watchdog import config, profiles
 from watchdog.executor import verify
 from watchdog.executor.systemd import Systemd
-from watchdog.sources.lavalink import Service
 
 
 @dataclass(slots=True)
@@ -37,7 +36,7 @@ class AfterWatch:
     async def check(self, systemd: Systemd | None, client: httpx.AsyncClient) -> list[verify.Check]:
         """One round: the fallback's process and its endpoints against the runbook's limits."""
         settings = self.target.runbook.verify
-        service = Service(self.target.runbook.url, self.password)
+        service = profiles.get(self.target.profile).bind(self.target, self.password)
         found: list[verify.Check] = [await verify.latency(client, service, settings)]
         if systemd is not None:
             status = await systemd.status(self.target.fallback.unit)
@@ -63,7 +62,7 @@ class AfterWatch:
         return found
 
     def _growth(self, rss: int, *, settled: bool = True) -> verify.Check:
-        """Growth since the first reading after the JVM settled (its heap grows at first)."""
+        """Growth since the first reading after the service settled (a JVM heap grows first)."""
         if rss <= 0:
             return verify.Check("memory growth", True, "no resident memory reading")
         if self.first_rss is None or not settled:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -33,11 +32,11 @@ from typing import IO, Any
 import httpx
 import structlog
 
-from watchdog import config, journal
+from watchdog import config, credentials, journal, profiles
 from watchdog.executor import verify
 from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
 from watchdog.model import UnitStatus
-from watchdog.sources import lavalink
+from watchdog.profiles import base
 
 log = structlog.get_logger("watchdog.executor")
 
@@ -66,8 +65,9 @@ class Context:
         return self.target.runbook
 
     @property
-    def service(self) -> lavalink.Service:
-        return lavalink.Service(self.runbook.url, self.password)
+    def service(self) -> base.Service:
+        """The target's service as its profile asks it."""
+        return profiles.get(self.target.profile).bind(self.target, self.password)
 
     @property
     def journal(self) -> journal.Journal:
@@ -156,14 +156,9 @@ async def preflight(ctx: Context) -> str:
     binary = ctx.target.fallback.binary
     if binary is not None and not binary.is_file():
         problems.append(f"fallback binary {binary} does not exist")
-    if ctx.runbook.java_command:
-        major, detail = await java_major(ctx.runbook.java_command)
-        if major is None:
-            problems.append(detail)
-        elif major < ctx.runbook.min_java:
-            problems.append(f"Java {major} found, {ctx.runbook.min_java}+ needed ({detail})")
-        else:
-            notes.append(f"Java {major}")
+    found = await ctx.service.preflight()
+    problems += found.problems
+    notes += found.notes
     carried = ctx.carried_paths()
     if carried is not None:
         source, destination = carried
@@ -246,31 +241,6 @@ def _remove_flag(ctx: Context) -> None:
         raise StepFailed(f"cannot remove the flag file {flag}: {exc.strerror}") from None
 
 
-async def java_major(command: Sequence[str]) -> tuple[int | None, str]:
-    """The major version ``java -version`` reports (``17`` from ``"17.0.15"``, 8 from 1.8)."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    except OSError as exc:
-        return None, f"cannot run {' '.join(command)}: {exc}"
-    try:
-        async with asyncio.timeout(30):
-            output, _ = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return None, f"{' '.join(command)} did not answer within 30s"
-    text = output.decode(errors="replace")
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if process.returncode != 0 or match is None:
-        return None, f"{' '.join(command)} gave no version (exit {process.returncode})"
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
-        major = int(match.group(2))
-    return major, text.splitlines()[0].strip()
-
-
 async def backup(ctx: Context) -> str:
     """Config directory and primary unit file into ``backups/emergency-YYYYmmdd-HHMMSS/``."""
     stamp = datetime.fromtimestamp(ctx.clock(), tz=UTC).strftime("%Y%m%d-%H%M%S")
@@ -308,31 +278,19 @@ async def _backed_up(ctx: Context) -> bool:
 
 
 async def snapshot(ctx: Context) -> str:
-    """Both units' state and the primary's ``/v4/info`` and ``/v4/stats`` (best effort)."""
-    facts: dict[str, Any] = {}
+    """Both units' state and the primary's own view, as its profile reads it (best effort)."""
+    facts: dict[str, Any] = {"profile": ctx.target.profile}
     for side in ("primary", "fallback"):
         unit = getattr(ctx.target, side).unit
         try:
             facts[side] = (await ctx.systemd.status(unit)).as_dict()
         except SystemdError as exc:
             facts[side] = {"error": str(exc)}
-    for path in ("/v4/info", "/v4/stats"):
-        try:
-            answer = await ctx.http.get(
-                f"{ctx.runbook.url}{path}", headers=ctx.service.headers, timeout=3.0
-            )
-            facts[path] = answer.json() if answer.status_code == 200 else answer.status_code
-        except (httpx.HTTPError, ValueError) as exc:
-            facts[path] = f"unreachable: {type(exc).__name__}"  # a dead primary is expected
+    seen = await ctx.service.snapshot(ctx.http)
+    facts.update(seen.facts)
     ctx.remember("snapshot", facts)
     primary = facts["primary"]
-    return f"primary {primary.get('ActiveState', '?')}, /v4/info: {_short(facts['/v4/info'])}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        return f"version {value.get('version', {}).get('semver', '?')}"
-    return str(value)
+    return f"primary {primary.get('ActiveState', '?')}, {seen.summary}"
 
 
 async def _snapshotted(ctx: Context) -> bool:
@@ -404,18 +362,14 @@ async def verify_fallback(ctx: Context) -> str:
     (latency, memory, CPU) is retried for ``settle`` seconds: a JVM that is still warming up is
     not a broken fallback, and switching back to the suspect primary for it would be worse.
     """
-    settings = ctx.runbook.verify
+    settings, service = ctx.runbook.verify, ctx.service
     checks = [
-        await verify.wait_for_version(
-            ctx.http, ctx.service, within=settings.timeout, poll=settings.poll
-        )
+        await verify.wait_ready(ctx.http, service, within=settings.timeout, poll=settings.poll)
     ]
     fallback = await ctx.systemd.status(ctx.target.fallback.unit)
     primary = await ctx.systemd.status(ctx.target.primary.unit)
     if checks[0].ok:
-        checks += await verify.endpoints(ctx.http, ctx.service, settings)
-        if settings.websocket:
-            checks.append(await verify.websocket(ctx.service, within=10.0))
+        checks += [verify.Check.of(answer) for answer in await service.checks(ctx.http)]
     checks.append(
         verify.Check(
             "units",
@@ -437,12 +391,12 @@ async def verify_fallback(ctx: Context) -> str:
 
 async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
     """Latency, memory and CPU, retried until they pass or ``settle`` runs out."""
-    settings = ctx.runbook.verify
+    settings, service = ctx.runbook.verify, ctx.service
     deadline = time.monotonic() + settings.settle
     while True:
         sampling = asyncio.create_task(verify.cpu(pid, settings))  # runs while we measure
         checks = [
-            await verify.latency(ctx.http, ctx.service, settings),
+            await verify.latency(ctx.http, service, settings),
             await asyncio.to_thread(verify.memory, pid, settings),
             await sampling,
         ]
@@ -472,20 +426,17 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
     """What each step would do for this target, in words, for ``rollback --dry-run``."""
     runbook, primary, fallback = target.runbook, target.primary, target.fallback
     flagged = runbook.persistence == "flag-file"
+    service = profiles.get(target.profile).bind(target, "")
     needs = [f"{fallback.unit} and {primary.unit} load"]
     if fallback.binary is not None:
         needs.append(f"{fallback.binary} exists")
-    if runbook.java_command:
-        needs.append(f"`{' '.join(runbook.java_command)}` reports >= {runbook.min_java}")
+    needs += service.preflight_plan()
     carried = None
     if runbook.carry_config and primary.config_dir and fallback.config_dir:
         carried = (primary.config_dir / runbook.carry_config, fallback.config_dir)
         needs.append(f"{carried[0]} (or the fallback's copy) exists")
     v = runbook.verify
-    checks = [f"/version within {v.timeout:g}s", "/v4/info", "/v4/stats"]
-    checks += [f"loadtracks {i}" for i in v.identifiers.values()]
-    if v.websocket:
-        checks.append("WebSocket ready")
+    checks = service.verify_plan()
     checks += [
         f"port {verify.port_of(runbook.url, v)} bound by MainPID",
         f"RSS < {v.max_memory_bytes / 1024**2:.0f} MiB",
@@ -499,7 +450,7 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
             f"{primary.config_dir or '(no config_dir)'} and the unit file -> "
             f"{state_dir / 'backups'}/emergency-<time>/",
         ),
-        ("snapshot", f"both units' state; {runbook.url}/v4/info and /v4/stats"),
+        ("snapshot", f"both units' state; the {target.profile} profile's view of {runbook.url}"),
         (
             "stop-primary",
             f"stop {primary.unit}" if flagged else f"stop + disable {primary.unit}",
@@ -806,7 +757,9 @@ async def _reconcile_locked(
         state_dir,
         run.id,
         clock,
-        password=lavalink.read_password(target.runbook),
+        password=credentials.service_secret(
+            target.runbook.password_file, target.runbook.password_env
+        ),
     )
     ctx.halt = halt
     try:
@@ -888,7 +841,9 @@ async def start_run(
     process (its lock is free) is reconciled first, under this lock; its outcome is returned, as
     it carried the same intent.
     """
-    password = lavalink.read_password(target.runbook)  # before anything is journaled
+    password = credentials.service_secret(  # before anything is journaled
+        target.runbook.password_file, target.runbook.password_env
+    )
     with run_lock(state_dir, target.name) as mine:
         if not mine:
             running = store.running_run(target.name)

@@ -1,12 +1,12 @@
 """Is the fallback really serving? The runbook's verification list, checked from outside.
 
-After the switch the operators check: ``/version``, ``/v4/info`` and ``/v4/stats`` answer (with
-``Authorization``), track loading works for the major sources, a WebSocket session opens, port
-2333 is bound by the new process, memory < 2 GiB, CPU < 50 %, basic endpoints < 500 ms. Each of
-those is one ``Check`` here, so the run's journal shows which passed and why one failed. The
-Lavalink questions are the synthetic probes' own calls (``sources.lavalink``), so the probes and
-the verification judge an answer the same way; the process facts come from ``/proc`` (the
-port's socket inode among the process tree's file descriptors).
+After the switch the operators check that the service answers (the profile's questions: for
+Lavalink ``/version``, ``/v4/info``, ``/v4/stats``, track loading and a WebSocket session; for
+an HTTP service its health endpoint), that its port is bound by the new process, memory < 2 GiB,
+CPU < 50 %, basic endpoints < 500 ms. Each of those is one ``Check`` here, so the run's journal
+shows which passed and why one failed. The service's questions are the profile's, shared with
+the synthetic probes so both judge an answer the same way; the process facts come from
+``/proc`` (the port's socket inode among the process tree's file descriptors).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from watchdog import config, model
-from watchdog.sources import lavalink
-from watchdog.sources.lavalink import Service
+from watchdog.profiles import base
 
 PROC = Path("/proc")
 
@@ -44,56 +43,37 @@ class Check:
         return cls(name, probe.ok, probe.detail, probe.seconds)
 
 
-async def wait_for_version(
-    client: httpx.AsyncClient, service: Service, *, within: float, poll: float
+async def wait_ready(
+    client: httpx.AsyncClient, service: base.Service, *, within: float, poll: float
 ) -> Check:
-    """Poll ``/version`` until it answers as Lavalink does (Java text or Rust JSON)."""
+    """Ask the profile's readiness question until it passes or ``within`` seconds pass."""
     started = time.monotonic()
     while True:
-        answer = await lavalink.version(client, service)
+        answer = await service.ready(client)
         if answer.ok:
-            return Check("version", True, answer.detail, time.monotonic() - started)
+            return Check(answer.probe, True, answer.detail, time.monotonic() - started)
         if time.monotonic() - started >= within:
             return Check(
-                "version",
+                answer.probe,
                 False,
-                f"no valid /version within {within:g}s: {answer.detail}",
+                f"not ready within {within:g}s: {answer.detail}",
                 time.monotonic() - started,
             )
         await asyncio.sleep(poll)
 
 
-async def endpoints(
-    client: httpx.AsyncClient, service: Service, settings: config.VerifySettings
-) -> list[Check]:
-    """``/v4/info`` and ``/v4/stats`` sane, and track loading per configured source."""
-    checks = [
-        Check.of(await lavalink.info(client, service)),
-        Check.of(await lavalink.stats(client, service)),
-    ]
-    for source, identifier in settings.identifiers.items():
-        checks.append(Check.of(await lavalink.load_tracks(client, service, source, identifier)))
-    return checks
-
-
 async def latency(
-    client: httpx.AsyncClient, service: Service, settings: config.VerifySettings
+    client: httpx.AsyncClient, service: base.Service, settings: config.VerifySettings
 ) -> Check:
-    """Each basic endpoint (``/version``, ``/v4/info``, ``/v4/stats``) under ``max_latency``."""
+    """Each of the profile's basic endpoints answers under ``max_latency``."""
     timings: dict[str, float] = {}
-    for call in (lavalink.version, lavalink.info, lavalink.stats):
-        answer = await call(client, service)
+    for answer in await service.timed(client):
         if not answer.ok:
             return Check("latency", False, answer.detail)
         timings[answer.probe] = answer.seconds
     slow = [n for n, t in timings.items() if t >= settings.max_latency]
     detail = ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in timings.items())
     return Check("latency", not slow, f"{detail} (limit {settings.max_latency * 1000:.0f} ms)")
-
-
-async def websocket(service: Service, *, within: float) -> Check:
-    """Open a session on ``/v4/websocket`` and wait for the ``ready`` op."""
-    return Check.of(await lavalink.websocket(service, within=within))
 
 
 def port_bound(pid: int, port: int) -> Check:

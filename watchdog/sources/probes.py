@@ -1,29 +1,27 @@
-"""The watchdog's synthetic probes: what a bot sees of the service, measured every interval.
+"""The watchdog's synthetic probes: what a user sees of the service, measured every interval.
 
-Lavalink exports no request latency and no per-source failure counts, so the watchdog asks the
-service itself, as a bot's library would -- ``/version``, ``/v4/info``, ``/v4/stats``, a
-WebSocket session, and one ``loadtracks`` per configured source -- and exports what it saw for
-Prometheus to scrape (the rules read ``rollback_watchdog_probe_*``). One round runs its probes
-concurrently, at most ``concurrency`` at a time, each bounded by ``timeout``: a slow or hung
-service yields failed probes with their elapsed time, it never stalls the round or the loop.
-A probe that says nothing about the service -- Lavalink refused our password, or the probe
-itself broke -- is inconclusive: it exports no data rather than a failure. ``loadtracks`` runs
-less often (``loadtracks_interval``): each one is a real search on YouTube or SoundCloud.
+Services rarely export their request latency or per-source failures, so the watchdog asks the
+service itself, with its profile's questions (Lavalink: ``/version``, ``/v4/info``,
+``/v4/stats``, a WebSocket session, a ``loadtracks`` per source; an HTTP service: its health
+endpoint), and exports what it saw for Prometheus to scrape (the rules read
+``rollback_watchdog_probe_*``). One round runs its probes concurrently, at most ``concurrency``
+at a time, each bounded by ``timeout``: a slow or hung service yields failed probes with their
+elapsed time, it never stalls the round or the loop. A probe that says nothing about the
+service -- it refused our secret, or the probe itself broke -- is inconclusive: it exports no
+data rather than a failure. A profile's periodic probes (Lavalink's searches, real requests to
+YouTube or SoundCloud) run less often (``loadtracks_interval``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import httpx
 
-from watchdog import config, model
-from watchdog.sources import lavalink
-
-Probe = tuple[str, str, Callable[[], Awaitable[model.ProbeResult]]]
-"""(probe name, source, the call): the source is empty except for loadtracks."""
+from watchdog import config, model, profiles
+from watchdog.profiles import base
 
 
 class Prober:
@@ -33,13 +31,12 @@ class Prober:
         self,
         target: config.TargetSettings,
         *,
-        password: str,
+        service: base.Service,
         transport: httpx.AsyncBaseTransport | None = None,  # tests inject one
     ) -> None:
         self.target = target.name
         self.settings = target.probes
-        self._identifiers = target.probe_identifiers
-        self._service = lavalink.Service(target.runbook.url, password)
+        self._service = service
         timeout = self.settings.timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -50,24 +47,25 @@ class Prober:
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._loaded_at: float | None = None  # monotonic time of the last loadtracks round
 
-    def probes(self, *, with_loads: bool = True) -> list[Probe]:
-        client, service = self._client, self._service
-        chosen: list[Probe] = [
-            ("version", "", lambda: lavalink.version(client, service)),
-            ("info", "", lambda: lavalink.info(client, service)),
-            ("stats", "", lambda: lavalink.stats(client, service)),
-        ]
-        if self.settings.websocket:
-            within = self.settings.timeout
-            chosen.append(("websocket", "", lambda: lavalink.websocket(service, within=within)))
-        if with_loads:
-            for source, identifier in self._identifiers.items():
-                chosen.append(("loadtracks", source, _loader(client, service, source, identifier)))
-        return chosen
+    @classmethod
+    def for_profile(
+        cls,
+        target: config.TargetSettings,
+        *,
+        secret: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Prober:
+        """The prober of ``target`` with its profile's questions and the service's secret."""
+        service = profiles.get(target.profile).bind(target, secret)
+        return cls(target, service=service, transport=transport)
+
+    def probes(self, *, with_loads: bool = True) -> list[base.Probe]:
+        """The profile's probes; its periodic ones only ``with_loads``."""
+        return [p for p in self._service.probes() if with_loads or not p.periodic]
 
     async def round(self) -> list[model.ProbeResult]:
-        """Every probe once, concurrently and bounded; results in probe order. ``loadtracks``
-        only every ``loadtracks_interval`` (searches reach YouTube and SoundCloud for real)."""
+        """Every probe once, concurrently and bounded; results in probe order. Periodic probes
+        only every ``loadtracks_interval`` (Lavalink's searches reach YouTube for real)."""
         now = time.monotonic()
         due = (
             self._loaded_at is None
@@ -78,13 +76,13 @@ class Prober:
         chosen = self.probes(with_loads=due)
         return list(await asyncio.gather(*(self._bounded(p) for p in chosen)))
 
-    async def _bounded(self, probe: Probe) -> model.ProbeResult:
-        name, source, call = probe
+    async def _bounded(self, probe: base.Probe) -> model.ProbeResult:
+        name, source = probe.name, probe.source
         async with self._slots:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.settings.timeout):
-                    return await call()
+                    return await probe.call(self._client)
             except TimeoutError:
                 return model.ProbeResult(
                     name,
@@ -105,13 +103,6 @@ class Prober:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _loader(
-    client: httpx.AsyncClient, service: lavalink.Service, source: str, identifier: str
-) -> Callable[[], Awaitable[model.ProbeResult]]:
-    # a function, not a lambda in the loop: each probe keeps its own source and identifier
-    return lambda: lavalink.load_tracks(client, service, source, identifier)
 
 
 def health(results: Sequence[model.ProbeResult]) -> tuple[bool, str] | None:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-from watchdog import __version__, config, credentials, model
+from watchdog import __version__, model
 
 FOUND_LOAD_TYPES = frozenset({"track", "playlist", "search"})
 """A load that found something; ``empty`` for a search means the source is missing."""
@@ -45,14 +45,6 @@ class Service:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": self.password}
-
-
-def read_password(settings: config.RunbookSettings) -> str:
-    """The service password, from its file or environment variable ('' if none is set)."""
-    secret = credentials.read_secret(
-        settings.password_file, settings.password_env, "service password"
-    )
-    return secret or ""
 
 
 async def version(client: httpx.AsyncClient, service: Service) -> model.ProbeResult:

@@ -1,0 +1,107 @@
+"""The generic ``http`` profile: any pair of systemd units with an HTTP health endpoint.
+
+A healthy answer is the configured status code (200 by default) and, if ``health.body`` is
+set, a body that matches that regular expression. The same question is the probe, the
+readiness wait and the timed endpoint of the verification, so the probes and the runbook judge
+alike. Memory, CPU and the port come from ``/proc`` in the core, as for every profile. Its rules
+(``rules/http-service.yml``) are templated on the target's job and units.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from watchdog import config, model
+from watchdog.profiles import base
+
+NAME = "http"
+REFUSED = frozenset({401, 403})
+"""Our secret refused: that says nothing about the service's health."""
+
+
+class Http:
+    """A service that answers a health endpoint over HTTP."""
+
+    name = NAME
+
+    def bind(self, target: config.TargetSettings, secret: str) -> HttpService:
+        return HttpService(target, secret)
+
+    def users(self, snapshot: Mapping[str, Any]) -> str | None:
+        return None  # a health endpoint does not say who is connected
+
+
+class HttpService:
+    """One target's health endpoint."""
+
+    def __init__(self, target: config.TargetSettings, secret: str) -> None:
+        self.target = target
+        self.health = target.health
+        self.url = f"{target.runbook.url}{self.health.path}"
+        self.headers = {self.health.header: secret} if secret else {}
+        self._body = re.compile(self.health.body) if self.health.body is not None else None
+
+    def probes(self) -> list[base.Probe]:
+        return [base.Probe("health", self.ask)]
+
+    async def ask(self, http: httpx.AsyncClient) -> model.ProbeResult:
+        """``GET <health.path>``: the expected status, and the body matching if asked."""
+        started = time.monotonic()
+        try:
+            answer = await http.get(self.url, headers=self.headers)
+        except httpx.HTTPError as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return model.ProbeResult("health", False, detail, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        path = self.health.path
+        if answer.status_code in REFUSED and answer.status_code != self.health.status:
+            return model.ProbeResult(
+                "health",
+                False,
+                f"{path}: HTTP {answer.status_code}: the service refused the configured secret",
+                seconds,
+                conclusive=False,
+            )
+        if answer.status_code != self.health.status:
+            return model.ProbeResult(
+                "health",
+                False,
+                f"{path}: HTTP {answer.status_code}, {self.health.status} expected",
+                seconds,
+            )
+        if self._body is not None and not self._body.search(answer.text):
+            return model.ProbeResult(
+                "health", False, f"{path}: body does not match {self.health.body!r}", seconds
+            )
+        return model.ProbeResult("health", True, f"{path}: HTTP {answer.status_code}", seconds)
+
+    async def preflight(self) -> base.Preflight:
+        return base.Preflight()  # the units and the binary are the core's checks
+
+    def preflight_plan(self) -> list[str]:
+        return []
+
+    async def snapshot(self, http: httpx.AsyncClient) -> base.Snapshot:
+        answer = await self.ask(http)
+        return base.Snapshot({"health": answer.detail, "healthy": answer.ok}, answer.detail)
+
+    async def ready(self, http: httpx.AsyncClient) -> model.ProbeResult:
+        return await self.ask(http)
+
+    async def checks(self, http: httpx.AsyncClient) -> list[model.ProbeResult]:
+        return []  # readiness is the health answer itself
+
+    async def timed(self, http: httpx.AsyncClient) -> list[model.ProbeResult]:
+        return [await self.ask(http)]
+
+    def verify_plan(self) -> list[str]:
+        expected = f"HTTP {self.health.status}"
+        if self.health.body is not None:
+            expected += f" with a body matching {self.health.body!r}"
+        timeout = self.target.runbook.verify.timeout
+        return [f"{self.health.path} answers {expected} within {timeout:g}s"]
