@@ -33,7 +33,7 @@ PASSWORD = stage.PASSWORD  # the layout and the simulators share it
 PRIMARY, FALLBACK = "lavalink-rust.service", "lavalink-java.service"
 MANUAL = f"""\
 #!/bin/bash
-# The manual rollback of reference/rollback-procedures.md, phases 1-3, as written.
+# The operators' manual rollback (docs/architecture.md), phases 1-3, as written.
 set -u
 B=/run/wd/manual-backups/emergency-$(date +%Y%m%d-%H%M)
 mkdir -p "$B"

@@ -503,3 +503,28 @@ def test_through_the_daemon_the_token_names_you_not_by(tmp_path: Path) -> None:
     assert_bad_input(
         done, "--by names who rolls back with --local; through the daemon, your token does"
     )
+
+
+@pytest.mark.parametrize("replay", [[], ["--replay"]])
+def test_demo_without_the_lab_says_how_to_get_it(
+    replay: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's install has no lab: the demo is bad input with the way to get it."""
+    from watchdog import cli as entry
+
+    monkeypatch.setitem(sys.modules, "watchdog_lab", None)  # as if not installed
+    for name in ("watchdog_lab.demo", "watchdog_lab.live"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert entry.main(["demo", *replay]) == 2
+    said = capsys.readouterr().err
+    assert (
+        "the demo needs the lab" in said and "make demo" in said and "pip install -e ./lab" in said
+    )
+
+
+def test_rules_prints_the_template_rendered_for_the_target() -> None:
+    done = cli("rules", "--config", "config/http-service.yml")
+    assert done.returncode == 0, done.stderr
+    assert 'job="app-new"' in done.stdout and 'unit="app-new.service"' in done.stdout
+    assert "rollback_target: app" in done.stdout and "${" not in done.stdout
+    assert_bad_input(cli("rules", "--config", "config/http-service.yml", "--target", "x"), "x")

@@ -279,3 +279,64 @@ def test_journal_retention_and_alert_bound(tmp_path: Path) -> None:
     assert settings.journal.retention == 30 * 86400 and settings.alertmanager.max_alerts == 200
     with pytest.raises(errors.ConfigError, match=r"journal\.retention: .*greater than or equal"):
         config.load(write(tmp_path, MINIMAL + "journal: {retention: 10m}\n"))
+
+
+def test_a_target_without_a_profile_is_lavalink_with_the_runbooks_values(tmp_path: Path) -> None:
+    target = config.load(write(tmp_path, MINIMAL)).target(None)
+    assert target.profile == "lavalink"
+    assert target.runbook.url == "http://127.0.0.1:2333"
+    assert target.runbook.java_command == ["java", "-version"] and target.runbook.min_java == 17
+    assert target.runbook.carry_config == "application.yml"
+    assert target.runbook.verify.identifiers == {
+        "youtube": "ytsearch:test",
+        "soundcloud": "scsearch:test",
+    }
+    assert target.runbook.verify.websocket and target.probes.websocket
+
+
+def test_the_configs_own_values_win_over_the_profiles_even_null(tmp_path: Path) -> None:
+    text = MINIMAL + "    runbook: {java_command: null, url: 'http://127.0.0.1:2444'}\n"
+    target = config.load(write(tmp_path, text)).target(None)
+    assert target.runbook.java_command is None
+    assert target.runbook.url == "http://127.0.0.1:2444"
+    assert target.runbook.carry_config == "application.yml"  # the rest still defaulted
+
+
+def test_the_http_example_loads_with_its_own_defaults() -> None:
+    target = config.load(ROOT / "config" / "http-service.yml").target(None)
+    assert target.profile == "http"
+    assert target.runbook.url == "http://127.0.0.1:8080"
+    assert target.runbook.java_command is None and target.runbook.carry_config is None
+    assert target.runbook.verify.identifiers == {} and not target.probes.websocket
+    assert (target.health.path, target.health.status) == ("/health", 200)
+    assert target.rules[0].resolve() == (ROOT / "rules" / "http-service.yml").resolve()
+    assert target.rule_variables == {
+        "target": "app",
+        "primary_job": "app-new",
+        "primary_unit": "app-new.service",
+        "fallback_job": "app-old",
+        "fallback_unit": "app-old.service",
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "    profile: tomcat\n",
+            r"targets\.0: .*unknown profile 'tomcat' \(known: http, lavalink\)",
+        ),
+        ("    profile: http\n", r"targets\.0\.runbook: required field is missing"),
+        (
+            "    profile: http\n    runbook: {url: 'http://x:1'}\n    health: {body: '(open'}\n",
+            r"targets\.0\.health\.body: .*not a regular expression",
+        ),
+        (
+            "    profile: http\n    runbook: {url: 'http://x:1'}\n    health: {path: health}\n",
+            r"targets\.0\.health\.path: String should match pattern",
+        ),
+    ],
+)
+def test_profile_mistakes_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        config.load(write(tmp_path, MINIMAL + extra))

@@ -1,4 +1,4 @@
-"""Decision: the policy of DESIGN.md, table-driven, and the safety properties by hypothesis."""
+"""Decision: the policy of docs/architecture.md, table-driven; safety properties by hypothesis."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The dashboard is hand-maintained JSON that nothing else loads; a renamed metric,
 ``_total``, a typo in a label or a PromQL syntax error would only show up as an empty panel in
 the middle of an incident. So every query is checked here against the metrics the watchdog's
 ``telemetry.Recorder`` really registers (read from its registry, not from a list kept here),
-the Lavalink metric contract of DESIGN.md, and the real ``promtool``.
+the Lavalink metric contract of docs/architecture.md, and the real ``promtool``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ LABEL_VARIABLES = {"target": TARGET_VALUE, "unit": UNIT_VALUE}
 
 # Labels Prometheus attaches at scrape time to every series.
 SCRAPE_LABELS = frozenset({"job", "instance"})
-# DESIGN.md, "Metric and label contract": what a Lavalink node (>= 4.1) exports, as far as the
+# docs/architecture.md, "Metric contract": what a Lavalink node (>= 4.1) exports, as far as the
 # dashboard reads it, plus Prometheus's own `up`.
 LAVALINK_METRICS: dict[str, frozenset[str]] = {
     "up": frozenset(),

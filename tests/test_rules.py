@@ -10,13 +10,16 @@ from pathlib import Path
 import promql_parser
 import pytest
 
-from watchdog import errors, model, rules
+from watchdog import config, errors, model, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "rules").glob("*.yml"))
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool not installed"
 )
+
+EXAMPLE_NAMES = config.load(ROOT / "config" / "http-service.yml").target(None).rule_variables
+"""The http example's names: what a templated rules file is rendered with here."""
 
 GOOD_RULE = """\
 groups:
@@ -97,7 +100,8 @@ def test_shipped_rules_use_only_contract_metrics() -> None:
         "quantile_over_time",
         "last_over_time",
     }
-    for r in rules.load(SHIPPED).rules:
+    rendered = [rule for path in SHIPPED for rule in rules.load([path], EXAMPLE_NAMES).rules]
+    for r in rendered:
         bare = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", r.expr)
         bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
         for word in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", bare):
@@ -117,19 +121,60 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in done.stdout
 
 
+def rendered_rules(into: Path) -> Path:
+    """rules/ as Prometheus loads it: each file rendered for the shipped example config of its
+    profile (templates get that target's names; a plain file is unchanged), tests beside."""
+    for path in SHIPPED:
+        (into / path.name).write_text(rules.render(path.read_text(), EXAMPLE_NAMES, str(path)))
+    shutil.copytree(ROOT / "rules" / "tests", into / "tests")
+    return into
+
+
 @needs_promtool
 @pytest.mark.integration
-def test_promtool_unit_tests_of_the_rules() -> None:
-    tests = sorted((ROOT / "rules" / "tests").glob("*.yml"))
-    assert tests
+def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
+    here = rendered_rules(tmp_path)
+    tests = sorted((here / "tests").glob("*.yml"))
+    assert len(tests) == 2
+    assert "${" not in (here / "http-service.yml").read_text()
     done = subprocess.run(
-        ["promtool", "test", "rules", *map(str, tests)],
+        ["promtool", "test", "rules", *(str(t.relative_to(here)) for t in tests)],
         capture_output=True,
         text=True,
         check=False,
-        cwd=ROOT,
+        cwd=here,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+@pytest.mark.integration
+def test_the_http_template_rendered_passes_promtool(tmp_path: Path) -> None:
+    here = rendered_rules(tmp_path)
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(here / "http-service.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "SUCCESS: 6 rules found" in done.stdout, done.stderr
+
+
+def test_a_template_renders_with_the_targets_names_and_refuses_unknown_words(
+    tmp_path: Path,
+) -> None:
+    template = GOOD_RULE.replace("up == 0", 'up{job="${primary_job}"} == 0').replace(
+        "summary: down", "summary: '{{ $labels.job }} is down: $value'"
+    )
+    path = write(tmp_path, template)
+    loaded = rules.load([path], {"primary_job": "app-new"})
+    assert loaded.rules[0].expr == 'up{job="app-new"} == 0'
+    assert loaded.rules[0].summary == "{{ $labels.job }} is down: $value"  # Go's, untouched
+    unrendered = rules.load([path])  # checked on its own: the placeholder stays text
+    assert unrendered.rules[0].expr == 'up{job="${primary_job}"} == 0'
+    path.write_text(path.read_text().replace("${primary_job}", "${primary_jbo}"))
+    with pytest.raises(errors.RulesError, match=r"r\.yml:5: unknown placeholder \$\{primary_jbo\}"):
+        rules.load([path], {"primary_job": "app-new"})
 
 
 def test_good_rule_loads_with_its_fields(tmp_path: Path) -> None:

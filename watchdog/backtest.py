@@ -52,7 +52,7 @@ class Replay:
     queries: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """The ``backtest --json`` contract of DESIGN.md, exactly."""
+        """The ``backtest --json`` contract (README), exactly."""
 
         def first(verdict: model.Verdict) -> str | None:
             at = self.first.get(verdict)

@@ -1,6 +1,6 @@
 """The ``rollback-watchdog`` command line.
 
-Exit codes are a contract (DESIGN.md): 0 ok, 1 a check failed (``check`` found something),
+Exit codes are a contract: 0 ok, 1 a check failed (``check`` found something),
 2 bad input -- an unreadable or invalid file, a bad option, an unreachable Prometheus -- with
 one clear message and never a traceback.
 """
@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("report", help="print a run's rollback report (Markdown)")
     with_config(show)
     show.add_argument("run", help="the run's number (see status)")
+
+    render = commands.add_parser(
+        "rules", help="print a target's rules files, templates filled in, for Prometheus"
+    )
+    with_config(render)
+    render.add_argument("--target", help="target name (default: the only one)")
 
     rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
     with_config(rearm)
@@ -907,6 +913,22 @@ def _rearm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- rules ---------------------------------------------------------------------------------
+
+
+def _rules(args: argparse.Namespace) -> int:
+    """The target's rules files as Prometheus must load them: a template's ``${...}`` filled
+    in with the target's names, checked as the watchdog checks them."""
+    settings = config.load(args.config)
+    target = settings.target(args.target)
+    rules.load(target.rules, target.rule_variables)  # every problem, exit 2, before output
+    for path in target.rules:
+        text = path.read_text(encoding="utf-8")
+        print(f"# {path}, rendered for target {target.name}")
+        print(rules.render(text, target.rule_variables, str(path)), end="")
+    return EXIT_OK
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 
@@ -939,6 +961,7 @@ _HANDLERS = {
     "run": _run,
     "backtest": _backtest,
     "rearm": _rearm,
+    "rules": _rules,
     "report": _report,
     "rollback": _rollback,
     "approve": _vote,

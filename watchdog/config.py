@@ -335,7 +335,7 @@ class TargetSettings(_Strict):
 
 
 class PolicySettings(_Strict):
-    """The decision policy (DESIGN.md); defaults are the brief's."""
+    """The decision policy (docs/architecture.md) with its defaults."""
 
     escalate_score: float = Field(default=3.0, gt=0)
     inconclusive_after: Duration = Field(default=300.0, ge=0)

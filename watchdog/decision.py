@@ -1,6 +1,6 @@
 """Signal states + policy + memory -> a verdict, an action and a reason, as a pure function.
 
-This is the runbook's "when to roll back" written as code (DESIGN.md, decision policy):
+This is the runbook's "when to roll back" written as code (docs/architecture.md, decision policy):
 
 - any critical signal firing -> ``rollback``;
 - firing warnings whose weights add up to ``escalate_score`` -> ``propose`` (a human decides);

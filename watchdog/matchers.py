@@ -1,6 +1,6 @@
 """Label matchers, as Prometheus and Alertmanager write them: which alerts belong to a target.
 
-An alert from Alertmanager counts for a target only when its labels say so (DESIGN.md): the
+An alert from Alertmanager counts for a target only when its labels say so: the
 ``rollback_target`` label names it, or one of the target's matcher sets matches. A matcher set
 is written as a PromQL selector, ``{job="lavalink-rust", instance=~"node-1:.*"}`` (every matcher
 must hold), optionally led by an alert name (``LavalinkDown{job="lavalink-rust"}`` also wants

@@ -257,7 +257,7 @@ class Evaluation:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The decision policy of DESIGN.md; defaults are the brief's."""
+    """The decision policy (docs/architecture.md) and its defaults."""
 
     escalate_score: float = 3.0
     inconclusive_after: float = 300.0

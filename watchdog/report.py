@@ -1,6 +1,6 @@
 """The rollback report: one run told in the operators' own template, as Markdown.
 
-The runbook (``reference/rollback-procedures.md``) ends every rollback with a report for people:
+The runbook (``docs/architecture.md``) ends every rollback with a report for people:
 date, duration, who initiated it and why, a timeline, the impact, the root cause, the resolution,
 lessons learned and next steps. Everything this module writes is read from the journal and
 nothing is guessed: a figure the journal cannot back (the downtime without probe turns) reads

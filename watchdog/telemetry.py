@@ -144,7 +144,7 @@ class Recorder:
             ["target"],
             registry=r,
         )
-        # The metric contract the shipped rules read (DESIGN.md): probes and the systemd watch.
+        # The metric contract the shipped rules read (docs/architecture.md): probes, systemd watch.
         self.probe_success = Gauge(
             "rollback_watchdog_probe_success",
             "1 if the last synthetic probe succeeded, else 0 (loadtracks: per source).",

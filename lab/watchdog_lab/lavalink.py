@@ -45,7 +45,7 @@ wrong; never delayed or failed by the injected faults, so a test can always clea
   applies; unknown keys are rejected). Flags and the endpoint share the same checks.
 
 Run: ``python -m watchdog_lab.lavalink --port 2333 --flavour java``; import: `build_app`,
-`serve`, `SimOptions`. Facts are from ``../shared/reference/lavalink.md`` sections 1 and 2.
+`serve`, `SimOptions`. Facts are from Lavalink v4's documented REST and WebSocket protocol.
 """
 
 from __future__ import annotations

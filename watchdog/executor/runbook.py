@@ -1,7 +1,7 @@
 """The operators' rollback procedure as an ordered list of small, journaled steps.
 
 preflight -> backup -> snapshot -> stop-primary -> carry-config -> start-fallback -> verify
--> finish, as in the runbook (``reference/rollback-procedures.md``). Each step is a ``Step`` with
+-> finish, as in the runbook (``docs/architecture.md``). Each step is a ``Step`` with
 a ``run`` (do it) and a ``check`` (is its effect already in place?). The runner journals each
 step before it starts and after it ends, so a crash at any moment leaves a true record; on the
 next start ``reconcile`` resumes the run, skipping every step whose ``check`` says it is done --

@@ -49,7 +49,7 @@ APPROVE = "approve"
 DENY = "deny"
 DEFAULT_API_URL = "https://slack.com/api/"
 
-# Block Kit limits (slack_sdk/models/blocks; reference/protocols.md section 2).
+# Block Kit limits (slack_sdk/models/blocks).
 MAX_BLOCKS = 50
 HEADER_TEXT = 150
 SECTION_TEXT = 3000

@@ -3,7 +3,7 @@
 ``POST /alertmanager`` hands the raw body here. ``parse`` checks the shape Alertmanager sends
 (``notify/webhook``'s ``Message``; keys it does not know are ignored, as new releases add
 some) and names the first problem, so a bad payload is a 400 that changes nothing. ``route``
-then finds each alert's target, by its labels only (DESIGN.md: alerts belong to a target): the
+then finds each alert's target, by its labels only (docs/architecture.md): the
 ``rollback_target`` label names it, or exactly one target's matcher sets match (by default
 its primary's ``job`` or the watchdog's own ``target`` label). An alert's name alone never
 routes it -- another team's ``PostgresDown`` must not roll Lavalink back -- and there is no
