@@ -358,3 +358,84 @@ class ProbeResult:
     load_type: str = ""  # loadtracks only, as Lavalink answered: track, search, empty, error ...
     conclusive: bool = True  # False: says nothing about the service (our password refused,
     # our own failure), so it must read as no data, never as a failing service
+
+
+# -- runs of the runbook: what the executor reports, the gate follows and the report reads ------
+
+
+class Trigger(enum.StrEnum):
+    """What started a run (the journal's ``runs.trigger``)."""
+
+    AUTO = "auto"  # the decision, in auto mode
+    APPROVED = "approved"  # a human approved the decision's proposal (or its timeout proceeded)
+    MANUAL = "manual"  # an operator's order: the CLI or the API
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands, or how it ended."""
+
+    RUNNING = "running"  # in flight, or cut off and not yet reconciled
+    SUCCEEDED = "succeeded"  # the fallback runs and passed verification
+    ABORTED = "aborted"  # ended before any unit was touched: the primary never stopped
+    RESTORED = "restored"  # the fallback failed; the primary was brought back
+    FAILED = "failed"  # the fallback failed and was left so (or bringing the primary back did)
+    INTERRUPTED = "interrupted"  # cut off after touching units and too old to resume: look
+
+
+class StepStatus(enum.StrEnum):
+    """One step's state in the journal."""
+
+    RUNNING = "running"  # journaled before it starts; still so if the process died in it
+    OK = "ok"  # it did its part
+    FAILED = "failed"  # it could not do its part (the detail says why)
+    SKIPPED = "skipped"  # a resumed run found its effect already in place
+    INTERRUPTED = "interrupted"  # cut off (the watchdog stopped, the bus dropped): resumed later
+
+
+class Launch(enum.StrEnum):
+    """What asking the executor for a run came to."""
+
+    STARTED = "rollback started"  # a new run is going
+    JOINED = "joined the run in flight"  # a run of this target was already going
+    REFUSED = "not started"  # no executor, stopping, or reconciling first: ask again later
+
+
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """The executor's answer to one order: the result, and why it was refused."""
+
+    result: Launch
+    why: str = ""  # REFUSED only
+
+    @property
+    def going(self) -> bool:
+        """Whether a run is now going for the order (started or joined)."""
+        return self.result is not Launch.REFUSED
+
+    def __str__(self) -> str:
+        return f"{self.result.value}: {self.why}" if self.why else self.result.value
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """What an observer (the CLI's live view, the incident's message) learns of each step."""
+
+    seq: int
+    name: str
+    status: StepStatus
+    detail: str
+    seconds: float
+    total: int = 0  # steps in the runbook, for "step 3/8"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended."""
+
+    run_id: int
+    status: RunStatus
+    detail: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is RunStatus.SUCCEEDED

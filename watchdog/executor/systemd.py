@@ -1,6 +1,6 @@
 """systemd over D-Bus: the few Manager calls the runbook needs, with every wait bounded.
 
-A thin adapter on dbus-next (asyncio). Calls are plain ``Message``s to
+A thin adapter on dbus-fast (asyncio). Calls are plain ``Message``s to
 ``org.freedesktop.systemd1`` -- no introspection round-trips -- and job completion is read from
 the ``JobRemoved`` signal through a raw message handler that is installed, with ``Subscribe``,
 *before* the job is requested: the signal can arrive before the method reply. Only the result
@@ -19,11 +19,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dbus_next._private.address import get_bus_address, parse_address
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType
-from dbus_next.errors import DBusError
-from dbus_next.message import Message
+from dbus_fast._private.address import get_bus_address, parse_address
+from dbus_fast.aio.message_bus import MessageBus
+from dbus_fast.constants import BusType, MessageType
+from dbus_fast.errors import DBusError
+from dbus_fast.message import Message
 
 from watchdog.model import UnitStatus
 
@@ -47,10 +47,10 @@ def _missing_socket(bus: str) -> str | None:
     try:
         if bus in ("system", "user"):
             kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
-            address = get_bus_address(kind)  # type: ignore[no-untyped-call]
+            address = get_bus_address(kind)
         else:
             address = bus
-        for transport, options in parse_address(address):  # type: ignore[no-untyped-call]
+        for transport, options in parse_address(address):
             if transport == "unix" and "path" in options:
                 return None if os.path.exists(options["path"]) else str(options["path"])
     except Exception:
@@ -99,12 +99,12 @@ class Systemd:
     async def _connect_once(cls, bus: str, call_timeout: float) -> Systemd:
         where = "the system bus" if bus == "system" else ("the user bus" if bus == "user" else bus)
         missing = _missing_socket(bus)
-        if missing is not None:  # dbus-next would leak its socket failing on this
+        if missing is not None:  # dbus-fast would leak its socket failing on this
             raise SystemdError(f"cannot connect to systemd on {where}: no socket at {missing}")
         connection: MessageBus | None = None
 
         try:
-            # dbus-next connects the (local) socket in its constructor, which must run on the loop
+            # dbus-fast connects the (local) socket in its constructor, which must run on the loop
             if bus == "system":
                 connection = MessageBus(bus_type=BusType.SYSTEM)
             elif bus == "user":
@@ -116,7 +116,7 @@ class Systemd:
         except TimeoutError:
             if connection is not None:
                 with contextlib.suppress(Exception):
-                    connection.disconnect()  # type: ignore[no-untyped-call]
+                    connection.disconnect()
             raise _NoAnswer(
                 f"cannot connect to systemd on {where}: no answer within {CONNECT_TIMEOUT:g}s"
                 f" ({CONNECT_ATTEMPTS} attempts)"
@@ -124,12 +124,12 @@ class Systemd:
         except (OSError, DBusError, ValueError, KeyError) as exc:
             if connection is not None:
                 with contextlib.suppress(Exception):
-                    connection.disconnect()  # type: ignore[no-untyped-call]
+                    connection.disconnect()
             raise SystemdError(f"cannot connect to systemd on {where}: {exc}") from None
         return cls(connection, timeout=call_timeout)
 
     def close(self) -> None:
-        self._bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next is untyped here
+        self._bus.disconnect()
 
     @property
     def connected(self) -> bool:
