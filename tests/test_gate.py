@@ -35,9 +35,9 @@ class Runner:
     def in_flight(self) -> bool:
         return self.running
 
-    def __call__(self, order: gate.Order) -> str:
+    def __call__(self, order: gate.Order) -> model.Launched:
         self.orders.append(order)
-        return gate.STARTED
+        return model.Launched(model.Launch.STARTED)
 
 
 class Cards:
@@ -89,8 +89,8 @@ def wired(
     runner = Runner()
     gatekeeper.attach("lavalink", runner)
     target.gatekeeper = gatekeeper
-    if mode is model.Mode.AUTO:
-        target.launch = runner
+    if mode is model.Mode.AUTO:  # as the daemon wires it: through the gate
+        target.launch = gatekeeper.launcher("lavalink")
     return target, gatekeeper, runner, cards, clock
 
 

@@ -42,6 +42,47 @@ def test_creates_wal_database_at_latest_schema(tmp_path: Path) -> None:
     again.close()
 
 
+def test_schema_5_gets_step_statuses_and_order_fields_from_its_old_prose(tmp_path: Path) -> None:
+    """Schema 6 keeps as fields what schema 5 kept only as words: an interrupted step's status,
+    and who ordered a rollback, through what, in which category."""
+    path = tmp_path / journal.DATABASE_NAME
+    db = sqlite3.connect(path)
+    for version, script in enumerate(journal.MIGRATIONS[:5], start=1):
+        for statement in journal._statements(script):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+    db.execute(
+        "INSERT INTO incidents (id, target, opened_at, status, verdict, acted, reason, origin) "
+        "VALUES (1, 'lavalink', 10, 'closed', 'rollback', 'rollback', 'security: CVE', 'order')"
+    )
+    db.execute(
+        "INSERT INTO decisions (incident_id, target, at, verdict, action, mode, outcome, reason)"
+        " VALUES (1, 'lavalink', 10, 'rollback', 'rollback', 'manual', "
+        "'ordered by alice via api', 'security: CVE')"
+    )
+    db.execute(
+        "INSERT INTO runs (id, target, incident_id, trigger, initiated_by, reason, started_at, "
+        "status) VALUES (1, 'lavalink', 1, 'manual', 'alice', 'security: CVE', 11, 'succeeded')"
+    )
+    for seq, (status, detail) in enumerate(
+        [("ok", "fine"), ("failed", "interrupted: the watchdog stopped here"), ("failed", "no")],
+        start=1,
+    ):
+        db.execute(
+            "INSERT INTO steps (run_id, seq, name, started_at, status, detail) "
+            "VALUES (1, ?, 'backup', 11, ?, ?)",
+            (seq, status, detail),
+        )
+    db.commit()
+    db.close()
+    store = journal.Journal.open(tmp_path)
+    assert [s.status for s in store.steps(1)] == ["ok", "interrupted", "failed"]
+    (decision,) = store.decisions()
+    assert (decision.ordered_by, decision.ordered_via) == ("alice", "api")
+    (incident,) = store.incidents()
+    assert incident.category == "security"
+
+
 def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path) -> None:
     """Schema 4 (the release before alert routing): its rows survive, an alert it kept for
     the target by name alone stays in the table (it is routed again when read), and the new
@@ -68,7 +109,7 @@ def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path
     db.commit()
     db.close()
     store = journal.Journal.open(tmp_path)
-    assert store.schema_version == len(journal.MIGRATIONS) == 5
+    assert store.schema_version == len(journal.MIGRATIONS) == 6
     assert [(i.verdict, i.reason) for i in store.incidents()] == [("rollback", "crash loop")]
     assert not store.arming("lavalink").armed  # still disarmed after the upgrade
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["PostgresDown"]

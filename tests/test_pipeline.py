@@ -184,11 +184,11 @@ class Launcher:
     def in_flight(self) -> bool:
         return bool(self.launched) and self.running
 
-    def __call__(self, order: gate.Order) -> str:
+    def __call__(self, order: gate.Order) -> model.Launched:
         if self.fails_with is not None:
-            return self.fails_with
+            return model.Launched(model.Launch.REFUSED, self.fails_with)
         self.launched.append(order.incident)
-        return pipeline.STARTED
+        return model.Launched(model.Launch.STARTED)
 
 
 def acted(store: journal.Journal) -> str | None:
@@ -221,7 +221,7 @@ async def test_an_executor_lost_between_decision_and_launch_is_not_taken_for_a_r
     target = make_target(tmp_path, Client(BROKEN))
     launcher = Launcher()
     target.launch = launcher
-    launcher.fails_with = "not started: no executor is connected"
+    launcher.fails_with = "no executor is connected"
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     assert acted(target.store) is None and target.state.incident is not None
     assert target.state.incident.acted is None

@@ -654,8 +654,7 @@ class _Api:
         self._client.close()
 
 
-class _Unreachable(Exception):
-    """The daemon did not answer: not bad input, a failed check (exit 1)."""
+_Unreachable = errors.Unreachable  # the daemon did not answer: a failed check (exit 1)
 
 
 def _said(answer: httpx.Response) -> str:
@@ -835,7 +834,7 @@ async def _execute(
                 store,
                 systemd,
                 settings.state_dir,
-                trigger="manual",
+                trigger=model.Trigger.MANUAL,
                 initiated_by=by,
                 reason=reason,
                 incident_id=incident,
@@ -884,7 +883,7 @@ async def _follow(
             shown += 1
         run = await asyncio.to_thread(store.run, run_id)
         if run.status != "running":
-            return runbook.Outcome(run.id, run.status, run.outcome)
+            return runbook.Outcome(run.id, model.RunStatus(run.status), run.outcome)
         orphaned = await runbook.reconcile(target, store, systemd, state_dir, observer=_show_step)
         if orphaned is not None:  # its process had died: finished here
             return orphaned

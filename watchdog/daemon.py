@@ -490,8 +490,8 @@ async def _run(
             if (outcome := reconciled.get(guard.target.name)) is not None:
                 guard.resumed_run_ended(outcome)  # its report, its message, the watch after
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
-            if settings.mode is model.Mode.AUTO:
-                guard.target.launch = guard
+            if settings.mode is model.Mode.AUTO:  # the one way in: through the gate
+                guard.target.launch = gatekeeper.launcher(guard.target.name)
             await guard.read_units()  # the first tick sees systemd, not "no reading yet"
         log.info(
             "started",
@@ -738,7 +738,9 @@ class Reloader:
             target.policy = policy
             target.mode = live.mode
             target.alerts_forget_after = live.alertmanager.forget_after
-            target.launch = guard if live.mode is model.Mode.AUTO else None
+            keeper = target.gatekeeper
+            auto = live.mode is model.Mode.AUTO and keeper is not None
+            target.launch = keeper.launcher(target.name) if auto and keeper else None
             guard.reconfigure(live)
         self._live.settings = live
         log.warning(
@@ -976,13 +978,13 @@ class Guard:
             return "no executor is connected"
         return None
 
-    def __call__(self, order: gate.Order) -> str:
+    def __call__(self, order: gate.Order) -> model.Launched:
         """Start the runbook for an order (``gate.Launcher``), or join the run in flight."""
         if self._task("rollback") is not None:
-            return gate.JOINED
+            return model.Launched(model.Launch.JOINED)
         systemd = self._link.connection()
         if systemd is None or self._task("reconcile") is not None:
-            return f"not started: {self.blocked()}"
+            return model.Launched(model.Launch.REFUSED, self.blocked() or "")
         self._start(
             "rollback",
             runbook.start_run(
@@ -1000,7 +1002,7 @@ class Guard:
             ),
             on_end=self._ended(order),
         )
-        return gate.STARTED
+        return model.Launched(model.Launch.STARTED)
 
     def _ended(self, order: gate.Order) -> Callable[[runbook.Outcome], None]:
         """At the run's end: tell the order's observer, then watch the fallback a while."""
@@ -1022,7 +1024,7 @@ class Guard:
                     run.incident_id,
                     f"run #{outcome.run_id} {outcome.status} (resumed)",
                     status=f"Rollback {outcome.status}: {outcome.detail}",
-                    final=outcome.status != runbook.INTERRUPTED,
+                    final=outcome.status is not model.RunStatus.INTERRUPTED,
                 )
             self._after_run(outcome, run.incident_id)
 
@@ -1030,10 +1032,10 @@ class Guard:
 
     def _after_run(self, outcome: runbook.Outcome, incident: int | None) -> None:
         """A run that ended (not one paused for shutdown): its report, and the watch after."""
-        if outcome.status == runbook.INTERRUPTED:  # still open: its end comes later
+        if outcome.status is model.RunStatus.INTERRUPTED:  # still open: its end comes later
             return
         self._spawn(self._report(outcome.run_id, incident, post=True))
-        if outcome.status == "succeeded" and self.target.settings.after.enabled:
+        if outcome.succeeded and self.target.settings.after.enabled:
             self._spawn(self._watch_after(outcome.run_id, incident))
 
     async def stop_watching(self) -> None:

@@ -24,12 +24,11 @@ from typing import Any, Protocol
 import structlog
 
 from watchdog import approval, config, journal, model, notify, timefmt
-from watchdog.executor import runbook
 
 log = structlog.get_logger("watchdog.gate")
 
-STARTED = "rollback started"
-JOINED = "joined the run in flight"
+STARTED = model.Launch.STARTED  # the words journaled as a decision's outcome
+JOINED = model.Launch.JOINED
 _SHOWN_SIGNALS = 10  # a message lists the worst few; the journal has them all
 
 
@@ -38,15 +37,21 @@ class Order:
     """Start the runbook: for which incident, on whose word, and whom to tell as it goes."""
 
     incident: int | None
-    trigger: str  # auto | approved | manual (the run's journal column)
+    trigger: model.Trigger
     initiated_by: str
     reason: str
-    observer: runbook.Observer | None = None
-    on_end: Callable[[runbook.Outcome], None] | None = None
+    observer: Observer | None = None
+    on_end: Callable[[model.RunOutcome], None] | None = None
+
+
+Observer = Callable[[model.StepEvent], None]
+"""Told of each step as the run goes (the CLI's live view, the incident's message)."""
 
 
 class Launcher(Protocol):
-    """Starts (or joins) a target's rollback run; the daemon provides it."""
+    """Starts (or joins) a target's rollback run: the one way into the executor. The daemon
+    provides one per target; the gate wraps it (``Gate.launcher``) so every order, whoever
+    gives it, is followed on the incident's message."""
 
     def blocked(self) -> str | None:
         """Why a run cannot start now (no executor, a run being reconciled), or None."""
@@ -54,8 +59,28 @@ class Launcher(Protocol):
     def in_flight(self) -> bool:
         """Whether a run of this target is already going (a new order joins it)."""
 
-    def __call__(self, order: Order) -> str:
-        """Start or join a run: ``STARTED`` or ``JOINED``, or why it could not after all."""
+    def __call__(self, order: Order) -> model.Launched:
+        """Start or join a run; ``REFUSED`` with why if it could not after all."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Followed:
+    """A target's launcher as the pipeline sees it: through the gate, so the incident's
+    message follows the run whichever way it was ordered."""
+
+    gate: Gate
+    target: str
+
+    def blocked(self) -> str | None:
+        launcher = self.gate._launchers.get(self.target)
+        return "no executor is connected" if launcher is None else launcher.blocked()
+
+    def in_flight(self) -> bool:
+        launcher = self.gate._launchers.get(self.target)
+        return launcher is not None and launcher.in_flight()
+
+    def __call__(self, order: Order) -> model.Launched:
+        return self.gate.launch(self.target, order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +135,10 @@ class Gate:
     def attach(self, target: str, launcher: Launcher) -> None:
         """The daemon's runner for ``target``."""
         self._launchers[target] = launcher
+
+    def launcher(self, target: str) -> Launcher:
+        """``target``'s way into the executor, through this gate (what the pipeline holds)."""
+        return _Followed(self, target)
 
     # -- from the pipeline ---------------------------------------------------------------
 
@@ -327,22 +356,22 @@ class Gate:
         self._cards[incident] = card
         started = self.launch(
             target.name,
-            Order(incident, "manual", order.by, f"{order.category}: {order.reason}"),
+            Order(incident, model.Trigger.MANUAL, order.by, f"{order.category}: {order.reason}"),
         )
-        if started not in (STARTED, JOINED):
-            self._update(incident, started, status="Not started", buttons=False)
-            return approval.Answer(False, started, approval.Refusal.UNAVAILABLE, incident)
+        if not started.going:
+            self._update(incident, str(started), status="Not started", buttons=False)
+            return approval.Answer(False, str(started), approval.Refusal.UNAVAILABLE, incident)
         self._publish(card)
         log.warning("rollback ordered", target=target.name, by=order.by, incident=incident)
-        return approval.Answer(True, started, None, incident)
+        return approval.Answer(True, str(started), None, incident)
 
     # -- starting runs ---------------------------------------------------------------------
 
-    def launch(self, target: str, order: Order) -> str:
+    def launch(self, target: str, order: Order) -> model.Launched:
         """Ask the daemon to run the runbook; the gate follows it on the incident's message."""
         launcher = self._launchers.get(target)
         if launcher is None:
-            return "not started: no executor is connected"
+            return model.Launched(model.Launch.REFUSED, "no executor is connected")
         if order.incident is not None:
             incident = order.incident
             order = dataclasses.replace(
@@ -372,19 +401,18 @@ class Gate:
             log.error("approved rollback waits", approval=row.id, why=blocked)
             return  # the next tick tries again
         by = ", ".join(row.approvers) or "nobody (timed out with on_timeout: proceed)"
-        started = self.launch(row.target, Order(row.incident_id, "approved", by, row.reason))
-        if started in (STARTED, JOINED):
-            await asyncio.to_thread(self.store.mark_launched, row.id, started)
-            self._update(row.incident_id, started, status="Rolling back", buttons=False)
+        order = Order(row.incident_id, model.Trigger.APPROVED, by, row.reason)
+        started = self.launch(row.target, order)
+        if started.going:
+            await asyncio.to_thread(self.store.mark_launched, row.id, str(started))
+            self._update(row.incident_id, str(started), status="Rolling back", buttons=False)
         else:
-            log.error("approved rollback not started", approval=row.id, why=started)
+            log.error("approved rollback not started", approval=row.id, why=str(started))
 
-    def _step_observer(self, incident: int) -> runbook.Observer:
-        total = len(runbook.STEPS)
-
-        def observe(event: runbook.StepEvent) -> None:
-            if event.status == "running":
-                status = f"Rolling back: step {event.seq}/{total} {event.name}"
+    def _step_observer(self, incident: int) -> Observer:
+        def observe(event: model.StepEvent) -> None:
+            if event.status is model.StepStatus.RUNNING:
+                status = f"Rolling back: step {event.seq}/{event.total} {event.name}"
                 self._update(incident, None, status=status, buttons=False)
             else:
                 took = f" ({event.seconds:.1f}s)" if event.seconds else ""
@@ -393,8 +421,8 @@ class Gate:
 
         return observe
 
-    def _end_observer(self, incident: int) -> Callable[[runbook.Outcome], None]:
-        def ended(outcome: runbook.Outcome) -> None:
+    def _end_observer(self, incident: int) -> Callable[[model.RunOutcome], None]:
+        def ended(outcome: model.RunOutcome) -> None:
             status = f"Rollback {outcome.status}: {outcome.detail}"
             self._update(
                 incident,

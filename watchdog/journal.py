@@ -204,6 +204,41 @@ MIGRATIONS: Sequence[str] = (
         value  TEXT NOT NULL
     );
     """,
+    # 6: an interrupted step has a status of its own (it was 'failed' with an "interrupted:"
+    # detail); who ordered a rollback, through what and in which category are fields (they
+    # were only prose in the decision's outcome and the incident's reason)
+    """
+    CREATE TABLE steps_6 (
+        id           INTEGER PRIMARY KEY,
+        run_id       INTEGER NOT NULL REFERENCES runs (id),
+        seq          INTEGER NOT NULL,
+        name         TEXT NOT NULL,
+        started_at   REAL NOT NULL,
+        finished_at  REAL,
+        status       TEXT NOT NULL CHECK (status IN
+                       ('running', 'ok', 'failed', 'skipped', 'interrupted')),
+        detail       TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO steps_6 (id, run_id, seq, name, started_at, finished_at, status, detail)
+        SELECT id, run_id, seq, name, started_at, finished_at,
+               CASE WHEN status = 'failed' AND detail LIKE 'interrupted:%'
+                    THEN 'interrupted' ELSE status END,
+               detail
+        FROM steps;
+    DROP TABLE steps;
+    ALTER TABLE steps_6 RENAME TO steps;
+    CREATE INDEX steps_run ON steps (run_id, seq);
+    ALTER TABLE incidents ADD COLUMN category TEXT /* an order's: manual | security */;
+    ALTER TABLE decisions ADD COLUMN ordered_by TEXT /* an order's: the person */;
+    ALTER TABLE decisions ADD COLUMN ordered_via TEXT /* an order's: cli | api | slack */;
+    UPDATE incidents SET category = CASE WHEN reason LIKE 'security:%' THEN 'security'
+                                         ELSE 'manual' END
+        WHERE origin = 'order';
+    UPDATE decisions
+        SET ordered_by = substr(outcome, 12, instr(outcome, ' via ') - 12),
+            ordered_via = substr(outcome, instr(outcome, ' via ') + 5)
+        WHERE mode = 'manual' AND outcome LIKE 'ordered by % via %';
+    """,
 )
 
 
@@ -216,12 +251,7 @@ class Arming:
     by: str | None = None
 
 
-class RunInFlight(Exception):
-    """A run for this target is already in flight; ``run_id`` is the one to join."""
-
-    def __init__(self, run_id: int) -> None:
-        super().__init__(f"run #{run_id} is already in flight")
-        self.run_id = run_id
+RunInFlight = errors.RunInFlight
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +303,7 @@ class IncidentRow:
     acted: str | None
     reason: str
     origin: str = "decision"  # or "order": opened by a person's rollback order
+    category: str | None = None  # an order's: manual | security
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +319,8 @@ class DecisionRow:
     mode: str
     outcome: str
     reason: str
+    ordered_by: str | None = None  # an order's: the person
+    ordered_via: str | None = None  # an order's: cli | api | slack
 
 
 @dataclass(frozen=True, slots=True)
@@ -821,7 +854,7 @@ class Journal:
         target: str,
         *,
         incident_id: int | None,
-        trigger: str,
+        trigger: model.Trigger,
         initiated_by: str,
         reason: str,
         at: float,
@@ -881,7 +914,9 @@ class Journal:
             )
             return int(cursor.lastrowid or 0)
 
-    def step_finished(self, step_id: int, status: str, detail: str, *, at: float) -> None:
+    def step_finished(
+        self, step_id: int, status: model.StepStatus, detail: str, *, at: float
+    ) -> None:
         with self._lock, self._write(in_flight=True):
             self._db.execute(
                 "UPDATE steps SET status = ?, detail = ?, finished_at = ? WHERE id = ?",
@@ -901,7 +936,7 @@ class Journal:
     def finish_run(
         self,
         run_id: int,
-        status: str,
+        status: model.RunStatus,
         outcome: str,
         *,
         at: float,
@@ -968,16 +1003,25 @@ class Journal:
         own incident (which the evaluations keep following) and ends with its run."""
         with self._lock, self._write():
             cursor = self._db.execute(
-                "INSERT INTO incidents (target, opened_at, status, verdict, acted, reason, origin)"
-                " VALUES (?, ?, 'open', 'rollback', 'rollback', ?, 'order')",
-                (target, at, f"{category}: {reason}"),
+                "INSERT INTO incidents "
+                "(target, opened_at, status, verdict, acted, reason, origin, category)"
+                " VALUES (?, ?, 'open', 'rollback', 'rollback', ?, 'order', ?)",
+                (target, at, f"{category}: {reason}", category),
             )
             incident = int(cursor.lastrowid or 0)
             self._db.execute(
-                "INSERT INTO decisions "
-                "(incident_id, target, at, verdict, action, mode, outcome, reason) "
-                "VALUES (?, ?, ?, 'rollback', 'rollback', 'manual', ?, ?)",
-                (incident, target, at, f"ordered by {by} via {via}", f"{category}: {reason}"),
+                "INSERT INTO decisions (incident_id, target, at, verdict, action, mode, outcome,"
+                " reason, ordered_by, ordered_via)"
+                " VALUES (?, ?, ?, 'rollback', 'rollback', 'manual', ?, ?, ?, ?)",
+                (
+                    incident,
+                    target,
+                    at,
+                    f"ordered by {by} via {via}",
+                    f"{category}: {reason}",
+                    by,
+                    via,
+                ),
             )
             return incident
 
@@ -1616,6 +1660,9 @@ def _signal_json(signal: model.Signal) -> dict[str, Any]:
         "value": value if value is None or value == value else None,  # NaN is not JSON
         "labels": dict(signal.labels),
         "detail": signal.detail,
+        # the rule's threshold as fields: the report shows them, never parses the reason
+        "threshold": signal.rule.threshold,
+        "for_seconds": signal.rule.for_seconds,
     }
 
 

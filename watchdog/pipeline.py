@@ -138,13 +138,10 @@ class Target:
             state = not_acted(state, before)
         self.memory, self.state = memory, state
         if acting and blocked is None and launch is not None:
-            order = gate.Order(incident, "auto", "rollback-watchdog", decided.reason)
-            if self.gatekeeper is not None:
-                launched = self.gatekeeper.launch(self.name, order)
-            else:
-                launched = launch(order)
-            if launched not in (STARTED, JOINED):  # lost the executor since: ask again
-                log.error("rollback not started", target=self.name, outcome=launched)
+            order = gate.Order(incident, model.Trigger.AUTO, "rollback-watchdog", decided.reason)
+            launched = launch(order)  # the one way into the executor
+            if not launched.going:  # lost the executor since: ask again
+                log.error("rollback not started", target=self.name, outcome=str(launched))
                 if incident is not None:
                     await asyncio.to_thread(self.store.unact, incident, before)
                 self.state = not_acted(self.state, before)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,6 @@ UNKNOWN_DOWNTIME = "unknown (probes off or no turn journaled)"
 
 _VIA = {"slack": "Slack", "api": "API", "cli": "CLI", "gate": "the watchdog"}
 _ACTED = ("rollback", "propose")  # decisions that ask for a rollback (the others only notify)
-_ORDERED = re.compile(r"^ordered by (?P<by>.+) via (?P<via>\w+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,19 +216,16 @@ def initiated_by(data: ReportData) -> str:
 
 
 def _category(data: ReportData) -> str | None:
-    """``manual`` or ``security`` for a person's order (the incident's reason starts with it)."""
-    for text in (data.incident["reason"] if data.incident else "", data.run.reason):
-        head = text.split(":", 1)[0]
-        if head in ("manual", "security") and ":" in text:
-            return head
-    return None
+    """``manual`` or ``security`` for a person's order (the incident's ``category``)."""
+    category = data.incident.get("category") if data.incident else None
+    return str(category) if category else None
 
 
 def _order(data: ReportData) -> tuple[str, str] | None:
-    """Who ordered the rollback and through what, from the order's decision."""
+    """Who ordered the rollback and through what: the order's decision's fields."""
     for made in data.decisions:
-        if made["mode"] == "manual" and (match := _ORDERED.match(made["outcome"])):
-            return match["by"], match["via"]
+        if made["mode"] == "manual" and made.get("ordered_by") and made.get("ordered_via"):
+            return str(made["ordered_by"]), str(made["ordered_via"])
     return None
 
 
@@ -495,7 +490,6 @@ def _root_cause(data: ReportData) -> list[str]:
             "| Signal | State | Value | Threshold | Labels | Detail |",
             "|---|---|---|---|---|---|",
         ]
-        reason = str(evaluated["reason"])
         for s in firing:
             labels = ", ".join(f'{k}="{v}"' for k, v in sorted(s.get("labels", {}).items()))
             lines.append(
@@ -506,7 +500,7 @@ def _root_cause(data: ReportData) -> list[str]:
                         s["name"],
                         s["state"],
                         _number(s.get("value")),
-                        _threshold(reason, s["name"]) or "-",
+                        _threshold(s) or "-",
                         labels or "-",
                         s.get("detail") or "-",
                     )
@@ -534,15 +528,14 @@ def _root_cause(data: ReportData) -> list[str]:
     return lines
 
 
-def _threshold(reason: str, name: str) -> str | None:
-    """A signal's threshold as the decision's reason gives it (``describe``: "NAME firing
-    {labels}, value V, threshold T, since S"): the journal keeps no other copy of it."""
-    match = re.search(rf"(?:^|; |: ){re.escape(name)} firing\b([^;]*)", reason)
-    if match is None:
-        return None
-    described = match.group(1)
-    found = re.search(r", threshold (.+?)(?:, since \S+.*)?$", described)
-    return found.group(1) if found else None
+def _threshold(signal: Mapping[str, Any]) -> str | None:
+    """A signal's threshold as journaled with it (the rule's ``threshold`` annotation and its
+    ``for``), in the decision's words: "> 0.5 s for 5m"."""
+    threshold = str(signal.get("threshold") or "")
+    for_seconds = signal.get("for_seconds")
+    if isinstance(for_seconds, int | float) and for_seconds and "for" not in threshold:
+        threshold = f"{threshold} for {timefmt.format_duration(for_seconds)}".strip()
+    return threshold or None
 
 
 # -- resolution, verification, backups -------------------------------------------------------

@@ -330,10 +330,7 @@ async def _body(request: web.Request, shape: type[_Request]) -> Any:
         raise _BadRequest(f"{where}: {message}") from None
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+_BadRequest = errors.BadRequest
 
 
 _REFUSED_STATUS: Final = {

@@ -32,17 +32,16 @@ from typing import IO, Any
 import httpx
 import structlog
 
-from watchdog import config, credentials, journal, profiles
+from watchdog import config, credentials, errors, journal, model, profiles
 from watchdog.executor import verify
 from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
-from watchdog.model import UnitStatus
+from watchdog.model import RunStatus, StepStatus, UnitStatus
 from watchdog.profiles import base
 
 log = structlog.get_logger("watchdog.executor")
 
 
-class StepFailed(Exception):
-    """A step could not do its part; the message is what the journal and the operator see."""
+StepFailed = errors.StepFailed
 
 
 @dataclass(slots=True)
@@ -99,28 +98,8 @@ class Step:
     touches_units: bool = False  # from here on, a failure has changed the service
 
 
-@dataclass(frozen=True, slots=True)
-class StepEvent:
-    """What an observer (the CLI's live view) learns about each step."""
-
-    seq: int
-    name: str
-    status: str  # running | ok | failed | skipped
-    detail: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a run ended."""
-
-    run_id: int
-    status: str  # succeeded | aborted | failed | restored | interrupted
-    detail: str
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
+StepEvent = model.StepEvent
+Outcome = model.RunOutcome
 
 
 Observer = Callable[[StepEvent], None]
@@ -412,7 +391,7 @@ async def finish(ctx: Context) -> str:
     # One transaction: the run, this step, the arming and the incident end together.
     ctx.journal.finish_run(
         ctx.run_id,
-        "succeeded",
+        RunStatus.SUCCEEDED,
         "fallback verified",
         at=ctx.clock(),
         disarm=True,
@@ -487,7 +466,6 @@ _TOUCHING = frozenset(step.name for step in STEPS if step.touches_units)
 # leaves the service down between the two
 _SWITCH_CONTINUES = frozenset({"carry-config", "start-fallback"})
 _FLAG_PREFIX = "run "  # the flag file names the run that wrote it
-INTERRUPTED = "interrupted"
 
 
 async def _finish_failure(
@@ -500,18 +478,19 @@ async def _finish_failure(
     clock: Callable[[], float],
 ) -> Outcome:
     """A crash came after a step failed: do (or redo) the failure handling, nothing else."""
-    restored = any(s.name == "restore-primary" and s.status == "ok" for s in steps)
+    restored = any(s.name == "restore-primary" and s.status == StepStatus.OK for s in steps)
     failed = next(
-        (s for s in steps if s.status == "failed" and s.name != "restore-primary"), steps[-1]
+        (s for s in steps if s.status == StepStatus.FAILED and s.name != "restore-primary"),
+        steps[-1],
     )
     if not _touched(steps):
         outcome = f"{failed.name} failed, nothing was stopped: {failed.detail}"
-        return _close(store, run_id, "aborted", outcome, clock, disarm=False)
+        return _close(store, run_id, RunStatus.ABORTED, outcome, clock, disarm=False)
     if failed.name == "finish":  # verified; only closing the run had failed
         outcome = f"fallback verified; the run is closed after a restart ({failed.detail})"
-        return _close(store, run_id, "succeeded", outcome, clock, disarm=True)
+        return _close(store, run_id, RunStatus.SUCCEEDED, outcome, clock, disarm=True)
     if restored or target.runbook.on_fallback_failure == "leave":
-        status = "restored" if restored else "failed"
+        status = RunStatus.RESTORED if restored else RunStatus.FAILED
         outcome = f"{failed.name} had failed ({failed.detail}); closed after a restart"
         return _close(store, run_id, status, outcome, clock, disarm=True)
     ctx = _context(target, systemd, store, state_dir, run_id, clock, password="")
@@ -537,42 +516,43 @@ async def execute(
 ) -> Outcome:
     """Run the steps in order, journaling each; on resume skip those already done."""
     notify = observer or (lambda event: None)
-    pause = ctx.runbook.step_pause
+    pause, total = ctx.runbook.step_pause, len(steps)
     for seq, step in enumerate(steps, start=1):
         if ctx.halt is not None and ctx.halt.is_set() and step.name not in _SWITCH_CONTINUES:
             return _halted(ctx, step.name)
         if resume and await _safe_check(step, ctx):
             step_id = ctx.journal.step_started(ctx.run_id, seq, step.name, at=ctx.clock())
-            ctx.journal.step_finished(step_id, "skipped", "already done", at=ctx.clock())
-            notify(StepEvent(seq, step.name, "skipped", "already done", 0.0))
+            ctx.journal.step_finished(step_id, StepStatus.SKIPPED, "already done", at=ctx.clock())
+            notify(StepEvent(seq, step.name, StepStatus.SKIPPED, "already done", 0.0, total))
             continue
         step_id = ctx.journal.step_started(ctx.run_id, seq, step.name, at=ctx.clock())
         ctx.current_step = step_id
-        notify(StepEvent(seq, step.name, "running", "", 0.0))
+        notify(StepEvent(seq, step.name, StepStatus.RUNNING, "", 0.0, total))
         log.info("step started", run=ctx.run_id, step=step.name)
         started = time.monotonic()
         try:
             if pause:
                 await asyncio.sleep(pause)  # drills: time to watch (or kill) each step
-            detail, status = await step.run(ctx), "ok"
+            detail, status = await step.run(ctx), StepStatus.OK
             if pause and step.run is not finish:
                 await asyncio.sleep(pause)  # ... and the moment after its effect, unjournaled
         except (StepFailed, SystemdError) as exc:
-            detail, status = str(exc), "failed"
+            detail, status = str(exc), StepStatus.FAILED
             if isinstance(exc, SystemdError) and _connection_lost(ctx):
-                detail = f"{INTERRUPTED}: the systemd connection was lost: {exc}"
+                detail = f"interrupted: the systemd connection was lost: {exc}"
+                status = StepStatus.INTERRUPTED
         except Exception as exc:  # a bug or the unexpected: journaled, never silent
-            detail, status = f"{type(exc).__name__}: {exc}", "failed"
+            detail, status = f"{type(exc).__name__}: {exc}", StepStatus.FAILED
         seconds = time.monotonic() - started
-        if step.run is not finish or status == "failed":  # finish journals itself, atomically
+        if step.run is not finish or status is not StepStatus.OK:  # finish journals itself
             ctx.journal.step_finished(step_id, status, detail, at=ctx.clock())
-        notify(StepEvent(seq, step.name, status, detail, seconds))
+        notify(StepEvent(seq, step.name, status, detail, seconds, total))
         log.info("step finished", run=ctx.run_id, step=step.name, status=status, detail=detail)
-        if detail.startswith(INTERRUPTED):
+        if status is StepStatus.INTERRUPTED:
             return _left_running(ctx, step.name)
-        if status == "failed":
+        if status is StepStatus.FAILED:
             return await _failed(ctx, step, seq, detail, notify)
-    return Outcome(ctx.run_id, "succeeded", "fallback verified")
+    return Outcome(ctx.run_id, RunStatus.SUCCEEDED, "fallback verified")
 
 
 def _halted(ctx: Context, step: str) -> Outcome:
@@ -580,7 +560,7 @@ def _halted(ctx: Context, step: str) -> Outcome:
     open and the next start resumes it (within ``resume_within``) from ``step``."""
     detail = f"the watchdog stopped before {step}; the run resumes when it starts again"
     log.warning("rollback paused for shutdown", run=ctx.run_id, step=step)
-    return Outcome(ctx.run_id, INTERRUPTED, detail)
+    return Outcome(ctx.run_id, RunStatus.INTERRUPTED, detail)
 
 
 def _connection_lost(ctx: Context) -> bool:
@@ -593,7 +573,7 @@ def _left_running(ctx: Context, step: str) -> Outcome:
     restore attempted blind, never a run closed as failed that may just have succeeded."""
     detail = f"systemd connection lost in {step}; the run resumes once systemd is reachable"
     log.error("rollback interrupted", run=ctx.run_id, step=step, detail=detail)
-    return Outcome(ctx.run_id, "interrupted", detail)
+    return Outcome(ctx.run_id, RunStatus.INTERRUPTED, detail)
 
 
 async def _safe_check(step: Step, ctx: Context) -> bool:
@@ -614,31 +594,35 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
         # The fallback was verified; only the journal write failed. Never switch back for that.
         outcome = f"fallback verified, but the run could not be closed: {detail}"
         log.critical("rollback done, journal not closed", run=ctx.run_id, detail=detail)
-        return Outcome(ctx.run_id, "failed", outcome)
+        return Outcome(ctx.run_id, RunStatus.FAILED, outcome)
     if not step.touches_units and not _touched(ctx.journal.steps(ctx.run_id)):
         outcome = f"{step.name} failed, nothing was stopped: {detail}"
-        ctx.journal.finish_run(ctx.run_id, "aborted", outcome, at=at)
+        ctx.journal.finish_run(ctx.run_id, RunStatus.ABORTED, outcome, at=at)
         log.error("rollback aborted", run=ctx.run_id, step=step.name, detail=detail)
-        return Outcome(ctx.run_id, "aborted", outcome)
+        return Outcome(ctx.run_id, RunStatus.ABORTED, outcome)
     if ctx.runbook.on_fallback_failure == "restore_primary":
         step_id = ctx.journal.step_started(ctx.run_id, seq + 1, "restore-primary", at=ctx.clock())
-        notify(StepEvent(seq + 1, "restore-primary", "running", "", 0.0))
+        total = seq + 1
+        notify(StepEvent(seq + 1, "restore-primary", StepStatus.RUNNING, "", 0.0, total))
         started = time.monotonic()
         try:
             restored = await restore_primary(ctx)
-            status, result = "ok", restored
+            status, result = StepStatus.OK, restored
         except Exception as exc:  # whatever it was, the journal and the operator must know
-            status, result = "failed", f"{type(exc).__name__}: {exc}"
+            status, result = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
             if isinstance(exc, SystemdError) and _connection_lost(ctx):
-                result = f"{INTERRUPTED}: the systemd connection was lost: {exc}"
+                result = f"interrupted: the systemd connection was lost: {exc}"
+                status = StepStatus.INTERRUPTED
         ctx.journal.step_finished(step_id, status, result, at=ctx.clock())
-        notify(StepEvent(seq + 1, "restore-primary", status, result, time.monotonic() - started))
-        if result.startswith(INTERRUPTED):  # the reconcile finishes the restore
+        seconds = time.monotonic() - started
+        notify(StepEvent(seq + 1, "restore-primary", status, result, seconds, total))
+        if status is StepStatus.INTERRUPTED:  # the reconcile finishes the restore
             return _left_running(ctx, "restore-primary")
-        run_status = "restored" if status == "ok" else "failed"
+        run_status = RunStatus.RESTORED if status is StepStatus.OK else RunStatus.FAILED
         outcome = f"{step.name} failed ({detail}); primary restore {status}: {result}"
     else:
-        run_status, outcome = "failed", f"{step.name} failed ({detail}); left as it is"
+        run_status = RunStatus.FAILED
+        outcome = f"{step.name} failed ({detail}); left as it is"
     # Touched units: disarm, so the watchdog never switches again on its own.
     ctx.journal.finish_run(
         ctx.run_id, run_status, outcome, at=ctx.clock(), disarm=True, close_incident=True
@@ -728,9 +712,12 @@ async def _reconcile_locked(
     if run is None:
         return None
     for step in store.steps(run.id):
-        if step.status == "running":
+        if step.status == StepStatus.RUNNING:
             store.step_finished(
-                step.id, "failed", f"{INTERRUPTED}: the watchdog stopped here", at=clock()
+                step.id,
+                StepStatus.INTERRUPTED,
+                "interrupted: the watchdog stopped here",
+                at=clock(),
             )
     steps = store.steps(run.id)
     primary = await _status_or_none(systemd, target.primary.unit)
@@ -739,16 +726,16 @@ async def _reconcile_locked(
     store.remember(run.id, "reconciled", seen)
     touched = _touched(steps)
     restores = [s for s in steps if s.name == "restore-primary"]
-    failures = [s for s in steps if s.status == "failed" and not s.detail.startswith(INTERRUPTED)]
+    failures = [s for s in steps if s.status == StepStatus.FAILED]
     if restores or failures:
         # The switch had failed: never go forward again. Finish bringing the primary back.
         return await _finish_failure(target, store, systemd, state_dir, run.id, steps, clock)
     if clock() - run.started_at > target.runbook.resume_within:
         if touched:
             outcome = f"interrupted and too old to resume; left as found: {seen}"
-            return _close(store, run.id, "interrupted", outcome, clock, disarm=True)
+            return _close(store, run.id, RunStatus.INTERRUPTED, outcome, clock, disarm=True)
         outcome = f"interrupted before touching a unit and too old to resume: {seen}"
-        return _close(store, run.id, "aborted", outcome, clock, disarm=False)
+        return _close(store, run.id, RunStatus.ABORTED, outcome, clock, disarm=False)
     log.warning("resuming interrupted rollback", run=run.id, units=seen)
     ctx = _context(
         target,
@@ -797,7 +784,7 @@ def _touched(steps: Sequence[journal.StepRow]) -> bool:
 def _close(
     store: journal.Journal,
     run_id: int,
-    status: str,
+    status: RunStatus,
     outcome: str,
     clock: Callable[[], float],
     *,
@@ -827,7 +814,7 @@ async def start_run(
     systemd: Systemd,
     state_dir: Path,
     *,
-    trigger: str,
+    trigger: model.Trigger,
     initiated_by: str,
     reason: str,
     incident_id: int | None,

@@ -25,6 +25,7 @@ from dbus_fast.constants import BusType, MessageType
 from dbus_fast.errors import DBusError
 from dbus_fast.message import Message
 
+from watchdog import errors
 from watchdog.model import UnitStatus
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -58,12 +59,8 @@ def _missing_socket(bus: str) -> str | None:
     return None
 
 
-class SystemdError(Exception):
-    """A systemd call failed or did not finish in time; the message says which and why."""
-
-
-class _NoAnswer(SystemdError):
-    """The bus accepted the connection but never answered: worth one more try."""
+SystemdError = errors.SystemdError
+_NoAnswer = errors.NoAnswer
 
 
 class Systemd:

@@ -246,13 +246,7 @@ def _fit(text: str, limit: int) -> str:
 # --- Posting and updating ----------------------------------------------------------------------
 
 
-class _Failure(Exception):
-    """One Web API call that did not succeed: the method and Slack's error code."""
-
-    def __init__(self, method: str, error: str) -> None:
-        super().__init__(f"{method}: {error}")
-        self.method = method
-        self.error = error
+_Failure = errors.CallFailed  # one Web API call that did not succeed: method, Slack's code
 
 
 ATTACHMENT_LIMIT = 39_000  # chat.postMessage's text takes up to 40,000 characters

@@ -50,17 +50,10 @@ DETAIL = 200  # characters of a refusal's body kept for the log
 _HTTP_URL = re.compile(r"^https?://[^/\s@]+(/|$)")
 
 
-class DeliveryFailed(Exception):
-    """A request that did not succeed after its retries; safe to log (no token, no URL path)."""
-
-    def __init__(self, reason: str, *, status: int | None, attempts: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status  # the last HTTP status, None when there was no answer
-        self.attempts = attempts
+DeliveryFailed = errors.DeliveryFailed
 
 
-class _Failure(Exception):
+class _Failure(errors.DeliveryError):
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason

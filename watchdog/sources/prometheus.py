@@ -36,7 +36,7 @@ from tenacity import (
 )
 from urllib3.util.retry import Retry
 
-from watchdog import config, credentials, model
+from watchdog import config, credentials, errors, model
 
 MAX_POINTS_PER_QUERY = 11000
 """Prometheus refuses range queries of more than 11,000 points per series; we chunk below it."""
@@ -47,12 +47,7 @@ _STATUS = re.compile(r"HTTP Status Code (\d+) \((.*)\)\s*$", re.S)
 QUERY_THREADS = 8  # queries in flight at once; more wait their turn
 
 
-class QueryFailed(Exception):
-    """One query failed; ``retryable`` says whether trying again could help."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+QueryFailed = errors.QueryFailed
 
 
 @dataclass(frozen=True, slots=True)
