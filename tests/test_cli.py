@@ -528,3 +528,8 @@ def test_rules_prints_the_template_rendered_for_the_target() -> None:
     assert 'job="app-new"' in done.stdout and 'unit="app-new.service"' in done.stdout
     assert "rollback_target: app" in done.stdout and "${" not in done.stdout
     assert_bad_input(cli("rules", "--config", "config/http-service.yml", "--target", "x"), "x")
+
+
+def test_check_without_a_metrics_source_is_bad_input(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "prometheus: {enabled: false}\n")
+    assert_bad_input(cli("check", "--config", str(path)), "prometheus.enabled is false")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import rule
-from watchdog import config, gate, journal, model, pipeline, telemetry
+from watchdog import config, gate, journal, model, pipeline, sources, telemetry
 from watchdog.sources import prometheus
 
 DOWN = rule("Down")  # expr "down_metric > 1"
@@ -252,3 +252,16 @@ async def test_a_new_incident_while_a_run_is_in_flight_is_journaled_as_joining_i
     assert (await target.tick(budget=5)).action is model.Action.ROLLBACK
     outcomes = [d.outcome for d in target.store.decisions()]
     assert sorted(outcomes) == sorted([pipeline.STARTED, pipeline.JOINED])
+
+
+async def test_without_a_metrics_source_every_rule_is_no_data_never_evidence(
+    tmp_path: Path,
+) -> None:
+    """``prometheus.enabled: false``: the no-op source; the rules say nothing, nothing acts."""
+    target = make_target(tmp_path, Client(BROKEN))
+    target.source = sources.build(config.PrometheusSettings(enabled=False))
+    target.launch = launcher = Launcher()
+    decided = await target.tick(budget=5)
+    assert decided.verdict is model.Verdict.INCONCLUSIVE
+    assert decided.action is not model.Action.ROLLBACK and launcher.launched == []
+    assert "no metrics source is configured" in decided.reason

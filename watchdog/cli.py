@@ -287,6 +287,8 @@ def _check(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
     rule_set = rules.load(target.rules, target.rule_variables)
+    if not settings.prometheus.enabled:
+        return _fail("check: prometheus.enabled is false in the config: there is nothing to query")
     return asyncio.run(_check_async(settings, target, rule_set, as_json=args.json))
 
 

@@ -70,6 +70,9 @@ class TLSSettings(_Strict):
 class PrometheusSettings(_Strict):
     """Where Prometheus is and how to talk to it."""
 
+    # false: no metrics source; the rules read as no data and only the systemd watch and
+    # Alertmanager's alerts can act (a host without Prometheus)
+    enabled: bool = True
     url: str = "http://127.0.0.1:9090"
     timeout: Duration = Field(default=10.0, gt=0)  # per query, including Prometheus's own
     retries: int = Field(default=3, ge=1, le=10)  # attempts per query, jittered backoff between

@@ -38,6 +38,7 @@ from watchdog import (
     rules,
     sdnotify,
     server,
+    sources,
     statedir,
     telemetry,
     timefmt,
@@ -387,7 +388,7 @@ async def _run(
         _claim(store, settings, clock())
         recorder = telemetry.Recorder()
         recorder.journal_intact.set(1)  # just opened: ours
-        source = prometheus.PrometheusSource(settings.prometheus)
+        source = sources.build(settings.prometheus)
         resources.callback(source.close)
         guards: list[Guard] = []
         live = Live(settings)  # a reload replaces it
@@ -1301,6 +1302,8 @@ def source_budget(settings: config.Settings) -> float:
 
 async def _warm_start(target: pipeline.Target, settings: config.Settings, now: float) -> None:
     """Rebuild the alert memory from recent history so a restart keeps ``for`` timers."""
+    if not isinstance(target.source, prometheus.PrometheusSource):
+        return  # no history to read: the timers start afresh
     interval = settings.interval
     window = backtest.lookback(target.rules, interval)
     try:

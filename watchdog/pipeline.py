@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from watchdog import config, decision, evaluation, gate, journal, model, telemetry
-from watchdog.sources import alertmanager, prometheus, systemd_watch
+from watchdog import config, decision, evaluation, gate, journal, model, sources, telemetry
+from watchdog.sources import alertmanager, systemd_watch
 
 log = structlog.get_logger("watchdog.pipeline")
 
@@ -64,7 +64,7 @@ class Target:
     rules: Sequence[model.Rule]
     policy: model.Policy
     mode: model.Mode
-    source: prometheus.PrometheusSource
+    source: sources.Source  # the metrics source (Prometheus, or none)
     store: journal.Journal
     recorder: telemetry.Recorder
     memory: model.EvaluationMemory = field(default_factory=lambda: model.EMPTY_MEMORY)
@@ -94,7 +94,7 @@ class Target:
         mode, launch, policy, rules = self.mode, self.launch, self.policy, self.rules
         try:
             async with asyncio.timeout(budget):
-                observation = await prometheus.observe(self.source, self.settings, rules, at)
+                observation = await self.source.observe(self.settings, rules, at)
         except TimeoutError:
             observation = timed_out(rules, at, budget)
         failures = sum(1 for r in observation.results.values() if not r.ok) + (

@@ -142,6 +142,12 @@ class PrometheusSource:
     def url(self) -> str:
         return self._settings.url
 
+    async def observe(
+        self, target: config.TargetSettings, rules: Sequence[model.Rule], at: float
+    ) -> model.Observation:
+        """Every query of ``target``'s rules at ``at`` (``base.Source``)."""
+        return await observe(self, target, rules, at)
+
     def close(self) -> None:
         close = getattr(self._client, "close", None)
         if close is not None:
