@@ -45,7 +45,7 @@ from watchdog import (
 )
 from watchdog.executor import after, runbook
 from watchdog.executor.systemd import Systemd, SystemdError
-from watchdog.notify import grafana, slack, webhook
+from watchdog.notify import channel, grafana, slack, webhook
 from watchdog.sources import alertmanager, probes, prometheus, systemd_watch
 
 log = structlog.get_logger("watchdog.daemon")
@@ -274,15 +274,17 @@ class Intake:
             if guard.target.name in fresh:
                 guard.wake()
 
-    async def interaction(self, interaction: slack.Interaction) -> None:
+    async def click(self, click: channel.Click) -> None:
+        """An approval channel's click, as a vote of the person the channel names."""
         vote = approval.Vote(
-            approve=interaction.action == slack.APPROVE,
-            identities=(interaction.user_id,),  # the ID: a username can be changed by anyone
-            via="slack",
-            at=self._clock(),
+            approve=click.approve, identities=(click.identity,), via=click.via, at=self._clock()
         )
-        ruling, _ = await self._gate.vote(interaction.approval, vote, nonce=interaction.nonce)
-        self._count(ruling, "slack")
+        ruling, _ = await self._gate.vote(click.approval, vote, nonce=click.nonce)
+        self._count(ruling, click.via)
+
+    async def interaction(self, interaction: slack.Interaction) -> None:
+        """A Slack click that came over Socket Mode (no HTTP request to verify)."""
+        await self.click(interaction.click())
 
     async def vote(
         self, approval_id: int, vote: approval.Vote, nonce: str | None
@@ -423,7 +425,7 @@ async def _run(
             readiness=readiness,
             orders=intake,
             alertmanager_token=secrets.alertmanager_token,
-            slack_secret=secrets.slack_signing_secret,
+            channels=approval_channels(secrets),
         )
         resources.push_async_callback(listener.close)
         if settings.slack is not None and settings.slack.socket_mode and secrets.slack_app_token:
@@ -1292,6 +1294,11 @@ def _finished(
                 on_end(outcome)
 
     return done
+
+
+def approval_channels(secrets: Secrets) -> tuple[channel.Channel, ...]:
+    """The approval channels' inbound halves (the factory): Slack, off without its secret."""
+    return (slack.SlackChannel(secrets.slack_signing_secret or ""),)
 
 
 def source_budget(settings: config.Settings) -> float:

@@ -49,13 +49,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog import approval, config, credentials, errors, gate, logs, telemetry
-from watchdog.notify import slack
+from watchdog.notify import channel
 from watchdog.sources import alertmanager
 
 log = structlog.get_logger("watchdog.server")
 
 OPEN_PATHS: Final = frozenset({"/metrics", "/healthz", "/readyz"})
-SELF_AUTHENTICATED: Final = frozenset({"/alertmanager", "/slack/interactions"})
+SELF_AUTHENTICATED: Final = frozenset({"/alertmanager"})  # and every channel's route
 Status = Callable[[], Awaitable[dict[str, Any]]]
 """The operator status document, built from the journal."""
 Readiness = Callable[[], Awaitable[str | None]]
@@ -69,8 +69,8 @@ class Orders(Protocol):
     async def ingest(self, delivery: alertmanager.Delivery) -> None:
         """Keep and evaluate an Alertmanager notification (after it was answered)."""
 
-    async def interaction(self, interaction: slack.Interaction) -> None:
-        """Count a Slack button click (after it was acknowledged)."""
+    async def click(self, click: channel.Click) -> None:
+        """Count an approval channel's click (after it was acknowledged)."""
 
     async def vote(
         self, approval_id: int, vote: approval.Vote, nonce: str | None
@@ -96,7 +96,7 @@ class Context:
     refusals: logs.Tally
     orders: Orders | None = None  # None: nothing can be ordered (503)
     alertmanager_token: str = field(default="", repr=False)  # "" when the receiver is off
-    slack_secret: str = field(default="", repr=False)  # "": Slack over HTTP is off
+    channels: tuple[channel.Channel, ...] = ()  # approval channels: each one's inbound route
     clock: Callable[[], float] = time.time
     pending: set[asyncio.Task[None]] = field(default_factory=set)  # work after the answer
 
@@ -167,7 +167,8 @@ async def _answer(request: web.Request, handler: Callable[..., Awaitable[Any]]) 
 async def _authorized(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
     """Closed by default: every path but the open ones and those that check their own
     credentials (Alertmanager's token, Slack's signature) wants the operator token."""
-    if request.path in OPEN_PATHS or request.path in SELF_AUTHENTICATED:
+    own = {c.path for c in request.app[_CONTEXT].channels}  # a channel proves its own requests
+    if request.path in OPEN_PATHS or request.path in SELF_AUTHENTICATED or request.path in own:
         return await handler(request)
     operators = request.app[_CONTEXT].operators
     if not operators:
@@ -271,25 +272,28 @@ async def _alertmanager(request: web.Request) -> web.Response:
     return web.json_response({"accepted": len(delivery.alerts)})
 
 
-async def _slack_interaction(request: web.Request) -> web.Response:
-    context = request.app[_CONTEXT]
-    if not context.slack_secret:
-        return problem(
-            HTTPStatus.FORBIDDEN,
-            "Slack interactions are off: configure slack.signing_secret_file or _env",
-        )
-    body = await request.read()
-    wrong = slack.verify_signature(context.slack_secret, request.headers, body, now=context.clock())
-    if wrong is not None:
-        request[_WHY] = f"Slack signature: {wrong}"
-        return problem(HTTPStatus.UNAUTHORIZED, f"Slack signature: {wrong}")
-    try:
-        interaction = slack.parse_interaction(body)
-    except errors.InputError as exc:
-        return problem(HTTPStatus.BAD_REQUEST, str(exc))
-    orders = _orders(context)
-    _later(context, orders.interaction(interaction), "slack")
-    return web.Response(status=HTTPStatus.OK)  # Slack's acknowledgement: an empty 200
+def _clicks(inbound: channel.Channel) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The route of one approval channel: verified over the raw body, then read, then
+    acknowledged at once (Slack wants an answer within 3 s); the vote is counted after."""
+
+    async def handle(request: web.Request) -> web.Response:
+        context = request.app[_CONTEXT]
+        if inbound.off is not None:
+            return problem(HTTPStatus.FORBIDDEN, inbound.off)
+        body = await request.read()
+        wrong = inbound.verify(request.headers, body, now=context.clock())
+        if wrong is not None:
+            request[_WHY] = wrong
+            return problem(HTTPStatus.UNAUTHORIZED, wrong)
+        try:
+            click = inbound.parse(body)
+        except errors.InputError as exc:
+            return problem(HTTPStatus.BAD_REQUEST, str(exc))
+        orders = _orders(context)
+        _later(context, orders.click(click), inbound.name)
+        return web.Response(status=HTTPStatus.OK)  # the acknowledgement: an empty 200
+
+    return handle
 
 
 class _Request(BaseModel):
@@ -418,7 +422,7 @@ def build_app(
     readiness: Readiness,
     orders: Orders | None = None,
     alertmanager_token: str | None = None,
-    slack_secret: str | None = None,
+    channels: Sequence[channel.Channel] = (),
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The routes and their guards; ``serve`` binds them, tests may too."""
@@ -432,7 +436,7 @@ def build_app(
         logs.Tally("requests refused", log=log.warning),
         orders=orders,
         alertmanager_token=alertmanager_token or "",
-        slack_secret=slack_secret or "",
+        channels=tuple(channels),
         clock=clock,
     )
     app[_CONTEXT] = context
@@ -440,7 +444,8 @@ def build_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/alertmanager", _alertmanager)
-    app.router.add_post("/slack/interactions", _slack_interaction)
+    for inbound in context.channels:
+        app.router.add_post(inbound.path, _clicks(inbound))
     app.router.add_get("/api/v1/status", _status)
     app.router.add_get("/api/v1/incidents/{incident}", _incident)
     app.router.add_post("/api/v1/rollback", _rollback)
@@ -546,7 +551,7 @@ async def serve(
     readiness: Readiness,
     orders: Orders | None = None,
     alertmanager_token: str | None = None,
-    slack_secret: str | None = None,
+    channels: Sequence[channel.Channel] = (),
 ) -> Server:
     """Bind and start serving; ``InputError`` if the address cannot be bound."""
     app = build_app(
@@ -557,7 +562,7 @@ async def serve(
         readiness=readiness,
         orders=orders,
         alertmanager_token=alertmanager_token,
-        slack_secret=slack_secret,
+        channels=channels,
     )
     runner = _Runner(
         app,

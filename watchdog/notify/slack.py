@@ -20,7 +20,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -42,6 +42,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from watchdog import errors
 from watchdog.notify import Card, MessageRefs, SignalLine
+from watchdog.notify.channel import Click
 
 log = structlog.get_logger("watchdog.slack")
 
@@ -454,6 +455,33 @@ class Interaction:
     def nonce(self) -> str:
         """One click, once: a replayed request carries the same user, action_ts and approval."""
         return f"slack:{self.user_id}:{self.action_ts}:{self.approval}"
+
+    def click(self) -> Click:
+        """The click as the gate counts it: by the user's ID (anyone may change a username)."""
+        return Click("slack", self.approval, self.action == APPROVE, self.user_id, self.nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class SlackChannel:
+    """Slack's interactivity requests as an approval channel (``notify.channel.Channel``):
+    signed with the app's signing secret; off without one."""
+
+    secret: str = field(default="", repr=False)
+    name: str = "slack"
+    path: str = "/slack/interactions"
+
+    @property
+    def off(self) -> str | None:
+        if self.secret:
+            return None
+        return "Slack interactions are off: configure slack.signing_secret_file or _env"
+
+    def verify(self, headers: Mapping[str, str], body: bytes, *, now: float) -> str | None:
+        wrong = verify_signature(self.secret, headers, body, now=now)
+        return None if wrong is None else f"Slack signature: {wrong}"
+
+    def parse(self, body: bytes) -> Click:
+        return parse_interaction(body).click()
 
 
 def parse_interaction(body: bytes) -> Interaction:
