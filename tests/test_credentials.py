@@ -72,10 +72,10 @@ def test_one_token_names_one_operator() -> None:
 
 
 def test_the_alertmanager_token_is_never_an_operator_s() -> None:
-    from watchdog import daemon
+    from watchdog.runtime import secrets
 
     with pytest.raises(errors.ConfigError, match="also operator alice's"):
-        daemon.Secrets(
+        secrets.Secrets(
             operators=(credentials.Identity("alice", "shared-1"),),
             alertmanager_token="shared-1",
             passwords={},
@@ -85,7 +85,8 @@ def test_the_alertmanager_token_is_never_an_operator_s() -> None:
 def test_two_operators_with_one_token_are_refused(tmp_path: Path) -> None:
     import hashlib
 
-    from watchdog import config, daemon
+    from watchdog import config
+    from watchdog.runtime import secrets
 
     (tmp_path / "a.token").write_text("same-t0ken-1\n")
     digest = "sha256:" + hashlib.sha256(b"same-t0ken-1").hexdigest()
@@ -97,4 +98,4 @@ def test_two_operators_with_one_token_are_refused(tmp_path: Path) -> None:
         ]
     )
     with pytest.raises(errors.ConfigError, match="operators alice and bob have the same token"):
-        daemon._operators(listen)
+        secrets._operators(listen)

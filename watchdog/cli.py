@@ -28,13 +28,13 @@ from watchdog import (
     config,
     configcheck,
     credentials,
-    daemon,
     errors,
     journal,
     logs,
     model,
     report,
     rules,
+    runtime,
     timefmt,
     yamlsrc,
 )
@@ -484,7 +484,7 @@ def _run(args: argparse.Namespace) -> int:
     for target in settings.targets:  # fail fast, with exit 2, before anything starts
         rules.load(target.rules, target.rule_variables)
     logs.configure(level=args.log_level)
-    asyncio.run(daemon.run(settings, config_path=args.config))
+    asyncio.run(runtime.run(settings, config_path=args.config))
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, daemon, journal
+from watchdog import config, journal, runtime
 from watchdog_lab import alertmanager as sim_alertmanager
 from watchdog_lab import prometheus as sim_prometheus
 from watchdog_lab import stage
@@ -141,23 +141,23 @@ class SimNode:
 
 
 @contextlib.contextmanager
-def running_daemon(settings: config.Settings) -> Iterator[daemon.Running]:
-    """``daemon.run`` in this process, on its own event loop in a thread, so the test can
+def running_daemon(settings: config.Settings) -> Iterator[runtime.Running]:
+    """``runtime.run`` in this process, on its own event loop in a thread, so the test can
     block on subprocesses and polls while the daemon keeps ticking and serving."""
     started = threading.Event()
-    handles: list[daemon.Running] = []
+    handles: list[runtime.Running] = []
     failures: list[BaseException] = []
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
-    def started_with(running: daemon.Running) -> None:
+    def started_with(running: runtime.Running) -> None:
         handles.append(running)
         started.set()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(daemon.run(settings, stop=stop, started=started_with))
+            loop.run_until_complete(runtime.run(settings, stop=stop, started=started_with))
         except BaseException as exc:  # reported to the test below
             failures.append(exc)
         finally:
@@ -186,7 +186,7 @@ class Stack:
     """Everything one test started, and how to read it."""
 
     node: SimNode
-    running: daemon.Running
+    running: runtime.Running
     state_dir: Path
     prometheus_url: str
     alertmanager_url: str

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from watchdog import config, daemon, journal
+from watchdog import config, journal, runtime
 from watchdog_lab import slack as fake_slack
 
 pytestmark = pytest.mark.integration
@@ -122,8 +122,8 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         )
         settings = config.load(path)
         stop = asyncio.Event()
-        handles: list[daemon.Running] = []
-        task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+        handles: list[runtime.Running] = []
+        task = asyncio.create_task(runtime.run(settings, stop=stop, started=handles.append))
         for _ in range(200):
             if handles or task.done():
                 break

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import config, daemon, journal, logs, model, sdnotify
+from watchdog import config, journal, logs, model, runtime, sdnotify
+from watchdog.runtime import health, reload
 from watchdog_lab import prometheus as sim_prometheus
 
 pytestmark = pytest.mark.integration
@@ -90,10 +91,10 @@ def settings_for(tmp_path: Path, url: str, *, mode: str = "observe") -> config.S
     return config.load(path)
 
 
-async def run_for(settings: config.Settings, seconds: float) -> tuple[daemon.Running, str]:
+async def run_for(settings: config.Settings, seconds: float) -> tuple[runtime.Running, str]:
     stop = asyncio.Event()
-    handles: list[daemon.Running] = []
-    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    handles: list[runtime.Running] = []
+    task = asyncio.create_task(runtime.run(settings, stop=stop, started=handles.append))
     await asyncio.sleep(seconds)
     assert handles, "daemon did not start"
     metrics = await asyncio.to_thread(
@@ -245,8 +246,8 @@ async def test_the_listener_serves_readiness_and_the_status_api(
     listen = settings.listen.model_copy(update={"token_env": "WATCHDOG_TEST_API_TOKEN"})
     settings = settings.model_copy(update={"listen": listen})
     stop = asyncio.Event()
-    handles: list[daemon.Running] = []
-    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    handles: list[runtime.Running] = []
+    task = asyncio.create_task(runtime.run(settings, stop=stop, started=handles.append))
     try:
         for _ in range(100):
             if handles:
@@ -323,7 +324,7 @@ async def test_a_wedged_loop_gets_no_watchdog_ping(tmp_path: Path) -> None:
     store = journal.Journal.open(tmp_path / "state")
     stop = asyncio.Event()
     task = asyncio.create_task(
-        daemon._heartbeat(supervisor, store, [Stalled()], daemon.Live(settings), stop)  # type: ignore[list-item]
+        health._heartbeat(supervisor, store, [Stalled()], reload.Live(settings), stop)  # type: ignore[list-item]
     )
     try:
         said = (await asyncio.to_thread(listener.recv, 4096)).decode()
@@ -351,9 +352,9 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
     settings = settings_for(tmp_path, f"http://127.0.0.1:{closed_port()}")
     path, rules_file = tmp_path / "config.yml", tmp_path / "rules.yml"
     stop, reload = asyncio.Event(), asyncio.Event()
-    handles: list[daemon.Running] = []
+    handles: list[runtime.Running] = []
     task = asyncio.create_task(
-        daemon.run(settings, stop=stop, started=handles.append, config_path=path, reload=reload)
+        runtime.run(settings, stop=stop, started=handles.append, config_path=path, reload=reload)
     )
 
     async def reloaded(check: Callable[[], bool]) -> None:
@@ -405,11 +406,11 @@ async def test_sighup_swaps_rules_and_mode_at_once_and_rejects_a_bad_file(
 
 
 @contextlib.asynccontextmanager
-async def started(settings: config.Settings) -> AsyncIterator[tuple[str, daemon.Running]]:
+async def started(settings: config.Settings) -> AsyncIterator[tuple[str, runtime.Running]]:
     """The daemon running, ready; its base URL and handles."""
     stop = asyncio.Event()
-    handles: list[daemon.Running] = []
-    task = asyncio.create_task(daemon.run(settings, stop=stop, started=handles.append))
+    handles: list[runtime.Running] = []
+    task = asyncio.create_task(runtime.run(settings, stop=stop, started=handles.append))
     try:
         for _ in range(200):
             if handles or task.done():

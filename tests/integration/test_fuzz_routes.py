@@ -2,7 +2,7 @@
 
 The listener is the daemon's attack surface: Alertmanager's webhook, Slack's button clicks and
 the operator API all arrive there, and each can start a rollback. So the daemon runs here for
-real (``daemon.run`` in its own thread and event loop, approve mode, a real journal with an
+real (``runtime.run`` in its own thread and event loop, approve mode, a real journal with an
 approval request pending) and hypothesis throws at it what a confused or hostile sender might:
 random bytes, random JSON, valid payloads with one thing broken, missing and wrong tokens,
 forged, stale and missing Slack signatures, nonsense approval ids, odd content types, bodies
@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from slack_sdk.signature import SignatureVerifier
 from structlog.testing import LogCapture
 
-from watchdog import approval, config, daemon, journal, model
+from watchdog import approval, config, journal, model, runtime
 
 pytestmark = pytest.mark.integration
 
@@ -217,22 +217,22 @@ def ask_approval(store: journal.Journal, *, at: float) -> int:
 
 @contextlib.contextmanager
 def running(settings_: config.Settings) -> Iterator[str]:
-    """``daemon.run`` in a thread with its own event loop until the block ends; the base URL,
+    """``runtime.run`` in a thread with its own event loop until the block ends; the base URL,
     once ``/readyz`` says the first evaluation is done (journaled)."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
-    handles: list[daemon.Running] = []
+    handles: list[runtime.Running] = []
     failures: list[BaseException] = []
 
-    def on_started(handle: daemon.Running) -> None:
+    def on_started(handle: runtime.Running) -> None:
         handles.append(handle)
         started.set()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(daemon.run(settings_, stop=stop, started=on_started))
+            loop.run_until_complete(runtime.run(settings_, stop=stop, started=on_started))
         except BaseException as exc:
             failures.append(exc)
         finally:

@@ -195,7 +195,7 @@ def probe_unit(python: Path | str) -> str:
         [Service]
         Type=oneshot
         ProtectHome=yes
-        ExecStart={python} -c "import watchdog.daemon"
+        ExecStart={python} -c "import watchdog.runtime"
         """)
 
 

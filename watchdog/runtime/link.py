@@ -1,0 +1,135 @@
+"""The connection to systemd: made at start, watched, made again when it drops; a run
+interrupted by a lost connection is reconciled once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+
+from watchdog import (
+    config,
+    model,
+    pipeline,
+)
+from watchdog.executor import runbook
+from watchdog.executor.systemd import Systemd, SystemdError
+
+log = structlog.get_logger("watchdog.runtime")
+
+
+SILENT_READS = 3  # unanswered watch reads in a row before the connection is made again
+RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
+
+
+class SystemdLink:
+    """The daemon's one systemd connection: made at start, made again whenever it is lost.
+
+    Without it the watchdog still evaluates (the crash-loop signal then reads ``error``), but
+    cannot act: auto mode journals "no executor is connected" and asks again every tick until
+    the link is back.
+    """
+
+    def __init__(self, settings: config.Settings) -> None:
+        self._settings = settings
+        self._client: Systemd | None = None
+        self._complained = False
+        self._unanswered = 0  # reads in a row that systemd did not answer at all
+
+    def connection(self) -> Systemd | None:
+        """The connection, if it is up (a dropped one is closed and forgotten here)."""
+        if self._client is not None and not self._client.connected:
+            log.error("systemd connection lost; reconnecting")
+            self._drop()
+        return self._client
+
+    def answered(self, *, at_all: bool) -> None:
+        """What the watch saw: a bus that stays connected but never answers is as good as
+        gone, so after ``SILENT_READS`` silent reads it is dropped and made again."""
+        self._unanswered = 0 if at_all else self._unanswered + 1
+        if self._unanswered >= SILENT_READS and self._client is not None:
+            log.error("systemd stopped answering; reconnecting", silent_reads=self._unanswered)
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
+        self._unanswered = 0
+
+    async def connect(self) -> bool:
+        """One bounded attempt (the client tries a silent bus a few times itself)."""
+        settings = self._settings
+        job_timeout = max(t.runbook.job_timeout for t in settings.targets)
+        try:
+            self._client = await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
+        except SystemdError as exc:
+            if not self._complained:  # once per outage, not every attempt
+                self._complained = True
+                if settings.mode is model.Mode.AUTO:
+                    log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
+                else:
+                    log.warning("systemd unreachable", error=str(exc))
+            return False
+        self._complained = False
+        log.info("connected to systemd", bus=settings.systemd.bus)
+        return True
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Reconnect whenever the connection is gone, until stopped."""
+        while not stop.is_set():
+            if self.connection() is None:
+                await self.connect()
+            await _pause(stop, RECONNECT_EVERY if self._client is None else 1.0)
+
+    def close(self) -> None:
+        self._drop()
+
+
+async def _reconcile(
+    target: pipeline.Target,
+    systemd: Systemd,
+    settings: config.Settings,
+    clock: Callable[[], float],
+    halt: asyncio.Event,
+) -> runbook.Outcome | None:
+    """Finish or close a run a crash left unfinished, then re-read what it changed."""
+    log.info("reconciling", target=target.name)
+    outcome = await runbook.reconcile(
+        target.settings, target.store, systemd, settings.state_dir, clock=clock, halt=halt
+    )
+    if outcome is not None:
+        log.warning(
+            "reconciled",
+            target=target.name,
+            run=outcome.run_id,
+            status=outcome.status,
+            detail=outcome.detail,
+        )
+        target.state = await asyncio.to_thread(target.store.target_state, target.name)
+    return outcome
+
+
+def _longest_step(settings: config.Settings) -> float:
+    """How long a run can take to reach its next safe point: the stop/start pair (two systemd
+    jobs) or the verification, plus some slack -- what ``TimeoutStopSec=`` must allow."""
+    return max(
+        max(2 * t.runbook.job_timeout, t.runbook.verify.timeout + t.runbook.verify.settle) + 15
+        for t in settings.targets
+    )
+
+
+async def _pause(stop: asyncio.Event, seconds: float, *, wake: asyncio.Event | None = None) -> None:
+    """Sleep up to ``seconds``, or less if stopped (or woken)."""
+    events = [stop] if wake is None else [stop, wake]
+    waiting = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
