@@ -429,8 +429,8 @@ def test_the_cli_presents_the_caller_s_own_token_never_another_operator_s(
 ) -> None:
     import argparse
 
-    from watchdog import cli as commands
     from watchdog import config, errors
+    from watchdog.cli import api as commands
 
     for name in ("alice", "shared", "mine"):
         (tmp_path / f"{name}.token").write_text(f"{name}-token\n")

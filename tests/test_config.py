@@ -340,3 +340,20 @@ def test_the_http_example_loads_with_its_own_defaults() -> None:
 def test_profile_mistakes_are_named(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(errors.ConfigError, match=message):
         config.load(write(tmp_path, MINIMAL + extra))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("{youtube: 'ytsearch:x'}", {"youtube": "ytsearch:x"}),  # not merged with SoundCloud
+        ("{}", {}),  # no track loading checks at all, as before profiles
+    ],
+)
+def test_a_mapping_the_config_gives_replaces_the_profiles_whole(
+    tmp_path: Path, given: str, expected: dict[str, str]
+) -> None:
+    text = MINIMAL + f"    runbook: {{verify: {{identifiers: {given}}}}}\n"
+    target = config.load(write(tmp_path, text)).target(None)
+    assert target.runbook.verify.identifiers == expected
+    assert target.probe_identifiers == expected
+    assert target.runbook.url == "http://127.0.0.1:2333"  # sections still merge key by key

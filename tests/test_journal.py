@@ -440,3 +440,17 @@ def test_retention_prunes_evaluations_and_alerts_but_keeps_the_record(tmp_path: 
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["New"]
     assert len(store.incidents()) == 2 and store.decisions()  # incidents and decisions stay
     store.close()
+
+
+def test_each_migration_s_statements_build_what_the_whole_script_builds() -> None:
+    """The statement splitter loses nothing: run one by one (inside the migration's
+    transaction) or as one script, every migration leaves the same schema."""
+    one_by_one, whole = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    for script in journal.MIGRATIONS:
+        for statement in journal._statements(script):
+            one_by_one.execute(statement)
+        whole.executescript(script)
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
+    assert one_by_one.execute(schema).fetchall() == whole.execute(schema).fetchall()
+    assert len(journal._statements("CREATE TABLE a (x);\n-- b is next\nCREATE TABLE b (y);")) == 2
+    assert journal._statements("INSERT INTO t VALUES ('a;b');") == ["INSERT INTO t VALUES ('a;b');"]

@@ -61,7 +61,7 @@ def test_the_wheel_holds_the_product_and_none_of_the_lab(tmp_path: Path) -> None
     (wheel,) = tmp_path.glob("rollback_watchdog-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     modules = [n for n in names if n.endswith(".py")]
-    assert "watchdog/cli.py" in modules and "watchdog/profiles/http/__init__.py" in modules
+    assert "watchdog/cli/__init__.py" in modules and "watchdog/profiles/http/__init__.py" in modules
     assert all(n.startswith("watchdog/") for n in modules), modules
     lab_words = ("sim", "fake", "sandbox", "stage", "lab", "demo")
     leaked = [n for n in modules if any(w in part for part in n.split("/") for w in lab_words)]

@@ -248,14 +248,25 @@ def profile_defaults(name: str) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _under(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` with ``defaults`` filled in where it says nothing (mappings merge, the rest is
-    replaced: a list or an explicit null in the config wins)."""
+def _under(
+    defaults: dict[str, Any], given: dict[str, Any], section: type[BaseModel]
+) -> dict[str, Any]:
+    """``given`` with ``defaults`` filled in where it says nothing. Only a settings section
+    (a field whose type is a settings model) merges key by key; any other value the config
+    gives -- a list, a mapping such as ``identifiers``, an explicit null -- replaces the
+    default whole."""
     merged = dict(defaults)
     for key, value in given.items():
         below = merged.get(key)
-        if isinstance(value, dict) and isinstance(below, dict):
-            merged[key] = _under(below, value)
+        field = section.model_fields.get(key)
+        inner = field.annotation if field is not None else None
+        if (
+            isinstance(inner, type)
+            and issubclass(inner, BaseModel)
+            and isinstance(value, dict)
+            and isinstance(below, dict)
+        ):
+            merged[key] = _under(below, value, inner)
         else:
             merged[key] = value
     return merged
@@ -286,7 +297,7 @@ class TargetSettings(_Strict):
         name = given.get("profile", "lavalink")
         if not isinstance(name, str):
             return given
-        return _under(profile_defaults(name), given)
+        return _under(profile_defaults(name), given, cls)
 
     @property
     def rule_variables(self) -> dict[str, str]:

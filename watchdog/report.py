@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog import errors, journal, profiles, timefmt
+from watchdog.model import StepStatus, Trigger
 
 REPORTS_DIR = "reports"
 UNKNOWN_DOWNTIME = "unknown (probes off or no turn journaled)"
@@ -189,9 +190,9 @@ def initiated_by(data: ReportData) -> str:
     """Who started the run and how: the watchdog itself, approvers and their channel, or a
     person's order (and whether it was a security one)."""
     run = data.run
-    if run.trigger == "auto":
+    if run.trigger is Trigger.AUTO:
         return f"{run.initiated_by} (auto)"
-    if run.trigger == "approved":
+    if run.trigger is Trigger.APPROVED:
         channels: list[str] = []
         for approval in data.approvals:
             if approval["status"] != "approved":
@@ -204,15 +205,13 @@ def initiated_by(data: ReportData) -> str:
         if not channels:  # approved by the clock (on_timeout: proceed): the words say so
             return run.initiated_by
         return f"{run.initiated_by} (approved in {', '.join(channels)})"
-    if run.trigger == "manual":
-        words = ["manual"]
-        if _category(data) == "security":
-            words.append("security")
-        ordered = _order(data)
-        if ordered is not None:
-            words.append(f"via {_VIA.get(ordered[1], ordered[1])}")
-        return f"{run.initiated_by} ({', '.join(words)})"
-    return f"{run.initiated_by} ({run.trigger})"
+    words = ["manual"]  # Trigger.MANUAL: a person's order
+    if _category(data) == "security":
+        words.append("security")
+    ordered = _order(data)
+    if ordered is not None:
+        words.append(f"via {_VIA.get(ordered[1], ordered[1])}")
+    return f"{run.initiated_by} ({', '.join(words)})"
 
 
 def _category(data: ReportData) -> str | None:
@@ -287,14 +286,16 @@ def timeline(data: ReportData) -> list[tuple[float, str]]:
     for step in data.steps:
         if step.finished_at is None:
             continue
-        if step.name == "stop-primary" and step.status == "ok":
+        if step.status is StepStatus.INTERRUPTED:
+            events.append((step.finished_at, f"{step.name} interrupted: {_inline(step.detail)}"))
+        elif step.name == "stop-primary" and step.status is StepStatus.OK:
             events.append((step.finished_at, f"Primary stopped: {_inline(step.detail)}"))
-        elif step.name == "start-fallback" and step.status == "ok":
+        elif step.name == "start-fallback" and step.status is StepStatus.OK:
             events.append((step.finished_at, f"**Fallback started:** {_inline(step.detail)}"))
-        elif step.name == "start-fallback" and step.status == "failed":
+        elif step.name == "start-fallback" and step.status is StepStatus.FAILED:
             events.append((step.finished_at, f"Fallback failed to start: {_inline(step.detail)}"))
-        elif step.name == "verify" and step.status in ("ok", "failed"):
-            result = "passed" if step.status == "ok" else "FAILED"
+        elif step.name == "verify" and step.status in (StepStatus.OK, StepStatus.FAILED):
+            result = "passed" if step.status is StepStatus.OK else "FAILED"
             events.append(
                 (
                     step.finished_at,
@@ -302,7 +303,9 @@ def timeline(data: ReportData) -> list[tuple[float, str]]:
                 )
             )
         elif step.name == "restore-primary":
-            result = "Primary restored" if step.status == "ok" else "Primary restore FAILED"
+            result = (
+                "Primary restored" if step.status is StepStatus.OK else "Primary restore FAILED"
+            )
             events.append((step.finished_at, f"{result}: {_inline(step.detail)}"))
     if lost.ended is not None:
         events.append((lost.ended["at"], f"First passing probe {_where(data)}"))
@@ -397,17 +400,17 @@ def _back_in_service(steps: Sequence[journal.StepRow]) -> float | None:
     start of the fallback. Its step's *start* counts, not its end: the primary is stopped by
     then, so a passing round can only be the new service, which may answer before the step
     is journaled as done."""
-    restored = [s for s in steps if s.name == "restore-primary" and s.status == "ok"]
+    restored = [s for s in steps if s.name == "restore-primary" and s.status is StepStatus.OK]
     if restored:
         return restored[-1].started_at
     started = [s for s in steps if s.name == "start-fallback"]
-    if any(s.status in ("ok", "skipped") for s in started):
+    if any(s.status in (StepStatus.OK, StepStatus.SKIPPED) for s in started):
         return min(s.started_at for s in started)  # a resumed run: the first attempt
     return None
 
 
 def _where(data: ReportData) -> str:
-    restored = any(s.name == "restore-primary" and s.status == "ok" for s in data.steps)
+    restored = any(s.name == "restore-primary" and s.status is StepStatus.OK for s in data.steps)
     return "on the restored primary" if restored else "on the fallback"
 
 
@@ -468,7 +471,7 @@ def _root_cause(data: ReportData) -> list[str]:
     run = data.run
     made = decision_of(data)
     lines: list[str] = []
-    if run.trigger == "manual":
+    if run.trigger is Trigger.MANUAL:
         ordered = _order(data)
         who = (
             f"{ordered[0]} via {_VIA.get(ordered[1], ordered[1])}" if ordered else run.initiated_by

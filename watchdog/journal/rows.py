@@ -26,14 +26,18 @@ class RunRow:
     id: int
     target: str
     incident_id: int | None
-    trigger: str
+    trigger: model.Trigger
     initiated_by: str
     reason: str
     started_at: float
     finished_at: float | None
-    status: str
+    status: model.RunStatus
     outcome: str
     data: str
+
+    def __post_init__(self) -> None:  # the columns hold the enums' values
+        object.__setattr__(self, "trigger", model.Trigger(self.trigger))
+        object.__setattr__(self, "status", model.RunStatus(self.status))
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -51,8 +55,11 @@ class StepRow:
     name: str
     started_at: float
     finished_at: float | None
-    status: str
+    status: model.StepStatus
     detail: str
+
+    def __post_init__(self) -> None:  # the column holds the enum's value
+        object.__setattr__(self, "status", model.StepStatus(self.status))
 
 
 @dataclass(frozen=True, slots=True)

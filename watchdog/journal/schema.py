@@ -1,12 +1,13 @@
 """The journal's schema: its versioned migrations, each run once, in order, in a transaction.
 
-``PRAGMA user_version`` is the version; a journal newer than this watchdog is refused. Each
-migration is plain SQL a PostgreSQL store can follow (the next issue's fleet store keeps its own
-copy of the shared tables); SQLite-only statements stay here.
+``PRAGMA user_version`` is the version; a journal newer than this watchdog is refused. These are
+SQLite's (``instr``, table rebuilds for a changed ``CHECK``); a PostgreSQL store keeps its own
+migrations behind the same ``store.Store`` protocol.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 DATABASE_NAME = "journal.sqlite3"
@@ -219,5 +220,18 @@ MIGRATIONS: Sequence[str] = (
 
 
 def statements(script: str) -> list[str]:
-    """A migration's statements (a comment must not follow a ``;`` on its line)."""
-    return [s.strip() for s in script.split(";") if s.strip() and not s.strip().startswith("--")]
+    """A migration's statements, one by one (so each runs inside the migration's transaction,
+    which ``executescript`` would commit): whole lines of ``--`` comment are left out, and a
+    statement ends where SQLite says it is complete, never at a ``;`` inside a string."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines():
+        if not pending and (not line.strip() or line.strip().startswith("--")):
+            continue
+        pending += line + "\n"
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"a migration ends inside a statement: {pending.strip()[:80]!r}")
+    return found

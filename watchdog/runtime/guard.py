@@ -29,6 +29,8 @@ from watchdog.sources import probes, prometheus
 log = structlog.get_logger("watchdog.runtime")
 
 
+# a step that ended, one way or another, has a duration (skipped and running ones have none)
+_TIMED = frozenset({model.StepStatus.OK, model.StepStatus.FAILED, model.StepStatus.INTERRUPTED})
 WAKE_GAP = 1.0  # seconds: the least time between two evaluations woken early
 
 
@@ -243,7 +245,7 @@ class Guard:
         histogram = self._recorder.step_duration
 
         def observe(event: runbook.StepEvent) -> None:
-            if event.status in ("ok", "failed"):
+            if event.status in _TIMED:
                 histogram.labels(self.target.name, event.name).observe(event.seconds)
             if observer is not None:
                 observer(event)
