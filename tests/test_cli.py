@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "lavalink.yml"
@@ -526,10 +527,37 @@ def test_rules_prints_the_template_rendered_for_the_target() -> None:
     done = cli("rules", "--config", "config/http-service.yml")
     assert done.returncode == 0, done.stderr
     assert 'job="app-new"' in done.stdout and 'unit="app-new.service"' in done.stdout
-    assert "rollback_target: app" in done.stdout and "${" not in done.stdout
+    assert (
+        "rollback_target: app" in done.stdout
+        and "${primary_job}" not in done.stdout.split("groups:")[1]
+    )
     assert_bad_input(cli("rules", "--config", "config/http-service.yml", "--target", "x"), "x")
 
 
 def test_check_without_a_metrics_source_is_bad_input(tmp_path: Path) -> None:
     path = config_file(tmp_path, "prometheus: {enabled: false}\n")
     assert_bad_input(cli("check", "--config", str(path)), "prometheus.enabled is false")
+
+
+def test_rules_joins_several_files_into_one_prometheus_can_load(tmp_path: Path) -> None:
+    second = tmp_path / "more.yml"
+    second.write_text(
+        "groups:\n  - name: more\n    rules:\n      - alert: AppAlsoDown\n"
+        '        expr: up{job="${primary_job}"} == 0\n'
+        "        labels: {severity: critical, rollback_category: instability}\n"
+        "        annotations: {summary: down, threshold: '== 0'}\n"
+    )
+    text = (ROOT / "config" / "http-service.yml").read_text()
+    config_path = tmp_path / "http.yml"
+    config_path.write_text(
+        text.replace(
+            "rules: [../rules/http-service.yml]",
+            f"rules: [{ROOT}/rules/http-service.yml, {second}]",
+        )
+    )
+    done = cli("rules", "--config", str(config_path))
+    assert done.returncode == 0, done.stderr
+    document = yaml.safe_load(done.stdout)
+    names = [group["name"] for group in document["groups"]]
+    assert names[-1] == "more" and "http-service-instability" in names
+    assert document["groups"][-1]["rules"][0]["expr"] == 'up{job="app-new"} == 0'

@@ -49,23 +49,40 @@ _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 """``${name}``: a template's word for one of the target's names (Go templates use ``$x``)."""
 
 
+_UNSAFE = re.compile(r'["\\\n]|\$\{')
+"""What a name may not hold to be pasted into a PromQL string and a YAML value as it is."""
+
+
 def render(text: str, variables: Mapping[str, str], source: str = "<rules>") -> str:
-    """A templated rules file with the target's names filled in (``${primary_job}``);
-    ``RulesError`` naming the line of a placeholder that is not one of ``variables``."""
-    unknown = [
-        (text.count("\n", 0, m.start()) + 1, m.group(1))
-        for m in _PLACEHOLDER.finditer(text)
-        if m.group(1) not in variables
-    ]
-    if unknown:
-        known = ", ".join("${" + name + "}" for name in sorted(variables))
-        raise errors.RulesError(
-            "\n".join(
-                f"{source}:{line}: unknown placeholder ${{{name}}} (a rules file may use {known})"
-                for line, name in unknown
-            )
-        )
-    return _PLACEHOLDER.sub(lambda m: variables[m.group(1)], text)
+    """A templated rules file with the target's names filled in (``${primary_job}``), comment
+    lines left as written; ``RulesError`` naming the line of a placeholder that is not one of
+    ``variables``, or a name that cannot be pasted into a rule as it is."""
+    problems: list[str] = []
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
+        if line.lstrip().startswith("#"):
+            continue
+        for found in _PLACEHOLDER.finditer(line):
+            value = variables.get(found.group(1))
+            if value is not None and _UNSAFE.search(value):
+                problems.append(
+                    f"{source}:{number}: ${{{found.group(1)}}} is {value!r}, which cannot be "
+                    "filled into a rule as it is (a quote, a backslash, a newline or ${ in it)"
+                )
+            elif value is None:
+                known = ", ".join("${" + name + "}" for name in sorted(variables))
+                problems.append(
+                    f"{source}:{number}: unknown placeholder ${{{found.group(1)}}} "
+                    f"(a rules file may use {known})"
+                )
+    if problems:
+        raise errors.RulesError("\n".join(problems))
+    return "".join(
+        line
+        if line.lstrip().startswith("#")
+        else _PLACEHOLDER.sub(lambda m: variables[m.group(1)], line)
+        for line in lines
+    )
 
 
 def _renderer(variables: Mapping[str, str] | None, path: Path) -> Callable[[str], str] | None:

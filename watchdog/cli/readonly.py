@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from watchdog import (
     backtest,
     config,
@@ -382,10 +384,19 @@ def _rules(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
     rules.load(target.rules, target.rule_variables)  # every problem, exit 2, before output
-    for path in target.rules:
-        text = path.read_text(encoding="utf-8")
-        print(f"# {path}, rendered for target {target.name}")
-        print(rules.render(text, target.rule_variables, str(path)), end="")
+    rendered = [
+        rules.render(path.read_text(encoding="utf-8"), target.rule_variables, str(path))
+        for path in target.rules
+    ]
+    sources = ", ".join(str(path) for path in target.rules)
+    print(f"# {sources}, rendered for target {target.name} by rollback-watchdog rules")
+    if len(rendered) == 1:
+        print(rendered[0], end="")  # as written, comments and all
+        return EXIT_OK
+    # one file for Prometheus: every file's groups in one list (a second `groups:` key would
+    # be a YAML error); the comments stay in the sources
+    groups = [group for text in rendered for group in (yaml.safe_load(text) or {})["groups"]]
+    print(yaml.safe_dump({"groups": groups}, sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 
 

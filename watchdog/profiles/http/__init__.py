@@ -21,7 +21,10 @@ from watchdog.profiles import base
 
 NAME = "http"
 REFUSED = frozenset({401, 403})
-"""Our secret refused: that says nothing about the service's health."""
+"""Our secret refused: that says nothing about the service's health (when we sent one)."""
+UNKNOWN_PATH = frozenset({301, 302, 303, 307, 308, 404})
+"""Not found, or sent elsewhere: until the path has once answered, a mistake in health.path."""
+SNAPSHOT_TIMEOUT = 3.0  # seconds: a hung primary must not hold up the stop
 
 
 class Http:
@@ -45,29 +48,43 @@ class HttpService:
         self.url = f"{target.runbook.url}{self.health.path}"
         self.headers = {self.health.header: secret} if secret else {}
         self._body = re.compile(self.health.body) if self.health.body is not None else None
+        self._answered = False  # the health path has answered as expected at least once
 
     def probes(self) -> list[base.Probe]:
         return [base.Probe("health", self.ask)]
 
-    async def ask(self, http: httpx.AsyncClient) -> model.ProbeResult:
-        """``GET <health.path>``: the expected status, and the body matching if asked."""
+    async def ask(
+        self, http: httpx.AsyncClient, *, within: float | None = None
+    ) -> model.ProbeResult:
+        """``GET <health.path>``: the expected status, and the body matching if asked;
+        ``within`` seconds at most when given (else the client's own timeout)."""
         started = time.monotonic()
+        limit = httpx.USE_CLIENT_DEFAULT if within is None else within
         try:
-            answer = await http.get(self.url, headers=self.headers)
+            answer = await http.get(self.url, headers=self.headers, timeout=limit)
         except httpx.HTTPError as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return model.ProbeResult("health", False, detail, time.monotonic() - started)
         seconds = time.monotonic() - started
-        path = self.health.path
-        if answer.status_code in REFUSED and answer.status_code != self.health.status:
+        path, status = self.health.path, answer.status_code
+        if status in REFUSED and status != self.health.status and self.headers:
             return model.ProbeResult(
                 "health",
                 False,
-                f"{path}: HTTP {answer.status_code}: the service refused the configured secret",
+                f"{path}: HTTP {status}: the service refused the configured secret",
                 seconds,
                 conclusive=False,
             )
-        if answer.status_code != self.health.status:
+        if status in UNKNOWN_PATH and status != self.health.status and not self._answered:
+            # a path that never answered is more likely our config than the release: no data
+            return model.ProbeResult(
+                "health",
+                False,
+                f"{path}: HTTP {status} and never answered as expected: check health.path",
+                seconds,
+                conclusive=False,
+            )
+        if status != self.health.status:
             return model.ProbeResult(
                 "health",
                 False,
@@ -78,7 +95,8 @@ class HttpService:
             return model.ProbeResult(
                 "health", False, f"{path}: body does not match {self.health.body!r}", seconds
             )
-        return model.ProbeResult("health", True, f"{path}: HTTP {answer.status_code}", seconds)
+        self._answered = True
+        return model.ProbeResult("health", True, f"{path}: HTTP {status}", seconds)
 
     async def preflight(self) -> base.Preflight:
         return base.Preflight()  # the units and the binary are the core's checks
@@ -87,7 +105,7 @@ class HttpService:
         return []
 
     async def snapshot(self, http: httpx.AsyncClient) -> base.Snapshot:
-        answer = await self.ask(http)
+        answer = await self.ask(http, within=SNAPSHOT_TIMEOUT)
         return base.Snapshot({"health": answer.detail, "healthy": answer.ok}, answer.detail)
 
     async def ready(self, http: httpx.AsyncClient) -> model.ProbeResult:
