@@ -357,3 +357,31 @@ def test_a_mapping_the_config_gives_replaces_the_profiles_whole(
     assert target.runbook.verify.identifiers == expected
     assert target.probe_identifiers == expected
     assert target.runbook.url == "http://127.0.0.1:2333"  # sections still merge key by key
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    health: {path: /up}\n", r"profile lavalink: health is read by the http profile only"),
+        (
+            "    profile: http\n    runbook: {url: 'http://x:1', java_command: [java]}\n",
+            r"runbook\.java_command is read by the lavalink profile only",
+        ),
+        (
+            "    profile: http\n    runbook: {url: 'http://x:1'}\n    probes: {websocket: true}\n",
+            r"probes\.websocket is read by the lavalink profile only",
+        ),
+    ],
+)
+def test_a_key_only_another_profile_reads_is_refused(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        config.load(write(tmp_path, MINIMAL + extra))
+
+
+def test_every_profile_with_defaults_is_one_the_registry_knows() -> None:
+    from watchdog import profiles
+
+    assert config.profile_names() == ["http", "lavalink"]
+    assert [profiles.get(name).name for name in config.profile_names()] == ["http", "lavalink"]

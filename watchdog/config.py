@@ -8,6 +8,8 @@ variable that holds each one (systemd credentials work as files), and the adapte
 
 from __future__ import annotations
 
+import copy
+import functools
 import ipaddress
 import re
 from pathlib import Path
@@ -236,16 +238,45 @@ class HealthSettings(_Strict):
 
 
 PROFILES = Path(__file__).parent / "profiles"
-"""Each profile's package; its ``defaults.yml`` holds its config defaults (data, not code)."""
+"""Each profile's package; its ``defaults.yml`` holds its config defaults and the keys only it
+reads (data, not code: the settings are read before any profile is imported)."""
+
+
+def profile_names() -> list[str]:
+    """Every profile that ships (a package with a ``defaults.yml``)."""
+    return sorted(p.parent.name for p in PROFILES.glob("*/defaults.yml"))
+
+
+@functools.cache
+def _profile_file(name: str) -> dict[str, Any]:
+    loaded = yaml.safe_load((PROFILES / name / "defaults.yml").read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def profile_defaults(name: str) -> dict[str, Any]:
     """The config defaults of the profile ``name``; ValueError naming the known ones."""
-    known = sorted(p.parent.name for p in PROFILES.glob("*/defaults.yml"))
+    known = profile_names()
     if name not in known:
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(known)})")
-    loaded = yaml.safe_load((PROFILES / name / "defaults.yml").read_text(encoding="utf-8"))
-    return loaded if isinstance(loaded, dict) else {}
+    defaults = _profile_file(name).get("defaults")
+    return copy.deepcopy(defaults) if isinstance(defaults, dict) else {}
+
+
+def _foreign_keys(name: str, given: dict[str, Any]) -> list[str]:
+    """The keys ``given`` sets that only another profile reads."""
+    found = []
+    for other in profile_names():
+        if other == name:
+            continue
+        for dotted in _profile_file(other).get("owns") or ():
+            node: Any = given
+            for part in str(dotted).split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                found.append(f"{dotted} is read by the {other} profile only")
+    return found
 
 
 def _under(
@@ -297,7 +328,11 @@ class TargetSettings(_Strict):
         name = given.get("profile", "lavalink")
         if not isinstance(name, str):
             return given
-        return _under(profile_defaults(name), given, cls)
+        defaults = profile_defaults(name)
+        foreign = _foreign_keys(name, given)
+        if foreign:
+            raise ValueError(f"profile {name}: " + "; ".join(foreign))
+        return _under(defaults, given, cls)
 
     @property
     def rule_variables(self) -> dict[str, str]:

@@ -27,8 +27,8 @@ from watchdog.cli.api import (
     _Unreachable,
 )
 from watchdog.cli.common import EXIT_FAILED, EXIT_OK, _fail
-from watchdog.executor import runbook
-from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
+from watchdog.executor import runbook, units
+from watchdog.executor.systemd import SystemdError, Unreachable
 
 
 def _who(args: argparse.Namespace) -> str:
@@ -93,11 +93,9 @@ async def _rollback_async(
         for seq, (name, what) in enumerate(steps, start=1):
             print(f"  {seq}. {name:<15} {what}")
         print(f"  on a failure after stop-primary: {target.runbook.on_fallback_failure}")
-    systemd: Systemd | Unreachable
+    systemd: units.Units
     try:
-        systemd = await Systemd.connect(
-            settings.systemd.bus, call_timeout=target.runbook.job_timeout
-        )
+        systemd = await units.connect(settings.systemd, call_timeout=target.runbook.job_timeout)
     except SystemdError as exc:
         if not args.dry_run:
             return _fail(str(exc))
@@ -131,7 +129,7 @@ async def _rollback_async(
 async def _execute(
     settings: config.Settings,
     target: config.TargetSettings,
-    systemd: Systemd,
+    systemd: units.Units,
     reason: str,
     by: str,
     category: str = "manual",
@@ -179,7 +177,7 @@ async def _follow(
     store: journal.Journal,
     run_id: int,
     target: config.TargetSettings,
-    systemd: Systemd,
+    systemd: units.Units,
     state_dir: Path,
 ) -> runbook.Outcome:
     """Show another process's run until it ends (a second trigger joins the first). If that

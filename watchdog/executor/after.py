@@ -18,7 +18,7 @@ import httpx
 
 from watchdog import config, profiles
 from watchdog.executor import verify
-from watchdog.executor.systemd import Systemd
+from watchdog.executor.units import Units
 
 
 @dataclass(slots=True)
@@ -33,7 +33,7 @@ class AfterWatch:
     last_problems: list[str] = field(default_factory=list)
     began: float = field(default_factory=time.monotonic)  # the watch's start
 
-    async def check(self, systemd: Systemd | None, client: httpx.AsyncClient) -> list[verify.Check]:
+    async def check(self, systemd: Units | None, client: httpx.AsyncClient) -> list[verify.Check]:
         """One round: the fallback's process and its endpoints against the runbook's limits."""
         settings = self.target.runbook.verify
         service = profiles.get(self.target.profile).bind(self.target, self.password)

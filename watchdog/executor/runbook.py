@@ -34,7 +34,8 @@ import structlog
 
 from watchdog import config, credentials, errors, journal, model, profiles
 from watchdog.executor import verify
-from watchdog.executor.systemd import Systemd, SystemdError, Unreachable
+from watchdog.executor.systemd import SystemdError, Unreachable
+from watchdog.executor.units import Units
 from watchdog.model import RunStatus, StepStatus, UnitStatus
 from watchdog.profiles import base
 
@@ -49,7 +50,7 @@ class Context:
     """Everything the steps share during one run."""
 
     target: config.TargetSettings
-    systemd: Systemd | Unreachable
+    systemd: Units  # the service manager (systemd), or Unreachable: every call says why
     store: journal.Journal | None  # None for a dry run: it writes nothing
     state_dir: Path
     run_id: int
@@ -471,7 +472,7 @@ _FLAG_PREFIX = "run "  # the flag file names the run that wrote it
 async def _finish_failure(
     target: config.TargetSettings,
     store: journal.Journal,
-    systemd: Systemd,
+    systemd: Units,
     state_dir: Path,
     run_id: int,
     steps: Sequence[journal.StepRow],
@@ -676,7 +677,7 @@ def run_lock(state_dir: Path, target: str) -> Iterator[bool]:
 async def reconcile(
     target: config.TargetSettings,
     store: journal.Journal,
-    systemd: Systemd,
+    systemd: Units,
     state_dir: Path,
     *,
     clock: Callable[[], float] = time.time,
@@ -694,7 +695,7 @@ async def reconcile(
 async def _reconcile_locked(
     target: config.TargetSettings,
     store: journal.Journal,
-    systemd: Systemd,
+    systemd: Units,
     state_dir: Path,
     clock: Callable[[], float],
     observer: Observer | None,
@@ -757,7 +758,7 @@ async def _reconcile_locked(
 
 def _context(
     target: config.TargetSettings,
-    systemd: Systemd,
+    systemd: Units,
     store: journal.Journal,
     state_dir: Path,
     run_id: int,
@@ -795,7 +796,7 @@ def _close(
     return Outcome(run_id, status, outcome)
 
 
-async def _status_or_none(systemd: Systemd, unit: str) -> UnitStatus | None:
+async def _status_or_none(systemd: Units, unit: str) -> UnitStatus | None:
     try:
         return await systemd.status(unit)
     except Exception:  # reconciling must go on; the state then reads "unknown"
@@ -811,7 +812,7 @@ def _state(status: UnitStatus | None) -> str:
 async def start_run(
     target: config.TargetSettings,
     store: journal.Journal,
-    systemd: Systemd,
+    systemd: Units,
     state_dir: Path,
     *,
     trigger: model.Trigger,

@@ -15,8 +15,8 @@ from watchdog import (
     model,
     pipeline,
 )
-from watchdog.executor import runbook
-from watchdog.executor.systemd import Systemd, SystemdError
+from watchdog.executor import runbook, units
+from watchdog.executor.systemd import SystemdError
 
 log = structlog.get_logger("watchdog.runtime")
 
@@ -35,11 +35,11 @@ class SystemdLink:
 
     def __init__(self, settings: config.Settings) -> None:
         self._settings = settings
-        self._client: Systemd | None = None
+        self._client: units.Units | None = None
         self._complained = False
         self._unanswered = 0  # reads in a row that systemd did not answer at all
 
-    def connection(self) -> Systemd | None:
+    def connection(self) -> units.Units | None:
         """The connection, if it is up (a dropped one is closed and forgotten here)."""
         if self._client is not None and not self._client.connected:
             log.error("systemd connection lost; reconnecting")
@@ -66,7 +66,7 @@ class SystemdLink:
         settings = self._settings
         job_timeout = max(t.runbook.job_timeout for t in settings.targets)
         try:
-            self._client = await Systemd.connect(settings.systemd.bus, call_timeout=job_timeout)
+            self._client = await units.connect(settings.systemd, call_timeout=job_timeout)
         except SystemdError as exc:
             if not self._complained:  # once per outage, not every attempt
                 self._complained = True
@@ -92,7 +92,7 @@ class SystemdLink:
 
 async def _reconcile(
     target: pipeline.Target,
-    systemd: Systemd,
+    systemd: units.Units,
     settings: config.Settings,
     clock: Callable[[], float],
     halt: asyncio.Event,

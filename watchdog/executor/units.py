@@ -1,0 +1,60 @@
+"""What the runbook asks of a service manager: the seam an executor plugs into.
+
+The steps read a unit's state and start, stop, enable and disable units; nothing more. systemd
+over D-Bus (``systemd.Systemd``) is the one that ships; ``systemd.Unreachable`` is the no-op
+that answers every call with why the manager cannot be reached (a dry run reports it beside
+every other preflight problem). ``connect`` is the factory. A Docker executor implements the
+same protocol (containers for units, restart policies for enable/disable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from watchdog import config
+from watchdog.model import UnitStatus
+
+
+class Units(Protocol):
+    """A service manager the runbook switches units with."""
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection is gone (a step's outcome is then unknown, not failed)."""
+        ...
+
+    async def status(self, name: str) -> UnitStatus:
+        """The unit's state, read back from the manager."""
+        ...
+
+    async def start(self, name: str) -> str:
+        """Start it and wait for the job; its result (``done`` is success)."""
+        ...
+
+    async def stop(self, name: str) -> str:
+        """Stop it and wait for the job; its result."""
+        ...
+
+    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        """Make them start at boot; the changes made."""
+        ...
+
+    async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        """Keep them from starting at boot; the changes made."""
+        ...
+
+    async def reload(self) -> None:
+        """Reload the manager's configuration after enabling or disabling."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+async def connect(settings: config.SystemdSettings, *, call_timeout: float) -> Units:
+    """The service manager the settings name (``SystemdError`` if it cannot be reached)."""
+    from watchdog.executor.systemd import Systemd
+
+    return await Systemd.connect(settings.bus, call_timeout=call_timeout)
