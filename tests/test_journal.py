@@ -436,7 +436,7 @@ def test_retention_prunes_evaluations_and_alerts_but_keeps_the_record(tmp_path: 
     pruned = store.prune(before=100)
     assert pruned == {"evaluations": 1, "alerts": 1, "unrouted_alerts": 1}
     # the rollback behind the run (its report's root cause) and the latest stay
-    assert [e["verdict"] for e in store.evaluations("lavalink")] == ["rollback", "warn"]
+    assert [e.verdict for e in store.evaluations("lavalink")] == ["rollback", "warn"]
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["New"]
     assert len(store.incidents()) == 2 and store.decisions()  # incidents and decisions stay
     store.close()

@@ -532,10 +532,10 @@ def test_downtime_starts_at_the_last_turn_to_failing_before_the_run() -> None:
     )
     steps = (journal.StepRow(1, 1, 6, "start-fallback", T0 + 5, T0 + 8, "ok", "started"),)
     turns = (
-        {"at": T0 - 900, "healthy": False, "detail": "failing: stats"},  # an older outage
-        {"at": T0 - 800, "healthy": True, "detail": "all passed"},
-        {"at": T0 - 40, "healthy": False, "detail": "failing: version"},
-        {"at": T0 + 10, "healthy": True, "detail": "all passed"},
+        journal.ProbeTurn(T0 - 900, False, "failing: stats"),  # an older outage
+        journal.ProbeTurn(T0 - 800, True, "all passed"),
+        journal.ProbeTurn(T0 - 40, False, "failing: version"),
+        journal.ProbeTurn(T0 + 10, True, "all passed"),
     )
     lost = report.downtime(
         report.ReportData(run=run, steps=steps, probe_turns=turns, generated_at=T0 + 60)
@@ -568,8 +568,9 @@ def test_write_of_a_missing_run_leaves_nothing(tmp_path: Path) -> None:
 def test_journal_reads_for_the_report(tmp_path: Path) -> None:
     store = auto_rollback(tmp_path)
     changes = store.evaluations(TARGET, since=T0, until=T0)
-    assert [(e["verdict"], e["firing"]) for e in changes] == [("rollback", ["LavalinkCrashLoop"])]
-    assert changes[0]["signals"][0]["value"] == 4.0
+    assert [(e.verdict, e.firing) for e in changes] == [("rollback", ("LavalinkCrashLoop",))]
+    assert changes[0].signals[0].value == 4.0
+    assert changes[0].signals[0].threshold == ">= 3 restarts in 15m"
     assert store.evaluations(TARGET, since=T0 + 1) == []
     assert store.evaluations("other") == []
     assert store.approval_audit(1) == []

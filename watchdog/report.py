@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog import errors, journal, profiles, timefmt
+from watchdog import errors, journal, model, profiles, timefmt
 from watchdog.model import StepStatus, Trigger
 
 REPORTS_DIR = "reports"
@@ -42,8 +42,8 @@ class ReportData:
     decisions: tuple[Mapping[str, Any], ...] = ()  # the incident's, oldest first
     approvals: tuple[Mapping[str, Any], ...] = ()  # the incident's; approved_by is a list
     votes: Mapping[int, tuple[journal.AuditRow, ...]] = field(default_factory=dict)
-    evaluations: tuple[Mapping[str, Any], ...] = ()  # verdict changes, incident open..run start
-    probe_turns: tuple[Mapping[str, Any], ...] = ()  # last turn at/before the run start, then all
+    evaluations: tuple[journal.EvaluationRow, ...] = ()  # verdict changes, incident open..run
+    probe_turns: tuple[journal.ProbeTurn, ...] = ()  # last turn at/before the run start, then all
     generated_at: float = 0.0
 
 
@@ -52,8 +52,8 @@ class Downtime:
     """The outage as the synthetic probes saw it, in words, and the turns that bound it."""
 
     text: str
-    started: Mapping[str, Any] | None = None  # the turn to failing
-    ended: Mapping[str, Any] | None = None  # the first passing turn once a service was started
+    started: journal.ProbeTurn | None = None  # the turn to failing
+    ended: journal.ProbeTurn | None = None  # the first passing turn once a service was started
     seconds: float | None = None
 
 
@@ -69,7 +69,7 @@ def gather(
     decisions: tuple[Mapping[str, Any], ...] = ()
     approvals: tuple[Mapping[str, Any], ...] = ()
     votes: dict[int, tuple[journal.AuditRow, ...]] = {}
-    evaluations: tuple[Mapping[str, Any], ...] = ()
+    evaluations: tuple[journal.EvaluationRow, ...] = ()
     if run.incident_id is not None:
         found = store.incident_report(run.incident_id)
         if found is not None:
@@ -83,7 +83,7 @@ def gather(
                     store.evaluations(run.target, since=found["opened_at"], until=run.started_at)
                 )
     turns = store.probe_changes(run.target)
-    before = [t for t in turns if t["at"] <= run.started_at]
+    before = [t for t in turns if t.at <= run.started_at]
     return ReportData(
         run=run,
         steps=tuple(store.steps(run_id)),
@@ -93,7 +93,7 @@ def gather(
         votes=votes,
         evaluations=evaluations,
         # only the last turn before the run matters: it says how things stood when it began
-        probe_turns=tuple(before[-1:] + [t for t in turns if t["at"] > run.started_at]),
+        probe_turns=tuple(before[-1:] + [t for t in turns if t.at > run.started_at]),
         generated_at=clock(),
     )
 
@@ -238,14 +238,12 @@ def decision_of(data: ReportData) -> Mapping[str, Any] | None:
     return before[-1] if before else None
 
 
-def evaluation_of(data: ReportData) -> Mapping[str, Any] | None:
+def evaluation_of(data: ReportData) -> journal.EvaluationRow | None:
     """The verdict change the decision acted on (only changes are journaled)."""
     made = decision_of(data)
     if made is None or made["mode"] == "manual":
         return None
-    matching = [
-        e for e in data.evaluations if e["at"] <= made["at"] and e["verdict"] == made["verdict"]
-    ]
+    matching = [e for e in data.evaluations if e.at <= made["at"] and e.verdict == made["verdict"]]
     return matching[-1] if matching else None
 
 
@@ -263,11 +261,11 @@ def timeline(data: ReportData) -> list[tuple[float, str]]:
         opened = "opened by a person's order" if incident["origin"] == "order" else "opened"
         detected.append((incident["opened_at"], f"incident #{incident['id']} {opened}"))
     if lost.started is not None:
-        failing = f"first failing probe ({_inline(lost.started['detail'])})"
-        if lost.started["at"] <= run.started_at:
-            detected.append((lost.started["at"], failing))
+        failing = f"first failing probe ({_inline(lost.started.detail)})"
+        if lost.started.at <= run.started_at:
+            detected.append((lost.started.at, failing))
         else:  # the switch itself took the service down
-            events.append((lost.started["at"], _upper_first(failing) + " during the switch"))
+            events.append((lost.started.at, _upper_first(failing) + " during the switch"))
     detected.sort(key=lambda event: event[0])
     for index, (at, text) in enumerate(detected):
         events.append((at, f"**Issue detected:** {text}" if index == 0 else _upper_first(text)))
@@ -308,7 +306,7 @@ def timeline(data: ReportData) -> list[tuple[float, str]]:
             )
             events.append((step.finished_at, f"{result}: {_inline(step.detail)}"))
     if lost.ended is not None:
-        events.append((lost.ended["at"], f"First passing probe {_where(data)}"))
+        events.append((lost.ended.at, f"First passing probe {_where(data)}"))
     if run.finished_at is not None:
         ended = f"Run ended: {run.status}" + (f": {_inline(run.outcome)}" if run.outcome else "")
         events.append((run.finished_at, ended))
@@ -351,41 +349,39 @@ def downtime(data: ReportData) -> Downtime:
     or, if the probes still passed then, the first failing turn during the run) to the first
     passing probe once a service was started again. Only journaled turns count."""
     run = data.run
-    turns = sorted(data.probe_turns, key=lambda turn: turn["at"])
-    before = [t for t in turns if t["at"] <= run.started_at]
-    start = before[-1] if before and not before[-1]["healthy"] else None
+    turns = sorted(data.probe_turns, key=lambda turn: turn.at)
+    before = [t for t in turns if t.at <= run.started_at]
+    start = before[-1] if before and not before[-1].healthy else None
     until = run.finished_at if run.finished_at is not None else data.generated_at
     if start is None:  # passing when the run began: did the switch itself take it down?
-        start = next(
-            (t for t in turns if run.started_at < t["at"] <= until and not t["healthy"]), None
-        )
+        start = next((t for t in turns if run.started_at < t.at <= until and not t.healthy), None)
     if start is None:
         if before:
             return Downtime(
-                f"none seen: the probes passed from {_at(before[-1]['at'])} and no failing "
+                f"none seen: the probes passed from {_at(before[-1].at)} and no failing "
                 f"round was journaled up to {_at(until)} (an outage shorter than one probe "
                 "round is not seen)"
             )
         return Downtime(UNKNOWN_DOWNTIME)
     anchor = _back_in_service(data.steps)
-    since = start["at"] if anchor is None else max(start["at"], anchor)
-    end = next((t for t in turns if t["healthy"] and t["at"] >= since), None)
+    since = start.at if anchor is None else max(start.at, anchor)
+    end = next((t for t in turns if t.healthy and t.at >= since), None)
     if end is None:
         if anchor is None:
             return Downtime(
-                f"not measured: failing since {_at(start['at'])}, no passing probe journaled "
+                f"not measured: failing since {_at(start.at)}, no passing probe journaled "
                 f"since (as of {_at(data.generated_at)}); this run started no service",
                 started=start,
             )
         return Downtime(
-            f"not measured yet: failing since {_at(start['at'])}, no passing probe "
+            f"not measured yet: failing since {_at(start.at)}, no passing probe "
             f"{_where(data)} journaled (as of {_at(data.generated_at)})",
             started=start,
         )
-    span = end["at"] - start["at"]
+    span = end.at - start.at
     text = (
-        f"{timefmt.format_duration(span)}: from the first failing probe at {_at(start['at'])} "
-        f"to the first passing probe {_where(data)} at {_at(end['at'])}"
+        f"{timefmt.format_duration(span)}: from the first failing probe at {_at(start.at)} "
+        f"to the first passing probe {_where(data)} at {_at(end.at)}"
     )
     if anchor is None:
         text += " (this run started no service)"
@@ -415,20 +411,21 @@ def _where(data: ReportData) -> str:
 
 
 def _failing_seconds(
-    turns: Sequence[Mapping[str, Any]], start: Mapping[str, Any], end: Mapping[str, Any]
+    turns: Sequence[journal.ProbeTurn], start: journal.ProbeTurn, end: journal.ProbeTurn
 ) -> float:
     """How long the probes failed between two turns (they may have passed in between)."""
-    failing, since = 0.0, start["at"]
+    failing = 0.0
+    since_failing: float | None = start.at  # when the probes last turned to failing; None: passing
     for turn in turns:
-        if not start["at"] < turn["at"] < end["at"]:
+        if not start.at < turn.at < end.at:
             continue
-        if turn["healthy"] and since is not None:
-            failing += turn["at"] - since
-            since = None
-        elif not turn["healthy"] and since is None:
-            since = turn["at"]
-    if since is not None:
-        failing += end["at"] - since
+        if turn.healthy and since_failing is not None:
+            failing += turn.at - since_failing
+            since_failing = None
+        elif not turn.healthy and since_failing is None:
+            since_failing = turn.at
+    if since_failing is not None:
+        failing += end.at - since_failing
     return float(failing)
 
 
@@ -479,33 +476,33 @@ def _root_cause(data: ReportData) -> list[str]:
         lines += [f"Ordered by {_inline(who)}:", "", f"> {_inline(run.reason)}", ""]
     evaluated = evaluation_of(data)
     if evaluated is not None:
-        counted = set(evaluated["firing"])
+        counted = set(evaluated.firing)
         firing = [
             s
-            for s in evaluated["signals"]
-            if s["name"] in counted or (not counted and s["state"] == "firing")
+            for s in evaluated.signals
+            if s.name in counted or (not counted and s.state is model.SignalState.FIRING)
         ]
         lines += [
-            f"Signals firing at {_at(evaluated['at'])} (verdict {evaluated['verdict']}"
-            + (f", warning score {_number(evaluated['score'])}" if evaluated["score"] else "")
+            f"Signals firing at {_at(evaluated.at)} (verdict {evaluated.verdict}"
+            + (f", warning score {_number(evaluated.score)}" if evaluated.score else "")
             + "):",
             "",
             "| Signal | State | Value | Threshold | Labels | Detail |",
             "|---|---|---|---|---|---|",
         ]
         for s in firing:
-            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(s.get("labels", {}).items()))
+            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             lines.append(
                 "| "
                 + " | ".join(
                     _cell(cell)
                     for cell in (
-                        s["name"],
-                        s["state"],
-                        _number(s.get("value")),
+                        s.name,
+                        s.state,
+                        _number(s.value),
                         _threshold(s) or "-",
                         labels or "-",
-                        s.get("detail") or "-",
+                        s.detail or "-",
                     )
                 )
                 + " |"
@@ -531,13 +528,12 @@ def _root_cause(data: ReportData) -> list[str]:
     return lines
 
 
-def _threshold(signal: Mapping[str, Any]) -> str | None:
+def _threshold(signal: journal.SignalRecord) -> str | None:
     """A signal's threshold as journaled with it (the rule's ``threshold`` annotation and its
     ``for``), in the decision's words: "> 0.5 s for 5m"."""
-    threshold = str(signal.get("threshold") or "")
-    for_seconds = signal.get("for_seconds")
-    if isinstance(for_seconds, int | float) and for_seconds and "for" not in threshold:
-        threshold = f"{threshold} for {timefmt.format_duration(for_seconds)}".strip()
+    threshold = signal.threshold
+    if signal.for_seconds and "for" not in threshold:
+        threshold = f"{threshold} for {timefmt.format_duration(signal.for_seconds)}".strip()
     return threshold or None
 
 

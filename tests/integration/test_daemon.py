@@ -168,8 +168,8 @@ async def test_prometheus_down_keeps_running_inconclusive_and_never_acts(tmp_pat
     last = store.last_evaluation("lavalink")
     store.close()
     assert actions <= {"notify"}  # at most a notice that data is missing
-    assert last is not None and last["verdict"] == "inconclusive"
-    assert "unreachable" in last["reason"]
+    assert last is not None and last.verdict is model.Verdict.INCONCLUSIVE
+    assert "unreachable" in last.reason
     verdict = sample(
         metrics, "rollback_watchdog_verdict", target="lavalink", verdict="inconclusive"
     )
@@ -193,8 +193,8 @@ async def test_disarmed_target_is_judged_but_never_acted_on(
     assert store.decisions() == []
     last = store.last_evaluation("lavalink")
     store.close()
-    assert last is not None and last["verdict"] == model.Verdict.ROLLBACK.value
-    assert last["reason"].startswith("disarmed")
+    assert last is not None and last.verdict is model.Verdict.ROLLBACK
+    assert last.reason.startswith("disarmed")
     assert sample(metrics, "rollback_watchdog_armed", target="lavalink") == 0
 
 
@@ -545,7 +545,7 @@ async def test_the_journal_is_pruned_at_start_by_retention(tmp_path: Path) -> No
     store.close()
     async with started(settings) as (_, running):
         for _ in range(100):
-            seeded = [e["at"] for e in running.journal.evaluations("lavalink") if e["at"] < 1e9]
+            seeded = [e.at for e in running.journal.evaluations("lavalink") if e.at < 1e9]
             if seeded == [2000.0]:
                 break
             await asyncio.sleep(0.05)

@@ -14,8 +14,11 @@ from watchdog.journal.rows import (
     ApprovalAsk,
     Arming,
     DecisionRow,
+    EvaluationRow,
     IncidentRow,
+    ProbeTurn,
     RunRow,
+    SignalRecord,
 )
 from watchdog.journal.runs import Runs
 
@@ -206,7 +209,9 @@ class Incidents(Runs, Approvals):
                 {
                     "target": target,
                     "armed": self.target_state(target).armed,
-                    "last_change": self.last_evaluation(target),
+                    "last_change": last.summary()
+                    if (last := self.last_evaluation(target)) is not None
+                    else None,
                     "incidents": [_plain(i) for i in self.incidents(target=target, limit=5)],
                     "decisions": [_plain(d) for d in self.decisions(target=target, limit=5)],
                     "approvals": [
@@ -284,14 +289,15 @@ class Incidents(Runs, Approvals):
 
     def probe_changes(
         self, target: str, *, since: float | None = None, until: float | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ProbeTurn]:
+        """The probes' turns of ``target`` from ``since`` to ``until`` (both included)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT at, healthy, detail FROM probe_changes WHERE target = ? "
                 "AND at >= ? AND at <= ? ORDER BY id",
                 (target, *_window(since, until)),
             ).fetchall()
-        return [{"at": r["at"], "healthy": bool(r["healthy"]), "detail": r["detail"]} for r in rows]
+        return [ProbeTurn(r["at"], bool(r["healthy"]), r["detail"]) for r in rows]
 
     def message_ref(self, incident: int) -> tuple[str, str] | None:
         with self._lock:
@@ -367,8 +373,8 @@ class Incidents(Runs, Approvals):
             rows = self._db.execute(query, (*args, limit)).fetchall()
         return [DecisionRow(**dict(row)) for row in rows]
 
-    def last_evaluation(self, target: str) -> dict[str, Any] | None:
-        """The latest verdict change of ``target``."""
+    def last_evaluation(self, target: str) -> EvaluationRow | None:
+        """The latest verdict change of ``target`` (without its signals)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT at, verdict, score, reason, firing FROM evaluations "
@@ -377,16 +383,20 @@ class Incidents(Runs, Approvals):
             ).fetchone()
         if row is None:
             return None
-        result = dict(row)
-        result["firing"] = json.loads(result["firing"])
-        return result
+        return EvaluationRow(
+            row["at"],
+            model.Verdict(row["verdict"]),
+            row["score"],
+            row["reason"],
+            tuple(json.loads(row["firing"])),
+        )
 
     def armed(self, target: str) -> bool:
         return self.target_state(target).armed
 
     def evaluations(
         self, target: str, *, since: float | None = None, until: float | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[EvaluationRow]:
         """The verdict changes of ``target`` from ``since`` to ``until`` (both included), oldest
         first, with their signals as journaled (the report's root cause)."""
         with self._lock:
@@ -396,7 +406,14 @@ class Incidents(Runs, Approvals):
                 (target, *_window(since, until)),
             ).fetchall()
         return [
-            {**dict(r), "firing": json.loads(r["firing"]), "signals": json.loads(r["signals"])}
+            EvaluationRow(
+                r["at"],
+                model.Verdict(r["verdict"]),
+                r["score"],
+                r["reason"],
+                tuple(json.loads(r["firing"])),
+                tuple(SignalRecord.of(kept) for kept in json.loads(r["signals"])),
+            )
             for r in rows
         ]
 

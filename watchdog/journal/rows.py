@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,3 +196,61 @@ class AuditRow:
     accepted: int
     detail: str
     nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """One signal of a journaled verdict change: what the report's root cause lists."""
+
+    name: str
+    state: model.SignalState
+    value: float | None
+    labels: Mapping[str, str]
+    detail: str
+    threshold: str = ""  # the rule's, as journaled with it (schema 6; "" before)
+    for_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, kept: Mapping[str, Any]) -> SignalRecord:
+        """From the JSON the journal keeps (rows older than schema 6 have no threshold)."""
+        value = kept.get("value")
+        return cls(
+            name=str(kept["name"]),
+            state=model.SignalState(kept["state"]),
+            value=float(value) if isinstance(value, int | float) else None,
+            labels=dict(kept.get("labels") or {}),
+            detail=str(kept.get("detail") or ""),
+            threshold=str(kept.get("threshold") or ""),
+            for_seconds=float(kept.get("for_seconds") or 0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRow:
+    """A verdict change: only evaluations that changed the verdict are journaled."""
+
+    at: float
+    verdict: model.Verdict
+    score: float
+    reason: str
+    firing: tuple[str, ...]
+    signals: tuple[SignalRecord, ...] = ()  # with its signals when asked for them
+
+    def summary(self) -> dict[str, Any]:
+        """The change as the status document shows it (no signals)."""
+        return {
+            "at": self.at,
+            "verdict": self.verdict.value,
+            "score": self.score,
+            "reason": self.reason,
+            "firing": list(self.firing),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTurn:
+    """When the synthetic probes turned from passing to failing, or back."""
+
+    at: float
+    healthy: bool
+    detail: str  # the failing probes, or "all passed"

@@ -21,8 +21,10 @@ from watchdog.journal.rows import (
     Arming,
     AuditRow,
     DecisionRow,
+    EvaluationRow,
     IncidentRow,
     Ingested,
+    ProbeTurn,
     RunRow,
     StepRow,
     UnroutedRecord,
@@ -118,7 +120,7 @@ class Store(Protocol):
 
     def probe_changes(
         self, target: str, *, since: float | None = None, until: float | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[ProbeTurn]: ...
 
     def message_ref(self, incident: int) -> tuple[str, str] | None: ...
 
@@ -134,7 +136,7 @@ class Store(Protocol):
 
     def decisions(self, *, target: str | None = None, limit: int = 20) -> list[DecisionRow]: ...
 
-    def last_evaluation(self, target: str) -> dict[str, Any] | None:
+    def last_evaluation(self, target: str) -> EvaluationRow | None:
         """The latest verdict change of ``target``."""
         ...
 
@@ -142,7 +144,7 @@ class Store(Protocol):
 
     def evaluations(
         self, target: str, *, since: float | None = None, until: float | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[EvaluationRow]:
         """The verdict changes of ``target`` from ``since`` to ``until`` (both included), oldest
         first, with their signals as journaled (the report's root cause)."""
         ...
