@@ -561,3 +561,18 @@ def test_rules_joins_several_files_into_one_prometheus_can_load(tmp_path: Path) 
     names = [group["name"] for group in document["groups"]]
     assert names[-1] == "more" and "http-service-instability" in names
     assert document["groups"][-1]["rules"][0]["expr"] == 'up{job="app-new"} == 0'
+
+
+def test_rules_refuses_to_join_files_that_repeat_a_group_name(tmp_path: Path) -> None:
+    twin = tmp_path / "twin.yml"
+    twin.write_text(
+        (ROOT / "rules" / "http-service.yml").read_text().replace("HttpService", "TwinService")
+    )
+    text = (ROOT / "config" / "http-service.yml").read_text()
+    config_path = tmp_path / "http.yml"
+    config_path.write_text(
+        text.replace(
+            "rules: [../rules/http-service.yml]", f"rules: [{ROOT}/rules/http-service.yml, {twin}]"
+        )
+    )
+    assert_bad_input(cli("rules", "--config", str(config_path)), "http-service-instability")

@@ -254,14 +254,16 @@ async def test_a_new_incident_while_a_run_is_in_flight_is_journaled_as_joining_i
     assert sorted(outcomes) == sorted([pipeline.STARTED, pipeline.JOINED])
 
 
-async def test_without_a_metrics_source_every_rule_is_no_data_never_evidence(
+async def test_without_a_metrics_source_no_rule_is_asked_and_nothing_acts(
     tmp_path: Path,
 ) -> None:
-    """``prometheus.enabled: false``: the no-op source; the rules say nothing, nothing acts."""
+    """``prometheus.enabled: false``: the no-op source answers no rule, so the rules files are
+    not evaluated -- the broken service Prometheus would show is not seen, nothing is
+    inconclusive, nothing acts (the systemd watch and Alertmanager's alerts still would)."""
     target = make_target(tmp_path, Client(BROKEN))
     target.source = sources.build(config.PrometheusSettings(enabled=False))
     target.launch = launcher = Launcher()
     decided = await target.tick(budget=5)
-    assert decided.verdict is model.Verdict.INCONCLUSIVE
-    assert decided.action is not model.Action.ROLLBACK and launcher.launched == []
-    assert "no metrics source is configured" in decided.reason
+    assert decided.verdict is model.Verdict.HOLD and launcher.launched == []
+    last = target.store.last_evaluation("lavalink")  # the first verdict, journaled: no signal
+    assert last is not None and last.reason == "all 0 signals quiet" and last.firing == ()

@@ -22,6 +22,7 @@ from watchdog.notify.slack import (
     APPROVE,
     DENY,
     Interaction,
+    SlackChannel,
     blocks,
     fallback_text,
     interaction_of,
@@ -508,3 +509,27 @@ def test_cards_are_values() -> None:
     assert first == card()
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.status = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/approvals/1", "/healthz", "/alertmanager", "slack"])
+def test_an_approval_channel_may_not_take_another_route(path: str) -> None:
+    from dataclasses import replace
+
+    from watchdog import config, server, telemetry
+
+    async def nothing() -> None:
+        return None
+
+    async def status() -> dict[str, object]:
+        return {}
+
+    taken = replace(SlackChannel("s3cr3t-signing"), path=path)
+    with pytest.raises(ValueError, match="is taken"):
+        server.build_app(
+            config.ListenSettings(),
+            telemetry.Recorder(),
+            operators=(),
+            status=status,
+            readiness=nothing,
+            channels=[taken],
+        )

@@ -92,6 +92,8 @@ class Target:
         at = self.clock()
         # one tick, one configuration: a reload swaps these between ticks, never within one
         mode, launch, policy, rules = self.mode, self.launch, self.policy, self.rules
+        if not self.source.answers_rules:  # no metrics source: the watch and alerts only
+            rules = []
         try:
             async with asyncio.timeout(budget):
                 observation = await self.source.observe(self.settings, rules, at)

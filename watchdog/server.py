@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -290,7 +291,8 @@ def _clicks(inbound: channel.Channel) -> Callable[[web.Request], Awaitable[web.R
         except errors.InputError as exc:
             return problem(HTTPStatus.BAD_REQUEST, str(exc))
         orders = _orders(context)
-        _later(context, orders.click(click), inbound.name)
+        # the vote is the channel's, whatever its parser wrote (the audit trail, the metrics)
+        _later(context, orders.click(dataclasses.replace(click, via=inbound.name)), inbound.name)
         return web.Response(status=HTTPStatus.OK)  # the acknowledgement: an empty 200
 
     return handle
@@ -445,6 +447,12 @@ def build_app(
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/alertmanager", _alertmanager)
     for inbound in context.channels:
+        if (
+            inbound.path in OPEN_PATHS
+            or inbound.path.startswith("/api/")
+            or not (inbound.path.startswith("/") and inbound.path != "/alertmanager")
+        ):
+            raise ValueError(f"approval channel {inbound.name}: path {inbound.path!r} is taken")
         app.router.add_post(inbound.path, _clicks(inbound))
     app.router.add_get("/api/v1/status", _status)
     app.router.add_get("/api/v1/incidents/{incident}", _incident)

@@ -396,6 +396,10 @@ def _rules(args: argparse.Namespace) -> int:
     # one file for Prometheus: every file's groups in one list (a second `groups:` key would
     # be a YAML error); the comments stay in the sources
     groups = [group for text in rendered for group in (yaml.safe_load(text) or {})["groups"]]
+    names = [str(group.get("name")) for group in groups]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # Prometheus refuses a file with a group name twice
+        return _fail(f"rules: group name {', '.join(repeated)} in more than one of {sources}")
     print(yaml.safe_dump({"groups": groups}, sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 

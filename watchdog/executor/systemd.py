@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,12 @@ class _Bus(MessageBus):
     async def _authenticate(self) -> None:
         await super()._authenticate()
         await asyncio.sleep(HELLO_PAUSE)
+
+
+# The pause hooks a private method of dbus-fast (tested with 5.x, pinned below 6): if a release
+# renames it, fail at import rather than silently lose the pause.
+if not inspect.iscoroutinefunction(getattr(MessageBus, "_authenticate", None)):
+    raise ImportError("dbus-fast changed: MessageBus._authenticate is gone (see HELLO_PAUSE)")
 
 
 def _missing_socket(bus: str) -> str | None:
@@ -116,7 +123,7 @@ class Systemd:
         connection: MessageBus | None = None
 
         try:
-            # dbus-fast connects the (local) socket in its constructor, which must run on the loop
+            # made on the loop: dbus-fast creates and connects the socket in connect()
             if bus == "system":
                 connection = _Bus(bus_type=BusType.SYSTEM)
             elif bus == "user":

@@ -256,7 +256,7 @@ async def _run(
             "started",
             mode=settings.mode.value,
             targets=[t.name for t in targets],
-            prometheus=settings.prometheus.url,
+            prometheus=settings.prometheus.url if settings.prometheus.enabled else "off",
             listen=f"http://{settings.listen.host}:{listener.port}",
             operator_api=f"on ({', '.join(o.name for o in operators)})"
             if operators

@@ -142,6 +142,8 @@ class PrometheusSource:
     def url(self) -> str:
         return self._settings.url
 
+    answers_rules = True  # base.Source
+
     async def observe(
         self, target: config.TargetSettings, rules: Sequence[model.Rule], at: float
     ) -> model.Observation:
