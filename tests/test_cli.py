@@ -576,3 +576,12 @@ def test_rules_refuses_to_join_files_that_repeat_a_group_name(tmp_path: Path) ->
         )
     )
     assert_bad_input(cli("rules", "--config", str(config_path)), "http-service-instability")
+
+
+def test_a_journal_that_is_not_a_database_is_a_clear_message(tmp_path: Path) -> None:
+    path = config_file(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite3").write_bytes(b"this is not a journal\n" * 200)
+    done = cli("status", "--config", str(path))
+    assert_bad_input(done, "status:", "not a database")
+    assert "Traceback" not in done.stderr

@@ -9,10 +9,9 @@ message and never a traceback. ``parser`` is the grammar; ``readonly`` the comma
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Callable, Sequence
 
-from watchdog import errors, logs
+from watchdog import errors, journal, logs
 from watchdog.cli.common import _fail, _os_message
 from watchdog.cli.operate import _rearm, _rollback, _vote
 from watchdog.cli.parser import build_parser
@@ -39,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except errors.InputError as exc:
         return _fail(str(exc))
-    except (OSError, sqlite3.Error) as exc:  # an unusable path, port or database
+    except OSError as exc:  # an unusable path or port
+        return _fail(f"{args.command}: {_os_message(exc)}")
+    except journal.STORE_ERRORS as exc:  # an unusable database
         return _fail(f"{args.command}: {_os_message(exc)}")
     except KeyboardInterrupt:
         return 130

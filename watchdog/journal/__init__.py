@@ -34,11 +34,12 @@ from watchdog.journal.rows import (
 from watchdog.journal.schema import DATABASE_NAME, MIGRATIONS
 from watchdog.journal.schema import statements as _statements
 from watchdog.journal.sqlite import Journal
-from watchdog.journal.store import Store
+from watchdog.journal.store import STORE_ERRORS, Store
 
 __all__ = [
     "DATABASE_NAME",
     "MIGRATIONS",
+    "STORE_ERRORS",
     "AlertRecord",
     "ApprovalAsk",
     "ApprovalRow",

@@ -8,6 +8,7 @@ frozen read models of ``rows``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from watchdog.journal.rows import (
     StepRow,
     UnroutedRecord,
 )
+
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+"""What a store raises when its database fails (locked, corrupt, unreachable): callers catch
+these, never a driver's own types; a second store adds its driver's base error here."""
 
 
 class Store(Protocol):
