@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql
 
 .PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood lint system-deps clean
 
@@ -17,6 +17,7 @@ $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 # checks the shipped polkit rule (Debian packages).
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages $(SYSTEM_PACKAGES) (missing:$$missing)"; \

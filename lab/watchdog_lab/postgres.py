@@ -1,0 +1,189 @@
+"""A throwaway PostgreSQL for the fleet tests: a private cluster, never the machine's own.
+
+``initdb`` and ``pg_ctl`` from Debian's ``postgresql`` package run as an unprivileged user (the
+package's ``postgres`` account, else ``nobody``) on a data directory and a socket directory in a
+fresh temporary folder, listening on loopback only. The server is stopped by its PID (read
+from ``postmaster.pid``) and the folder removed. ``stop``/``start`` in between play an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOTS = Path("/usr/lib/postgresql")
+USER = "watchdog"  # the cluster's superuser name (tests make their own roles)
+
+
+def bin_dir() -> Path | None:
+    """The newest installed PostgreSQL's programs, if any."""
+    found = sorted(ROOTS.glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+def unavailable_reason() -> str | None:
+    """Why a private cluster cannot run here, or None."""
+    if bin_dir() is None:
+        return f"no PostgreSQL under {ROOTS} (Debian package postgresql)"
+    if os.geteuid() != 0:
+        return "not root: cannot run initdb as another, unprivileged user"
+    return None
+
+
+def _account() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("no unprivileged account (postgres or nobody) to run PostgreSQL as")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """One private PostgreSQL cluster."""
+
+    folder: Path
+    port: int
+    account: pwd.struct_passwd
+    programs: Path
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def sockets(self) -> Path:
+        return self.folder / "run"
+
+    def dsn(self, dbname: str = "postgres", user: str = USER) -> str:
+        """A libpq connection string over loopback TCP."""
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
+
+    def _as_owner(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={self.account.pw_uid}",
+                f"--regid={self.account.pw_gid}",
+                "--clear-groups",
+                "--",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.folder,
+            env={"PATH": f"{self.programs}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+        )
+
+    def pid(self) -> int | None:
+        """The postmaster's PID while it runs (first line of ``postmaster.pid``)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        done = self._as_owner(
+            str(self.programs / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "server.log"),
+            "-o",
+            options,
+        )
+        if done.returncode != 0:
+            log = (self.folder / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr or done.stdout}\n{log}")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown), by its PID if pg_ctl cannot."""
+        pid = self.pid()
+        if pid is None:
+            return
+        self._as_owner(
+            str(self.programs / "pg_ctl"),
+            "stop",
+            "-w",
+            "-t",
+            "30",
+            "-m",
+            "fast",
+            "-D",
+            str(self.data),
+        )
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Cluster]:
+    """A private cluster, started; stopped by PID and removed afterwards."""
+    programs = bin_dir()
+    if programs is None:
+        raise RuntimeError(unavailable_reason() or "no PostgreSQL")
+    account = _account()
+    # under /tmp itself: the unprivileged owner must reach it (pytest's folders are root's 0700)
+    folder = Path(tempfile.mkdtemp(prefix="wd-postgres-", dir="/tmp"))
+    try:
+        (folder / "run").mkdir()
+        for path in (folder, folder / "run"):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        cluster = Cluster(folder, _free_port(), account, programs)
+        made = cluster._as_owner(
+            str(programs / "initdb"),
+            "-D",
+            str(cluster.data),
+            "-U",
+            USER,
+            "--auth-local=trust",
+            "--auth-host=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {made.stderr or made.stdout}")
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
