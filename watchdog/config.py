@@ -12,6 +12,7 @@ import copy
 import functools
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -625,6 +626,28 @@ class SlackSettings(_Strict):
         return self
 
 
+class FleetSettings(_Strict):
+    """Fleet mode: this node's targets coordinate with the group's other watchdogs through
+    PostgreSQL (README, "Fleet mode"). Off unless given."""
+
+    group: str = Field(pattern=NAME_PATTERN)  # the nodes that serve one bot (one release)
+    node: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
+    dsn_file: Path | None = None  # a libpq connection string or URI (it holds a password)
+    dsn_env: str | None = None
+    max_parallel: int = Field(default=1, ge=1, le=1000)  # members of the group switching at once
+    lease: Duration = Field(default=30.0, ge=3)  # lost after this long without a heartbeat
+    heartbeat: Duration = Field(default=10.0, gt=0)
+    timeout: Duration = Field(default=3.0, gt=0)  # each call to the store
+    migrate_at_start: bool = False  # else ``rollback-watchdog migrate`` first
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        _one_secret(self.dsn_file, self.dsn_env, "dsn", required=True)
+        if self.heartbeat * 2 > self.lease:
+            raise ValueError("heartbeat must be at most half the lease (a late beat is not loss)")
+        return self
+
+
 class JournalSettings(_Strict):
     """How long the journal keeps what piles up; incidents, approvals, runs and the audit trail
     are kept for good."""
@@ -647,6 +670,7 @@ class Settings(_Strict):
     slack: SlackSettings | None = None
     notify: NotifySettings = NotifySettings()
     journal: JournalSettings = JournalSettings()
+    fleet: FleetSettings | None = None
     targets: list[TargetSettings] = Field(min_length=1)
 
     @field_validator("interval")

@@ -15,6 +15,8 @@
     │   ├── SystemdError      a systemd call failed or did not finish in time
     │   │   └── NoAnswer      the bus took the connection but never answered (try again)
     │   └── StepFailed        one step failed; the message is what the journal shows
+    ├── FleetUnreachable      the fleet's PostgreSQL did not answer (a partition: the node
+    │                         guards itself on local evidence only)
     ├── RunInFlight           a run of this target is already going (``run_id`` to join)
     └── JournalLost           the journal file was deleted or replaced under the daemon: no
                               new action is taken until an operator restarts it
@@ -103,6 +105,11 @@ class NoAnswer(SystemdError):
 
 class StepFailed(ExecutorError):
     """A step could not do its part; the message is what the journal and the operator see."""
+
+
+class FleetUnreachable(WatchdogError):
+    """The fleet store could not be reached or did not answer in time. The message names the
+    failure's kind only: a driver's own text may carry the DSN."""
 
 
 class RunInFlight(WatchdogError):

@@ -17,6 +17,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -56,6 +57,17 @@ def gate_outcome(
     return "none"
 
 
+class Admission(Protocol):
+    """Fleet mode's say on an automatic rollback (``runtime.fleet.FleetLink``): a switch slot
+    of the group, a halted group, a partition. Asked only once the target would act."""
+
+    async def admit(self, target: str, evaluated: model.Evaluation) -> str | None:
+        """None: switch now (a slot is held). Otherwise why not yet: the next tick asks again."""
+
+    async def withdraw(self, target: str) -> None:
+        """The admitted switch did not start after all: give its slot back."""
+
+
 @dataclass(slots=True)
 class Target:
     """A guarded target and what the loop remembers about it between ticks."""
@@ -74,6 +86,7 @@ class Target:
     watch: systemd_watch.SystemdWatch | None = None  # the D-Bus crash-loop signal, if watched
     gatekeeper: gate.Gate | None = None  # approvals and notifications; None: act or record only
     alerts_forget_after: float | None = None  # read Alertmanager's alerts from the journal
+    fleet: Admission | None = None  # fleet mode: slots, halts, partitions
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -118,6 +131,8 @@ class Target:
         if acting:
             blocked = "no executor is connected" if launch is None else launch.blocked()
         joining = acting and launch is not None and launch.in_flight()
+        if acting and blocked is None and not joining and self.fleet is not None:
+            blocked = await self.fleet.admit(self.name, evaluated)
         ask = self.gatekeeper.asks(decided, mode) if self.gatekeeper is not None else None
         if ask is not None and self.gatekeeper is not None:
             outcome = self.gatekeeper.asked_outcome()
@@ -147,6 +162,8 @@ class Target:
                 if incident is not None:
                     await asyncio.to_thread(self.store.unact, incident, before)
                 self.state = not_acted(self.state, before)
+                if self.fleet is not None:
+                    await self.fleet.withdraw(self.name)
         if self.gatekeeper is not None:
             await self.gatekeeper.decided(evaluated, decided, incident, mode=mode, outcome=outcome)
             pending = await self.gatekeeper.settle(self.name)

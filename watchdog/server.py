@@ -85,6 +85,16 @@ class Orders(Protocol):
         """One incident with its decisions, approvals, runs and steps."""
 
 
+class Fleet(Protocol):
+    """Fleet mode's operator surface (``runtime.fleet.FleetLink``)."""
+
+    async def status(self) -> dict[str, Any]:
+        """The group as the store has it (or that it is unreachable)."""
+
+    async def resume(self, by: str) -> bool:
+        """Let a halted group switch again; False if it was not halted."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What the handlers need, given once at wiring time."""
@@ -99,6 +109,7 @@ class Context:
     alertmanager_token: str = field(default="", repr=False)  # "" when the receiver is off
     channels: tuple[channel.Channel, ...] = ()  # approval channels: each one's inbound route
     clock: Callable[[], float] = time.time
+    fleet: Fleet | None = None  # fleet mode off: its routes answer 404
     pending: set[asyncio.Task[None]] = field(default_factory=set)  # work after the answer
 
 
@@ -415,6 +426,27 @@ async def _incident(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+def _fleet(context: Context) -> Fleet:
+    if context.fleet is None:
+        raise web.HTTPNotFound(reason="fleet mode is off (no fleet: section in the config)")
+    return context.fleet
+
+
+async def _fleet_status(request: web.Request) -> web.Response:
+    return web.json_response(await _fleet(request.app[_CONTEXT]).status())
+
+
+async def _fleet_resume(request: web.Request) -> web.Response:
+    fleet = _fleet(request.app[_CONTEXT])
+    try:
+        resumed = await fleet.resume(request[_WHO])
+    except errors.FleetUnreachable as exc:
+        return problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+    if not resumed:
+        return problem(HTTPStatus.CONFLICT, "the fleet group is not halted")
+    return web.json_response({"resumed": True, "message": "the fleet group may switch again"})
+
+
 def build_app(
     settings: config.ListenSettings,
     recorder: telemetry.Recorder,
@@ -426,6 +458,7 @@ def build_app(
     alertmanager_token: str | None = None,
     channels: Sequence[channel.Channel] = (),
     clock: Callable[[], float] = time.time,
+    fleet: Fleet | None = None,
 ) -> web.Application:
     """The routes and their guards; ``serve`` binds them, tests may too."""
     app = web.Application(middlewares=[_bounded, _authorized], client_max_size=settings.body_limit)
@@ -440,6 +473,7 @@ def build_app(
         alertmanager_token=alertmanager_token or "",
         channels=tuple(channels),
         clock=clock,
+        fleet=fleet,
     )
     app[_CONTEXT] = context
     app.router.add_get("/metrics", _metrics)
@@ -458,6 +492,8 @@ def build_app(
     app.router.add_get("/api/v1/incidents/{incident}", _incident)
     app.router.add_post("/api/v1/rollback", _rollback)
     app.router.add_post("/api/v1/approvals/{approval}", _vote)
+    app.router.add_get("/api/v1/fleet", _fleet_status)
+    app.router.add_post("/api/v1/fleet/resume", _fleet_resume)
 
     async def drain(app: web.Application) -> None:  # work accepted before shutdown finishes
         if context.pending:
@@ -560,6 +596,7 @@ async def serve(
     orders: Orders | None = None,
     alertmanager_token: str | None = None,
     channels: Sequence[channel.Channel] = (),
+    fleet: Fleet | None = None,
 ) -> Server:
     """Bind and start serving; ``InputError`` if the address cannot be bound."""
     app = build_app(
@@ -571,6 +608,7 @@ async def serve(
         orders=orders,
         alertmanager_token=alertmanager_token,
         channels=channels,
+        fleet=fleet,
     )
     runner = _Runner(
         app,

@@ -144,6 +144,30 @@ class Recorder:
             ["target"],
             registry=r,
         )
+        # fleet mode (README, "Fleet mode"): this node's view of its group
+        self.fleet_reachable = Gauge(
+            "rollback_watchdog_fleet_store_up",
+            "1 while the fleet's PostgreSQL answers; 0 while cut off (local evidence only).",
+            registry=r,
+        )
+        self.fleet_members = Gauge(
+            "rollback_watchdog_fleet_members",
+            "The group's members (node/target) by state: live, lost, switching.",
+            ["group", "state"],
+            registry=r,
+        )
+        self.fleet_slots = Gauge(
+            "rollback_watchdog_fleet_slots_in_use",
+            "Switch slots of the group held now (at most fleet.max_parallel).",
+            ["group"],
+            registry=r,
+        )
+        self.fleet_halted = Gauge(
+            "rollback_watchdog_fleet_halted",
+            "1 while the group's automatic switches are halted (a switch failed).",
+            ["group"],
+            registry=r,
+        )
         # The metric contract the shipped rules read (docs/architecture.md): probes, systemd watch.
         self.probe_success = Gauge(
             "rollback_watchdog_probe_success",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from watchdog import errors, journal, logs
 from watchdog.cli.common import _fail, _os_message
+from watchdog.cli.fleet import _fleet, _migrate
 from watchdog.cli.operate import _rearm, _rollback, _vote
 from watchdog.cli.parser import build_parser
 from watchdog.cli.readonly import (
@@ -59,4 +60,6 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "approve": _vote,
     "deny": _vote,
     "demo": _demo,
+    "migrate": _migrate,
+    "fleet": _fleet,
 }

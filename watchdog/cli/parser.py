@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     rearm.add_argument("--target", help="target name (default: the only one)")
     rearm.add_argument("--by", default="operator", help="who re-arms (journaled)")
 
+    migrate = commands.add_parser(
+        "migrate", help="create or update the fleet store's schema (PostgreSQL; fleet mode)"
+    )
+    with_config(migrate)
+
+    fleet = commands.add_parser(
+        "fleet", help="the fleet group: status (exit 1 while halted) or resume after a halt"
+    )
+    fleet.add_argument("action", choices=["status", "resume"])
+    with_config(fleet)
+    fleet.add_argument("--group", help="another group than the config's fleet.group")
+    fleet.add_argument("--json", action="store_true", help="print JSON (status)")
+    fleet.add_argument("--by", default="operator", help="who resumes (the fleet's audit trail)")
+
     demo = commands.add_parser(
         "demo", help="two live incidents on a sandboxed systemd and a real Prometheus"
     )

@@ -1,41 +1,74 @@
-"""The fleet store on PostgreSQL (psycopg 3, async, with its pool): leases and slots.
+"""The fleet store on PostgreSQL (psycopg 3, async, with its pool): leases, slots, runs, audit.
 
-A node heartbeats its lease; a node whose lease ran out is lost, and a slot it held is free
-again. ``take_slot`` is the one place that decides who may switch now: in one transaction it
-locks the group's row, frees the slots of lost nodes, and grants a slot only below
-``max_parallel`` and only while the group is not halted. Every answer is an enum.
+A member (one node's target) heartbeats its lease; a member whose lease ran out is lost, and a
+slot it held is free again. ``take_slot`` is the one place that decides who may switch now: in
+one transaction it locks the group's row, frees the slots of lost members, and grants a slot
+only below ``max_parallel`` and only while the group is not halted. What frees a slot or
+changes a group's halt sends ``NOTIFY`` on ``CHANNEL`` (delivered at commit), so a member that
+waits is woken, never polling. Every answer is an enum or a frozen row; every driver failure
+becomes ``errors.FleetUnreachable`` naming only its kind (a driver's text may carry the DSN).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from watchdog import errors, model
 from watchdog.fleet import schema
+
+CHANNEL = "rollback_watchdog_fleet"  # LISTEN/NOTIFY: the payload is the group's name
+_AUDIT_SHOWN = 20
+
+Row = dict[str, Any]
 
 
 class Slot(enum.StrEnum):
     """What asking for a switch slot came to."""
 
-    GRANTED = "granted"  # this node may switch now
+    GRANTED = "granted"  # this member may switch now
     HELD = "held"  # it already holds one (a resumed switch)
-    FULL = "full"  # max_parallel nodes of the group are switching: wait
+    FULL = "full"  # max_parallel members of the group are switching: wait
     HALTED = "halted"  # a switch of the group failed; an operator must resume it
+
+
+class Side(enum.StrEnum):
+    """Which of a member's two units runs, as its systemd says."""
+
+    PRIMARY = "primary"
+    FALLBACK = "fallback"
+    NEITHER = "neither"
+    UNKNOWN = "unknown"  # no reading of systemd
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One node's target: what a lease, a slot and a run belong to."""
+
+    node: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.node}/{self.target}"
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """One node as the fleet sees it."""
+    """One member as the fleet sees it."""
 
-    name: str
+    member: Member
     group: str
-    target: str
+    side: Side
     release: str | None
     seen_at: datetime
     lease_until: datetime
@@ -43,34 +76,123 @@ class Node:
     switching: bool  # it holds a slot
 
 
+@dataclass(frozen=True, slots=True)
+class SlotHeld:
+    member: Member
+    taken_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as a member's own journal has it, copied into the store."""
+
+    member: Member
+    run_id: int
+    trigger: model.Trigger
+    status: model.RunStatus
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLine:
+    at: datetime
+    member: Member
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A group's counts, for the metrics (one query)."""
+
+    live: int
+    lost: int
+    switching: int
+    halted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """A group as ``fleet status`` shows it."""
+
+    name: str
+    halted_at: datetime | None
+    halted_by: str | None
+    halt_reason: str | None
+    nodes: tuple[Node, ...]
+    slots: tuple[SlotHeld, ...]
+    runs: tuple[RunRecord, ...]
+    audit: tuple[AuditLine, ...]
+
+
 class FleetStore:
     """One pool of connections to the fleet's database."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]]) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[AsyncConnection[Row]], *, timeout: float = 5.0
+    ) -> None:
         self._pool = pool
+        self._timeout = timeout
 
     @classmethod
-    async def open(cls, dsn: str, *, max_size: int = 4) -> FleetStore:
-        """Connect (a small pool: a node needs few connections)."""
-        pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+    async def open(
+        cls, dsn: str, *, max_size: int = 4, limit: float = 5.0, wait: bool = True
+    ) -> FleetStore:
+        """A pool (small: a node needs few connections). ``wait``: fail now if the database
+        does not answer within ``limit`` seconds; else connect in the background and let each call
+        fail fast until it does (a partition at start)."""
+        pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=max_size,
             open=False,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            timeout=limit,
+            reconnect_timeout=0,  # never give up reconnecting: a partition ends
+            kwargs={
+                "row_factory": dict_row,
+                "autocommit": False,
+                "connect_timeout": max(2, int(limit)),
+            },
         )
-        await pool.open(wait=True, timeout=10)
-        return cls(pool)
+        try:
+            await pool.open(wait=wait, timeout=limit)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            await pool.close()
+            raise _unreachable(exc) from None
+        return cls(pool, timeout=limit)
 
     async def close(self) -> None:
         await self._pool.close()
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection[Row]]:
+        """One transaction on a pooled connection; a driver failure is ``FleetUnreachable``."""
+        try:
+            async with self._pool.connection(timeout=self._timeout) as db, db.transaction():
+                yield db
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+            raise _unreachable(exc) from None
+
+    async def version(self) -> int:
+        """The schema version the database is at (0: never migrated)."""
+        async with self._transaction() as db:
+            found = await _fetchone(db, "SELECT to_regclass('fleet_schema') IS NOT NULL AS ok")
+            if not found or not found["ok"]:
+                return 0
+            row = await _fetchone(db, "SELECT max(version) AS v FROM fleet_schema")
+            return int(row["v"] or 0) if row else 0
+
     async def migrate(self) -> int:
         """Run the migrations not yet run; the schema version after."""
-        async with self._pool.connection() as db, db.transaction():
+        async with self._transaction() as db:
+            # one migrator at a time, even before the version table exists (CREATE ... IF NOT
+            # EXISTS races); the lock is the transaction's, never the session's
+            await db.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_watchdog_migrate'))")
             await db.execute("CREATE TABLE IF NOT EXISTS fleet_schema (version int NOT NULL)")
-            await db.execute("LOCK TABLE fleet_schema IN EXCLUSIVE MODE")  # one migrator
-            row = await (await db.execute("SELECT max(version) AS v FROM fleet_schema")).fetchone()
+            row = await _fetchone(db, "SELECT max(version) AS v FROM fleet_schema")
             current = int(row["v"] or 0) if row else 0
             for version, script in enumerate(schema.MIGRATIONS[current:], start=current + 1):
                 for statement in schema.statements(script):
@@ -79,98 +201,290 @@ class FleetStore:
             return max(current, len(schema.MIGRATIONS))
 
     async def heartbeat(
-        self, node: str, *, group: str, target: str, release: str | None, lease: float
-    ) -> None:
-        """This node is alive for ``lease`` more seconds (and runs ``release``)."""
-        async with self._pool.connection() as db, db.transaction():
+        self, member: Member, *, group: str, side: Side, release: str | None, lease: float
+    ) -> bool:
+        """This member is alive for ``lease`` more seconds; whether it holds a slot."""
+        async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO fleet_groups (name) VALUES (%s) ON CONFLICT DO NOTHING", (group,)
             )
-            await db.execute(
-                "INSERT INTO fleet_nodes (name, grp, target, release, seen_at, lease_until) "
-                "VALUES (%s, %s, %s, %s, now(), now() + make_interval(secs => %s)) "
-                "ON CONFLICT (name) DO UPDATE SET grp = excluded.grp, target = excluded.target,"
-                " release = excluded.release, seen_at = excluded.seen_at,"
-                " lease_until = excluded.lease_until",
-                (node, group, target, release, lease),
+            row = await _fetchone(
+                db,
+                "WITH up AS (INSERT INTO fleet_nodes"
+                " (node, target, grp, side, release, seen_at, lease_until)"
+                " VALUES (%s, %s, %s, %s, %s, now(), now() + make_interval(secs => %s))"
+                " ON CONFLICT (node, target) DO UPDATE SET grp = excluded.grp,"
+                " side = excluded.side, release = excluded.release,"
+                " seen_at = excluded.seen_at, lease_until = excluded.lease_until RETURNING 1)"
+                " SELECT EXISTS (SELECT 1 FROM fleet_slots WHERE node = %s AND target = %s)"
+                " AS holds",
+                (
+                    member.node,
+                    member.target,
+                    group,
+                    side.value,
+                    release,
+                    lease,
+                    *member_key(member),
+                ),
             )
+            return bool(row and row["holds"])
 
-    async def take_slot(self, node: str, *, group: str, max_parallel: int) -> Slot:
-        """May ``node`` switch now? Decided for the whole group in one transaction."""
-        async with self._pool.connection() as db, db.transaction():
-            row = await (
-                await db.execute(
-                    "SELECT halted_at FROM fleet_groups WHERE name = %s FOR UPDATE", (group,)
-                )
-            ).fetchone()
+    async def take_slot(
+        self, member: Member, *, group: str, max_parallel: int, reason: str
+    ) -> tuple[Slot, tuple[Member, ...]]:
+        """May ``member`` switch now? Decided for the whole group in one transaction; with the
+        answer, the members that hold the group's slots."""
+        async with self._transaction() as db:
+            row = await _fetchone(
+                db, "SELECT halted_at FROM fleet_groups WHERE name = %s FOR UPDATE", (group,)
+            )
             if row is None:
                 raise LookupError(f"no group {group!r}: heartbeat first")
+            freed = await db.execute(  # a lost member's slot frees when its lease has run out
+                "DELETE FROM fleet_slots s USING fleet_nodes n WHERE s.grp = %s"
+                " AND n.node = s.node AND n.target = s.target AND n.lease_until < now()"
+                " RETURNING s.node, s.target",
+                (group,),
+            )
+            for lost in await freed.fetchall():
+                await _audit(
+                    db, group, Member(lost["node"], lost["target"]), "slot freed", "lease expired"
+                )
+            holders = tuple(
+                Member(r["node"], r["target"])
+                for r in await (
+                    await db.execute(
+                        "SELECT node, target FROM fleet_slots WHERE grp = %s ORDER BY taken_at",
+                        (group,),
+                    )
+                ).fetchall()
+            )
+            if member in holders:
+                return Slot.HELD, holders
             if row["halted_at"] is not None:
-                return Slot.HALTED
-            await db.execute(  # a lost node's slot frees when its lease has run out
-                "DELETE FROM fleet_slots s USING fleet_nodes n "
-                "WHERE s.grp = %s AND n.name = s.node AND n.lease_until < now()",
-                (group,),
-            )
-            held = await (
-                await db.execute("SELECT node FROM fleet_slots WHERE grp = %s", (group,))
-            ).fetchall()
-            holders = {str(r["node"]) for r in held}
-            if node in holders:
-                return Slot.HELD
+                return Slot.HALTED, holders
             if len(holders) >= max_parallel:
-                return Slot.FULL
+                return Slot.FULL, holders
             await db.execute(
-                "INSERT INTO fleet_slots (grp, node, taken_at) VALUES (%s, %s, now())",
-                (group, node),
+                "INSERT INTO fleet_slots (grp, node, target, taken_at, reason)"
+                " VALUES (%s, %s, %s, now(), %s)",
+                (group, member.node, member.target, reason),
             )
-            return Slot.GRANTED
+            await _audit(db, group, member, "slot taken", reason)
+            return Slot.GRANTED, (*holders, member)
 
-    async def release_slot(self, node: str, *, group: str) -> None:
-        """The node's switch ended (verified or restored): its slot is free."""
-        async with self._pool.connection() as db, db.transaction():
-            await db.execute("DELETE FROM fleet_slots WHERE grp = %s AND node = %s", (group, node))
-
-    async def halt(self, group: str, *, by: str, reason: str) -> None:
-        """Stop the group's automatic switches (a switch failed its verification)."""
-        async with self._pool.connection() as db, db.transaction():
-            await db.execute(
-                "UPDATE fleet_groups SET halted_at = now(), halted_by = %s, halt_reason = %s "
-                "WHERE name = %s AND halted_at IS NULL",
-                (by, reason, group),
-            )
-
-    async def resume(self, group: str) -> bool:
-        """An operator lets the group switch again; False if it was not halted."""
-        async with self._pool.connection() as db, db.transaction():
+    async def release_slot(self, member: Member, *, group: str, detail: str) -> bool:
+        """The member's switch ended (or never began): its slot is free; waiting members are
+        woken. False if it held none."""
+        async with self._transaction() as db:
             done = await db.execute(
-                "UPDATE fleet_groups SET halted_at = NULL, halted_by = NULL, halt_reason = NULL "
-                "WHERE name = %s AND halted_at IS NOT NULL",
+                "DELETE FROM fleet_slots WHERE node = %s AND target = %s",
+                (member.node, member.target),
+            )
+            if done.rowcount:
+                await _audit(db, group, member, "slot released", detail)
+                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+            return bool(done.rowcount)
+
+    async def halt(self, group: str, *, by: Member, reason: str) -> bool:
+        """Stop the group's automatic switches (a switch failed); False if already halted."""
+        async with self._transaction() as db:
+            done = await db.execute(
+                "UPDATE fleet_groups SET halted_at = now(), halted_by = %s, halt_reason = %s"
+                " WHERE name = %s AND halted_at IS NULL",
+                (str(by), reason, group),
+            )
+            if done.rowcount:
+                await _audit(db, group, by, "group halted", reason)
+                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+            return bool(done.rowcount)
+
+    async def resume(self, group: str, *, by: str) -> bool:
+        """An operator lets the group switch again; False if it was not halted."""
+        async with self._transaction() as db:
+            done = await db.execute(
+                "UPDATE fleet_groups SET halted_at = NULL, halted_by = NULL, halt_reason = NULL"
+                " WHERE name = %s AND halted_at IS NOT NULL",
                 (group,),
             )
-            return done.rowcount == 1
+            if done.rowcount:
+                await _audit(db, group, Member(by, ""), "group resumed", f"by {by}")
+                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+            return bool(done.rowcount)
 
-    async def nodes(self, group: str) -> list[Node]:
-        """The group's nodes, lost ones marked, by name."""
-        async with self._pool.connection() as db, db.transaction():
-            rows = await (
+    async def record_runs(self, group: str, runs: Sequence[RunRecord]) -> None:
+        """Copy runs from a member's journal (new, or changed since): idempotent."""
+        if not runs:
+            return
+        async with self._transaction() as db:
+            for run in runs:
                 await db.execute(
-                    "SELECT n.*, n.lease_until < now() AS lost, s.node IS NOT NULL AS switching "
-                    "FROM fleet_nodes n LEFT JOIN fleet_slots s ON s.node = n.name "
-                    "WHERE n.grp = %s ORDER BY n.name",
+                    "INSERT INTO fleet_runs (node, target, run_id, grp, trigger, status, reason,"
+                    " started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (node, target, run_id) DO UPDATE SET status = excluded.status,"
+                    " ended_at = excluded.ended_at",
+                    (
+                        run.member.node,
+                        run.member.target,
+                        run.run_id,
+                        group,
+                        run.trigger.value,
+                        run.status.value,
+                        run.reason,
+                        run.started_at,
+                        run.ended_at,
+                    ),
+                )
+
+    async def note(self, group: str, member: Member, event: str, detail: str) -> None:
+        """One line of the fleet's audit trail."""
+        async with self._transaction() as db:
+            await _audit(db, group, member, event, detail)
+
+    async def summary(self, group: str) -> Summary:
+        async with self._transaction() as db:
+            row = await _fetchone(
+                db,
+                "SELECT (SELECT halted_at IS NOT NULL FROM fleet_groups WHERE name = %s) AS halted,"
+                " count(*) FILTER (WHERE s.node IS NULL AND n.lease_until >= now()) AS live,"
+                " count(*) FILTER (WHERE s.node IS NULL AND n.lease_until < now()) AS lost,"
+                " count(s.node) AS switching FROM fleet_nodes n LEFT JOIN fleet_slots s"
+                " ON s.node = n.node AND s.target = n.target WHERE n.grp = %s",
+                (group, group),
+            )
+        if row is None:
+            return Summary(0, 0, 0, halted=False)
+        return Summary(
+            int(row["live"]), int(row["lost"]), int(row["switching"]), halted=bool(row["halted"])
+        )
+
+    async def groups(self) -> list[str]:
+        async with self._transaction() as db:
+            rows = await (
+                await db.execute("SELECT name FROM fleet_groups ORDER BY name")
+            ).fetchall()
+        return [str(r["name"]) for r in rows]
+
+    async def status(self, group: str) -> GroupStatus | None:
+        """The group's members, slots, runs and latest audit lines; None if no such group."""
+        async with self._transaction() as db:
+            head = await _fetchone(db, "SELECT * FROM fleet_groups WHERE name = %s", (group,))
+            if head is None:
+                return None
+            nodes = await (
+                await db.execute(
+                    "SELECT n.*, n.lease_until < now() AS lost, s.node IS NOT NULL AS switching"
+                    " FROM fleet_nodes n LEFT JOIN fleet_slots s"
+                    " ON s.node = n.node AND s.target = n.target"
+                    " WHERE n.grp = %s ORDER BY n.node, n.target",
                     (group,),
                 )
             ).fetchall()
-        return [
-            Node(
-                name=str(r["name"]),
-                group=str(r["grp"]),
-                target=str(r["target"]),
-                release=None if r["release"] is None else str(r["release"]),
-                seen_at=r["seen_at"],
-                lease_until=r["lease_until"],
-                lost=bool(r["lost"]),
-                switching=bool(r["switching"]),
-            )
-            for r in rows
-        ]
+            slots = await (
+                await db.execute(
+                    "SELECT * FROM fleet_slots WHERE grp = %s ORDER BY taken_at", (group,)
+                )
+            ).fetchall()
+            runs = await (
+                await db.execute(
+                    "SELECT * FROM fleet_runs WHERE grp = %s ORDER BY started_at, node", (group,)
+                )
+            ).fetchall()
+            audit = await (
+                await db.execute(
+                    "SELECT * FROM (SELECT * FROM fleet_audit WHERE grp = %s ORDER BY id DESC"
+                    " LIMIT %s) latest ORDER BY id",
+                    (group, _AUDIT_SHOWN),
+                )
+            ).fetchall()
+        return GroupStatus(
+            name=group,
+            halted_at=head["halted_at"],
+            halted_by=head["halted_by"],
+            halt_reason=head["halt_reason"],
+            nodes=tuple(
+                Node(
+                    member=Member(r["node"], r["target"]),
+                    group=r["grp"],
+                    side=Side(r["side"]),
+                    release=r["release"],
+                    seen_at=r["seen_at"],
+                    lease_until=r["lease_until"],
+                    lost=bool(r["lost"]),
+                    switching=bool(r["switching"]),
+                )
+                for r in nodes
+            ),
+            slots=tuple(
+                SlotHeld(Member(r["node"], r["target"]), r["taken_at"], r["reason"]) for r in slots
+            ),
+            runs=tuple(
+                RunRecord(
+                    member=Member(r["node"], r["target"]),
+                    run_id=int(r["run_id"]),
+                    trigger=model.Trigger(r["trigger"]),
+                    status=model.RunStatus(r["status"]),
+                    reason=r["reason"],
+                    started_at=r["started_at"],
+                    ended_at=r["ended_at"],
+                )
+                for r in runs
+            ),
+            audit=tuple(
+                AuditLine(r["at"], Member(r["node"], r["target"] or ""), r["event"], r["detail"])
+                for r in audit
+            ),
+        )
+
+
+async def listen(dsn: str, on_group: Callable[[str], None], *, limit: float = 5.0) -> None:
+    """``LISTEN`` on the fleet's channel until cancelled, calling ``on_group`` with each
+    notification's group. LISTEN needs a session of its own (behind PgBouncer: a direct or
+    session-pooled DSN). Raises ``FleetUnreachable`` when the connection fails or drops."""
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, connect_timeout=max(2, int(limit))
+        ) as db:
+            await db.execute(f"LISTEN {CHANNEL}".encode())
+            async for notice in db.notifies():
+                on_group(notice.payload)
+    except psycopg.OperationalError as exc:
+        raise _unreachable(exc) from None
+
+
+async def require_current(store: FleetStore) -> None:
+    """``ConfigError`` unless the store's schema is this version's (run ``migrate`` first)."""
+    version = await store.version()
+    if version < len(schema.MIGRATIONS):
+        raise errors.ConfigError(
+            f"the fleet store's schema is at version {version}, this watchdog needs "
+            f"{len(schema.MIGRATIONS)}: run `rollback-watchdog migrate --config FILE` "
+            "(or set fleet.migrate_at_start)"
+        )
+
+
+def member_key(member: Member) -> tuple[str, str]:
+    return member.node, member.target
+
+
+async def _fetchone(
+    db: AsyncConnection[Row], query: str, params: Sequence[object] = ()
+) -> Row | None:
+    return await (await db.execute(query.encode(), params)).fetchone()
+
+
+async def _audit(
+    db: AsyncConnection[Row], group: str, member: Member, event: str, detail: str
+) -> None:
+    await db.execute(
+        "INSERT INTO fleet_audit (grp, node, target, event, detail) VALUES (%s, %s, %s, %s, %s)",
+        (group, member.node, member.target or None, event, detail),
+    )
+
+
+def _unreachable(exc: BaseException) -> errors.FleetUnreachable:
+    """The failure's kind and SQLSTATE only: a driver's message may quote the DSN."""
+    state = getattr(exc, "sqlstate", None)
+    kind = type(exc).__name__ + (f" (SQLSTATE {state})" if state else "")
+    return errors.FleetUnreachable(f"the fleet store did not answer: {kind}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from typing import Protocol
 
 import httpx
 import structlog
@@ -34,6 +35,12 @@ _TIMED = frozenset({model.StepStatus.OK, model.StepStatus.FAILED, model.StepStat
 WAKE_GAP = 1.0  # seconds: the least time between two evaluations woken early
 
 
+class RunEnded(Protocol):
+    """Told when a run of a target ended (fleet mode gives its slot back)."""
+
+    async def ended(self, target: str, outcome: runbook.Outcome) -> None: ...
+
+
 class Guard:
     """One target's loops: evaluate every ``interval``, read systemd every watch interval, and
     start (or adopt) the runbook as its own task so evaluation keeps ticking while it runs. A
@@ -51,8 +58,10 @@ class Guard:
         halt: asyncio.Event | None = None,  # the daemon's stop: runs pause at a safe point
         password: str = "",  # the service's secret, for the watch after a rollback
         gatekeeper: gate.Gate | None = None,
+        fleet: RunEnded | None = None,  # fleet mode: told of each run's end (slot, halt)
     ) -> None:
         self.target = target
+        self._fleet = fleet
         self._password = password
         self._gatekeeper = gatekeeper
         self._after: set[asyncio.Task[None]] = set()
@@ -87,6 +96,10 @@ class Guard:
     def in_flight(self) -> bool:
         """Whether this target's rollback runs here now (``gate.Launcher``)."""
         return self._task("rollback") is not None
+
+    def reconciling(self) -> bool:
+        """Whether an interrupted run of this target is being reconciled here now."""
+        return self._task("reconcile") is not None
 
     def blocked(self) -> str | None:
         """Why a rollback cannot start now, or None (``gate.Launcher``)."""
@@ -154,6 +167,8 @@ class Guard:
 
     def _after_run(self, outcome: runbook.Outcome, incident: int | None) -> None:
         """A run that ended (not one paused for shutdown): its report, and the watch after."""
+        if self._fleet is not None:
+            self._spawn(self._fleet.ended(self.target.name, outcome))
         if outcome.status is model.RunStatus.INTERRUPTED:  # still open: its end comes later
             return
         self._spawn(self._report(outcome.run_id, incident, post=True))

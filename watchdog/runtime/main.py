@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,6 +45,9 @@ from watchdog.runtime.link import SystemdLink, _longest_step, _reconcile
 from watchdog.runtime.reload import Live, Reloader
 from watchdog.runtime.secrets import Secrets
 from watchdog.sources import alertmanager, probes, systemd_watch
+
+if TYPE_CHECKING:
+    from watchdog.runtime.fleet import FleetLink
 
 log = structlog.get_logger("watchdog.runtime")
 
@@ -148,16 +151,22 @@ async def _run(
         recorder.journal_intact.set(1)  # just opened: ours
         source = sources.build(settings.prometheus)
         resources.callback(source.close)
+        fleet = await _fleet(settings, secrets, recorder, clock)
+        if fleet is not None:
+            resources.push_async_callback(fleet.close)
         guards: list[Guard] = []
         live = Live(settings)  # a reload replaces it
 
         async def status() -> dict[str, Any]:
             names = [t.name for t in settings.targets]
-            return {
+            shown = {
                 "mode": live.settings.mode.value,
                 "targets": await asyncio.to_thread(store.status, names),
                 "unrouted_alerts": await asyncio.to_thread(store.unrouted_status),
             }
+            if fleet is not None:
+                shown["fleet"] = await fleet.status()
+            return shown
 
         async def readiness() -> str | None:
             return await _readiness(store, guards, live.settings)
@@ -182,6 +191,7 @@ async def _run(
             orders=intake,
             alertmanager_token=secrets.alertmanager_token,
             channels=approval_channels(secrets),
+            fleet=fleet,
         )
         resources.push_async_callback(listener.close)
         if settings.slack is not None and settings.slack.socket_mode and secrets.slack_app_token:
@@ -241,6 +251,7 @@ async def _run(
                 halt=stop,
                 password=passwords.get(t.name, ""),
                 gatekeeper=gatekeeper,
+                fleet=fleet,
             )
             for t in targets
         ]
@@ -251,7 +262,11 @@ async def _run(
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:  # the one way in: through the gate
                 guard.target.launch = gatekeeper.launcher(guard.target.name)
+                guard.target.fleet = fleet
             await guard.read_units()  # the first tick sees systemd, not "no reading yet"
+        if fleet is not None:
+            fleet.attach(guards)
+            await fleet.beat()  # a member (and its lease) before the first tick asks for a slot
         log.info(
             "started",
             mode=settings.mode.value,
@@ -265,6 +280,10 @@ async def _run(
             slack=_slack_state(settings, secrets),
             journal=str(store.path),
             systemd="connected" if link.connection() is not None else "not connected",
+            fleet="off"
+            if fleet is None
+            else f"group {fleet.group} as {fleet.settings.node}"
+            + ("" if fleet.reachable else " (store unreachable: local evidence only)"),
         )
         if started is not None:
             started(Running(targets=targets, listen_port=listener.port, journal=store))
@@ -279,6 +298,9 @@ async def _run(
                     reloader = Reloader(config_path, live, guards, gatekeeper, supervisor)
                     group.create_task(reloader.serve(reload, stop), name="reload")
                 group.create_task(link.keep(stop), name="systemd-link")
+                if fleet is not None:
+                    group.create_task(fleet.keep(stop), name="fleet-heartbeat")
+                    group.create_task(fleet.listen(stop), name="fleet-listen")
                 group.create_task(
                     _housekeeping(store, recorder, intake, live, clock, stop), name="housekeeping"
                 )
@@ -298,6 +320,26 @@ async def _run(
                 log.warning("stopping: letting the rollback in flight reach a safe point")
                 supervisor.stopping("stopping: the rollback in flight pauses at a safe point")
                 await asyncio.wait(list(runs), timeout=_longest_step(settings))
+
+
+async def _fleet(
+    settings: config.Settings,
+    secrets: Secrets,
+    recorder: telemetry.Recorder,
+    clock: Callable[[], float],
+) -> FleetLink | None:
+    """Fleet mode's link, connected (or cut off: it keeps trying); None when it is off."""
+    if settings.fleet is None or secrets.fleet_dsn is None:
+        return None
+    from watchdog.runtime.fleet import FleetLink  # psycopg only in fleet mode
+
+    link = FleetLink(settings.fleet, secrets.fleet_dsn, recorder, clock)
+    try:
+        await link.open()
+    except BaseException:
+        await link.close()
+        raise
+    return link
 
 
 def _notifiers(

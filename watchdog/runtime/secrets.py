@@ -11,6 +11,7 @@ from watchdog import (
     credentials,
     errors,
 )
+from watchdog.fleet import dsn
 
 log = structlog.get_logger("watchdog.runtime")
 
@@ -27,6 +28,7 @@ class Secrets:
     slack_app_token: str | None = None
     webhook_tokens: tuple[str | None, ...] = ()  # one per notify.webhooks entry
     grafana_token: str | None = None
+    fleet_dsn: str | None = None  # fleet mode's PostgreSQL (it holds the password)
 
     @classmethod
     def read(cls, settings: config.Settings) -> Secrets:
@@ -61,6 +63,7 @@ class Secrets:
             grafana_token=read(annotate.token_file, annotate.token_env, "Grafana token")
             if (annotate := settings.notify.grafana) is not None
             else None,
+            fleet_dsn=dsn.read(settings.fleet) if settings.fleet is not None else None,
         )
 
     def __post_init__(self) -> None:
@@ -84,6 +87,7 @@ class Secrets:
             self.slack_app_token,
             *self.webhook_tokens,
             self.grafana_token,
+            *(dsn.secret_parts(self.fleet_dsn) if self.fleet_dsn else []),
         ]
 
 

@@ -1,0 +1,330 @@
+"""Fleet mode with real parts: three watchdog daemons (real processes) against one private
+PostgreSQL, each guarding its own pair of units on one sandbox systemd.
+
+- three crash-looping nodes with ``max_parallel: 1`` switch one at a time, every switch
+  verified, and the store's copy of the runs agrees with each node's own journal;
+- a switch that fails its verification halts the group: a second failing node waits (its
+  decisions say why) until ``fleet resume``, then switches at once (LISTEN wakes it);
+- cut off from the store (PostgreSQL stopped), a crash-looping node still switches once on
+  local evidence, and its run reaches the store when PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdog_lab import httpservice, postgres, sandbox
+
+psycopg = pytest.importorskip("psycopg")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        sandbox.unavailable_reason() is not None or postgres.unavailable_reason() is not None,
+        reason=f"needs the sandbox and PostgreSQL: {sandbox.unavailable_reason()} "
+        f"{postgres.unavailable_reason()}",
+    ),
+]
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+NODES = ("n1", "n2", "n3")
+BASE_PORT = 18100  # n1 serves on 18101, ...: loopback only
+
+
+def port(node: str) -> int:
+    return BASE_PORT + NODES.index(node) + 1
+
+
+def primary(node: str) -> str:
+    return f"{node}-new.service"
+
+
+def fallback(node: str) -> str:
+    return f"{node}-old.service"
+
+
+def unit(node: str, side: str, env: Path, *, restart: bool) -> str:
+    command = httpservice.command_line(f"{node}-{side}", "$FAULT_FLAGS", port=port(node))
+    restarts = "Restart=always\nRestartSec=300ms\n" if restart else ""
+    return (
+        f"[Unit]\nDescription={node}-{side}\nDefaultDependencies=no\nStartLimitIntervalSec=0\n\n"
+        f"[Service]\nType=simple\nEnvironmentFile=-{env}\nExecStart={command}\n{restarts}\n"
+        "[Install]\nWantedBy=wd-test.target\n"
+    )
+
+
+@dataclass
+class Fleet:
+    box: sandbox.Sandbox
+    host: Path
+    cluster: postgres.Cluster
+
+    def faults(self, node: str, side: str, flags: str) -> None:
+        (self.host / f"{node}-{side}.env").write_text(f"FAULT_FLAGS={flags}\n")
+
+    def reset(self, node: str, *, new: str = "", old: str = "") -> None:
+        """The node's primary running and enabled with ``new`` flags, its fallback stopped."""
+        self.faults(node, "new", new)
+        self.faults(node, "old", old)
+        self.box.systemctl("stop", fallback(node))
+        self.box.systemctl("disable", fallback(node))
+        self.box.systemctl("reset-failed")
+        self.box.systemctl("enable", primary(node))
+        self.box.systemctl("restart", primary(node))
+
+    def database(self, name: str) -> str:
+        """A fresh database for one case; its DSN."""
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())
+            db.execute(f'CREATE DATABASE "{name}"'.encode())
+        return self.cluster.dsn(name)
+
+    def config(self, case: str, node: str, dsn: str, **fleet: object) -> Path:
+        folder = self.host / "cases" / case / node
+        folder.mkdir(parents=True)
+        dsn_file = folder / "fleet.dsn"
+        dsn_file.write_text(dsn + "\n")
+        dsn_file.chmod(0o600)
+        inside = self.box.inside(folder)
+        extra = "".join(f"\n                {k}: {v}" for k, v in fleet.items())
+        text = textwrap.dedent(f"""\
+            mode: auto
+            interval: 1s
+            state_dir: {inside}/state
+            systemd: {{bus: '{self.box.bus_address}'}}
+            prometheus: {{url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}}
+            listen: {{port: 0}}
+            fleet:
+                group: bots
+                node: {node}
+                dsn_file: {inside}/fleet.dsn
+                heartbeat: 1s
+                lease: 4s
+                migrate_at_start: true{extra}
+            targets:
+              - name: app
+                profile: http
+                primary: {{unit: {primary(node)}, job: {node}-new}}
+                fallback: {{unit: {fallback(node)}, job: {node}-old}}
+                rules: [{ROOT / "rules" / "http-service.yml"}]
+                watch: {{interval: 1s}}
+                probes: {{interval: 1s, timeout: 1s}}
+                after: {{enabled: false}}
+                runbook:
+                  url: http://127.0.0.1:{port(node)}
+                  verify: {{timeout: 8s, cpu_sample: 300ms, max_cpu: 0.9, settle: 2s}}
+                health: {{path: /health, body: '"name": "{node}-old"'}}
+            """)
+        path = folder / "config.yml"
+        path.write_text(text)
+        return path
+
+    @contextmanager
+    def daemons(self, configs: dict[str, Path]) -> Iterator[None]:
+        """The nodes' daemons, running; stopped (SIGTERM, by PID) at the end."""
+        started: list[tuple[subprocess.Popen[str], int]] = []
+        with ExitStack() as logs:
+            try:
+                for config in configs.values():
+                    log_file = logs.enter_context((config.parent / "daemon.log").open("w"))
+                    process = self.box.popen(
+                        [PYTHON, "-m", "watchdog", "run", "--config", str(self.box.inside(config))],
+                        stdout=subprocess.DEVNULL,
+                        stderr=log_file,
+                    )
+                    started.append((process, self.box.program_pid(process)))
+                yield
+            finally:
+                for _, pid in started:
+                    with suppress(ProcessLookupError):  # it died: its log says why
+                        os.kill(pid, signal.SIGTERM)
+                for process, _ in started:
+                    process.wait(timeout=40)
+
+    def cli(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [PYTHON, "-m", "watchdog", *args, "--config", str(self.box.inside(config))]
+        return self.box.run(argv, timeout=60)
+
+
+def runs(config: Path) -> list[dict[str, Any]]:
+    journal = config.parent / "state" / "journal.sqlite3"
+    if not journal.exists():
+        return []
+    db = sqlite3.connect(journal, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []  # the schema is still being created
+    finally:
+        db.close()
+
+
+def outcomes(config: Path) -> list[str]:
+    journal = config.parent / "state" / "journal.sqlite3"
+    db = sqlite3.connect(journal, timeout=10)
+    try:
+        return [str(r[0]) for r in db.execute("SELECT outcome FROM decisions ORDER BY id")]
+    finally:
+        db.close()
+
+
+def wait_for(what: str, check: Any, timeout: float, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    tails = "\n".join(f"--- {p}\n{p.read_text()[-2500:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def store_runs(dsn: str) -> list[tuple[str, int, str]]:
+    with psycopg.connect(dsn) as db:
+        rows = db.execute("SELECT node, run_id, status FROM fleet_runs ORDER BY node, run_id")
+        return [(str(n), int(r), str(s)) for n, r, s in rows.fetchall()]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    host = tmp_path_factory.mktemp("fleet")
+    units = {}
+    for node in NODES:
+        for side in ("new", "old"):
+            (host / f"{node}-{side}.env").write_text("FAULT_FLAGS=\n")
+        units[primary(node)] = unit(
+            node, "new", sandbox.INSIDE_DIR / f"{node}-new.env", restart=True
+        )
+        units[fallback(node)] = unit(
+            node, "old", sandbox.INSIDE_DIR / f"{node}-old.env", restart=False
+        )
+    with postgres.running_postgres() as cluster, sandbox.booted_systemd(host, units) as box:
+        yield Fleet(box, host, cluster)
+
+
+def test_three_failing_nodes_switch_one_at_a_time_and_the_store_agrees(fleet: Fleet) -> None:
+    for node in NODES:
+        fleet.reset(node, new="--exit-after 1")  # every start of the new release crashes
+    dsn = fleet.database("one_at_a_time")
+    configs = {node: fleet.config("one-at-a-time", node, dsn) for node in NODES}
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+
+    def all_ended() -> bool:
+        found = [runs(c) for c in configs.values()]
+        return all(r and r[-1]["status"] != "running" for r in found)
+
+    with fleet.daemons(configs):
+        wait_for("three switches", all_ended, 180, logs)
+        time.sleep(1.5)  # the last slot's release and the heartbeat that copies the run
+    every = {node: runs(config) for node, config in configs.items()}
+    for node, found in every.items():
+        assert [r["status"] for r in found] == ["succeeded"], (node, found)
+        assert fleet.box.unit_state(fallback(node)) == "active"
+    # max_parallel 1: no two switches overlapped in time
+    spans = sorted((r[0]["started_at"], r[0]["finished_at"]) for r in every.values())
+    for (_, first_end), (second_start, _) in itertools.pairwise(spans):
+        assert second_start >= first_end, spans
+    # at least one node was told to wait for a slot, in its journal's own words
+    waited = [n for n, c in configs.items() if any("fleet switch slot" in o for o in outcomes(c))]
+    assert waited, "no node ever waited for a slot"
+    # the store has every node's run as the node's journal has it
+    assert store_runs(dsn) == [(n, every[n][0]["id"], "succeeded") for n in NODES]
+    shown = fleet.cli(configs["n1"], "fleet", "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert not status["halted"] and not status["slots"]
+    assert {n["node"]: n["side"] for n in status["nodes"]} == dict.fromkeys(NODES, "fallback")
+    taken = [a for a in status["audit"] if a["event"] == "slot taken"]
+    assert len(taken) == 3
+
+
+def test_a_failed_switch_halts_the_group_until_an_operator_resumes(fleet: Fleet) -> None:
+    fleet.reset("n1", new="--exit-after 1", old="--fail-at-start")  # its fallback is broken
+    fleet.reset("n2")
+    dsn = fleet.database("halt")
+    configs = {node: fleet.config("halt", node, dsn) for node in ("n1", "n2")}
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons(configs):
+        wait_for(
+            "n1's switch to fail",
+            lambda: (r := runs(configs["n1"])) and r[-1]["status"] == "restored",
+            120,
+            logs,
+        )
+        halted = fleet.cli(configs["n2"], "fleet", "status")
+        wait_for(
+            "the group to be halted",
+            lambda: fleet.cli(configs["n2"], "fleet", "status").returncode == 1,
+            20,
+            logs,
+        )
+        fleet.reset("n2", new="--exit-after 1")  # now n2's release fails too
+        wait_for(
+            "n2 to be held by the halt",
+            lambda: any("fleet group is halted" in o for o in outcomes(configs["n2"])),
+            60,
+            logs,
+        )
+        assert runs(configs["n2"]) == []  # no switch while halted
+        halted = fleet.cli(configs["n2"], "fleet", "status")
+        assert halted.returncode == 1 and "HALTED" in halted.stdout, halted.stdout
+        resumed = fleet.cli(configs["n2"], "fleet", "resume", "--by", "alice")
+        assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr
+        wait_for(
+            "n2 to switch after the resume",
+            lambda: (r := runs(configs["n2"])) and r[-1]["status"] == "succeeded",
+            60,
+            logs,
+        )
+    assert fleet.box.unit_state(fallback("n2")) == "active"
+    assert fleet.box.unit_state(primary("n1")) == "active"  # restored: a degraded one beats none
+
+
+def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet: Fleet) -> None:
+    fleet.reset("n3")
+    dsn = fleet.database("partition")
+    configs = {"n3": fleet.config("partition", "n3", dsn)}
+    logs = [configs["n3"].parent / "daemon.log"]
+    with fleet.daemons(configs):
+        wait_for(
+            "n3 to join the store",
+            lambda: fleet.cli(configs["n3"], "fleet", "status").returncode == 0,
+            30,
+            logs,
+        )
+        fleet.cluster.stop()
+        try:
+            fleet.reset("n3", new="--exit-after 1")
+            wait_for(
+                "n3's switch while cut off",
+                lambda: (r := runs(configs["n3"])) and r[-1]["status"] == "succeeded",
+                120,
+                logs,
+            )
+            assert fleet.cli(configs["n3"], "fleet", "status").returncode == 2
+        finally:
+            fleet.cluster.start()
+        run_id = runs(configs["n3"])[-1]["id"]
+        wait_for(
+            "the run to reach the store",
+            lambda: ("n3", run_id, "succeeded") in store_runs(dsn),
+            30,
+            logs,
+        )
+    assert "cut off from the fleet store" in logs[0].read_text()

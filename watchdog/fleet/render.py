@@ -1,0 +1,93 @@
+"""A fleet group as people and scripts read it: a dict for JSON (RFC 3339 times) and text for
+``fleet status``. Data in, words out; no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from watchdog import timefmt
+from watchdog.fleet.store import GroupStatus, Node
+
+
+def _at(moment: datetime | None) -> str | None:
+    return None if moment is None else timefmt.format_instant(moment.timestamp())
+
+
+def state(node: Node) -> str:
+    """One word for a member: switching, lost or live."""
+    if node.switching:
+        return "switching"
+    return "lost" if node.lost else "live"
+
+
+def as_dict(group: GroupStatus, name: str) -> dict[str, Any]:
+    return {
+        "group": name,
+        "halted": group.halted_at is not None,
+        "halted_at": _at(group.halted_at),
+        "halted_by": group.halted_by,
+        "halt_reason": group.halt_reason,
+        "nodes": [
+            {
+                "node": n.member.node,
+                "target": n.member.target,
+                "state": state(n),
+                "side": n.side.value,
+                "release": n.release,
+                "seen_at": _at(n.seen_at),
+                "lease_until": _at(n.lease_until),
+            }
+            for n in group.nodes
+        ],
+        "slots": [
+            {"member": str(s.member), "taken_at": _at(s.taken_at), "reason": s.reason}
+            for s in group.slots
+        ],
+        "runs": [
+            {
+                "member": str(r.member),
+                "run": r.run_id,
+                "trigger": r.trigger.value,
+                "status": r.status.value,
+                "reason": r.reason,
+                "started_at": _at(r.started_at),
+                "ended_at": _at(r.ended_at),
+            }
+            for r in group.runs
+        ],
+        "audit": [
+            {"at": _at(a.at), "member": str(a.member), "event": a.event, "detail": a.detail}
+            for a in group.audit
+        ],
+    }
+
+
+def as_text(group: GroupStatus) -> str:
+    lines = [f"fleet group {group.name}"]
+    if group.halted_at is not None:
+        lines.append(
+            f"  HALTED since {_at(group.halted_at)} by {group.halted_by}: {group.halt_reason}"
+            " -- resume with `rollback-watchdog fleet resume`"
+        )
+    else:
+        lines.append("  automatic switches allowed")
+    lines.append(f"  slots in use: {len(group.slots)}")
+    lines.append("")
+    lines.append(f"  {'MEMBER':<32} {'STATE':<10} {'SIDE':<9} {'RELEASE':<28} LEASE UNTIL")
+    for n in group.nodes:
+        lines.append(
+            f"  {n.member!s:<32} {state(n):<10} {n.side.value:<9} "
+            f"{(n.release or '-'):<28} {_at(n.lease_until)}"
+        )
+    if group.runs:
+        lines += ["", "  runs:"]
+        lines += [
+            f"  {r.member!s:<32} #{r.run_id:<5} {r.status.value:<11} {r.trigger.value:<8} "
+            f"{_at(r.started_at)}  {r.reason}"
+            for r in group.runs
+        ]
+    if group.audit:
+        lines += ["", "  latest events:"]
+        lines += [f"  {_at(a.at)}  {a.member}  {a.event}: {a.detail}" for a in group.audit]
+    return "\n".join(lines)

@@ -1,0 +1,346 @@
+"""Fleet mode's link to PostgreSQL: heartbeats, the group's slots and halt, LISTEN, partitions.
+
+One ``FleetLink`` per daemon. It heartbeats each target as a member of ``fleet.group`` (which
+unit runs, its lease), answers the pipeline's ``Admission`` (a switch slot, or why to wait),
+gives the slot back when a run ends and halts the group when a switch failed its verification.
+``LISTEN`` wakes the guards when a slot frees or the group resumes, so a waiting member acts
+at once and nobody polls. Cut off from the store, each target still guards itself on local
+evidence (``fleet.admission``); when the store is back the link copies the runs it made into
+the store, so the store and the local journals agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from watchdog import config, errors, model, telemetry
+from watchdog.fleet import admission
+from watchdog.fleet.store import (
+    CHANNEL,
+    FleetStore,
+    Member,
+    RunRecord,
+    Side,
+    Slot,
+    listen,
+    require_current,
+)
+from watchdog.runtime.guard import Guard
+from watchdog.runtime.link import _pause
+
+log = structlog.get_logger("watchdog.fleet")
+
+_FAILED_SWITCH = frozenset({model.RunStatus.RESTORED, model.RunStatus.FAILED})
+_SYNCED_RUNS = 20  # each member's latest runs copied into the store after a partition
+
+
+class FleetLink:
+    """This node's place in its fleet group."""
+
+    def __init__(
+        self,
+        settings: config.FleetSettings,
+        dsn: str,
+        recorder: telemetry.Recorder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._dsn = dsn
+        self._recorder = recorder
+        self._clock = clock
+        self._store: FleetStore | None = None
+        self._guards: dict[str, Guard] = {}
+        self._reachable: bool | None = None  # None: not yet known
+        self._cut_switches = 0  # switches made while cut off (bounded)
+        self._admitted: dict[str, float] = {}  # target -> monotonic time a slot was taken
+        self._halt_reason: str | None = None
+
+    def member(self, target: str) -> Member:
+        return Member(self.settings.node, target)
+
+    @property
+    def group(self) -> str:
+        return self.settings.group
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self._reachable)
+
+    async def open(self) -> None:
+        """Connect and check the schema. Unreachable: start cut off (guard locally) and keep
+        trying. A schema behind this version stops the start unless allowed to migrate."""
+        try:
+            self._store = await FleetStore.open(self._dsn, limit=self.settings.timeout)
+        except errors.FleetUnreachable as exc:
+            self._cut(str(exc))
+            self._store = await FleetStore.open(self._dsn, limit=self.settings.timeout, wait=False)
+            return
+        if self.settings.migrate_at_start:
+            version = await self._store.migrate()
+            log.info("fleet store migrated", version=version)
+        else:
+            await require_current(self._store)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    def attach(self, guards: Sequence[Guard]) -> None:
+        """The guards whose targets are members (woken by LISTEN, asked which unit runs)."""
+        self._guards = {guard.target.name: guard for guard in guards}
+
+    # -- the pipeline's Admission ------------------------------------------------------------
+
+    async def admit(self, target: str, evaluated: model.Evaluation) -> str | None:
+        """A slot of the group, or why to wait; cut off, local evidence only, once."""
+        store = self._opened()
+        try:
+            slot, holders = await store.take_slot(
+                self.member(target),
+                group=self.group,
+                max_parallel=self.settings.max_parallel,
+                reason=_reason(evaluated),
+            )
+        except errors.FleetUnreachable as exc:
+            self._cut(str(exc))
+            answer = admission.cut_off_answer(evaluated, self._cut_switches)
+            if answer is None:
+                self._cut_switches += 1
+                log.warning(
+                    "switching while cut off from the fleet store, on local evidence",
+                    target=target,
+                    signals=list(admission.local_evidence(evaluated)),
+                )
+            return answer
+        self._back()
+        answer = admission.slot_answer(
+            slot,
+            holders,
+            max_parallel=self.settings.max_parallel,
+            halt_reason=await self._halt_why(store) if slot is Slot.HALTED else None,
+        )
+        if answer is None:
+            self._admitted[target] = time.monotonic()
+            log.warning("fleet slot taken", target=target, slot=slot.value, group=self.group)
+        else:
+            log.info("fleet says wait", target=target, reason=answer)
+        return answer
+
+    async def withdraw(self, target: str) -> None:
+        await self._release(target, "the switch did not start")
+
+    # -- a run's end -------------------------------------------------------------------------
+
+    async def ended(self, target: str, outcome: model.RunOutcome) -> None:
+        """Give the slot back; a switch that failed its verification halts the group."""
+        if outcome.status is model.RunStatus.INTERRUPTED:
+            return  # still open: the restart resumes it and keeps the slot
+        detail = f"run #{outcome.run_id} {outcome.status.value}"
+        store = self._opened()
+        try:
+            if outcome.status in _FAILED_SWITCH:
+                await store.halt(
+                    self.group,
+                    by=self.member(target),
+                    reason=f"{self.member(target)}: {detail}: {outcome.detail}",
+                )
+                log.error("fleet group halted: a switch failed", target=target, run=outcome.run_id)
+            await self._sync(store, [target])
+        except errors.FleetUnreachable:
+            log.warning("fleet store unreachable at a run's end; synced when it is back")
+        await self._release(target, detail)
+
+    async def _release(self, target: str, detail: str) -> None:
+        self._admitted.pop(target, None)
+        if self._store is None:
+            return
+        try:
+            await self._store.release_slot(self.member(target), group=self.group, detail=detail)
+        except errors.FleetUnreachable:  # the heartbeat frees it once the store is back
+            log.warning("fleet slot not released yet: store unreachable", target=target)
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Heartbeat every ``fleet.heartbeat``; after a partition, copy the runs made."""
+        while not stop.is_set():
+            begun = time.monotonic()
+            try:
+                await self.beat()
+            except Exception:  # the heartbeat outlives any one bad round
+                log.exception("fleet heartbeat failed")
+            await _pause(stop, self.settings.heartbeat - (time.monotonic() - begun))
+
+    async def beat(self) -> None:
+        """One heartbeat of every member; a slot held with no run going is given back."""
+        store = self._store
+        if store is None:
+            return
+        was_reachable = self._reachable
+        try:
+            for name, guard in self._guards.items():
+                side, release = _side(guard, self._clock())
+                holds = await store.heartbeat(
+                    self.member(name),
+                    group=self.group,
+                    side=side,
+                    release=release,
+                    lease=self.settings.lease,
+                )
+                if holds and self._stale(name, guard):
+                    await store.release_slot(
+                        self.member(name), group=self.group, detail="no run of it is going"
+                    )
+            if was_reachable is not True:
+                await self._sync(store, list(self._guards))
+            self._back()
+            counts = await store.summary(self.group)
+            members = self._recorder.fleet_members
+            members.labels(self.group, "live").set(counts.live)
+            members.labels(self.group, "lost").set(counts.lost)
+            members.labels(self.group, "switching").set(counts.switching)
+            self._recorder.fleet_slots.labels(self.group).set(counts.switching)
+            self._recorder.fleet_halted.labels(self.group).set(1 if counts.halted else 0)
+        except errors.FleetUnreachable as exc:
+            self._cut(str(exc))
+        self._recorder.fleet_reachable.set(1 if self._reachable else 0)
+
+    def _stale(self, target: str, guard: Guard) -> bool:
+        """A slot held while no run goes here: left by a crash before the run began."""
+        if guard.in_flight() or guard.reconciling():
+            return False
+        taken = self._admitted.get(target)
+        return taken is None or time.monotonic() - taken > 2 * self.settings.heartbeat
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for the group's news (a slot freed, the group resumed): wake the guards."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                listening = asyncio.create_task(
+                    listen(self._dsn, self._heard, limit=self.settings.timeout)
+                )
+                stopping = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait(
+                    {listening, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in (listening, stopping):
+                    task.cancel()
+                if listening in done and not listening.cancelled():
+                    listening.result()  # raises what ended it
+                backoff = 1.0
+            except errors.FleetUnreachable:
+                log.debug("fleet LISTEN connection lost; reconnecting", channel=CHANNEL)
+                await _pause(stop, backoff)
+                backoff = min(backoff * 2, self.settings.heartbeat)
+            except Exception:
+                log.exception("fleet LISTEN failed; reconnecting")
+                await _pause(stop, backoff)
+
+    def _heard(self, group: str) -> None:
+        if group == self.group:
+            for guard in self._guards.values():
+                guard.wake()
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What the HTTP API shows under ``fleet``: the group, as the store has it now."""
+        from watchdog.fleet import render
+
+        if self._store is None:
+            return {"group": self.group, "node": self.settings.node, "reachable": False}
+        try:
+            found = await self._store.status(self.group)
+        except errors.FleetUnreachable as exc:
+            return {
+                "group": self.group,
+                "node": self.settings.node,
+                "reachable": False,
+                "error": str(exc),
+            }
+        shown = render.as_dict(found, self.group) if found else {"group": self.group}
+        return {**shown, "node": self.settings.node, "reachable": True}
+
+    async def resume(self, by: str) -> bool:
+        return await self._opened().resume(self.group, by=by)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _opened(self) -> FleetStore:
+        if self._store is None:
+            raise RuntimeError("FleetLink.open() was not awaited")
+        return self._store
+
+    async def _halt_why(self, store: FleetStore) -> str | None:
+        found = await store.status(self.group)
+        return found.halt_reason if found else None
+
+    async def _sync(self, store: FleetStore, targets: Sequence[str]) -> None:
+        """Copy these targets' latest runs from the local journal into the store."""
+        records = []
+        for name in targets:
+            guard = self._guards.get(name)
+            if guard is None:
+                continue
+            rows = await asyncio.to_thread(guard.target.store.runs, target=name, limit=_SYNCED_RUNS)
+            records += [
+                RunRecord(
+                    member=self.member(name),
+                    run_id=row.id,
+                    trigger=row.trigger,
+                    status=row.status,
+                    reason=row.reason,
+                    started_at=_instant(row.started_at),
+                    ended_at=None if row.finished_at is None else _instant(row.finished_at),
+                )
+                for row in rows
+            ]
+        await store.record_runs(self.group, records)
+
+    def _cut(self, why: str) -> None:
+        if self._reachable is not False:
+            log.error("cut off from the fleet store: guarding on local evidence only", error=why)
+        self._reachable = False
+
+    def _back(self) -> None:
+        if self._reachable is False:
+            log.warning("the fleet store is back", switched_while_cut_off=self._cut_switches)
+        self._reachable = True
+        self._cut_switches = 0
+
+
+def _side(guard: Guard, now: float) -> tuple[Side, str | None]:
+    """Which unit runs (the systemd watch's latest reading), and its name as the release."""
+    watch = guard.target.watch
+    if watch is None:
+        return Side.UNKNOWN, None
+    latest = watch.latest(now)
+    primary, fallback = guard.target.settings.primary.unit, guard.target.settings.fallback.unit
+    read_primary, read_fallback = latest.get(primary), latest.get(fallback)
+    if read_primary is None or read_fallback is None:
+        return Side.UNKNOWN, None
+    if read_primary.active:
+        return Side.PRIMARY, primary
+    if read_fallback.active:
+        return Side.FALLBACK, fallback
+    return Side.NEITHER, None
+
+
+def _reason(evaluated: model.Evaluation) -> str:
+    firing = [
+        s.name
+        for s in evaluated.signals
+        if s.state is model.SignalState.FIRING and s.rule.severity is model.Severity.CRITICAL
+    ]
+    return "critical: " + (", ".join(firing) if firing else "-")
+
+
+def _instant(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
