@@ -634,6 +634,7 @@ class FleetSettings(_Strict):
     node: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
     dsn_file: Path | None = None  # a libpq connection string or URI (it holds a password)
     dsn_env: str | None = None
+    release: str | None = Field(default=None, min_length=1, max_length=200)  # default: primary unit
     max_parallel: int = Field(default=1, ge=1, le=1000)  # members of the group switching at once
     lease: Duration = Field(default=30.0, ge=3)  # lost after this long without a heartbeat
     heartbeat: Duration = Field(default=10.0, gt=0)

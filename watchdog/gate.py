@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from watchdog import approval, config, journal, model, notify, timefmt
+from watchdog.fleet.values import Ticket
 
 log = structlog.get_logger("watchdog.gate")
 
@@ -83,6 +84,36 @@ class _Followed:
         return self.gate.launch(self.target, order)
 
 
+class FleetGate(Protocol):
+    """Fleet mode's part in the gate (``runtime.fleet.FleetLink``): one incident, one message
+    and one approval per group and release, and the group's slots for approved runs."""
+
+    async def join(
+        self, decided: model.Decision, incident: int, request: journal.ApprovalRow | None
+    ) -> Ticket | None:
+        """Join (or open) the fleet incident of this decision; None while cut off."""
+
+    def owns(self, ticket: Ticket) -> bool:
+        """Whether this daemon posts and updates the fleet incident's message."""
+
+    def ticket_of(self, target: str, incident: int) -> Ticket | None:
+        """The fleet incident a local incident joined, as last heard (no I/O)."""
+
+    def ruling(self, target: str, approval_id: int) -> Ticket | None:
+        """The fleet incident a local approval request belongs to, as last heard (no I/O)."""
+
+    async def vote(
+        self, incident: int, vote: approval.Vote, rules: approval.Rules, nonce: str | None
+    ) -> tuple[approval.Ruling, Ticket | None]:
+        """Judge a vote on a fleet incident (any node may take it)."""
+
+    async def admit_approved(self, target: str) -> str | None:
+        """A slot for an approved run, or why to wait (cut off: fleet approvals wait too)."""
+
+    async def left(self, target: str, approval_id: int) -> None:
+        """The local request ended without a run: the member leaves the fleet incident."""
+
+
 @dataclass(frozen=True, slots=True)
 class RollbackOrder:
     """An operator's ``POST /api/v1/rollback``, validated."""
@@ -121,6 +152,8 @@ class Gate:
         self._cards: dict[int, notify.Card] = {}  # the latest card of each incident
         self._refusals_shown: set[tuple[int, str, approval.Refusal]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fleet: FleetGate | None = None  # fleet mode (set by the daemon)
+        self._fleet_cards: dict[int, int] = {}  # fleet incident -> the local incident's card
 
     def reconfigure(self, settings: config.Settings) -> None:
         """New approval settings from a reload; requests already open keep their deadline."""
@@ -193,7 +226,23 @@ class Gate:
             approval=request.id if request else None,
             history=(*self._history(incident), self._line(decided.at, outcome)),
         )
+        if self.fleet is not None:
+            ticket = await self.fleet.join(decided, incident, request)
+            if ticket is not None:
+                if not self.fleet.owns(ticket):
+                    return  # one message per fleet incident: its owner's
+                self._fleet_cards[ticket.id] = incident
+                card = _fleet_card(card, ticket)
         self._publish(card)
+
+    def fleet_changed(self, ticket: Ticket) -> None:
+        """A fleet incident this daemon's message speaks for changed (a member joined, a vote
+        counted, a decision): the message follows."""
+        incident = self._fleet_cards.get(ticket.id)
+        card = self._cards.get(incident) if incident is not None else None
+        if card is None:
+            return
+        self._publish(_fleet_card(card, ticket))
 
     async def settle(self, target: str) -> int:
         """Each tick: time out, cancel or launch what the approval requests of ``target`` say;
@@ -212,6 +261,9 @@ class Gate:
                 await self._end(
                     row, approval.Status.CANCELLED, "the incident resolved before anyone decided"
                 )
+            elif self.fleet is not None and (ticket := self.fleet.ruling(target, row.id)):
+                if ticket.decided:  # the fleet decided for every member (its clock, its votes)
+                    await self._end(row, _FLEET_STATUS[ticket.status], _fleet_words(ticket))
             elif (expired := approval.expiry(row.request(), now, self.rules)) is not None:
                 await self._end(row, expired.status, expired.message)
         for row in await asyncio.to_thread(self.store.approvals, target=target, status="approved"):
@@ -232,11 +284,16 @@ class Gate:
         return await asyncio.to_thread(self.store.incident_open, row.incident_id)
 
     async def _end(self, row: journal.ApprovalRow, status: approval.Status, why: str) -> None:
+        by = "rollback-watchdog"
+        if self.fleet is not None and (ticket := self.fleet.ruling(row.target, row.id)):
+            by = ", ".join(ticket.approved_by) or by  # the fleet's approvers decided
         ended = await asyncio.to_thread(
-            self.store.settle, row.id, status, at=self._clock(), by="rollback-watchdog", outcome=why
+            self.store.settle, row.id, status, at=self._clock(), by=by, outcome=why
         )
         if not ended:
             return  # someone decided first
+        if self.fleet is not None and status is not approval.Status.APPROVED:
+            await self.fleet.left(row.target, row.id)
         log.warning("approval settled", approval=row.id, target=row.target, status=status, why=why)
         await self._recall_card(row.incident_id)
         self._update(row.incident_id, f"approval #{row.id} {status.value}: {why}", buttons=False)
@@ -246,6 +303,32 @@ class Gate:
                 await self._launch_approved(fresh)
 
     # -- from people -----------------------------------------------------------------------
+
+    async def fleet_vote(
+        self, incident: int, vote: approval.Vote, *, nonce: str | None = None
+    ) -> tuple[approval.Ruling, Ticket | None]:
+        """Count one approve/deny on a fleet incident (any node takes it; the store decides,
+        and the members act when they hear it)."""
+        if self.fleet is None:
+            ruling = approval.Ruling(
+                False,
+                approval.Status.CANCELLED,
+                "fleet mode is off on this node: it has no fleet approvals",
+                refusal=approval.Refusal.NOT_FOUND,
+            )
+            return ruling, None
+        ruling, ticket = await self.fleet.vote(incident, vote, self.rules, nonce)
+        who = ruling.voter or next((name for name in vote.identities if name), "unknown")
+        log.warning(
+            "fleet vote counted" if ruling.counted else "fleet vote refused",
+            fleet_incident=incident,
+            by=who,
+            via=vote.via,
+            now=ruling.status.value,
+            refusal=ruling.refusal.value if ruling.refusal else None,
+            why=ruling.message,
+        )
+        return ruling, ticket
 
     async def vote(
         self, approval_id: int, vote: approval.Vote, *, nonce: str | None = None
@@ -397,10 +480,14 @@ class Gate:
             return
         launcher = self._launchers.get(row.target)
         blocked = "no executor is connected" if launcher is None else launcher.blocked()
+        if blocked is None and self.fleet is not None and not launcher_in_flight(launcher):
+            blocked = await self.fleet.admit_approved(row.target)  # the group's slots
         if blocked is not None:
             log.error("approved rollback waits", approval=row.id, why=blocked)
             return  # the next tick tries again
         by = ", ".join(row.approvers) or "nobody (timed out with on_timeout: proceed)"
+        if not row.approvers and row.decided_by not in (None, "rollback-watchdog"):
+            by = str(row.decided_by)  # approved for the fleet: by the fleet's approvers
         order = Order(row.incident_id, model.Trigger.APPROVED, by, row.reason)
         started = self.launch(row.target, order)
         if started.going:
@@ -436,10 +523,22 @@ class Gate:
 
     # -- the incident's message ------------------------------------------------------------
 
-    async def attach_document(self, incident: int | None, title: str, body: str) -> None:
-        """A document for the incident's message (the rollback report)."""
-        if incident is not None:
-            await self.notifier.attach(incident, title, body)
+    async def attach_document(
+        self, incident: int | None, title: str, body: str, *, target: str | None = None
+    ) -> None:
+        """A document for the incident's message (the rollback report); in fleet mode, under
+        the fleet incident's one message when another node owns it."""
+        if incident is None:
+            return
+        thread = None
+        if self.fleet is not None and target is not None:
+            ticket = self.fleet.ticket_of(target, incident)
+            if ticket is not None and not self.fleet.owns(ticket):
+                if ticket.message is None:
+                    log.info("document kept local: the fleet message is not known", title=title)
+                    return
+                thread = ticket.message
+        await self.notifier.attach(incident, title, body, thread=thread)
 
     async def note(
         self, incident: int | None, line: str, *, status: str | None = None, final: bool = False
@@ -520,6 +619,46 @@ class Gate:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         await self.notifier.aclose()
+
+
+_FLEET_STATUS = {
+    "approved": approval.Status.APPROVED,
+    "denied": approval.Status.DENIED,
+    "expired": approval.Status.EXPIRED,
+}
+
+
+def _fleet_words(ticket: Ticket) -> str:
+    who = ", ".join(ticket.approved_by)
+    said = f" by {who}" if who and ticket.status == "approved" else ""
+    return f"{ticket.status}{said} for fleet incident #{ticket.id} (group {ticket.group})"
+
+
+def _fleet_card(card: notify.Card, ticket: Ticket) -> notify.Card:
+    """The card as the fleet incident's one message: every member, the fleet's approval."""
+    pending = ticket.asks and ticket.status == "pending"
+    if pending:
+        status = (
+            f"Awaiting approval ({len(ticket.approved_by)} of {ticket.required}) for every node"
+        )
+    elif ticket.status == "approved":
+        status = f"Approved by {', '.join(ticket.approved_by) or 'the timeout'}: every node acts"
+    elif ticket.decided:
+        status = f"Fleet approval {ticket.status}"
+    else:
+        status = card.status
+    return dataclasses.replace(
+        card,
+        fleet=notify.FleetLine(
+            ticket.id, ticket.group, ticket.release, tuple(str(m) for m in ticket.members)
+        ),
+        approval=ticket.id if pending else None,
+        status=status,
+    )
+
+
+def launcher_in_flight(launcher: Launcher | None) -> bool:
+    return launcher is not None and launcher.in_flight()
 
 
 def _signal_lines(evaluated: model.Evaluation) -> tuple[notify.SignalLine, ...]:

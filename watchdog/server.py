@@ -78,6 +78,11 @@ class Orders(Protocol):
     ) -> tuple[approval.Ruling, dict[str, Any] | None]:
         """Count an approve/deny from the API; the approval as it stands after."""
 
+    async def fleet_vote(
+        self, incident: int, vote: approval.Vote, nonce: str | None
+    ) -> tuple[approval.Ruling, dict[str, Any] | None]:
+        """Count an approve/deny on a fleet incident; the incident as it stands after."""
+
     async def rollback(self, order: gate.RollbackOrder) -> approval.Answer:
         """An operator's rollback order."""
 
@@ -416,6 +421,32 @@ async def _vote(request: web.Request) -> web.Response:
     )
 
 
+async def _fleet_vote(request: web.Request) -> web.Response:
+    """A vote on a fleet incident (the id from its message or ``fleet status``)."""
+    context = request.app[_CONTEXT]
+    _fleet(context)
+    raw_id = request.match_info["incident"]
+    if not _ID.fullmatch(raw_id):
+        return problem(HTTPStatus.BAD_REQUEST, "the fleet incident id must be a positive integer")
+    try:
+        body: _VoteBody = await _body(request, _VoteBody)
+    except _BadRequest as exc:
+        return problem(HTTPStatus.BAD_REQUEST, exc.message)
+    who = request[_WHO]
+    vote = approval.Vote(
+        approve=body.decision == "approve", identities=(who,), via="api", at=context.clock()
+    )
+    nonce = f"api-fleet-vote:{raw_id}:{who}:{body.request_id}" if body.request_id else None
+    ruling, current = await _orders(context).fleet_vote(int(raw_id), vote, nonce)
+    if ruling.refusal is approval.Refusal.REPLAY:
+        return web.json_response({"ignored": True, "message": ruling.message})
+    if ruling.refusal is not None:
+        return problem(_REFUSED_STATUS[ruling.refusal], ruling.message)
+    return web.json_response(
+        {"message": ruling.message, "status": ruling.status.value, "incident": current}
+    )
+
+
 async def _incident(request: web.Request) -> web.Response:
     raw_id = request.match_info["incident"]
     if not _ID.fullmatch(raw_id):
@@ -494,6 +525,7 @@ def build_app(
     app.router.add_post("/api/v1/approvals/{approval}", _vote)
     app.router.add_get("/api/v1/fleet", _fleet_status)
     app.router.add_post("/api/v1/fleet/resume", _fleet_resume)
+    app.router.add_post("/api/v1/fleet/approvals/{incident}", _fleet_vote)
 
     async def drain(app: web.Application) -> None:  # work accepted before shutdown finishes
         if context.pending:

@@ -11,6 +11,7 @@ PostgreSQL, each guarding its own pair of units on one sandbox systemd.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from watchdog_lab import httpservice, postgres, sandbox
+from watchdog_lab import slack as fake_slack
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -95,28 +99,39 @@ class Fleet:
             db.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.cluster.dsn(name)
 
-    def config(self, case: str, node: str, dsn: str, **fleet: object) -> Path:
+    def config(
+        self,
+        case: str,
+        node: str,
+        dsn: str,
+        *,
+        mode: str = "auto",
+        listen: str = "{port: 0}",
+        extra: str = "",
+        **fleet: object,
+    ) -> Path:
         folder = self.host / "cases" / case / node
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         dsn_file = folder / "fleet.dsn"
         dsn_file.write_text(dsn + "\n")
         dsn_file.chmod(0o600)
         inside = self.box.inside(folder)
-        extra = "".join(f"\n                {k}: {v}" for k, v in fleet.items())
+        more = "".join(f"\n                {k}: {v}" for k, v in fleet.items())
         text = textwrap.dedent(f"""\
-            mode: auto
+            mode: {mode}
             interval: 1s
             state_dir: {inside}/state
             systemd: {{bus: '{self.box.bus_address}'}}
             prometheus: {{url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}}
-            listen: {{port: 0}}
+            listen: {listen}
             fleet:
                 group: bots
                 node: {node}
+                release: app-2.0  # one release on every node (their unit names differ here)
                 dsn_file: {inside}/fleet.dsn
                 heartbeat: 1s
                 lease: 4s
-                migrate_at_start: true{extra}
+                migrate_at_start: true{more}
             targets:
               - name: app
                 profile: http
@@ -132,7 +147,7 @@ class Fleet:
                 health: {{path: /health, body: '"name": "{node}-old"'}}
             """)
         path = folder / "config.yml"
-        path.write_text(text)
+        path.write_text(text + textwrap.dedent(extra))
         return path
 
     @contextmanager
@@ -328,3 +343,164 @@ def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet:
             logs,
         )
     assert "cut off from the fleet store" in logs[0].read_text()
+
+
+@contextmanager
+def slack_in_thread() -> Iterator[fake_slack.FakeSlack]:
+    """The lab's fake of Slack's Web API, served from a thread of its own (the daemons are
+    other processes; this test's body is synchronous)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    found: dict[str, Any] = {}
+
+    async def serve() -> None:
+        found["stop"] = asyncio.Event()
+        async with fake_slack.FakeSlack(token=BOT) as slack:
+            found["slack"] = slack
+            ready.set()
+            await found["stop"].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the fake Slack did not start"
+    try:
+        yield found["slack"]
+    finally:
+        loop.call_soon_threadsafe(found["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+BOT, SIGNING = "xoxb-fleet-test", "fleet-signing-secret"
+
+
+def listen_port(node: str) -> int:
+    return BASE_PORT + 100 + NODES.index(node) + 1
+
+
+def click(node: str, fleet_incident: int, *, user: str, action_ts: str) -> int:
+    """Alice's Approve on the fleet incident's message, delivered to ``node``'s listener (as a
+    load balancer might), signed as Slack signs it."""
+    payload = fake_slack.block_actions(
+        value=f"f{fleet_incident}", user_id=user, channel="C0FLEET", action_ts=action_ts
+    )
+    body = fake_slack.interaction_body(payload)
+    headers = {
+        **fake_slack.sign(SIGNING, body, int(time.time())),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    answer = httpx.post(
+        f"http://127.0.0.1:{listen_port(node)}/slack/interactions", content=body, headers=headers
+    )
+    return answer.status_code
+
+
+def pending_approvals(config: Path) -> list[dict[str, Any]]:
+    journal = config.parent / "state" / "journal.sqlite3"
+    if not journal.exists():
+        return []
+    db = sqlite3.connect(journal, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM approvals ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> None:
+    for node in NODES:
+        fleet.reset(node, new="--exit-after 1")
+    dsn = fleet.database("one_approval")
+    with slack_in_thread() as slack:
+        configs = {}
+        for node in NODES:
+            folder = fleet.host / "cases" / "one-approval" / node
+            folder.mkdir(parents=True)
+            for name, secret in (("bot", BOT), ("signing", SIGNING)):
+                (folder / name).write_text(secret)
+                (folder / name).chmod(0o600)
+            inside = fleet.box.inside(folder)
+            configs[node] = fleet.config(
+                "one-approval",
+                node,
+                dsn,
+                mode="approve",
+                listen=f"{{host: 127.0.0.1, port: {listen_port(node)}}}",
+                extra=f"""\
+                    approval: {{approvers: [U0ALICE], required_approvals: 1, timeout: 10m}}
+                    slack:
+                      channel: C0FLEET
+                      bot_token_file: {inside}/bot
+                      signing_secret_file: {inside}/signing
+                      api_url: '{slack.api_url}'
+                      allow_insecure_http: true
+                      retries: 0
+                    """,
+            )
+        logs = [c.parent / "daemon.log" for c in configs.values()]
+
+        def fleet_incident() -> dict[str, Any] | None:
+            shown = fleet.cli(configs["n1"], "fleet", "status", "--json")
+            if shown.returncode != 0:
+                return None
+            incidents = json.loads(shown.stdout)["incidents"]
+            return incidents[0] if incidents else None
+
+        with fleet.daemons(configs):
+            wait_for(
+                "all three nodes in one fleet incident",
+                lambda: (i := fleet_incident()) is not None and len(i["members"]) == 3,
+                120,
+                logs,
+            )
+            incident = fleet_incident()
+            assert incident is not None and incident["status"] == "pending"
+            time.sleep(2)  # every node has ticked with its approval pending: still one message
+            posted = slack.calls_to("chat.postMessage")
+            assert len(posted) == 1, [c.args.get("text") for c in posted]
+            wait_for(
+                "the message to list three nodes with the fleet's buttons",
+                lambda: "Affected* (3)" in json.dumps(list(slack.messages.values())),
+                20,
+                logs,
+            )
+            assert f'"value": "f{incident["id"]}"' in json.dumps(list(slack.messages.values()))
+            for config in configs.values():
+                assert runs(config) == []  # nobody switched before the approval
+            owner = incident["owner"].split("/")[0]
+            other = next(n for n in NODES if n != owner)
+            assert click(other, incident["id"], user="U0ALICE", action_ts="1.000001") == 200
+            wait_for(
+                "every node to switch on the one approval",
+                lambda: all(
+                    (r := runs(c)) and r[-1]["status"] == "succeeded" for c in configs.values()
+                ),
+                180,
+                logs,
+            )
+        every = {node: runs(config) for node, config in configs.items()}
+        spans = sorted((r[0]["started_at"], r[0]["finished_at"]) for r in every.values())
+        for (_, first_end), (second_start, _) in itertools.pairwise(spans):
+            assert second_start >= first_end, spans  # max_parallel 1 holds for approved runs
+        for node, config in configs.items():
+            approvals = pending_approvals(config)
+            assert [(a["status"], a["decided_by"]) for a in approvals] == [
+                ("approved", "U0ALICE")
+            ], (node, approvals)
+            assert every[node][0]["trigger"] == "approved"
+            assert every[node][0]["initiated_by"] == "U0ALICE"
+            wait_for(
+                "each node's report in the one message's thread",
+                lambda: len(slack.calls_to("chat.postMessage")) == 4,
+                30,
+                logs,
+            )
+        posts = slack.calls_to("chat.postMessage")
+        top = [c for c in posts if not c.args.get("thread_ts")]
+        assert len(top) == 1, [c.args for c in top]  # one message for the fleet incident
+        message_ts = next(iter(slack.messages))[1]  # the first message posted: the incident's
+        replies = [c for c in posts if c.args.get("thread_ts")]
+        assert len(replies) == 3 and {c.args["thread_ts"] for c in replies} == {message_ts}
+        assert all("Rollback report" in c.args["text"] for c in replies)

@@ -68,7 +68,8 @@ async def _migrated(store: FleetStore) -> tuple[int, int]:
 
 def _fleet(args: argparse.Namespace) -> int:
     from watchdog.fleet import render
-    from watchdog.fleet.store import GroupStatus, require_current
+    from watchdog.fleet.store import require_current
+    from watchdog.fleet.values import GroupStatus
 
     fleet = _fleet_settings(args)
     group = args.group or fleet.group

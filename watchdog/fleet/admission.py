@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from watchdog import model
-from watchdog.fleet.store import Member, Slot
+from watchdog.fleet.values import Member, Slot
 
 LOCAL = frozenset({model.Category.INSTABILITY})  # evidence a member may act on while cut off
 CUT_OFF_SWITCHES = 1  # switches a node may make while the store is unreachable

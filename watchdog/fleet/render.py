@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from watchdog import timefmt
-from watchdog.fleet.store import GroupStatus, Node
+from watchdog.fleet.values import GroupStatus, Node
 
 
 def _at(moment: datetime | None) -> str | None:
@@ -56,6 +56,20 @@ def as_dict(group: GroupStatus, name: str) -> dict[str, Any]:
             }
             for r in group.runs
         ],
+        "incidents": [
+            {
+                "id": t.id,
+                "release": t.release,
+                "status": t.status,
+                "asks_approval": t.asks,
+                "required": t.required,
+                "approved_by": list(t.approved_by),
+                "expires_at": _at(t.expires_at),
+                "owner": str(t.owner),
+                "members": [str(m) for m in t.members],
+            }
+            for t in group.incidents
+        ],
         "audit": [
             {"at": _at(a.at), "member": str(a.member), "event": a.event, "detail": a.detail}
             for a in group.audit
@@ -80,6 +94,14 @@ def as_text(group: GroupStatus) -> str:
             f"  {n.member!s:<32} {state(n):<10} {n.side.value:<9} "
             f"{(n.release or '-'):<28} {_at(n.lease_until)}"
         )
+    if group.incidents:
+        lines += ["", "  incidents:"]
+        for t in group.incidents:
+            approval = (
+                f" approval {len(t.approved_by)} of {t.required}" if t.asks else " (automatic)"
+            )
+            members = ", ".join(str(m) for m in t.members)
+            lines.append(f"  #{t.id:<5} {t.status:<9} release {t.release}{approval}: {members}")
     if group.runs:
         lines += ["", "  runs:"]
         lines += [

@@ -57,6 +57,50 @@ MIGRATIONS: Sequence[str] = (
         detail  text NOT NULL
     );
     CREATE INDEX fleet_audit_grp ON fleet_audit (grp, id);
+    CREATE TABLE fleet_incidents (
+        id           bigserial PRIMARY KEY,
+        grp          text NOT NULL REFERENCES fleet_groups (name),
+        release      text NOT NULL,
+        opened_at    timestamptz NOT NULL DEFAULT now(),
+        owner_node   text NOT NULL,
+        owner_target text NOT NULL,
+        verdict      text NOT NULL,
+        asks         boolean NOT NULL,
+        status       text NOT NULL,
+        required     integer NOT NULL,
+        expires_at   timestamptz,
+        approved_by  text[] NOT NULL DEFAULT '{}',
+        decided_at   timestamptz,
+        decided_by   text,
+        outcome      text NOT NULL DEFAULT '',
+        message_channel text,
+        message_ts   text,
+        closed_at    timestamptz
+    );
+    CREATE UNIQUE INDEX fleet_incidents_open ON fleet_incidents (grp, release)
+        WHERE closed_at IS NULL;
+    CREATE TABLE fleet_members (
+        incident_id     bigint NOT NULL REFERENCES fleet_incidents (id),
+        node            text NOT NULL,
+        target          text NOT NULL,
+        joined_at       timestamptz NOT NULL DEFAULT now(),
+        reason          text NOT NULL,
+        local_incident  integer,
+        local_approval  integer,
+        state           text NOT NULL DEFAULT 'waiting',
+        PRIMARY KEY (incident_id, node, target)
+    );
+    CREATE TABLE fleet_votes (
+        id           bigserial PRIMARY KEY,
+        incident_id  bigint NOT NULL,
+        at           timestamptz NOT NULL DEFAULT now(),
+        voter        text NOT NULL,
+        via          text NOT NULL,
+        approve      boolean NOT NULL,
+        counted      boolean NOT NULL,
+        message      text NOT NULL,
+        nonce        text UNIQUE
+    );
     """,
 )
 """Each migration, statement by statement (none holds a ``;`` but at its end)."""

@@ -11,11 +11,8 @@ becomes ``errors.FleetUnreachable`` naming only its kind (a driver's text may ca
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -26,106 +23,24 @@ from psycopg_pool import AsyncConnectionPool
 
 from watchdog import errors, model
 from watchdog.fleet import schema
+from watchdog.fleet.values import (
+    AuditLine,
+    GroupStatus,
+    Member,
+    News,
+    Node,
+    Notice,
+    RunRecord,
+    Side,
+    Slot,
+    SlotHeld,
+    Summary,
+)
 
 CHANNEL = "rollback_watchdog_fleet"  # LISTEN/NOTIFY: the payload is the group's name
 _AUDIT_SHOWN = 20
 
 Row = dict[str, Any]
-
-
-class Slot(enum.StrEnum):
-    """What asking for a switch slot came to."""
-
-    GRANTED = "granted"  # this member may switch now
-    HELD = "held"  # it already holds one (a resumed switch)
-    FULL = "full"  # max_parallel members of the group are switching: wait
-    HALTED = "halted"  # a switch of the group failed; an operator must resume it
-
-
-class Side(enum.StrEnum):
-    """Which of a member's two units runs, as its systemd says."""
-
-    PRIMARY = "primary"
-    FALLBACK = "fallback"
-    NEITHER = "neither"
-    UNKNOWN = "unknown"  # no reading of systemd
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One node's target: what a lease, a slot and a run belong to."""
-
-    node: str
-    target: str
-
-    def __str__(self) -> str:
-        return f"{self.node}/{self.target}"
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One member as the fleet sees it."""
-
-    member: Member
-    group: str
-    side: Side
-    release: str | None
-    seen_at: datetime
-    lease_until: datetime
-    lost: bool  # its lease ran out (by the database's clock)
-    switching: bool  # it holds a slot
-
-
-@dataclass(frozen=True, slots=True)
-class SlotHeld:
-    member: Member
-    taken_at: datetime
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One run as a member's own journal has it, copied into the store."""
-
-    member: Member
-    run_id: int
-    trigger: model.Trigger
-    status: model.RunStatus
-    reason: str
-    started_at: datetime
-    ended_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditLine:
-    at: datetime
-    member: Member
-    event: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """A group's counts, for the metrics (one query)."""
-
-    live: int
-    lost: int
-    switching: int
-    halted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStatus:
-    """A group as ``fleet status`` shows it."""
-
-    name: str
-    halted_at: datetime | None
-    halted_by: str | None
-    halt_reason: str | None
-    nodes: tuple[Node, ...]
-    slots: tuple[SlotHeld, ...]
-    runs: tuple[RunRecord, ...]
-    audit: tuple[AuditLine, ...]
 
 
 class FleetStore:
@@ -168,7 +83,7 @@ class FleetStore:
         await self._pool.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection[Row]]:
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Row]]:
         """One transaction on a pooled connection; a driver failure is ``FleetUnreachable``."""
         try:
             async with self._pool.connection(timeout=self._timeout) as db, db.transaction():
@@ -178,7 +93,7 @@ class FleetStore:
 
     async def version(self) -> int:
         """The schema version the database is at (0: never migrated)."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             found = await _fetchone(db, "SELECT to_regclass('fleet_schema') IS NOT NULL AS ok")
             if not found or not found["ok"]:
                 return 0
@@ -187,7 +102,7 @@ class FleetStore:
 
     async def migrate(self) -> int:
         """Run the migrations not yet run; the schema version after."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             # one migrator at a time, even before the version table exists (CREATE ... IF NOT
             # EXISTS races); the lock is the transaction's, never the session's
             await db.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_watchdog_migrate'))")
@@ -204,7 +119,7 @@ class FleetStore:
         self, member: Member, *, group: str, side: Side, release: str | None, lease: float
     ) -> bool:
         """This member is alive for ``lease`` more seconds; whether it holds a slot."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             await db.execute(
                 "INSERT INTO fleet_groups (name) VALUES (%s) ON CONFLICT DO NOTHING", (group,)
             )
@@ -235,7 +150,7 @@ class FleetStore:
     ) -> tuple[Slot, tuple[Member, ...]]:
         """May ``member`` switch now? Decided for the whole group in one transaction; with the
         answer, the members that hold the group's slots."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             row = await _fetchone(
                 db, "SELECT halted_at FROM fleet_groups WHERE name = %s FOR UPDATE", (group,)
             )
@@ -277,19 +192,19 @@ class FleetStore:
     async def release_slot(self, member: Member, *, group: str, detail: str) -> bool:
         """The member's switch ended (or never began): its slot is free; waiting members are
         woken. False if it held none."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             done = await db.execute(
                 "DELETE FROM fleet_slots WHERE node = %s AND target = %s",
                 (member.node, member.target),
             )
             if done.rowcount:
                 await _audit(db, group, member, "slot released", detail)
-                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+                await notify(db, Notice(group, News.SLOT))
             return bool(done.rowcount)
 
     async def halt(self, group: str, *, by: Member, reason: str) -> bool:
         """Stop the group's automatic switches (a switch failed); False if already halted."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             done = await db.execute(
                 "UPDATE fleet_groups SET halted_at = now(), halted_by = %s, halt_reason = %s"
                 " WHERE name = %s AND halted_at IS NULL",
@@ -297,12 +212,12 @@ class FleetStore:
             )
             if done.rowcount:
                 await _audit(db, group, by, "group halted", reason)
-                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+                await notify(db, Notice(group, News.HALTED))
             return bool(done.rowcount)
 
     async def resume(self, group: str, *, by: str) -> bool:
         """An operator lets the group switch again; False if it was not halted."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             done = await db.execute(
                 "UPDATE fleet_groups SET halted_at = NULL, halted_by = NULL, halt_reason = NULL"
                 " WHERE name = %s AND halted_at IS NOT NULL",
@@ -310,14 +225,14 @@ class FleetStore:
             )
             if done.rowcount:
                 await _audit(db, group, Member(by, ""), "group resumed", f"by {by}")
-                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, group))
+                await notify(db, Notice(group, News.RESUMED))
             return bool(done.rowcount)
 
     async def record_runs(self, group: str, runs: Sequence[RunRecord]) -> None:
         """Copy runs from a member's journal (new, or changed since): idempotent."""
         if not runs:
             return
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             for run in runs:
                 await db.execute(
                     "INSERT INTO fleet_runs (node, target, run_id, grp, trigger, status, reason,"
@@ -339,11 +254,11 @@ class FleetStore:
 
     async def note(self, group: str, member: Member, event: str, detail: str) -> None:
         """One line of the fleet's audit trail."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             await _audit(db, group, member, event, detail)
 
     async def summary(self, group: str) -> Summary:
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             row = await _fetchone(
                 db,
                 "SELECT (SELECT halted_at IS NOT NULL FROM fleet_groups WHERE name = %s) AS halted,"
@@ -360,7 +275,7 @@ class FleetStore:
         )
 
     async def groups(self) -> list[str]:
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             rows = await (
                 await db.execute("SELECT name FROM fleet_groups ORDER BY name")
             ).fetchall()
@@ -368,7 +283,7 @@ class FleetStore:
 
     async def status(self, group: str) -> GroupStatus | None:
         """The group's members, slots, runs and latest audit lines; None if no such group."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             head = await _fetchone(db, "SELECT * FROM fleet_groups WHERE name = %s", (group,))
             if head is None:
                 return None
@@ -398,6 +313,9 @@ class FleetStore:
                     (group, _AUDIT_SHOWN),
                 )
             ).fetchall()
+            from watchdog.fleet.incidents import latest  # one module, one job: incidents
+
+            incidents = await latest(db, group)
         return GroupStatus(
             name=group,
             halted_at=head["halted_at"],
@@ -435,20 +353,24 @@ class FleetStore:
                 AuditLine(r["at"], Member(r["node"], r["target"] or ""), r["event"], r["detail"])
                 for r in audit
             ),
+            incidents=incidents,
         )
 
 
-async def listen(dsn: str, on_group: Callable[[str], None], *, limit: float = 5.0) -> None:
-    """``LISTEN`` on the fleet's channel until cancelled, calling ``on_group`` with each
-    notification's group. LISTEN needs a session of its own (behind PgBouncer: a direct or
-    session-pooled DSN). Raises ``FleetUnreachable`` when the connection fails or drops."""
+async def listen(dsn: str, heard: Callable[[Notice], None], *, limit: float = 5.0) -> None:
+    """``LISTEN`` on the fleet's channel until cancelled, calling ``heard`` with each
+    notification (one of another version's is skipped). LISTEN needs a session of its own
+    (behind PgBouncer: a direct or session-pooled DSN). Raises ``FleetUnreachable`` when the
+    connection fails or drops."""
     try:
         async with await psycopg.AsyncConnection.connect(
             dsn, autocommit=True, connect_timeout=max(2, int(limit))
         ) as db:
             await db.execute(f"LISTEN {CHANNEL}".encode())
-            async for notice in db.notifies():
-                on_group(notice.payload)
+            async for notification in db.notifies():
+                notice = Notice.parse(notification.payload)
+                if notice is not None:
+                    heard(notice)
     except psycopg.OperationalError as exc:
         raise _unreachable(exc) from None
 
@@ -462,6 +384,11 @@ async def require_current(store: FleetStore) -> None:
             f"{len(schema.MIGRATIONS)}: run `rollback-watchdog migrate --config FILE` "
             "(or set fleet.migrate_at_start)"
         )
+
+
+async def notify(db: AsyncConnection[Row], notice: Notice) -> None:
+    """Tell the listening members (delivered when the transaction commits, not before)."""
+    await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice.payload()))
 
 
 def member_key(member: Member) -> tuple[str, str]:

@@ -33,6 +33,16 @@ class SignalLine:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetLine:
+    """A fleet incident on its one message: which group and release, and who is affected."""
+
+    incident: int  # the fleet incident's id (the buttons answer it)
+    group: str
+    release: str
+    members: tuple[str, ...]  # node/target, in order of joining
+
+
+@dataclass(frozen=True, slots=True)
 class Card:
     """One incident's message: posted once, then updated in place as things happen."""
 
@@ -49,6 +59,7 @@ class Card:
     approval: int | None = None  # when set, the message carries Approve/Deny for this approval
     history: tuple[str, ...] = ()  # timeline lines, oldest first
     final: bool = False  # the end: no more buttons ever
+    fleet: FleetLine | None = None  # fleet mode: the message speaks for every affected node
 
 
 class MessageRefs(Protocol):
@@ -70,8 +81,11 @@ class Notifier(Protocol):
         """Post or update the incident's message to show ``card``."""
         ...
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
-        """Add a document (the rollback report, Markdown) to the incident's message."""
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
+        """Add a document (the rollback report, Markdown) to the incident's message, or under
+        ``thread`` (a chat's channel and message id: a fleet incident's one message)."""
         ...
 
     async def aclose(self) -> None:
@@ -85,7 +99,9 @@ class Silent:
     async def publish(self, card: Card) -> None:
         """Nothing to tell."""
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
         """Nowhere to put it."""
 
     async def aclose(self) -> None:
@@ -107,19 +123,28 @@ class Fanout:
         """Give ``card`` to every notifier; returns when all are done with it."""
         await asyncio.gather(*(self._publish(notifier, card) for notifier in self._notifiers))
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
         """Give the document to every notifier."""
         await asyncio.gather(
-            *(self._attach(notifier, incident, title, body) for notifier in self._notifiers)
+            *(self._attach(notifier, incident, title, body, thread) for notifier in self._notifiers)
         )
 
     async def aclose(self) -> None:
         """Close every notifier, all at once."""
         await asyncio.gather(*(self._aclose(notifier) for notifier in self._notifiers))
 
-    async def _attach(self, notifier: Notifier, incident: int, title: str, body: str) -> None:
+    async def _attach(
+        self,
+        notifier: Notifier,
+        incident: int,
+        title: str,
+        body: str,
+        thread: tuple[str, str] | None,
+    ) -> None:
         try:
-            await notifier.attach(incident, title, body)
+            await notifier.attach(incident, title, body, thread=thread)
         except Exception as exc:
             log.error(  # noqa: TRY400 - the type only, as in _publish
                 "notifier failed", notifier=type(notifier).__name__, error=type(exc).__name__

@@ -26,6 +26,7 @@ class Click:
     approve: bool
     identity: str  # the person, as the channel names them for good (an ID, not a display name)
     nonce: str  # one click, counted once: a replayed request carries the same nonce
+    fleet: bool = False  # it answers a fleet incident's approval (fleet mode), not a local one
 
 
 class Channel(Protocol):

@@ -115,7 +115,9 @@ class GrafanaAnnotator:
                     error=self._sender.scrub(f"{type(exc).__name__}: {exc}", self._api),
                 )
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
         """Annotations carry no documents: the region's text already says how it ended."""
 
     async def aclose(self) -> None:

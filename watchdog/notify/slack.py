@@ -80,6 +80,7 @@ _VERDICT_TITLES = {
     "hold": (":white_check_mark:", "all clear"),
 }
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
+FLEET_PREFIX = "f"  # a button of a fleet incident's message: "f<fleet incident id>"
 _APPROVAL_ID = re.compile(r"[1-9][0-9]{0,18}")  # positive; SQLite's range checked after
 _SLACK_ID = re.compile(r"[A-Z0-9]{2,32}")  # U0123ABC, W0123ABC: what allowlists name
 _ACTION_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
@@ -102,6 +103,15 @@ def blocks(card: Card) -> list[dict[str, Any]]:
             f"*Reason* {_escape(card.reason) or '—'}"
         ),
     ]
+    if card.fleet is not None:
+        members = ", ".join(_code(m) for m in card.fleet.members)
+        out.append(
+            _section(
+                f"*Fleet incident* #{card.fleet.incident} · group {_code(card.fleet.group)}"
+                f" · release {_code(card.fleet.release)}\n"
+                f"*Affected* ({len(card.fleet.members)}): {members or '—'}"
+            )
+        )
     out.extend(_section(text) for text in _signal_sections(card.signals))
     out.append(_section(f"*Status* {_escape(card.status) or '—'}"))
     if card.history:
@@ -121,7 +131,7 @@ def fallback_text(card: Card) -> str:
 
 
 def _buttons(card: Card, approval: int) -> dict[str, Any]:
-    value = str(approval)
+    value = f"{FLEET_PREFIX}{approval}" if card.fleet is not None else str(approval)
     confirm = {
         "title": _plain(f"Roll back {card.target}?", CONFIRM_TITLE),
         "text": _mrkdwn(f"Stop {_code(card.primary)}, start {_code(card.fallback)}.", CONFIRM_TEXT),
@@ -308,7 +318,9 @@ class SlackNotifier:
                     error=f"{type(exc).__name__}: {exc}",
                 )
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
         """The document as a reply in the incident message's thread (a code block: Slack's
         formatting has no tables); never raises."""
         lock = self._locks.setdefault(incident, asyncio.Lock())
@@ -317,13 +329,13 @@ class SlackNotifier:
                 return
             text = f"*{_escape(title)}*\n```\n{_fit(body, ATTACHMENT_LIMIT)}\n```"
             try:
-                ref = self._posted.get(incident)
+                ref = thread or self._posted.get(incident)
                 if ref is None:
                     ref = await asyncio.to_thread(self._refs.message_ref, incident)
-                channel, thread = ref if ref is not None else (self._channel, None)
+                channel, under = ref if ref is not None else (self._channel, None)
                 await _call(
                     "chat.postMessage",
-                    self._client.chat_postMessage(channel=channel, text=text, thread_ts=thread),
+                    self._client.chat_postMessage(channel=channel, text=text, thread_ts=under),
                 )
             except _Failure as failure:
                 log.error(  # noqa: TRY400 - the code says it all
@@ -450,15 +462,24 @@ class Interaction:
     action_ts: str  # replay key part
     channel: str  # container.channel_id / channel.id, "" if absent
     message_ts: str  # container.message_ts / message.ts, "" if absent
+    fleet: bool = False  # the button answers a fleet incident (value "f<id>")
 
     @property
     def nonce(self) -> str:
         """One click, once: a replayed request carries the same user, action_ts and approval."""
-        return f"slack:{self.user_id}:{self.action_ts}:{self.approval}"
+        kind = FLEET_PREFIX if self.fleet else ""
+        return f"slack:{self.user_id}:{self.action_ts}:{kind}{self.approval}"
 
     def click(self) -> Click:
         """The click as the gate counts it: by the user's ID (anyone may change a username)."""
-        return Click("slack", self.approval, self.action == APPROVE, self.user_id, self.nonce)
+        return Click(
+            "slack",
+            self.approval,
+            self.action == APPROVE,
+            self.user_id,
+            self.nonce,
+            fleet=self.fleet,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +538,9 @@ def interaction_of(payload: Mapping[str, Any]) -> Interaction:
     if action_id not in (APPROVE, DENY):
         raise errors.InputError("unknown action (approve or deny expected)")
     value = action.get("value")
+    fleet = isinstance(value, str) and value.startswith(FLEET_PREFIX)
+    if fleet and isinstance(value, str):
+        value = value.removeprefix(FLEET_PREFIX)
     if not isinstance(value, str) or not _APPROVAL_ID.fullmatch(value) or int(value) > _SQLITE_MAX:
         raise errors.InputError("the action's value is not a positive integer")
     user = payload.get("user")
@@ -528,6 +552,7 @@ def interaction_of(payload: Mapping[str, Any]) -> Interaction:
     return Interaction(
         action=action_id,
         approval=int(value),
+        fleet=fleet,
         user_id=user["id"],
         username=_text(user, "username") or _text(user, "name"),
         action_ts=_text(action, "action_ts"),

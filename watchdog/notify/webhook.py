@@ -353,7 +353,9 @@ class WebhookNotifier:
                     status=response.status_code,
                 )
 
-    async def attach(self, incident: int, title: str, body: str) -> None:
+    async def attach(
+        self, incident: int, title: str, body: str, *, thread: tuple[str, str] | None = None
+    ) -> None:
         """POST the document: ``{"version": 1, "event": "document", "incident", "title",
         "body", "sent_at"}``; never raises."""
         async with self._serial.hold(incident):

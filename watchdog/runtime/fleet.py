@@ -3,34 +3,31 @@
 One ``FleetLink`` per daemon. It heartbeats each target as a member of ``fleet.group`` (which
 unit runs, its lease), answers the pipeline's ``Admission`` (a switch slot, or why to wait),
 gives the slot back when a run ends and halts the group when a switch failed its verification.
-``LISTEN`` wakes the guards when a slot frees or the group resumes, so a waiting member acts
-at once and nobody polls. Cut off from the store, each target still guards itself on local
-evidence (``fleet.admission``); when the store is back the link copies the runs it made into
-the store, so the store and the local journals agree.
+For the gate (``gate.FleetGate``) it joins each incident to the group's fleet incident for the
+release, takes votes for it from any node, and remembers what the fleet decided. ``LISTEN``
+wakes the guards when a slot frees, the group resumes or a fleet incident is decided, so a
+waiting member acts at once and nobody polls. Cut off from the store, each target still guards
+itself on local evidence (``fleet.admission``); when the store is back the link copies the
+runs it made into the store, so the store and the local journals agree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from watchdog import config, errors, model, telemetry
+from watchdog import approval, config, errors, gate, journal, model, telemetry
 from watchdog.fleet import admission
-from watchdog.fleet.store import (
-    CHANNEL,
-    FleetStore,
-    Member,
-    RunRecord,
-    Side,
-    Slot,
-    listen,
-    require_current,
-)
+from watchdog.fleet.incidents import DONE, LEFT, IncidentBook
+from watchdog.fleet.store import CHANNEL, FleetStore, listen, require_current
+from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot, Ticket
 from watchdog.runtime.guard import Guard
 from watchdog.runtime.link import _pause
 
@@ -59,7 +56,12 @@ class FleetLink:
         self._reachable: bool | None = None  # None: not yet known
         self._cut_switches = 0  # switches made while cut off (bounded)
         self._admitted: dict[str, float] = {}  # target -> monotonic time a slot was taken
-        self._halt_reason: str | None = None
+        self._book: IncidentBook | None = None
+        self._gate: gate.Gate | None = None
+        self._tickets: dict[int, Ticket] = {}  # fleet incidents a target of ours is in
+        self._linked: dict[tuple[str, int], int] = {}  # (target, local approval) -> fleet id
+        self._joined: dict[tuple[str, int], int] = {}  # (target, local incident) -> fleet id
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def member(self, target: str) -> Member:
         return Member(self.settings.node, target)
@@ -72,6 +74,13 @@ class FleetLink:
     def reachable(self) -> bool:
         return bool(self._reachable)
 
+    def release(self, target: str) -> str:
+        """What a fleet incident is about: the configured release, else the primary's unit."""
+        if self.settings.release is not None:
+            return self.settings.release
+        guard = self._guards.get(target)
+        return guard.target.settings.primary.unit if guard is not None else target
+
     async def open(self) -> None:
         """Connect and check the schema. Unreachable: start cut off (guard locally) and keep
         trying. A schema behind this version stops the start unless allowed to migrate."""
@@ -80,7 +89,9 @@ class FleetLink:
         except errors.FleetUnreachable as exc:
             self._cut(str(exc))
             self._store = await FleetStore.open(self._dsn, limit=self.settings.timeout, wait=False)
+            self._book = IncidentBook(self._store)
             return
+        self._book = IncidentBook(self._store)
         if self.settings.migrate_at_start:
             version = await self._store.migrate()
             log.info("fleet store migrated", version=version)
@@ -88,12 +99,16 @@ class FleetLink:
             await require_current(self._store)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._store is not None:
             await self._store.close()
 
-    def attach(self, guards: Sequence[Guard]) -> None:
-        """The guards whose targets are members (woken by LISTEN, asked which unit runs)."""
+    def attach(self, guards: Sequence[Guard], gatekeeper: gate.Gate | None = None) -> None:
+        """The guards whose targets are members (woken by LISTEN, asked which unit runs), and
+        the gate whose message follows the fleet incidents it owns."""
         self._guards = {guard.target.name: guard for guard in guards}
+        self._gate = gatekeeper
 
     # -- the pipeline's Admission ------------------------------------------------------------
 
@@ -152,6 +167,8 @@ class FleetLink:
                 )
                 log.error("fleet group halted: a switch failed", target=target, run=outcome.run_id)
             await self._sync(store, [target])
+            for fleet_id in self._incidents_of(target):
+                await self._incidents().member_state(fleet_id, self.member(target), DONE)
         except errors.FleetUnreachable:
             log.warning("fleet store unreachable at a run's end; synced when it is back")
         await self._release(target, detail)
@@ -199,7 +216,12 @@ class FleetLink:
                     )
             if was_reachable is not True:
                 await self._sync(store, list(self._guards))
+                await self._catch_up()
             self._back()
+            await self._leave_closed()
+            await self._share_messages()
+            if self._gate is not None:
+                await self._incidents().expire_due(self.group, self._gate.rules)
             counts = await store.summary(self.group)
             members = self._recorder.fleet_members
             members.labels(self.group, "live").set(counts.live)
@@ -243,10 +265,190 @@ class FleetLink:
                 log.exception("fleet LISTEN failed; reconnecting")
                 await _pause(stop, backoff)
 
-    def _heard(self, group: str) -> None:
-        if group == self.group:
-            for guard in self._guards.values():
-                guard.wake()
+    def _heard(self, notice: Notice) -> None:
+        if notice.group != self.group:
+            return
+        if notice.incident is not None:
+            self._spawn(self._refresh(notice.incident, notice.news))
+        else:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for guard in self._guards.values():
+            guard.wake()
+
+    async def _refresh(self, fleet_id: int, news: News) -> None:
+        """A fleet incident changed: the latest of it, the owner's message, and the members
+        woken when it was decided (they act now)."""
+        if fleet_id not in self._tickets and news is not News.JOINED:
+            return  # none of ours
+        try:
+            ticket = await self._incidents().ticket(fleet_id)
+        except errors.FleetUnreachable:
+            return  # the catch-up after the partition reads it
+        if ticket is None or not any(m.node == self.settings.node for m in ticket.members):
+            return
+        self._tickets[fleet_id] = ticket
+        if self._gate is not None and self.owns(ticket):
+            self._gate.fleet_changed(ticket)
+        if ticket.decided:
+            self._wake_all()
+
+    async def _catch_up_soon(self) -> None:
+        await asyncio.sleep(0.2)  # LISTEN is in place first: nothing falls between
+        with contextlib.suppress(errors.FleetUnreachable):  # the next connection catches up
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """The fleet incidents our targets wait in, as the store has them now (after a restart
+        or a partition: notifications sent meanwhile were not heard)."""
+        decided = False
+        for name in self._guards:
+            for ticket, local_approval, local_incident in await self._incidents().waiting(
+                self.member(name)
+            ):
+                self._tickets[ticket.id] = ticket
+                if local_approval is not None:
+                    self._linked[(name, local_approval)] = ticket.id
+                if local_incident is not None:
+                    self._joined[(name, local_incident)] = ticket.id
+                decided = decided or ticket.decided
+        if decided:
+            self._wake_all()
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the gate's FleetGate ------------------------------------------------------------------
+
+    async def join(
+        self, decided: model.Decision, incident: int, request: journal.ApprovalRow | None
+    ) -> Ticket | None:
+        """Join the group's fleet incident for this release (once per local incident and
+        request); None while cut off: the local incident's own message goes out then."""
+        target = decided.target
+        known = self._joined.get((target, incident))
+        if known is not None and (request is None or (target, request.id) in self._linked):
+            return self._tickets.get(known)
+        try:
+            ticket = await self._incidents().join(
+                self.member(target),
+                group=self.group,
+                release=self.release(target),
+                verdict=request.verdict if request is not None else decided.action.value,
+                asks=request is not None,
+                required=request.required if request is not None else 1,
+                wait=max(1.0, request.expires_at - decided.at) if request is not None else 0.0,
+                reason=decided.reason[:500],
+                local_incident=incident,
+                local_approval=request.id if request is not None else None,
+            )
+        except errors.FleetUnreachable as exc:
+            self._cut(str(exc))
+            return None
+        self._joined[(target, incident)] = ticket.id
+        if request is not None:
+            self._linked[(target, request.id)] = ticket.id
+        self._tickets[ticket.id] = ticket
+        if ticket.new_member:
+            log.warning(
+                "opened fleet incident" if ticket.opened else "joined fleet incident",
+                target=target,
+                fleet_incident=ticket.id,
+                release=ticket.release,
+                members=[str(m) for m in ticket.members],
+            )
+        return ticket
+
+    def owns(self, ticket: Ticket) -> bool:
+        return ticket.owner.node == self.settings.node and ticket.owner.target in self._guards
+
+    def ticket_of(self, target: str, incident: int) -> Ticket | None:
+        fleet_id = self._joined.get((target, incident))
+        return None if fleet_id is None else self._tickets.get(fleet_id)
+
+    def ruling(self, target: str, approval_id: int) -> Ticket | None:
+        fleet_id = self._linked.get((target, approval_id))
+        return None if fleet_id is None else self._tickets.get(fleet_id)
+
+    async def vote(
+        self, incident: int, vote: approval.Vote, rules: approval.Rules, nonce: str | None
+    ) -> tuple[approval.Ruling, Ticket | None]:
+        try:
+            ruling, ticket = await self._incidents().vote(incident, vote, rules, nonce=nonce)
+        except errors.FleetUnreachable:
+            return approval.Ruling(
+                False,
+                approval.Status.PENDING,
+                "the fleet store is unreachable from this node: try again",
+                refusal=approval.Refusal.UNAVAILABLE,
+            ), None
+        if ticket is not None and ticket.id in self._tickets:
+            self._tickets[ticket.id] = ticket
+        return ruling, ticket
+
+    async def admit_approved(self, target: str) -> str | None:
+        """A slot for a run the fleet approved; cut off, it waits (a fleet decision needs the
+        fleet's view of its slots)."""
+        try:
+            slot, holders = await self._opened().take_slot(
+                self.member(target),
+                group=self.group,
+                max_parallel=self.settings.max_parallel,
+                reason="approved for the fleet",
+            )
+        except errors.FleetUnreachable as exc:
+            self._cut(str(exc))
+            return "cut off from the fleet store: a fleet approval acts once it is back"
+        self._back()
+        halt = await self._halt_why(self._opened()) if slot is Slot.HALTED else None
+        answer = admission.slot_answer(
+            slot, holders, max_parallel=self.settings.max_parallel, halt_reason=halt
+        )
+        if answer is None:
+            self._admitted[target] = time.monotonic()
+        return answer
+
+    async def left(self, target: str, approval_id: int) -> None:
+        fleet_id = self._linked.pop((target, approval_id), None)
+        if fleet_id is None:
+            return
+        try:
+            await self._incidents().member_state(fleet_id, self.member(target), LEFT)
+        except errors.FleetUnreachable:
+            log.warning("fleet store unreachable: leaving the fleet incident later", target=target)
+
+    async def _leave_closed(self) -> None:
+        """A member whose local incident closed with no run going leaves its fleet incident."""
+        for (target, incident), fleet_id in list(self._joined.items()):
+            guard = self._guards.get(target)
+            if guard is None or guard.in_flight():
+                continue
+            if await asyncio.to_thread(guard.target.store.incident_open, incident):
+                continue
+            del self._joined[(target, incident)]
+            ticket = self._tickets.pop(fleet_id, None)
+            ran = ticket is not None and ticket.status in ("approved", "acting")
+            await self._incidents().member_state(
+                fleet_id, self.member(target), DONE if ran else LEFT
+            )
+
+    async def _share_messages(self) -> None:
+        """The messages this node posted for fleet incidents it owns, told to the store."""
+        for (target, incident), fleet_id in list(self._joined.items()):
+            ticket = self._tickets.get(fleet_id)
+            guard = self._guards.get(target)
+            if ticket is None or ticket.message is not None or not self.owns(ticket) or not guard:
+                continue
+            ref = await asyncio.to_thread(guard.target.store.message_ref, incident)
+            if ref is not None:
+                await self._incidents().remember_message(fleet_id, *ref)
+                self._tickets[fleet_id] = dataclasses.replace(ticket, message=ref)
+
+    def _incidents_of(self, target: str) -> list[int]:
+        return sorted({fid for (name, _), fid in self._joined.items() if name == target})
 
     # -- status ------------------------------------------------------------------------------
 
@@ -277,6 +479,11 @@ class FleetLink:
         if self._store is None:
             raise RuntimeError("FleetLink.open() was not awaited")
         return self._store
+
+    def _incidents(self) -> IncidentBook:
+        if self._book is None:
+            raise RuntimeError("FleetLink.open() was not awaited")
+        return self._book
 
     async def _halt_why(self, store: FleetStore) -> str | None:
         found = await store.status(self.group)

@@ -201,7 +201,7 @@ class Guard:
         if post and self._gatekeeper is not None:
             body = await asyncio.to_thread(path.read_text)
             await self._gatekeeper.attach_document(
-                incident, f"Rollback report, run #{run_id}", body
+                incident, f"Rollback report, run #{run_id}", body, target=self.target.name
             )
 
     async def _watch_after(self, run_id: int, incident: int | None) -> None:

@@ -116,7 +116,10 @@ class Intake:
         vote = approval.Vote(
             approve=click.approve, identities=(click.identity,), via=click.via, at=self._clock()
         )
-        ruling, _ = await self._gate.vote(click.approval, vote, nonce=click.nonce)
+        if click.fleet:  # a fleet incident's button: the store decides for every member
+            ruling, _ = await self._gate.fleet_vote(click.approval, vote, nonce=click.nonce)
+        else:
+            ruling, _ = await self._gate.vote(click.approval, vote, nonce=click.nonce)
         self._count(ruling, click.via)
 
     async def interaction(self, interaction: slack.Interaction) -> None:
@@ -131,6 +134,23 @@ class Intake:
         if row is None:
             return ruling, None
         return ruling, {**dataclasses.asdict(row), "approved_by": list(row.approvers)}
+
+    async def fleet_vote(
+        self, incident: int, vote: approval.Vote, nonce: str | None
+    ) -> tuple[approval.Ruling, dict[str, Any] | None]:
+        ruling, ticket = await self._gate.fleet_vote(incident, vote, nonce=nonce)
+        self._count(ruling, vote.via)
+        if ticket is None:
+            return ruling, None
+        return ruling, {
+            "id": ticket.id,
+            "group": ticket.group,
+            "release": ticket.release,
+            "status": ticket.status,
+            "required": ticket.required,
+            "approved_by": list(ticket.approved_by),
+            "members": [str(m) for m in ticket.members],
+        }
 
     async def rollback(self, order: gate.RollbackOrder) -> approval.Answer:
         return await self._gate.rollback(order)

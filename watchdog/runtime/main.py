@@ -265,7 +265,8 @@ async def _run(
                 guard.target.fleet = fleet
             await guard.read_units()  # the first tick sees systemd, not "no reading yet"
         if fleet is not None:
-            fleet.attach(guards)
+            fleet.attach(guards, gatekeeper)
+            gatekeeper.fleet = fleet
             await fleet.beat()  # a member (and its lease) before the first tick asks for a slot
         log.info(
             "started",
