@@ -626,6 +626,21 @@ class SlackSettings(_Strict):
         return self
 
 
+class ReleaseBadSettings(_Strict):
+    """When the fleet calls a release bad: this many members (or this share of the group)
+    rolled back for critical reasons within ``within``; either that holds is enough."""
+
+    nodes: int | None = Field(default=3, ge=1)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    within: Duration = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if self.nodes is None and self.fraction is None:
+            raise ValueError("give nodes, fraction or both")
+        return self
+
+
 class FleetSettings(_Strict):
     """Fleet mode: this node's targets coordinate with the group's other watchdogs through
     PostgreSQL (README, "Fleet mode"). Off unless given."""
@@ -640,6 +655,9 @@ class FleetSettings(_Strict):
     heartbeat: Duration = Field(default=10.0, gt=0)
     timeout: Duration = Field(default=3.0, gt=0)  # each call to the store
     migrate_at_start: bool = False  # else ``rollback-watchdog migrate`` first
+    release_bad_when: ReleaseBadSettings = ReleaseBadSettings()
+    on_bad_release: Literal["propose", "auto", "off"] = "propose"  # the rest, in waves
+    wave_pause: Duration = Field(default=60.0, ge=0)  # between two waves of the rest
 
     @model_validator(mode="after")
     def _secrets(self) -> Self:

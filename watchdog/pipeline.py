@@ -67,6 +67,9 @@ class Admission(Protocol):
     async def withdraw(self, target: str) -> None:
         """The admitted switch did not start after all: give its slot back."""
 
+    def observed(self, target: str, evaluated: model.Evaluation) -> None:
+        """Every evaluation, acted on or not: what fires is told to the peers (no I/O here)."""
+
 
 @dataclass(slots=True)
 class Target:
@@ -125,6 +128,8 @@ class Target:
         )
         if self.alerts_forget_after is not None:
             evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
+        if self.fleet is not None:
+            self.fleet.observed(self.name, evaluated)
         decided, state = decision.decide(evaluated, policy, self.state)
         acting = decided.action is model.Action.ROLLBACK and mode is model.Mode.AUTO
         blocked = None

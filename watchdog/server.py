@@ -99,6 +99,9 @@ class Fleet(Protocol):
     async def resume(self, by: str) -> bool:
         """Let a halted group switch again; False if it was not halted."""
 
+    async def approve_waves(self, by: str) -> list[str]:
+        """Start the group's proposed rollouts; the releases started."""
+
 
 @dataclass(frozen=True)
 class Context:
@@ -478,6 +481,17 @@ async def _fleet_resume(request: web.Request) -> web.Response:
     return web.json_response({"resumed": True, "message": "the fleet group may switch again"})
 
 
+async def _fleet_waves(request: web.Request) -> web.Response:
+    fleet = _fleet(request.app[_CONTEXT])
+    try:
+        started = await fleet.approve_waves(request[_WHO])
+    except errors.FleetUnreachable as exc:
+        return problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+    if not started:
+        return problem(HTTPStatus.CONFLICT, "the fleet group has no proposed rollout")
+    return web.json_response({"started": started})
+
+
 def build_app(
     settings: config.ListenSettings,
     recorder: telemetry.Recorder,
@@ -525,6 +539,7 @@ def build_app(
     app.router.add_post("/api/v1/approvals/{approval}", _vote)
     app.router.add_get("/api/v1/fleet", _fleet_status)
     app.router.add_post("/api/v1/fleet/resume", _fleet_resume)
+    app.router.add_post("/api/v1/fleet/waves/approve", _fleet_waves)
     app.router.add_post("/api/v1/fleet/approvals/{incident}", _fleet_vote)
 
     async def drain(app: web.Application) -> None:  # work accepted before shutdown finishes

@@ -168,6 +168,18 @@ class Recorder:
             ["group"],
             registry=r,
         )
+        self.fleet_rollouts = Gauge(
+            "rollback_watchdog_fleet_rollouts",
+            "Rollouts of a bad release to the rest of the group, by status.",
+            ["group", "status"],
+            registry=r,
+        )
+        self.fleet_wave_switches = Gauge(
+            "rollback_watchdog_fleet_wave_switches",
+            "Members the group's rollouts have switched, in waves, so far.",
+            ["group"],
+            registry=r,
+        )
         # The metric contract the shipped rules read (docs/architecture.md): probes, systemd watch.
         self.probe_success = Gauge(
             "rollback_watchdog_probe_success",

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from watchdog import timefmt
 from watchdog_lab import httpservice, postgres, sandbox
 from watchdog_lab import slack as fake_slack
 
@@ -108,6 +109,7 @@ class Fleet:
         mode: str = "auto",
         listen: str = "{port: 0}",
         extra: str = "",
+        rules: tuple[Path, ...] = (),
         **fleet: object,
     ) -> Path:
         folder = self.host / "cases" / case / node
@@ -137,7 +139,7 @@ class Fleet:
                 profile: http
                 primary: {{unit: {primary(node)}, job: {node}-new}}
                 fallback: {{unit: {fallback(node)}, job: {node}-old}}
-                rules: [{ROOT / "rules" / "http-service.yml"}]
+                rules: [{", ".join(str(p) for p in (ROOT / "rules" / "http-service.yml", *rules))}]
                 watch: {{interval: 1s}}
                 probes: {{interval: 1s, timeout: 1s}}
                 after: {{enabled: false}}
@@ -234,8 +236,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def test_three_failing_nodes_switch_one_at_a_time_and_the_store_agrees(fleet: Fleet) -> None:
-    for node in NODES:
-        fleet.reset(node, new="--exit-after 1")  # every start of the new release crashes
+    for node in NODES:  # healthy at first; the fallbacks take 2 s to start (a run takes longer)
+        fleet.reset(node, old="--startup-delay 2")
     dsn = fleet.database("one_at_a_time")
     configs = {node: fleet.config("one-at-a-time", node, dsn) for node in NODES}
     logs = [c.parent / "daemon.log" for c in configs.values()]
@@ -245,8 +247,13 @@ def test_three_failing_nodes_switch_one_at_a_time_and_the_store_agrees(fleet: Fl
         return all(r and r[-1]["status"] != "running" for r in found)
 
     with fleet.daemons(configs):
+        wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
+        for node in NODES:  # the new release fails on all three at once
+            fleet.faults(node, "new", "--exit-after 1")
+        fleet.box.systemctl("restart", *(primary(node) for node in NODES))
         wait_for("three switches", all_ended, 180, logs)
         time.sleep(1.5)  # the last slot's release and the heartbeat that copies the run
+        shown = fleet.cli(configs["n1"], "fleet", "status", "--json")
     every = {node: runs(config) for node, config in configs.items()}
     for node, found in every.items():
         assert [r["status"] for r in found] == ["succeeded"], (node, found)
@@ -255,18 +262,25 @@ def test_three_failing_nodes_switch_one_at_a_time_and_the_store_agrees(fleet: Fl
     spans = sorted((r[0]["started_at"], r[0]["finished_at"]) for r in every.values())
     for (_, first_end), (second_start, _) in itertools.pairwise(spans):
         assert second_start >= first_end, spans
-    # at least one node was told to wait for a slot, in its journal's own words
+    # the nodes that came later were told to wait for the slot, in their journals' own words
     waited = [n for n, c in configs.items() if any("fleet switch slot" in o for o in outcomes(c))]
-    assert waited, "no node ever waited for a slot"
+    assert len(waited) >= 1, "no node ever waited for a slot"
     # the store has every node's run as the node's journal has it
     assert store_runs(dsn) == [(n, every[n][0]["id"], "succeeded") for n in NODES]
-    shown = fleet.cli(configs["n1"], "fleet", "status", "--json")
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
     assert not status["halted"] and not status["slots"]
     assert {n["node"]: n["side"] for n in status["nodes"]} == dict.fromkeys(NODES, "fallback")
-    taken = [a for a in status["audit"] if a["event"] == "slot taken"]
-    assert len(taken) == 3
+    assert len([a for a in status["audit"] if a["event"] == "slot taken"]) == 3
+    # one fleet incident for the three (auto mode: no approval asked)
+    (incident,) = status["incidents"]
+    assert sorted(incident["members"]) == [f"{n}/app" for n in NODES]
+    assert not incident["asks_approval"]
+
+
+def members(fleet: Fleet, config: Path) -> list[dict[str, Any]]:
+    shown = fleet.cli(config, "fleet", "status", "--json")
+    return json.loads(shown.stdout)["nodes"] if shown.returncode in (0, 1) else []
 
 
 def test_a_failed_switch_halts_the_group_until_an_operator_resumes(fleet: Fleet) -> None:
@@ -504,3 +518,162 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
         replies = [c for c in posts if c.args.get("thread_ts")]
         assert len(replies) == 3 and {c.args["thread_ts"] for c in replies} == {message_ts}
         assert all("Rollback report" in c.args["text"] for c in replies)
+
+
+def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
+    for node in NODES:
+        fleet.reset(node)
+    dsn = fleet.database("waves")
+    rule = "{nodes: 2, within: 10m}"
+    configs = {
+        node: fleet.config(
+            "waves", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
+        )
+        for node in NODES
+    }
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons(configs):
+        wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
+        for node in ("n1", "n2"):  # the release fails on two of three: the rule holds
+            fleet.faults(node, "new", "--exit-after 1")
+        fleet.box.systemctl("restart", primary("n1"), primary("n2"))
+        wait_for(
+            "n3, healthy itself, to be rolled back by the rollout",
+            lambda: (r := runs(configs["n3"])) and r[-1]["status"] == "succeeded",
+            120,
+            logs,
+        )
+        time.sleep(1.5)  # the rollout's bookkeeping after the last switch
+        shown = fleet.cli(configs["n3"], "fleet", "status", "--json")
+    first, second, rest = runs(configs["n1"]), runs(configs["n2"]), runs(configs["n3"])
+    assert [len(first), len(second), len(rest)] == [1, 1, 1]  # nobody switched twice
+    assert rest[0]["trigger"] == "auto" and rest[0]["initiated_by"].startswith("fleet rollout")
+    assert "release app-2.0 is bad: 2 of 3 members rolled back" in rest[0]["reason"]
+    assert rest[0]["started_at"] >= max(first[0]["finished_at"], second[0]["finished_at"])
+    status = json.loads(shown.stdout)
+    (rollout,) = status["rollouts"]
+    assert (rollout["release"], rollout["status"], rollout["switched"]) == ("app-2.0", "done", 1), (
+        json.dumps(status["nodes"])
+    )
+    assert fleet.box.unit_state(fallback("n3")) == "active"
+
+
+LATENCY_NOW = """\
+groups:
+  - name: latency-now
+    rules:
+      # a latency rule without a `for`, so the test need not wait five minutes
+      - alert: LatencyNow
+        expr: rollback_watchdog_probe_duration_seconds_sum{target="app"} > 1000
+        labels:
+          severity: critical
+          rollback_category: performance
+        annotations:
+          summary: "slow"
+"""
+
+
+def alert(started: str, status: str = "firing") -> dict[str, Any]:
+    """Alertmanager's notification for the latency rule, for the target ``app``."""
+    labels = {
+        "alertname": "LatencyNow",
+        "rollback_target": "app",
+        "severity": "critical",
+        "rollback_category": "performance",
+    }
+    one = {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": "slow"},
+        "startsAt": started,
+        "endsAt": "0001-01-01T00:00:00Z"
+        if status == "firing"
+        else timefmt.format_instant(time.time()),
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": "f1e2d3c4b5a69788",
+    }
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="LatencyNow"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "rollback-watchdog",
+        "groupLabels": {"alertname": "LatencyNow"},
+        "commonLabels": labels,
+        "commonAnnotations": one["annotations"],
+        "externalURL": "http://alertmanager:9093",
+        "alerts": [one],
+    }
+
+
+AM_TOKEN = "fleet-am-token"
+
+
+def deliver(node: str, started: str, status: str = "firing") -> None:
+    answer = httpx.post(
+        f"http://127.0.0.1:{listen_port(node)}/alertmanager",
+        json=alert(started, status),
+        headers={"Authorization": f"Bearer {AM_TOKEN}"},
+    )
+    assert answer.status_code in (200, 202), answer.text
+
+
+def firing_of(dsn: str, node: str) -> list[str]:
+    with psycopg.connect(dsn) as db:
+        row = db.execute("SELECT firing FROM fleet_nodes WHERE node = %s", (node,)).fetchone()
+        return list(row[0]) if row else []
+
+
+def test_the_same_latency_on_the_fallback_is_upstream_not_the_release(fleet: Fleet) -> None:
+    fleet.reset("n2")
+    fleet.reset("n1")
+    fleet.box.systemctl("stop", primary("n1"))  # n1 was rolled back before: on the fallback
+    fleet.box.systemctl("start", fallback("n1"))
+    dsn = fleet.database("upstream")
+    configs = {}
+    for node, mode in (("n1", "observe"), ("n2", "auto")):
+        folder = fleet.host / "cases" / "upstream" / node
+        folder.mkdir(parents=True)
+        (folder / "am").write_text(AM_TOKEN)
+        (folder / "am").chmod(0o600)
+        (folder / "latency-now.yml").write_text(LATENCY_NOW)
+        configs[node] = fleet.config(
+            "upstream",
+            node,
+            dsn,
+            mode=mode,
+            listen=f"{{host: 127.0.0.1, port: {listen_port(node)}}}",
+            extra=f"""\
+                alertmanager: {{token_file: {fleet.box.inside(folder)}/am}}
+                policy: {{warmup: 0s}}
+                """,
+            rules=(fleet.box.inside(folder / "latency-now.yml"),),
+        )
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons(configs):
+        wait_for("two members", lambda: len(members(fleet, configs["n1"])) == 2, 60, logs)
+        started = timefmt.format_instant(time.time())  # news: newer than the primary's start
+        deliver("n1", started)  # the node on the fallback sees the latency too ...
+        wait_for(
+            "n1 to tell its peers",
+            lambda: "LatencyNow" in firing_of(dsn, "n1"),
+            30,
+            logs,
+        )
+        deliver("n2", started)  # ... so on n2 it is upstream
+        wait_for(
+            "n2 to hold back: upstream",
+            lambda: any("upstream, not the release" in o for o in outcomes(configs["n2"])),
+            30,
+            logs,
+        )
+        time.sleep(3)
+        assert runs(configs["n2"]) == []  # never rolled back
+        deliver("n1", started, "resolved")  # the control: the fallback is fine now, n2 still slow
+        wait_for(
+            "n2 to roll back once the fallback is fine",
+            lambda: (r := runs(configs["n2"])) and r[-1]["status"] == "succeeded",
+            60,
+            logs,
+        )
+    assert "n1/app sees LatencyNow" in " ".join(outcomes(configs["n2"]))

@@ -12,7 +12,8 @@ import pytest
 
 from watchdog import errors, model
 from watchdog.fleet import schema
-from watchdog.fleet.store import FleetStore, Member, RunRecord, Side, Slot, listen
+from watchdog.fleet.store import FleetStore, listen
+from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot
 from watchdog_lab import postgres
 
 pytestmark = [
@@ -131,13 +132,13 @@ async def test_a_release_wakes_listeners_and_runs_are_copied_once(
     store: FleetStore, cluster: postgres.Cluster, request: pytest.FixtureRequest
 ) -> None:
     dsn = store_dsn(cluster, request)
-    heard: asyncio.Queue[str] = asyncio.Queue()
+    heard: asyncio.Queue[Notice] = asyncio.Queue()
     listening = asyncio.create_task(listen(dsn, heard.put_nowait))
     await asyncio.sleep(0.5)  # LISTEN is in place
     await beat(store, "a")
     await store.take_slot(m("a"), group="g", max_parallel=1, reason="x")
     await store.release_slot(m("a"), group="g", detail="run #1 succeeded")
-    assert await asyncio.wait_for(heard.get(), 5) == "g"
+    assert await asyncio.wait_for(heard.get(), 5) == Notice("g", News.SLOT)
     listening.cancel()
     started = datetime(2026, 12, 7, tzinfo=UTC)
     run = RunRecord(m("a"), 1, model.Trigger.AUTO, model.RunStatus.RUNNING, "crash", started, None)

@@ -82,6 +82,15 @@ def _fleet(args: argparse.Namespace) -> int:
                 else f"fleet group {group} is not halted; nothing changed"
             )
             return EXIT_OK
+        if args.action == "approve-waves":
+            from watchdog.fleet.waves import WaveBook
+
+            started = _with_store(fleet, lambda store: WaveBook(store).approve(group, by=args.by))
+            if not started:
+                print(f"fleet group {group} has no proposed rollout; nothing changed")
+            for release in started:
+                print(f"rollout of {release} started: the rest of its members switch in waves")
+            return EXIT_OK
 
         async def look(store: FleetStore) -> object:
             await require_current(store)

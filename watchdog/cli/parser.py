@@ -128,13 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(migrate)
 
     fleet = commands.add_parser(
-        "fleet", help="the fleet group: status (exit 1 while halted) or resume after a halt"
+        "fleet",
+        help="the fleet group: status (exit 1 while halted), resume after a halt, or "
+        "approve-waves (roll the rest of a bad release back, in waves)",
     )
-    fleet.add_argument("action", choices=["status", "resume"])
+    fleet.add_argument("action", choices=["status", "resume", "approve-waves"])
     with_config(fleet)
     fleet.add_argument("--group", help="another group than the config's fleet.group")
     fleet.add_argument("--json", action="store_true", help="print JSON (status)")
-    fleet.add_argument("--by", default="operator", help="who resumes (the fleet's audit trail)")
+    fleet.add_argument(
+        "--by", default="operator", help="who resumes or approves (the fleet's audit trail)"
+    )
 
     demo = commands.add_parser(
         "demo", help="two live incidents on a sandboxed systemd and a real Prometheus"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from watchdog import model
 from watchdog.fleet.values import Member, Slot
 
+UPSTREAM = frozenset({model.Category.SOURCE_FAILURE, model.Category.PERFORMANCE})
 LOCAL = frozenset({model.Category.INSTABILITY})  # evidence a member may act on while cut off
 CUT_OFF_SWITCHES = 1  # switches a node may make while the store is unreachable
 
@@ -29,6 +30,8 @@ def slot_answer(
         return (
             f"the fleet group is halted{why}: an operator must run `rollback-watchdog fleet resume`"
         )
+    if slot is Slot.PAUSED:
+        return "waiting for the pause between two waves of the rollout to end"
     names = ", ".join(str(m) for m in holders) or "-"
     return f"waiting for a fleet switch slot: {len(holders)} of {max_parallel} taken by {names}"
 
@@ -55,3 +58,31 @@ def cut_off_answer(evaluated: model.Evaluation, switched: int) -> str | None:
     if switched >= CUT_OFF_SWITCHES:
         return "the fleet store is unreachable and this node already switched once while cut off"
     return None
+
+
+def upstream_suspects(evaluated: model.Evaluation) -> tuple[str, ...]:
+    """The firing critical signals an upstream outage could explain (audio sources, latency),
+    when those are all that fire critically; () when anything else critical fires too (a
+    crash is never upstream)."""
+    critical = [
+        s
+        for s in evaluated.signals
+        if s.state is model.SignalState.FIRING and s.rule.severity is model.Severity.CRITICAL
+    ]
+    if not critical or any(s.rule.category not in UPSTREAM for s in critical):
+        return ()
+    return tuple(s.name for s in critical)
+
+
+def upstream_answer(peers: Sequence[tuple[Member, Sequence[str]]]) -> str | None:
+    """None when no member on the fallback sees the same; else the warning that holds the
+    switch back: it is upstream, not the release."""
+    if not peers:
+        return None
+    seen = "; ".join(f"{member} sees {', '.join(names)}" for member, names in peers)
+    return f"upstream, not the release: on the fallback too, {seen}; not rolling back"
+
+
+def firing_names(evaluated: model.Evaluation) -> tuple[str, ...]:
+    """Every signal that fires now (what a member tells its peers)."""
+    return tuple(s.name for s in evaluated.signals if s.state is model.SignalState.FIRING)

@@ -44,11 +44,20 @@ class IncidentBook:
         reason: str,
         local_incident: int | None,
         local_approval: int | None,
+        linger: float = 1800.0,
     ) -> Ticket:
         """Join the group's open incident for ``release``, or open it (then this member owns
-        its message). Idempotent: joining again only updates the member's local ids."""
+        its message). An incident stays joinable ``linger`` seconds after its last member is
+        done (later failures of the release join it: one message); a denied or expired one is
+        closed and a new one asked. Idempotent: joining again updates the member's local ids."""
         async with self._store.transaction() as db:
             await db.execute("SELECT 1 FROM fleet_groups WHERE name = %s FOR UPDATE", (group,))
+            await db.execute(
+                "UPDATE fleet_incidents SET closed_at = now() WHERE grp = %s AND release = %s"
+                " AND closed_at IS NULL AND (status IN ('denied', 'expired')"
+                " OR quiet_since < now() - make_interval(secs => %s))",
+                (group, release, linger),
+            )
             head = await _fetchone(
                 db,
                 "SELECT * FROM fleet_incidents WHERE grp = %s AND release = %s"
@@ -90,6 +99,9 @@ class IncidentBook:
             )
             new_member = bool(added and added["inserted"])
             if new_member:
+                await db.execute(
+                    "UPDATE fleet_incidents SET quiet_since = NULL WHERE id = %s", (head["id"],)
+                )
                 if not opened:
                     await _audit(db, group, member, "joined fleet incident", f"#{head['id']}")
                 await notify(db, Notice(group, News.JOINED, int(head["id"])))
@@ -207,17 +219,17 @@ class IncidentBook:
 
     async def member_state(self, incident: int, member: Member, state: str) -> None:
         """The member acts, is done, or left (its local incident ended); an incident none of
-        whose members waits or acts any more closes."""
+        whose members waits or acts any more is quiet (and closes once it lingered)."""
         async with self._store.transaction() as db:
             await db.execute(
                 "UPDATE fleet_members SET state = %s WHERE incident_id = %s AND node = %s"
                 " AND target = %s",
                 (state, incident, member.node, member.target),
             )
-            await db.execute(
-                "UPDATE fleet_incidents SET closed_at = now() WHERE id = %s AND closed_at IS NULL"
-                " AND NOT EXISTS (SELECT 1 FROM fleet_members WHERE incident_id = %s"
-                " AND state IN ('waiting', 'acting'))",
+            await db.execute(  # quiet: joinable a while yet (``join``'s linger)
+                "UPDATE fleet_incidents SET quiet_since = CASE WHEN EXISTS (SELECT 1 FROM"
+                " fleet_members WHERE incident_id = %s AND state IN ('waiting', 'acting'))"
+                " THEN NULL ELSE now() END WHERE id = %s AND closed_at IS NULL",
                 (incident, incident),
             )
 

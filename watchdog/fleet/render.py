@@ -70,6 +70,19 @@ def as_dict(group: GroupStatus, name: str) -> dict[str, Any]:
             }
             for t in group.incidents
         ],
+        "rollouts": [
+            {
+                "release": r.release,
+                "status": r.status,
+                "reason": r.reason,
+                "proposed_at": _at(r.proposed_at),
+                "approved_by": r.approved_by,
+                "started_at": _at(r.started_at),
+                "next_wave_at": _at(r.next_at),
+                "switched": r.waves,
+            }
+            for r in group.rollouts
+        ],
         "audit": [
             {"at": _at(a.at), "member": str(a.member), "event": a.event, "detail": a.detail}
             for a in group.audit
@@ -102,6 +115,10 @@ def as_text(group: GroupStatus) -> str:
             )
             members = ", ".join(str(m) for m in t.members)
             lines.append(f"  #{t.id:<5} {t.status:<9} release {t.release}{approval}: {members}")
+    for r in group.rollouts:
+        lines += ["", f"  rollout of {r.release}: {r.status} ({r.waves} switched) -- {r.reason}"]
+        if r.status == "proposed":
+            lines.append("    start it with `rollback-watchdog fleet approve-waves`")
     if group.runs:
         lines += ["", "  runs:"]
         lines += [

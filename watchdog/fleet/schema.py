@@ -23,6 +23,7 @@ MIGRATIONS: Sequence[str] = (
         release      text,
         seen_at      timestamptz NOT NULL,
         lease_until  timestamptz NOT NULL,
+        firing       text[] NOT NULL DEFAULT '{}',
         PRIMARY KEY (node, target)
     );
     CREATE INDEX fleet_nodes_grp ON fleet_nodes (grp);
@@ -40,6 +41,7 @@ MIGRATIONS: Sequence[str] = (
         target      text NOT NULL,
         run_id      integer NOT NULL,
         grp         text NOT NULL REFERENCES fleet_groups (name),
+        release     text,
         trigger     text NOT NULL,
         status      text NOT NULL,
         reason      text NOT NULL,
@@ -75,6 +77,7 @@ MIGRATIONS: Sequence[str] = (
         outcome      text NOT NULL DEFAULT '',
         message_channel text,
         message_ts   text,
+        quiet_since  timestamptz,
         closed_at    timestamptz
     );
     CREATE UNIQUE INDEX fleet_incidents_open ON fleet_incidents (grp, release)
@@ -89,6 +92,18 @@ MIGRATIONS: Sequence[str] = (
         local_approval  integer,
         state           text NOT NULL DEFAULT 'waiting',
         PRIMARY KEY (incident_id, node, target)
+    );
+    CREATE TABLE fleet_waves (
+        grp          text NOT NULL REFERENCES fleet_groups (name),
+        release      text NOT NULL,
+        status       text NOT NULL,
+        reason       text NOT NULL,
+        proposed_at  timestamptz NOT NULL DEFAULT now(),
+        approved_by  text,
+        started_at   timestamptz,
+        next_at      timestamptz,
+        waves        integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (grp, release)
     );
     CREATE TABLE fleet_votes (
         id           bigserial PRIMARY KEY,

@@ -116,9 +116,17 @@ class FleetStore:
             return max(current, len(schema.MIGRATIONS))
 
     async def heartbeat(
-        self, member: Member, *, group: str, side: Side, release: str | None, lease: float
+        self,
+        member: Member,
+        *,
+        group: str,
+        side: Side,
+        release: str | None,
+        lease: float,
+        firing: Sequence[str] = (),
     ) -> bool:
-        """This member is alive for ``lease`` more seconds; whether it holds a slot."""
+        """This member is alive for ``lease`` more seconds, runs ``side`` and sees ``firing``
+        (its signals that fire now: the upstream check's evidence); whether it holds a slot."""
         async with self.transaction() as db:
             await db.execute(
                 "INSERT INTO fleet_groups (name) VALUES (%s) ON CONFLICT DO NOTHING", (group,)
@@ -126,10 +134,10 @@ class FleetStore:
             row = await _fetchone(
                 db,
                 "WITH up AS (INSERT INTO fleet_nodes"
-                " (node, target, grp, side, release, seen_at, lease_until)"
-                " VALUES (%s, %s, %s, %s, %s, now(), now() + make_interval(secs => %s))"
+                " (node, target, grp, side, release, seen_at, lease_until, firing)"
+                " VALUES (%s, %s, %s, %s, %s, now(), now() + make_interval(secs => %s), %s)"
                 " ON CONFLICT (node, target) DO UPDATE SET grp = excluded.grp,"
-                " side = excluded.side, release = excluded.release,"
+                " side = excluded.side, release = excluded.release, firing = excluded.firing,"
                 " seen_at = excluded.seen_at, lease_until = excluded.lease_until RETURNING 1)"
                 " SELECT EXISTS (SELECT 1 FROM fleet_slots WHERE node = %s AND target = %s)"
                 " AS holds",
@@ -140,16 +148,40 @@ class FleetStore:
                     side.value,
                     release,
                     lease,
+                    list(firing),
                     *member_key(member),
                 ),
             )
             return bool(row and row["holds"])
 
+    async def peers_firing(
+        self, group: str, member: Member, names: Sequence[str]
+    ) -> list[tuple[Member, tuple[str, ...]]]:
+        """The group's live members on the fallback that see any of ``names`` fire now."""
+        async with self.transaction() as db:
+            rows = await (
+                await db.execute(
+                    "SELECT node, target, array(SELECT unnest(firing) INTERSECT"
+                    " SELECT unnest(%s::text[])) AS same FROM fleet_nodes WHERE grp = %s"
+                    " AND side = 'fallback' AND lease_until >= now() AND firing && %s::text[]"
+                    " AND NOT (node = %s AND target = %s) ORDER BY node, target",
+                    (list(names), group, list(names), member.node, member.target),
+                )
+            ).fetchall()
+        return [(Member(r["node"], r["target"]), tuple(sorted(r["same"]))) for r in rows]
+
     async def take_slot(
-        self, member: Member, *, group: str, max_parallel: int, reason: str
+        self,
+        member: Member,
+        *,
+        group: str,
+        max_parallel: int,
+        reason: str,
+        wave: str | None = None,
     ) -> tuple[Slot, tuple[Member, ...]]:
         """May ``member`` switch now? Decided for the whole group in one transaction; with the
-        answer, the members that hold the group's slots."""
+        answer, the members that hold the group's slots. ``wave``: the release whose rollout
+        this switch belongs to (its pause between waves must be over)."""
         async with self.transaction() as db:
             row = await _fetchone(
                 db, "SELECT halted_at FROM fleet_groups WHERE name = %s FOR UPDATE", (group,)
@@ -181,6 +213,15 @@ class FleetStore:
                 return Slot.HALTED, holders
             if len(holders) >= max_parallel:
                 return Slot.FULL, holders
+            if wave is not None:
+                due = await _fetchone(
+                    db,
+                    "SELECT next_at <= now() AS due FROM fleet_waves WHERE grp = %s"
+                    " AND release = %s AND status = 'rolling'",
+                    (group, wave),
+                )
+                if due is None or not due["due"]:
+                    return Slot.PAUSED, holders
             await db.execute(
                 "INSERT INTO fleet_slots (grp, node, target, taken_at, reason)"
                 " VALUES (%s, %s, %s, now(), %s)",
@@ -236,7 +277,8 @@ class FleetStore:
             for run in runs:
                 await db.execute(
                     "INSERT INTO fleet_runs (node, target, run_id, grp, trigger, status, reason,"
-                    " started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " started_at, ended_at, release) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s)"
                     " ON CONFLICT (node, target, run_id) DO UPDATE SET status = excluded.status,"
                     " ended_at = excluded.ended_at",
                     (
@@ -249,6 +291,7 @@ class FleetStore:
                         run.reason,
                         run.started_at,
                         run.ended_at,
+                        run.release,
                     ),
                 )
 
@@ -268,10 +311,22 @@ class FleetStore:
                 " ON s.node = n.node AND s.target = n.target WHERE n.grp = %s",
                 (group, group),
             )
+            waves = await (
+                await db.execute(
+                    "SELECT status, count(*) AS n, sum(waves) AS switched FROM fleet_waves"
+                    " WHERE grp = %s GROUP BY status ORDER BY status",
+                    (group,),
+                )
+            ).fetchall()
         if row is None:
             return Summary(0, 0, 0, halted=False)
         return Summary(
-            int(row["live"]), int(row["lost"]), int(row["switching"]), halted=bool(row["halted"])
+            int(row["live"]),
+            int(row["lost"]),
+            int(row["switching"]),
+            halted=bool(row["halted"]),
+            rollouts=tuple((str(w["status"]), int(w["n"])) for w in waves),
+            wave_switches=sum(int(w["switched"] or 0) for w in waves),
         )
 
     async def groups(self) -> list[str]:
@@ -313,9 +368,11 @@ class FleetStore:
                     (group, _AUDIT_SHOWN),
                 )
             ).fetchall()
-            from watchdog.fleet.incidents import latest  # one module, one job: incidents
+            from watchdog.fleet import incidents as fleet_incidents  # one module, one job
+            from watchdog.fleet import waves
 
-            incidents = await latest(db, group)
+            incidents = await fleet_incidents.latest(db, group)
+            rollouts = await waves.latest(db, group)
         return GroupStatus(
             name=group,
             halted_at=head["halted_at"],
@@ -346,6 +403,7 @@ class FleetStore:
                     reason=r["reason"],
                     started_at=r["started_at"],
                     ended_at=r["ended_at"],
+                    release=r["release"],
                 )
                 for r in runs
             ),
@@ -354,6 +412,7 @@ class FleetStore:
                 for r in audit
             ),
             incidents=incidents,
+            rollouts=rollouts,
         )
 
 

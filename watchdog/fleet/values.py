@@ -21,6 +21,7 @@ class Slot(enum.StrEnum):
     HELD = "held"  # it already holds one (a resumed switch)
     FULL = "full"  # max_parallel members of the group are switching: wait
     HALTED = "halted"  # a switch of the group failed; an operator must resume it
+    PAUSED = "paused"  # a rollout's pause between two waves is not over yet
 
 
 class Side(enum.StrEnum):
@@ -75,6 +76,7 @@ class RunRecord:
     reason: str
     started_at: datetime
     ended_at: datetime | None
+    release: str | None = None  # the member's release when it ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,23 @@ class Summary:
     lost: int
     switching: int
     halted: bool
+    rollouts: tuple[tuple[str, int], ...] = ()  # (status, how many) of the group's rollouts
+    wave_switches: int = 0  # members switched by rollouts so far
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """The rest of a bad release's members, rolled back in waves."""
+
+    group: str
+    release: str
+    status: str  # proposed | rolling | done
+    reason: str
+    proposed_at: datetime
+    approved_by: str | None
+    started_at: datetime | None
+    next_at: datetime | None
+    waves: int  # members switched by it so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +127,7 @@ class GroupStatus:
     runs: tuple[RunRecord, ...]
     audit: tuple[AuditLine, ...]
     incidents: tuple[Ticket, ...] = ()  # the open ones, then the latest closed ones
+    rollouts: tuple[Rollout, ...] = ()  # bad releases rolled back in waves
 
 
 class News(enum.StrEnum):

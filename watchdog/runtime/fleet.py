@@ -24,10 +24,11 @@ from typing import Any
 import structlog
 
 from watchdog import approval, config, errors, gate, journal, model, telemetry
-from watchdog.fleet import admission
+from watchdog.fleet import admission, waves
 from watchdog.fleet.incidents import DONE, LEFT, IncidentBook
 from watchdog.fleet.store import CHANNEL, FleetStore, listen, require_current
 from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot, Ticket
+from watchdog.fleet.waves import ROLLING, BadWhen, WaveBook
 from watchdog.runtime.guard import Guard
 from watchdog.runtime.link import _pause
 
@@ -62,6 +63,10 @@ class FleetLink:
         self._linked: dict[tuple[str, int], int] = {}  # (target, local approval) -> fleet id
         self._joined: dict[tuple[str, int], int] = {}  # (target, local incident) -> fleet id
         self._tasks: set[asyncio.Task[None]] = set()
+        self._firing: dict[str, tuple[str, ...]] = {}  # target -> what fired at its last tick
+        self._sides: dict[str, Side] = {}  # target -> which unit ran at the last heartbeat
+        self._waves: WaveBook | None = None
+        self._in_wave: dict[str, str] = {}  # target -> the release whose rollout it switches in
 
     def member(self, target: str) -> Member:
         return Member(self.settings.node, target)
@@ -89,9 +94,9 @@ class FleetLink:
         except errors.FleetUnreachable as exc:
             self._cut(str(exc))
             self._store = await FleetStore.open(self._dsn, limit=self.settings.timeout, wait=False)
-            self._book = IncidentBook(self._store)
+            self._book, self._waves = IncidentBook(self._store), WaveBook(self._store)
             return
-        self._book = IncidentBook(self._store)
+        self._book, self._waves = IncidentBook(self._store), WaveBook(self._store)
         if self.settings.migrate_at_start:
             version = await self._store.migrate()
             log.info("fleet store migrated", version=version)
@@ -112,10 +117,21 @@ class FleetLink:
 
     # -- the pipeline's Admission ------------------------------------------------------------
 
+    def observed(self, target: str, evaluated: model.Evaluation) -> None:
+        self._firing[target] = admission.firing_names(evaluated)
+
     async def admit(self, target: str, evaluated: model.Evaluation) -> str | None:
-        """A slot of the group, or why to wait; cut off, local evidence only, once."""
+        """Upstream or the release? Then a slot of the group, or why to wait; cut off, local
+        evidence only, once."""
         store = self._opened()
         try:
+            suspects = admission.upstream_suspects(evaluated)
+            if suspects:  # YouTube down for everyone is not the release's fault
+                peers = await store.peers_firing(self.group, self.member(target), suspects)
+                upstream = admission.upstream_answer(peers)
+                if upstream is not None:
+                    log.warning("upstream", target=target, reason=upstream)
+                    return upstream
             slot, holders = await store.take_slot(
                 self.member(target),
                 group=self.group,
@@ -167,6 +183,13 @@ class FleetLink:
                 )
                 log.error("fleet group halted: a switch failed", target=target, run=outcome.run_id)
             await self._sync(store, [target])
+            wave = self._in_wave.pop(target, None)
+            if wave is not None and outcome.succeeded:
+                await self._rollouts().switched(
+                    self.group, wave, self.member(target), pause=self.settings.wave_pause
+                )
+            if outcome.succeeded and wave is None:
+                await self._judge_release(target)
             for fleet_id in self._incidents_of(target):
                 await self._incidents().member_state(fleet_id, self.member(target), DONE)
         except errors.FleetUnreachable:
@@ -202,13 +225,14 @@ class FleetLink:
         was_reachable = self._reachable
         try:
             for name, guard in self._guards.items():
-                side, release = _side(guard, self._clock())
+                side = self._sides[name] = _side(guard, self._clock())
                 holds = await store.heartbeat(
                     self.member(name),
                     group=self.group,
                     side=side,
-                    release=release,
+                    release=self.release(name),
                     lease=self.settings.lease,
+                    firing=self._firing.get(name, ()),
                 )
                 if holds and self._stale(name, guard):
                     await store.release_slot(
@@ -220,6 +244,7 @@ class FleetLink:
             self._back()
             await self._leave_closed()
             await self._share_messages()
+            await self._roll_waves()
             if self._gate is not None:
                 await self._incidents().expire_due(self.group, self._gate.rules)
             counts = await store.summary(self.group)
@@ -229,6 +254,12 @@ class FleetLink:
             members.labels(self.group, "switching").set(counts.switching)
             self._recorder.fleet_slots.labels(self.group).set(counts.switching)
             self._recorder.fleet_halted.labels(self.group).set(1 if counts.halted else 0)
+            by_status = dict(counts.rollouts)
+            for status in ("proposed", "rolling", "done"):
+                self._recorder.fleet_rollouts.labels(self.group, status).set(
+                    by_status.get(status, 0)
+                )
+            self._recorder.fleet_wave_switches.labels(self.group).set(counts.wave_switches)
         except errors.FleetUnreachable as exc:
             self._cut(str(exc))
         self._recorder.fleet_reachable.set(1 if self._reachable else 0)
@@ -272,6 +303,11 @@ class FleetLink:
             self._spawn(self._refresh(notice.incident, notice.news))
         else:
             self._wake_all()
+            self._news(notice)
+
+    def _news(self, notice: Notice) -> None:
+        if notice.news in (News.WAVE, News.SLOT, News.RESUMED):
+            self._spawn(self._roll_waves_now())
 
     def _wake_all(self) -> None:
         for guard in self._guards.values():
@@ -344,6 +380,7 @@ class FleetLink:
                 reason=decided.reason[:500],
                 local_incident=incident,
                 local_approval=request.id if request is not None else None,
+                linger=self.settings.release_bad_when.within,
             )
         except errors.FleetUnreachable as exc:
             self._cut(str(exc))
@@ -447,6 +484,87 @@ class FleetLink:
                 await self._incidents().remember_message(fleet_id, *ref)
                 self._tickets[fleet_id] = dataclasses.replace(ticket, message=ref)
 
+    # -- the release is bad: the rest in waves ------------------------------------------------
+
+    async def _judge_release(self, target: str) -> None:
+        """After a switch of ours: is the release bad for the group now?"""
+        if self.settings.on_bad_release == "off":
+            return
+        rule = self.settings.release_bad_when
+        started = await self._rollouts().judge(
+            self.group,
+            self.release(target),
+            BadWhen(rule.nodes, rule.fraction, rule.within),
+            auto=self.settings.on_bad_release == "auto",
+            by=self.member(target),
+        )
+        if started is not None:
+            log.error(
+                "release bad: rollout of the rest " + started.status,
+                release=started.release,
+                reason=started.reason,
+            )
+
+    async def _roll_waves_now(self) -> None:
+        with contextlib.suppress(errors.FleetUnreachable):
+            await self._roll_waves()
+
+    async def _roll_waves(self) -> None:
+        """Our members still on a release being rolled out: each switches when it gets a slot
+        (and the pause between waves is over); never one already switched or switching."""
+        candidates = [
+            name
+            for name, guard in self._guards.items()
+            if self._sides.get(name) is Side.PRIMARY
+            and not guard.in_flight()
+            and not guard.reconciling()
+            and name not in self._in_wave
+        ]
+        if not candidates or self._gate is None:
+            await waves.finish(self._opened(), self.group)
+            return
+        rolling = {
+            r.release: r for r in await self._rollouts().rollouts(self.group) if r.status == ROLLING
+        }
+        for name in candidates:
+            rollout = rolling.get(self.release(name))
+            if rollout is None:
+                continue
+            guard = self._guards[name]
+            if not await asyncio.to_thread(guard.target.store.armed, name):
+                continue  # rolled back already (or disarmed by an operator): never twice
+            slot, holders = await self._opened().take_slot(
+                self.member(name),
+                group=self.group,
+                max_parallel=self.settings.max_parallel,
+                reason=f"rollout of {rollout.release}",
+                wave=rollout.release,
+            )
+            if admission.slot_answer(slot, holders, max_parallel=self.settings.max_parallel):
+                continue  # a slot frees (NOTIFY) or the pause ends (the next heartbeat)
+            self._admitted[name] = time.monotonic()
+            self._in_wave[name] = rollout.release
+            by = rollout.approved_by or "rollback-watchdog"
+            order = gate.Order(
+                None,
+                model.Trigger.APPROVED if rollout.approved_by else model.Trigger.AUTO,
+                f"fleet rollout ({by})",
+                f"{rollout.reason}; wave {rollout.waves + 1}",
+            )
+            launched = self._gate.launch(name, order)
+            log.warning("rollout wave", target=name, release=rollout.release, launch=str(launched))
+            if not launched.going:
+                self._in_wave.pop(name, None)
+                await self._release(name, f"the wave's switch did not start: {launched}")
+
+    async def approve_waves(self, by: str) -> list[str]:
+        return await self._rollouts().approve(self.group, by=by)
+
+    def _rollouts(self) -> WaveBook:
+        if self._waves is None:
+            raise RuntimeError("FleetLink.open() was not awaited")
+        return self._waves
+
     def _incidents_of(self, target: str) -> list[int]:
         return sorted({fid for (name, _), fid in self._joined.items() if name == target})
 
@@ -506,6 +624,7 @@ class FleetLink:
                     reason=row.reason,
                     started_at=_instant(row.started_at),
                     ended_at=None if row.finished_at is None else _instant(row.finished_at),
+                    release=self.release(name),
                 )
                 for row in rows
             ]
@@ -523,21 +642,21 @@ class FleetLink:
         self._cut_switches = 0
 
 
-def _side(guard: Guard, now: float) -> tuple[Side, str | None]:
-    """Which unit runs (the systemd watch's latest reading), and its name as the release."""
+def _side(guard: Guard, now: float) -> Side:
+    """Which unit runs, as the systemd watch last read them."""
     watch = guard.target.watch
     if watch is None:
-        return Side.UNKNOWN, None
+        return Side.UNKNOWN
     latest = watch.latest(now)
     primary, fallback = guard.target.settings.primary.unit, guard.target.settings.fallback.unit
     read_primary, read_fallback = latest.get(primary), latest.get(fallback)
     if read_primary is None or read_fallback is None:
-        return Side.UNKNOWN, None
+        return Side.UNKNOWN
     if read_primary.active:
-        return Side.PRIMARY, primary
+        return Side.PRIMARY
     if read_fallback.active:
-        return Side.FALLBACK, fallback
-    return Side.NEITHER, None
+        return Side.FALLBACK
+    return Side.NEITHER
 
 
 def _reason(evaluated: model.Evaluation) -> str:

@@ -262,7 +262,7 @@ async def _run(
             gatekeeper.attach(guard.target.name, guard)  # approved and ordered runs
             if settings.mode is model.Mode.AUTO:  # the one way in: through the gate
                 guard.target.launch = gatekeeper.launcher(guard.target.name)
-                guard.target.fleet = fleet
+            guard.target.fleet = fleet  # asked only when acting; told what fires every tick
             await guard.read_units()  # the first tick sees systemd, not "no reading yet"
         if fleet is not None:
             fleet.attach(guards, gatekeeper)
