@@ -232,6 +232,7 @@ async def test_the_body_and_headers(receiver: Receiver, webhook: Make) -> None:
             "approval": 4,
             "history": ["10:00:00Z rollback started"],
             "final": True,
+            "fleet": None,  # fleet mode: the fleet incident's group, release and members
         },
         "sent_at": "2027-01-15T08:00:00.250Z",
     }

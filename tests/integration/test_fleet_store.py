@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from watchdog import errors, model
+from watchdog import approval, errors, model
 from watchdog.fleet import schema
+from watchdog.fleet.incidents import IncidentBook
 from watchdog.fleet.store import FleetStore, listen
-from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot
+from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot, Ticket
+from watchdog.fleet.waves import BadWhen, WaveBook
 from watchdog_lab import postgres
 
 pytestmark = [
@@ -154,3 +157,230 @@ async def test_an_unreachable_store_is_one_error_that_does_not_quote_the_dsn() -
     with pytest.raises(errors.FleetUnreachable) as caught:
         await FleetStore.open(dsn, limit=1)
     assert "s3cret" not in str(caught.value) and "127.0.0.1" not in str(caught.value)
+
+
+async def test_two_migrators_at_once_leave_one_schema(
+    cluster: postgres.Cluster, request: pytest.FixtureRequest
+) -> None:
+    name = db_name(request) + "_fresh"
+    admin = await FleetStore.open(cluster.dsn())
+    async with admin._pool.connection() as db:
+        await db.set_autocommit(True)
+        await db.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())
+        await db.execute(f'CREATE DATABASE "{name}"'.encode())
+    await admin.close()
+    stores = [await FleetStore.open(cluster.dsn(name)) for _ in range(3)]
+    try:
+        assert await stores[0].version() == 0
+        versions = await asyncio.gather(*(s.migrate() for s in stores))
+        assert versions == [len(schema.MIGRATIONS)] * 3
+    finally:
+        for s in stores:
+            await s.close()
+
+
+RULES = approval.Rules(timeout=600, required=2, approvers=frozenset({"alice", "bob"}))
+
+
+def ballot(who: str, *, approve: bool = True) -> approval.Vote:
+    return approval.Vote(approve=approve, identities=(who,), via="api", at=time.time())
+
+
+async def join(book: IncidentBook, node: str, *, approval_id: int | None = 1) -> Ticket:
+    return await book.join(
+        m(node),
+        group="g",
+        release="v2",
+        verdict="rollback",
+        asks=approval_id is not None,
+        required=2,
+        wait=600,
+        reason="crash loop",
+        local_incident=7,
+        local_approval=approval_id,
+    )
+
+
+async def test_one_incident_per_release_and_one_approval_for_every_member(
+    store: FleetStore,
+) -> None:
+    book = IncidentBook(store)
+    for node in "abc":
+        await beat(store, node)
+    first = await join(book, "a")
+    assert first.opened and first.new_member and first.owner == m("a")
+    second = await join(book, "b")
+    assert second.id == first.id and not second.opened and second.new_member
+    again = await join(book, "b")  # every tick joins again: no new member, no notice
+    assert not again.new_member
+    ruling, _ = await book.vote(first.id, ballot("mallory"), RULES)
+    assert ruling.refusal is approval.Refusal.FORBIDDEN
+    ruling, ticket = await book.vote(first.id, ballot("alice"), RULES, nonce="click-1")
+    assert ruling.counted and ruling.status is approval.Status.PENDING
+    replayed, _ = await book.vote(first.id, ballot("alice"), RULES, nonce="click-1")
+    assert replayed.refusal is approval.Refusal.REPLAY
+    twice, _ = await book.vote(first.id, ballot("alice"), RULES)
+    assert twice.refusal is approval.Refusal.DUPLICATE  # two people, not one twice
+    ruling, ticket = await book.vote(first.id, ballot("bob"), RULES)
+    assert ruling.status is approval.Status.APPROVED
+    assert ticket is not None and ticket.approved_by == ("alice", "bob") and ticket.decided
+    assert [str(x) for x in ticket.members] == ["a/lavalink", "b/lavalink"]
+    late = await join(book, "c")  # a later failure of the release joins the approved incident
+    assert late.id == first.id and late.status == "approved"
+    waiting = await book.waiting(m("c"))
+    assert [(t.id, local_approval) for t, local_approval, _ in waiting] == [(first.id, 1)]
+
+
+async def test_a_denied_incident_closes_and_the_next_failure_asks_again(
+    store: FleetStore,
+) -> None:
+    book = IncidentBook(store)
+    await beat(store, "a")
+    first = await join(book, "a")
+    ruling, _ = await book.vote(first.id, ballot("bob", approve=False), RULES)
+    assert ruling.status is approval.Status.DENIED
+    assert (await book.vote(first.id, ballot("alice"), RULES))[0].refusal is (
+        approval.Refusal.DECIDED
+    )
+    second = await join(book, "a", approval_id=2)
+    assert second.id != first.id and second.status == "pending" and second.opened
+
+
+async def test_an_incident_whose_members_are_done_lingers_then_closes(
+    store: FleetStore,
+) -> None:
+    book = IncidentBook(store)
+    await beat(store, "a")
+    first = await join(book, "a", approval_id=None)  # auto mode: nothing asked
+    assert first.status == "acting" and not first.asks
+    await book.member_state(first.id, m("a"), "done")
+    kept = await book.join(
+        m("b"),
+        group="g",
+        release="v2",
+        verdict="rollback",
+        asks=False,
+        required=1,
+        wait=0,
+        reason="x",
+        local_incident=1,
+        local_approval=None,
+        linger=30,
+    )
+    assert kept.id == first.id  # quiet, but within the linger: one message for the release
+    await book.member_state(first.id, m("b"), "done")
+    await asyncio.sleep(1.1)
+    fresh = await book.join(
+        m("b"),
+        group="g",
+        release="v2",
+        verdict="rollback",
+        asks=False,
+        required=1,
+        wait=0,
+        reason="x",
+        local_incident=2,
+        local_approval=None,
+        linger=1,
+    )
+    assert fresh.id != first.id
+
+
+async def test_expiry_settles_a_pending_incident_once(store: FleetStore) -> None:
+    book = IncidentBook(store)
+    await beat(store, "a")
+    ticket = await book.join(
+        m("a"),
+        group="g",
+        release="v2",
+        verdict="rollback",
+        asks=True,
+        required=1,
+        wait=0.2,
+        reason="x",
+        local_incident=1,
+        local_approval=1,
+    )
+    assert await book.expire_due("g", RULES) == []  # not yet
+    await asyncio.sleep(0.5)
+    assert await book.expire_due("g", RULES) == [ticket.id]
+    assert await book.expire_due("g", RULES) == []  # once
+    found = await book.ticket(ticket.id)
+    assert found is not None and found.status == "expired"
+    proceed = approval.Rules(timeout=1, on_timeout="proceed", approvers=frozenset({"alice"}))
+    other = await book.join(
+        m("a"),
+        group="g",
+        release="v3",
+        verdict="rollback",
+        asks=True,
+        required=1,
+        wait=0.2,
+        reason="x",
+        local_incident=2,
+        local_approval=2,
+    )
+    await asyncio.sleep(0.5)
+    assert await book.expire_due("g", proceed) == [other.id]
+    found = await book.ticket(other.id)
+    assert found is not None and found.status == "approved"
+
+
+async def run(node: str, run_id: int, *, release: str = "v2", minutes_ago: float = 1) -> RunRecord:
+    at = datetime.now(tz=UTC) - timedelta(minutes=minutes_ago)
+    return RunRecord(
+        m(node), run_id, model.Trigger.AUTO, model.RunStatus.SUCCEEDED, "crash", at, at, release
+    )
+
+
+async def test_the_release_is_bad_once_the_rule_holds_and_only_once(store: FleetStore) -> None:
+    waves_book = WaveBook(store)
+    for node in "abcdefghij":  # a group of ten
+        await beat(store, node)
+    rule = BadWhen(nodes=3, fraction=None, within=1800)
+    await store.record_runs("g", [await run("a", 1), await run("b", 1)])
+    assert await waves_book.judge("g", "v2", rule, auto=False, by=m("b")) is None  # 2 of 3
+    await store.record_runs("g", [await run("c", 1, minutes_ago=45)])  # outside the window
+    assert await waves_book.judge("g", "v2", rule, auto=False, by=m("c")) is None
+    await store.record_runs("g", [await run("d", 1, release="v1")])  # another release
+    assert await waves_book.judge("g", "v2", rule, auto=False, by=m("d")) is None
+    by_share = BadWhen(nodes=None, fraction=0.2, within=1800)  # 2 of 10 is 20 %
+    proposed = await waves_book.judge("g", "v2", by_share, auto=False, by=m("b"))
+    assert proposed is not None and proposed.status == "proposed"
+    assert "2 of 10 members" in proposed.reason
+    assert await waves_book.judge("g", "v2", by_share, auto=False, by=m("b")) is None  # once
+    assert await waves_book.approve("g", by="alice") == ["v2"]
+    assert await waves_book.approve("g", by="alice") == []
+    (rollout,) = await waves_book.rollouts("g")
+    assert (rollout.status, rollout.approved_by) == ("rolling", "alice")
+    # a wave slot waits for the pause; the first is due at once
+    slot, _ = await store.take_slot(m("e"), group="g", max_parallel=1, reason="w", wave="v2")
+    assert slot is Slot.GRANTED
+    await store.release_slot(m("e"), group="g", detail="run #1 succeeded")
+    await waves_book.switched("g", "v2", m("e"), pause=30)
+    slot, _ = await store.take_slot(m("f"), group="g", max_parallel=1, reason="w", wave="v2")
+    assert slot is Slot.PAUSED
+
+
+async def test_peers_on_the_fallback_that_see_the_same_signal(store: FleetStore) -> None:
+    await store.heartbeat(
+        m("a"), group="g", side=Side.PRIMARY, release="v2", lease=30, firing=["SourceDown"]
+    )
+    await store.heartbeat(
+        m("b"),
+        group="g",
+        side=Side.FALLBACK,
+        release="v2",
+        lease=30,
+        firing=["SourceDown", "Other"],
+    )
+    await store.heartbeat(
+        m("c"), group="g", side=Side.FALLBACK, release="v2", lease=30, firing=["Other"]
+    )
+    await store.heartbeat(
+        m("d"), group="g", side=Side.FALLBACK, release="v2", lease=0.1, firing=["SourceDown"]
+    )  # lost: its word no longer counts
+    await asyncio.sleep(0.3)
+    peers = await store.peers_firing("g", m("a"), ["SourceDown"])
+    assert peers == [(m("b"), ("SourceDown",))]
+    assert await store.peers_firing("g", m("a"), ["Latency"]) == []
