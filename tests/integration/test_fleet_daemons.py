@@ -153,20 +153,21 @@ class Fleet:
         return path
 
     @contextmanager
-    def daemons(self, configs: dict[str, Path]) -> Iterator[None]:
-        """The nodes' daemons, running; stopped (SIGTERM, by PID) at the end."""
+    def daemons(self, configs: dict[str, Path]) -> Iterator[dict[str, int]]:
+        """The nodes' daemons, running (their PIDs by node); stopped (SIGTERM, by PID) at the
+        end. A daemon started again appends to its log."""
         started: list[tuple[subprocess.Popen[str], int]] = []
         with ExitStack() as logs:
             try:
                 for config in configs.values():
-                    log_file = logs.enter_context((config.parent / "daemon.log").open("w"))
+                    log_file = logs.enter_context((config.parent / "daemon.log").open("a"))
                     process = self.box.popen(
                         [PYTHON, "-m", "watchdog", "run", "--config", str(self.box.inside(config))],
                         stdout=subprocess.DEVNULL,
                         stderr=log_file,
                     )
                     started.append((process, self.box.program_pid(process)))
-                yield
+                yield {node: pid for node, (_, pid) in zip(configs, started, strict=True)}
             finally:
                 for _, pid in started:
                     with suppress(ProcessLookupError):  # it died: its log says why
@@ -677,3 +678,131 @@ def test_the_same_latency_on_the_fallback_is_upstream_not_the_release(fleet: Fle
             logs,
         )
     assert "n1/app sees LatencyNow" in " ".join(outcomes(configs["n2"]))
+
+
+def slots(fleet: Fleet, config: Path) -> list[str]:
+    shown = fleet.cli(config, "fleet", "status", "--json")
+    return [s["member"] for s in json.loads(shown.stdout)["slots"]] if shown.returncode < 2 else []
+
+
+def test_a_node_killed_mid_switch_frees_its_slot_by_lease_and_resumes_its_run(
+    fleet: Fleet,
+) -> None:
+    fleet.reset("n1", old="--startup-delay 6")  # n1's switch takes a while: time to kill it
+    fleet.reset("n2")
+    dsn = fleet.database("killed")
+    configs = {node: fleet.config("killed", node, dsn) for node in ("n1", "n2")}
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons({"n2": configs["n2"]}):
+        with fleet.daemons({"n1": configs["n1"]}) as pids:
+            wait_for("two members", lambda: len(members(fleet, configs["n2"])) == 2, 60, logs)
+            fleet.faults("n1", "new", "--exit-after 1")
+            fleet.box.systemctl("restart", primary("n1"))
+            wait_for(
+                "n1 to hold the slot", lambda: slots(fleet, configs["n2"]) == ["n1/app"], 60, logs
+            )
+            fleet.faults("n2", "new", "--exit-after 1")
+            fleet.box.systemctl("restart", primary("n2"))
+            wait_for(
+                "n1 mid-switch",
+                lambda: any(s["name"] == "start-fallback" for s in steps_of(configs["n1"])),
+                60,
+                logs,
+            )
+            os.kill(pids["n1"], signal.SIGKILL)  # kill -9, holding the slot
+            killed_at = time.time()
+            wait_for(
+                "n2 to switch once n1's lease ran out",
+                lambda: (r := runs(configs["n2"])) and r[-1]["status"] == "succeeded",
+                90,
+                logs,
+            )
+            assert runs(configs["n2"])[0]["started_at"] >= killed_at + 3  # the lease (4 s)
+        with fleet.daemons({"n1": configs["n1"]}):  # n1 again: it resumes its own switch
+            wait_for(
+                "n1's run to end after the restart",
+                lambda: (r := runs(configs["n1"])) and r[-1]["status"] != "running",
+                90,
+                logs,
+            )
+            time.sleep(1.5)  # its end reaches the store
+            shown = json.loads(fleet.cli(configs["n1"], "fleet", "status", "--json").stdout)
+    first, second = runs(configs["n1"]), runs(configs["n2"])
+    assert [r["status"] for r in first] == ["succeeded"], first  # one run, resumed, not two
+    assert [r["status"] for r in second] == ["succeeded"], second
+    assert fleet.box.unit_state(fallback("n1")) == "active"
+    assert fleet.box.unit_state(primary("n1")) == "inactive"
+    assert store_runs(dsn) == [
+        ("n1", first[0]["id"], "succeeded"),
+        ("n2", second[0]["id"], "succeeded"),
+    ]
+    freed = [a for a in shown["audit"] if a["event"] == "slot freed"]
+    assert [(a["member"], a["detail"]) for a in freed] == [("n1/app", "lease expired")]
+    assert not shown["slots"]
+
+
+def steps_of(config: Path) -> list[dict[str, Any]]:
+    journal = config.parent / "state" / "journal.sqlite3"
+    if not journal.exists():
+        return []
+    db = sqlite3.connect(journal, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM steps ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def test_a_store_outage_mid_wave_loses_nothing_and_switches_nobody_twice(fleet: Fleet) -> None:
+    fleet.reset("n1")
+    fleet.reset("n2", old="--startup-delay 4")  # the first wave is mid-switch at the outage
+    fleet.reset("n3")
+    dsn = fleet.database("outage")
+    rule = "{nodes: 1, within: 10m}"
+    configs = {
+        node: fleet.config(
+            "outage", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
+        )
+        for node in NODES
+    }
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons(configs):
+        wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
+        fleet.faults("n1", "new", "--exit-after 1")
+        fleet.box.systemctl("restart", primary("n1"))
+        waving = [n for n in ("n2", "n3")]
+
+        def mid_wave() -> bool:
+            return any(
+                any(s["name"] == "start-fallback" for s in steps_of(configs[n])) for n in waving
+            )
+
+        wait_for("the first wave mid-switch", mid_wave, 90, logs)
+        fleet.cluster.stop()
+        try:
+            time.sleep(OUTAGE)
+            # cut off: the wave in flight ended on its own; no next wave began meanwhile
+            started = [n for n in waving if runs(configs[n])]
+            assert len(started) == 1, started
+            assert runs(configs[started[0]])[-1]["status"] == "succeeded"
+        finally:
+            fleet.cluster.start()
+        wait_for(
+            "the rest to switch once the store is back",
+            lambda: all((r := runs(configs[n])) and r[-1]["status"] == "succeeded" for n in waving),
+            120,
+            logs,
+        )
+        time.sleep(1.5)
+        shown = json.loads(fleet.cli(configs["n1"], "fleet", "status", "--json").stdout)
+    every = {node: runs(config) for node, config in configs.items()}
+    assert {n: len(r) for n, r in every.items()} == dict.fromkeys(NODES, 1)  # nobody twice
+    assert store_runs(dsn) == [(n, every[n][0]["id"], "succeeded") for n in NODES]
+    (rollout,) = shown["rollouts"]
+    assert (rollout["status"], rollout["switched"]) == ("done", 2)
+    assert "cut off from the fleet store" in "".join(p.read_text() for p in logs)
+
+
+OUTAGE = 60.0  # seconds PostgreSQL is down mid-wave (the issue's figure)

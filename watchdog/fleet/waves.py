@@ -105,14 +105,13 @@ class WaveBook:
 
     async def switched(self, group: str, release: str, member: Member, *, pause: float) -> None:
         """``member`` switched in the rollout (verified): the next wave waits ``pause``; the
-        rollout is done once no other live member runs the release's primary."""
+        rollout is done once no other member (live or lost) runs the release's primary."""
         async with self._store.transaction() as db:
             await db.execute(
                 "UPDATE fleet_waves SET waves = waves + 1,"
                 " next_at = now() + make_interval(secs => %s),"
                 " status = CASE WHEN EXISTS (SELECT 1 FROM fleet_nodes WHERE grp = %s"
-                " AND release = %s AND side = 'primary' AND lease_until >= now()"
-                " AND NOT (node = %s AND target = %s))"
+                " AND release = %s AND side = 'primary' AND NOT (node = %s AND target = %s))"
                 " THEN status ELSE %s END WHERE grp = %s AND release = %s AND status = %s",
                 (pause, group, release, member.node, member.target, DONE, group, release, ROLLING),
             )
@@ -127,12 +126,13 @@ async def latest(db: Any, group: str) -> tuple[Rollout, ...]:
 
 
 async def finish(store: FleetStore, group: str) -> None:
-    """Rollouts with no live member left on the release's primary and none switching: done."""
+    """Rollouts with no member left on the release's primary and none switching: done. A lost
+    member on the primary keeps its rollout going (after a partition it switches too)."""
     async with store.transaction() as db:
         await db.execute(
             "UPDATE fleet_waves w SET status = %s WHERE grp = %s AND status = %s"
             " AND NOT EXISTS (SELECT 1 FROM fleet_nodes n WHERE n.grp = w.grp"
-            " AND n.release = w.release AND n.side = 'primary' AND n.lease_until >= now())"
+            " AND n.release = w.release AND n.side = 'primary')"
             " AND NOT EXISTS (SELECT 1 FROM fleet_slots s WHERE s.grp = w.grp)",
             (DONE, group, ROLLING),
         )

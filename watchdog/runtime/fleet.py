@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -67,6 +68,9 @@ class FleetLink:
         self._sides: dict[str, Side] = {}  # target -> which unit ran at the last heartbeat
         self._waves: WaveBook | None = None
         self._in_wave: dict[str, str] = {}  # target -> the release whose rollout it switches in
+        # runs that ended, in order, not yet told to the store (cut off)
+        self._ended: list[tuple[str, model.RunOutcome, str | None]] = []
+        self._rolling = asyncio.Lock()  # one look at the rollouts at a time (beat, NOTIFY)
 
     def member(self, target: str) -> Member:
         return Member(self.settings.node, target)
@@ -89,6 +93,8 @@ class FleetLink:
     async def open(self) -> None:
         """Connect and check the schema. Unreachable: start cut off (guard locally) and keep
         trying. A schema behind this version stops the start unless allowed to migrate."""
+        # the pool's own warnings repeat every reconnect attempt: the link says it once
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         try:
             self._store = await FleetStore.open(self._dsn, limit=self.settings.timeout)
         except errors.FleetUnreachable as exc:
@@ -169,32 +175,42 @@ class FleetLink:
     # -- a run's end -------------------------------------------------------------------------
 
     async def ended(self, target: str, outcome: model.RunOutcome) -> None:
-        """Give the slot back; a switch that failed its verification halts the group."""
+        """Give the slot back; a switch that failed its verification halts the group. Told
+        in order, and kept until the store has it: cut off, it is told when the store is back
+        (a halt is never lost to a partition)."""
         if outcome.status is model.RunStatus.INTERRUPTED:
             return  # still open: the restart resumes it and keeps the slot
+        self._ended.append((target, outcome, self._in_wave.pop(target, None)))
+        await self._tell_ended()
+
+    async def _tell_ended(self) -> None:
+        while self._ended:
+            target, outcome, wave = self._ended[0]
+            try:
+                await self._told_ended(target, outcome, wave)
+            except errors.FleetUnreachable:
+                log.warning("fleet store unreachable at a run's end; told when it is back")
+                return
+            self._ended.pop(0)
+
+    async def _told_ended(self, target: str, outcome: model.RunOutcome, wave: str | None) -> None:
+        store, member = self._opened(), self.member(target)
         detail = f"run #{outcome.run_id} {outcome.status.value}"
-        store = self._opened()
-        try:
-            if outcome.status in _FAILED_SWITCH:
-                await store.halt(
-                    self.group,
-                    by=self.member(target),
-                    reason=f"{self.member(target)}: {detail}: {outcome.detail}",
-                )
+        if outcome.status in _FAILED_SWITCH:
+            reason = f"{member}: {detail}: {outcome.detail}"
+            if await store.halt(self.group, by=member, reason=reason):
                 log.error("fleet group halted: a switch failed", target=target, run=outcome.run_id)
-            await self._sync(store, [target])
-            wave = self._in_wave.pop(target, None)
-            if wave is not None and outcome.succeeded:
-                await self._rollouts().switched(
-                    self.group, wave, self.member(target), pause=self.settings.wave_pause
-                )
-            if outcome.succeeded and wave is None:
-                await self._judge_release(target)
-            for fleet_id in self._incidents_of(target):
-                await self._incidents().member_state(fleet_id, self.member(target), DONE)
-        except errors.FleetUnreachable:
-            log.warning("fleet store unreachable at a run's end; synced when it is back")
-        await self._release(target, detail)
+        await self._sync(store, [target])
+        if wave is not None and outcome.succeeded:
+            await self._rollouts().switched(
+                self.group, wave, member, pause=self.settings.wave_pause
+            )
+        if outcome.succeeded and wave is None:
+            await self._judge_release(target)
+        for fleet_id in self._incidents_of(target):
+            await self._incidents().member_state(fleet_id, member, DONE)
+        self._admitted.pop(target, None)
+        await store.release_slot(member, group=self.group, detail=detail)
 
     async def _release(self, target: str, detail: str) -> None:
         self._admitted.pop(target, None)
@@ -241,6 +257,7 @@ class FleetLink:
             if was_reachable is not True:
                 await self._sync(store, list(self._guards))
                 await self._catch_up()
+            await self._tell_ended()
             self._back()
             await self._leave_closed()
             await self._share_messages()
@@ -512,6 +529,10 @@ class FleetLink:
     async def _roll_waves(self) -> None:
         """Our members still on a release being rolled out: each switches when it gets a slot
         (and the pause between waves is over); never one already switched or switching."""
+        async with self._rolling:
+            await self._roll_waves_locked()
+
+    async def _roll_waves_locked(self) -> None:
         candidates = [
             name
             for name, guard in self._guards.items()
