@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOTS = Path("/usr/lib/postgresql")
-USER = "watchdog"  # the cluster's superuser name (tests make their own roles)
+USER = "postgres"  # the cluster's superuser name (tests make their own roles)
 
 
 def bin_dir() -> Path | None:
@@ -61,6 +61,12 @@ class Cluster:
     port: int
     account: pwd.struct_passwd
     programs: Path
+    tls: bool = False  # the server takes TLS with a certificate for 127.0.0.1 (``ca_file``)
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA that signed the server's certificate (``sslrootcert``)."""
+        return self.folder / "tls" / "ca.pem"
 
     @property
     def data(self) -> Path:
@@ -104,6 +110,11 @@ class Cluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
+        if self.tls:
+            tls = self.folder / "tls"
+            options += (
+                f" -c ssl=on -c ssl_cert_file={tls}/server.pem -c ssl_key_file={tls}/server.key"
+            )
         done = self._as_owner(
             str(self.programs / "pg_ctl"),
             "start",
@@ -152,9 +163,67 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _certificates(folder: Path, account: pwd.struct_passwd) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1 (IP SAN: ``verify-full``)."""
+    folder.mkdir()
+
+    def openssl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=watchdog-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.pem",
+    )
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    (folder / "server.key").chmod(0o600)  # PostgreSQL refuses a key others may read
+
+
 @contextlib.contextmanager
-def running_postgres() -> Iterator[Cluster]:
-    """A private cluster, started; stopped by PID and removed afterwards."""
+def running_postgres(*, tls: bool = False) -> Iterator[Cluster]:
+    """A private cluster, started; stopped by PID and removed afterwards. ``tls``: it also
+    takes TLS, with a certificate a throwaway CA (``Cluster.ca_file``) signed for 127.0.0.1."""
     programs = bin_dir()
     if programs is None:
         raise RuntimeError(unavailable_reason() or "no PostgreSQL")
@@ -165,7 +234,9 @@ def running_postgres() -> Iterator[Cluster]:
         (folder / "run").mkdir()
         for path in (folder, folder / "run"):
             os.chown(path, account.pw_uid, account.pw_gid)
-        cluster = Cluster(folder, _free_port(), account, programs)
+        cluster = Cluster(folder, _free_port(), account, programs, tls=tls)
+        if tls:
+            _certificates(folder / "tls", account)
         made = cluster._as_owner(
             str(programs / "initdb"),
             "-D",

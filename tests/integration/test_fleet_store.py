@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from watchdog import approval, errors, model
 from watchdog.fleet import schema
 from watchdog.fleet.incidents import IncidentBook
-from watchdog.fleet.store import FleetStore, listen
+from watchdog.fleet.store import FleetStore, listen, require_current
 from watchdog.fleet.values import Member, News, Notice, RunRecord, Side, Slot, Ticket
 from watchdog.fleet.waves import BadWhen, WaveBook
 from watchdog_lab import postgres
@@ -384,3 +387,77 @@ async def test_peers_on_the_fallback_that_see_the_same_signal(store: FleetStore)
     peers = await store.peers_firing("g", m("a"), ["SourceDown"])
     assert peers == [(m("b"), ("SourceDown",))]
     assert await store.peers_firing("g", m("a"), ["Latency"]) == []
+
+
+def readme_sql() -> list[str]:
+    """The SQL blocks of the README's "Fleet mode" section, in order."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Fleet mode", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.DOTALL)
+
+
+async def test_the_readmes_role_and_grants_are_enough_and_no_more(
+    cluster: postgres.Cluster,
+) -> None:
+    superuser, admin_grants = readme_sql()
+    async with await psycopg.AsyncConnection.connect(cluster.dsn(), autocommit=True) as db:
+        await db.execute("DROP DATABASE IF EXISTS rollback_watchdog")
+        for role in ("watchdog", "watchdog_admin"):
+            await db.execute(f"DROP ROLE IF EXISTS {role}".encode())
+        for statement in statements(superuser):
+            await db.execute(statement.encode())
+    admin_dsn = cluster.dsn("rollback_watchdog", user="watchdog_admin")
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as db:
+        for statement in statements(admin_grants):
+            await db.execute(statement.encode())
+    admin = await FleetStore.open(admin_dsn)
+    try:
+        assert await admin.migrate() == len(schema.MIGRATIONS)  # the owner migrates
+    finally:
+        await admin.close()
+    node = await FleetStore.open(cluster.dsn("rollback_watchdog", user="watchdog"))
+    try:  # every kind of call a daemon makes, as the daemons' role
+        await require_current(node)
+        await node.heartbeat(m("a"), group="g", side=Side.PRIMARY, release="v2", lease=30)
+        assert (await node.take_slot(m("a"), group="g", max_parallel=1, reason="x"))[0] is (
+            Slot.GRANTED
+        )
+        await node.record_runs("g", [await run("a", 1)])
+        book = IncidentBook(node)
+        ticket = await join(book, "a")
+        await book.vote(ticket.id, ballot("alice"), RULES, nonce="n1")
+        await book.member_state(ticket.id, m("a"), "done")
+        await WaveBook(node).judge("g", "v2", BadWhen(1, None, 600), auto=True, by=m("a"))
+        await node.release_slot(m("a"), group="g", detail="done")
+        assert await node.halt("g", by=m("a"), reason="x")
+        assert await node.resume("g", by="alice")
+        assert await node.status("g") is not None
+        async with node._pool.connection() as db:  # and no more: no schema changes
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await db.execute("CREATE TABLE fleet_mine (x int)")
+    finally:
+        await node.close()
+
+
+def statements(block: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in block.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+async def test_tls_verify_full_against_the_servers_ca() -> None:
+    with postgres.running_postgres(tls=True) as secure:
+        verified = f"{secure.dsn()} sslmode=verify-full sslrootcert={secure.ca_file}"
+        store = await FleetStore.open(verified)
+        try:
+            async with store._pool.connection() as db:
+                row = await (
+                    await db.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                ).fetchone()
+            assert row is not None and row["ssl"] is True
+        finally:
+            await store.close()
+        wrong_ca = secure.folder / "tls" / "server.pem"  # not the CA that signed it
+        with pytest.raises(errors.FleetUnreachable):
+            await FleetStore.open(
+                f"{secure.dsn()} sslmode=verify-full sslrootcert={wrong_ca}", limit=2
+            )
