@@ -112,8 +112,19 @@ class WaveBook:
                 " next_at = now() + make_interval(secs => %s),"
                 " status = CASE WHEN EXISTS (SELECT 1 FROM fleet_nodes WHERE grp = %s"
                 " AND release = %s AND side = 'primary' AND NOT (node = %s AND target = %s))"
-                " THEN status ELSE %s END WHERE grp = %s AND release = %s AND status = %s",
-                (pause, group, release, member.node, member.target, DONE, group, release, ROLLING),
+                " THEN status ELSE %s END WHERE grp = %s AND release = %s AND status IN (%s, %s)",
+                (
+                    pause,
+                    group,
+                    release,
+                    member.node,
+                    member.target,
+                    DONE,
+                    group,
+                    release,
+                    ROLLING,
+                    DONE,
+                ),
             )
 
 

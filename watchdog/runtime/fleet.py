@@ -285,6 +285,8 @@ class FleetLink:
         """A slot held while no run goes here: left by a crash before the run began."""
         if guard.in_flight() or guard.reconciling():
             return False
+        if any(name == target for name, _, _ in self._ended):
+            return False  # its run ended and is being told: that gives the slot back
         taken = self._admitted.get(target)
         return taken is None or time.monotonic() - taken > 2 * self.settings.heartbeat
 
