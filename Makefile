@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql
 
-.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,18 @@ $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]' -e ./lab
 	touch $@
 
-# The real Prometheus and Alertmanager the tests and the demo run, and the real polkitd that
-# checks the shipped polkit rule (Debian packages).
+# The real Prometheus and Alertmanager the tests and the demo run, the real polkitd that
+# checks the shipped polkit rule, and PostgreSQL for fleet mode (Debian packages; no main
+# cluster is created or started: the tests run private ones).
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	    mkdir -p /etc/postgresql-common/createcluster.d; \
+	    echo "create_main_cluster = false  # rollback-watchdog's tests run private clusters" \
+	      > /etc/postgresql-common/createcluster.d/rollback-watchdog-tests.conf; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
 	    echo "missing:$$missing -- run as root, or: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
@@ -47,6 +51,9 @@ bench-rollback: $(BIN)/.installed
 
 bench-detection: system-deps $(BIN)/.installed
 	$(BIN)/python bench/detection.py
+
+bench-fleet: system-deps $(BIN)/.installed
+	$(BIN)/python bench/fleet.py
 
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --alerts 1000 --repeats 20 --rate 500 --duration 30 --json

@@ -367,3 +367,24 @@ async def test_the_fleet_routes_answer_404_when_fleet_mode_is_off() -> None:
             assert "fleet mode is off" in await answer.text()
         unauthorized = await client.get("/api/v1/fleet")
         assert unauthorized.status == 401  # closed by default, like every operator route
+
+
+def test_the_example_configs_fleet_section_validates_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "lavalink.yml").read_text()
+    lines = text.splitlines()
+    start = lines.index(
+        '# fleet:                 # fleet mode (README "Fleet mode"): many hosts, one PostgreSQL'
+    )
+    section = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        section.append(line[2:])
+    (tmp_path / "dsn").write_text("host=db dbname=rollback_watchdog user=watchdog\n")
+    fleet_text = "\n".join(section).replace(
+        "/run/credentials/rollback-watchdog.service/fleet-dsn", str(tmp_path / "dsn")
+    )
+    loaded = settings(tmp_path, fleet_text + "\n")
+    assert loaded.fleet is not None
+    assert (loaded.fleet.group, loaded.fleet.release) == ("lavalink-prod", "lavalink-rs-4.1.0")
+    assert loaded.fleet.release_bad_when.fraction == 0.2

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class Cluster:
     account: pwd.struct_passwd
     programs: Path
     tls: bool = False  # the server takes TLS with a certificate for 127.0.0.1 (``ca_file``)
+    settings: tuple[tuple[str, str], ...] = ()  # more server settings (-c name=value)
 
     @property
     def ca_file(self) -> Path:
@@ -110,6 +111,7 @@ class Cluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
+        options += "".join(f" -c {name}={value}" for name, value in self.settings)
         if self.tls:
             tls = self.folder / "tls"
             options += (
@@ -221,7 +223,9 @@ def _certificates(folder: Path, account: pwd.struct_passwd) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(*, tls: bool = False) -> Iterator[Cluster]:
+def running_postgres(
+    *, tls: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[Cluster]:
     """A private cluster, started; stopped by PID and removed afterwards. ``tls``: it also
     takes TLS, with a certificate a throwaway CA (``Cluster.ca_file``) signed for 127.0.0.1."""
     programs = bin_dir()
@@ -234,7 +238,8 @@ def running_postgres(*, tls: bool = False) -> Iterator[Cluster]:
         (folder / "run").mkdir()
         for path in (folder, folder / "run"):
             os.chown(path, account.pw_uid, account.pw_gid)
-        cluster = Cluster(folder, _free_port(), account, programs, tls=tls)
+        more = tuple((settings or {}).items())
+        cluster = Cluster(folder, _free_port(), account, programs, tls=tls, settings=more)
         if tls:
             _certificates(folder / "tls", account)
         made = cluster._as_owner(

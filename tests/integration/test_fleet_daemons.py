@@ -1,30 +1,26 @@
-"""Fleet mode with real parts: three watchdog daemons (real processes) against one private
-PostgreSQL, each guarding its own pair of units on one sandbox systemd.
+"""Fleet mode with real parts: watchdog daemons (real processes) against one private
+PostgreSQL, each guarding its own pair of units on one sandbox systemd (``watchdog_lab.fleetlab``).
 
-- three crash-looping nodes with ``max_parallel: 1`` switch one at a time, every switch
-  verified, and the store's copy of the runs agrees with each node's own journal;
+- three crash-looping nodes with ``max_parallel: 1`` switch one at a time in one fleet incident,
+  every switch verified, and the store's copy of the runs agrees with each node's journal;
 - a switch that fails its verification halts the group: a second failing node waits (its
   decisions say why) until ``fleet resume``, then switches at once (LISTEN wakes it);
 - cut off from the store (PostgreSQL stopped), a crash-looping node still switches once on
-  local evidence, and its run reaches the store when PostgreSQL is back.
+  local evidence, and its run reaches the store when PostgreSQL is back;
+- approve mode: one Slack message and one approval for three failing nodes, the click
+  delivered to a node that does not own the message; every node acts, one at a time;
+- the release is bad: the rest is rolled back in waves; upstream, not the release;
+- ``kill -9`` of a node holding a slot mid-switch; PostgreSQL down for 60 s mid-wave.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import textwrap
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +28,21 @@ import httpx
 import pytest
 
 from watchdog import timefmt
-from watchdog_lab import httpservice, postgres, sandbox
-from watchdog_lab import slack as fake_slack
+from watchdog_lab import fleetlab, postgres, sandbox
+from watchdog_lab.fleetlab import (
+    BOT,
+    SIGNING,
+    Fleet,
+    approvals,
+    fallback,
+    outcomes,
+    primary,
+    runs,
+    slack_in_thread,
+    steps,
+    store_runs,
+    wait_for,
+)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -46,194 +55,15 @@ pytestmark = [
     ),
 ]
 
-PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
-NODES = ("n1", "n2", "n3")
-BASE_PORT = 18100  # n1 serves on 18101, ...: loopback only
-
-
-def port(node: str) -> int:
-    return BASE_PORT + NODES.index(node) + 1
-
-
-def primary(node: str) -> str:
-    return f"{node}-new.service"
-
-
-def fallback(node: str) -> str:
-    return f"{node}-old.service"
-
-
-def unit(node: str, side: str, env: Path, *, restart: bool) -> str:
-    command = httpservice.command_line(f"{node}-{side}", "$FAULT_FLAGS", port=port(node))
-    restarts = "Restart=always\nRestartSec=300ms\n" if restart else ""
-    return (
-        f"[Unit]\nDescription={node}-{side}\nDefaultDependencies=no\nStartLimitIntervalSec=0\n\n"
-        f"[Service]\nType=simple\nEnvironmentFile=-{env}\nExecStart={command}\n{restarts}\n"
-        "[Install]\nWantedBy=wd-test.target\n"
-    )
-
-
-@dataclass
-class Fleet:
-    box: sandbox.Sandbox
-    host: Path
-    cluster: postgres.Cluster
-
-    def faults(self, node: str, side: str, flags: str) -> None:
-        (self.host / f"{node}-{side}.env").write_text(f"FAULT_FLAGS={flags}\n")
-
-    def reset(self, node: str, *, new: str = "", old: str = "") -> None:
-        """The node's primary running and enabled with ``new`` flags, its fallback stopped."""
-        self.faults(node, "new", new)
-        self.faults(node, "old", old)
-        self.box.systemctl("stop", fallback(node))
-        self.box.systemctl("disable", fallback(node))
-        self.box.systemctl("reset-failed")
-        self.box.systemctl("enable", primary(node))
-        self.box.systemctl("restart", primary(node))
-
-    def database(self, name: str) -> str:
-        """A fresh database for one case; its DSN."""
-        with psycopg.connect(self.cluster.dsn(), autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())
-            db.execute(f'CREATE DATABASE "{name}"'.encode())
-        return self.cluster.dsn(name)
-
-    def config(
-        self,
-        case: str,
-        node: str,
-        dsn: str,
-        *,
-        mode: str = "auto",
-        listen: str = "{port: 0}",
-        extra: str = "",
-        rules: tuple[Path, ...] = (),
-        **fleet: object,
-    ) -> Path:
-        folder = self.host / "cases" / case / node
-        folder.mkdir(parents=True, exist_ok=True)
-        dsn_file = folder / "fleet.dsn"
-        dsn_file.write_text(dsn + "\n")
-        dsn_file.chmod(0o600)
-        inside = self.box.inside(folder)
-        more = "".join(f"\n                {k}: {v}" for k, v in fleet.items())
-        text = textwrap.dedent(f"""\
-            mode: {mode}
-            interval: 1s
-            state_dir: {inside}/state
-            systemd: {{bus: '{self.box.bus_address}'}}
-            prometheus: {{url: 'http://127.0.0.1:1', timeout: 1s, retries: 1}}
-            listen: {listen}
-            fleet:
-                group: bots
-                node: {node}
-                release: app-2.0  # one release on every node (their unit names differ here)
-                dsn_file: {inside}/fleet.dsn
-                heartbeat: 1s
-                lease: 4s
-                migrate_at_start: true{more}
-            targets:
-              - name: app
-                profile: http
-                primary: {{unit: {primary(node)}, job: {node}-new}}
-                fallback: {{unit: {fallback(node)}, job: {node}-old}}
-                rules: [{", ".join(str(p) for p in (ROOT / "rules" / "http-service.yml", *rules))}]
-                watch: {{interval: 1s}}
-                probes: {{interval: 1s, timeout: 1s}}
-                after: {{enabled: false}}
-                runbook:
-                  url: http://127.0.0.1:{port(node)}
-                  verify: {{timeout: 8s, cpu_sample: 300ms, max_cpu: 0.9, settle: 2s}}
-                health: {{path: /health, body: '"name": "{node}-old"'}}
-            """)
-        path = folder / "config.yml"
-        path.write_text(text + textwrap.dedent(extra))
-        return path
-
-    @contextmanager
-    def daemons(self, configs: dict[str, Path]) -> Iterator[dict[str, int]]:
-        """The nodes' daemons, running (their PIDs by node); stopped (SIGTERM, by PID) at the
-        end. A daemon started again appends to its log."""
-        started: list[tuple[subprocess.Popen[str], int]] = []
-        with ExitStack() as logs:
-            try:
-                for config in configs.values():
-                    log_file = logs.enter_context((config.parent / "daemon.log").open("a"))
-                    process = self.box.popen(
-                        [PYTHON, "-m", "watchdog", "run", "--config", str(self.box.inside(config))],
-                        stdout=subprocess.DEVNULL,
-                        stderr=log_file,
-                    )
-                    started.append((process, self.box.program_pid(process)))
-                yield {node: pid for node, (_, pid) in zip(configs, started, strict=True)}
-            finally:
-                for _, pid in started:
-                    with suppress(ProcessLookupError):  # it died: its log says why
-                        os.kill(pid, signal.SIGTERM)
-                for process, _ in started:
-                    process.wait(timeout=40)
-
-    def cli(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [PYTHON, "-m", "watchdog", *args, "--config", str(self.box.inside(config))]
-        return self.box.run(argv, timeout=60)
-
-
-def runs(config: Path) -> list[dict[str, Any]]:
-    journal = config.parent / "state" / "journal.sqlite3"
-    if not journal.exists():
-        return []
-    db = sqlite3.connect(journal, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []  # the schema is still being created
-    finally:
-        db.close()
-
-
-def outcomes(config: Path) -> list[str]:
-    journal = config.parent / "state" / "journal.sqlite3"
-    db = sqlite3.connect(journal, timeout=10)
-    try:
-        return [str(r[0]) for r in db.execute("SELECT outcome FROM decisions ORDER BY id")]
-    finally:
-        db.close()
-
-
-def wait_for(what: str, check: Any, timeout: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    tails = "\n".join(f"--- {p}\n{p.read_text()[-2500:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
-def store_runs(dsn: str) -> list[tuple[str, int, str]]:
-    with psycopg.connect(dsn) as db:
-        rows = db.execute("SELECT node, run_id, status FROM fleet_runs ORDER BY node, run_id")
-        return [(str(n), int(r), str(s)) for n, r, s in rows.fetchall()]
+NODES = fleetlab.names(3)
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     host = tmp_path_factory.mktemp("fleet")
-    units = {}
-    for node in NODES:
-        for side in ("new", "old"):
-            (host / f"{node}-{side}.env").write_text("FAULT_FLAGS=\n")
-        units[primary(node)] = unit(
-            node, "new", sandbox.INSIDE_DIR / f"{node}-new.env", restart=True
-        )
-        units[fallback(node)] = unit(
-            node, "old", sandbox.INSIDE_DIR / f"{node}-old.env", restart=False
-        )
-    with postgres.running_postgres() as cluster, sandbox.booted_systemd(host, units) as box:
-        yield Fleet(box, host, cluster)
+    with fleetlab.running(host, NODES, ROOT / "rules" / "http-service.yml") as running:
+        yield running
 
 
 def test_three_failing_nodes_switch_one_at_a_time_and_the_store_agrees(fleet: Fleet) -> None:
@@ -360,70 +190,6 @@ def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet:
     assert "cut off from the fleet store" in logs[0].read_text()
 
 
-@contextmanager
-def slack_in_thread() -> Iterator[fake_slack.FakeSlack]:
-    """The lab's fake of Slack's Web API, served from a thread of its own (the daemons are
-    other processes; this test's body is synchronous)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    found: dict[str, Any] = {}
-
-    async def serve() -> None:
-        found["stop"] = asyncio.Event()
-        async with fake_slack.FakeSlack(token=BOT) as slack:
-            found["slack"] = slack
-            ready.set()
-            await found["stop"].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "the fake Slack did not start"
-    try:
-        yield found["slack"]
-    finally:
-        loop.call_soon_threadsafe(found["stop"].set)
-        thread.join(10)
-        loop.close()
-
-
-BOT, SIGNING = "xoxb-fleet-test", "fleet-signing-secret"
-
-
-def listen_port(node: str) -> int:
-    return BASE_PORT + 100 + NODES.index(node) + 1
-
-
-def click(node: str, fleet_incident: int, *, user: str, action_ts: str) -> int:
-    """Alice's Approve on the fleet incident's message, delivered to ``node``'s listener (as a
-    load balancer might), signed as Slack signs it."""
-    payload = fake_slack.block_actions(
-        value=f"f{fleet_incident}", user_id=user, channel="C0FLEET", action_ts=action_ts
-    )
-    body = fake_slack.interaction_body(payload)
-    headers = {
-        **fake_slack.sign(SIGNING, body, int(time.time())),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-    answer = httpx.post(
-        f"http://127.0.0.1:{listen_port(node)}/slack/interactions", content=body, headers=headers
-    )
-    return answer.status_code
-
-
-def pending_approvals(config: Path) -> list[dict[str, Any]]:
-    journal = config.parent / "state" / "journal.sqlite3"
-    if not journal.exists():
-        return []
-    db = sqlite3.connect(journal, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM approvals ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
-
-
 def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> None:
     for node in NODES:
         fleet.reset(node, new="--exit-after 1")
@@ -442,7 +208,7 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
                 node,
                 dsn,
                 mode="approve",
-                listen=f"{{host: 127.0.0.1, port: {listen_port(node)}}}",
+                listen=f"{{host: 127.0.0.1, port: {fleet.listen_port(node)}}}",
                 extra=f"""\
                     approval: {{approvers: [U0ALICE], required_approvals: 1, timeout: 10m}}
                     slack:
@@ -486,7 +252,7 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
                 assert runs(config) == []  # nobody switched before the approval
             owner = incident["owner"].split("/")[0]
             other = next(n for n in NODES if n != owner)
-            assert click(other, incident["id"], user="U0ALICE", action_ts="1.000001") == 200
+            assert fleet.click(other, incident["id"], user="U0ALICE", action_ts="1.000001") == 200
             wait_for(
                 "every node to switch on the one approval",
                 lambda: all(
@@ -500,10 +266,11 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
         for (_, first_end), (second_start, _) in itertools.pairwise(spans):
             assert second_start >= first_end, spans  # max_parallel 1 holds for approved runs
         for node, config in configs.items():
-            approvals = pending_approvals(config)
-            assert [(a["status"], a["decided_by"]) for a in approvals] == [
-                ("approved", "U0ALICE")
-            ], (node, approvals)
+            asked = approvals(config)
+            assert [(a["status"], a["decided_by"]) for a in asked] == [("approved", "U0ALICE")], (
+                node,
+                asked,
+            )
             assert every[node][0]["trigger"] == "approved"
             assert every[node][0]["initiated_by"] == "U0ALICE"
             wait_for(
@@ -610,9 +377,9 @@ def alert(started: str, status: str = "firing") -> dict[str, Any]:
 AM_TOKEN = "fleet-am-token"
 
 
-def deliver(node: str, started: str, status: str = "firing") -> None:
+def deliver(fleet: Fleet, node: str, started: str, status: str = "firing") -> None:
     answer = httpx.post(
-        f"http://127.0.0.1:{listen_port(node)}/alertmanager",
+        f"http://127.0.0.1:{fleet.listen_port(node)}/alertmanager",
         json=alert(started, status),
         headers={"Authorization": f"Bearer {AM_TOKEN}"},
     )
@@ -643,7 +410,7 @@ def test_the_same_latency_on_the_fallback_is_upstream_not_the_release(fleet: Fle
             node,
             dsn,
             mode=mode,
-            listen=f"{{host: 127.0.0.1, port: {listen_port(node)}}}",
+            listen=f"{{host: 127.0.0.1, port: {fleet.listen_port(node)}}}",
             extra=f"""\
                 alertmanager: {{token_file: {fleet.box.inside(folder)}/am}}
                 policy: {{warmup: 0s}}
@@ -654,14 +421,14 @@ def test_the_same_latency_on_the_fallback_is_upstream_not_the_release(fleet: Fle
     with fleet.daemons(configs):
         wait_for("two members", lambda: len(members(fleet, configs["n1"])) == 2, 60, logs)
         started = timefmt.format_instant(time.time())  # news: newer than the primary's start
-        deliver("n1", started)  # the node on the fallback sees the latency too ...
+        deliver(fleet, "n1", started)  # the node on the fallback sees the latency too ...
         wait_for(
             "n1 to tell its peers",
             lambda: "LatencyNow" in firing_of(dsn, "n1"),
             30,
             logs,
         )
-        deliver("n2", started)  # ... so on n2 it is upstream
+        deliver(fleet, "n2", started)  # ... so on n2 it is upstream
         wait_for(
             "n2 to hold back: upstream",
             lambda: any("upstream, not the release" in o for o in outcomes(configs["n2"])),
@@ -670,7 +437,9 @@ def test_the_same_latency_on_the_fallback_is_upstream_not_the_release(fleet: Fle
         )
         time.sleep(3)
         assert runs(configs["n2"]) == []  # never rolled back
-        deliver("n1", started, "resolved")  # the control: the fallback is fine now, n2 still slow
+        deliver(
+            fleet, "n1", started, "resolved"
+        )  # the control: the fallback is fine now, n2 still slow
         wait_for(
             "n2 to roll back once the fallback is fine",
             lambda: (r := runs(configs["n2"])) and r[-1]["status"] == "succeeded",
@@ -705,7 +474,7 @@ def test_a_node_killed_mid_switch_frees_its_slot_by_lease_and_resumes_its_run(
             fleet.box.systemctl("restart", primary("n2"))
             wait_for(
                 "n1 mid-switch",
-                lambda: any(s["name"] == "start-fallback" for s in steps_of(configs["n1"])),
+                lambda: any(s["name"] == "start-fallback" for s in steps(configs["n1"])),
                 60,
                 logs,
             )
@@ -741,20 +510,6 @@ def test_a_node_killed_mid_switch_frees_its_slot_by_lease_and_resumes_its_run(
     assert not shown["slots"]
 
 
-def steps_of(config: Path) -> list[dict[str, Any]]:
-    journal = config.parent / "state" / "journal.sqlite3"
-    if not journal.exists():
-        return []
-    db = sqlite3.connect(journal, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM steps ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
-
-
 def test_a_store_outage_mid_wave_loses_nothing_and_switches_nobody_twice(fleet: Fleet) -> None:
     fleet.reset("n1")
     fleet.reset("n2", old="--startup-delay 4")  # the first wave is mid-switch at the outage
@@ -776,7 +531,7 @@ def test_a_store_outage_mid_wave_loses_nothing_and_switches_nobody_twice(fleet: 
 
         def mid_wave() -> bool:
             return any(
-                any(s["name"] == "start-fallback" for s in steps_of(configs[n])) for n in waving
+                any(s["name"] == "start-fallback" for s in steps(configs[n])) for n in waving
             )
 
         wait_for("the first wave mid-switch", mid_wave, 90, logs)

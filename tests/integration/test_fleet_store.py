@@ -461,3 +461,17 @@ async def test_tls_verify_full_against_the_servers_ca() -> None:
             await FleetStore.open(
                 f"{secure.dsn()} sslmode=verify-full sslrootcert={wrong_ca}", limit=2
             )
+
+
+async def test_an_incident_that_acted_alone_asks_people_once_a_member_asks(
+    store: FleetStore,
+) -> None:
+    book = IncidentBook(store)
+    for node in "ab":
+        await beat(store, node)
+    alone = await join(book, "a", approval_id=None)  # auto mode: it acts, nothing asked
+    assert (alone.asks, alone.status) == (False, "acting")
+    asked = await join(book, "b", approval_id=3)  # a proposal elsewhere asks people
+    assert asked.id == alone.id and (asked.asks, asked.status) == (True, "pending")
+    ruling, ticket = await book.vote(asked.id, ballot("alice"), RULES)
+    assert ruling.counted and ticket is not None and ticket.approved_by == ("alice",)

@@ -86,6 +86,15 @@ class IncidentBook:
                 )
                 assert head is not None  # noqa: S101 - INSERT ... RETURNING returns the row
                 await _audit(db, group, member, "fleet incident opened", f"#{head['id']} {reason}")
+            elif asks and not head["asks"]:  # it acted alone so far; now a member asks people
+                head = await _fetchone(
+                    db,
+                    "UPDATE fleet_incidents SET asks = true, status = 'pending', verdict = %s,"
+                    " required = %s, expires_at = now() + make_interval(secs => %s)"
+                    " WHERE id = %s RETURNING *",
+                    (verdict, required, wait, head["id"]),
+                )
+                assert head is not None  # noqa: S101 - the group's row lock keeps it
             added = await _fetchone(
                 db,
                 "INSERT INTO fleet_members (incident_id, node, target, reason, local_incident,"

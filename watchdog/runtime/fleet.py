@@ -383,6 +383,8 @@ class FleetLink:
     ) -> Ticket | None:
         """Join the group's fleet incident for this release (once per local incident and
         request); None while cut off: the local incident's own message goes out then."""
+        if decided.action not in (model.Action.ROLLBACK, model.Action.PROPOSE):
+            return None  # a notice (a warning, missing data) stays the node's own
         target = decided.target
         known = self._joined.get((target, incident))
         if known is not None and (request is None or (target, request.id) in self._linked):
