@@ -7,6 +7,7 @@ off or the store is unreachable. The store itself is tested on a real PostgreSQL
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -93,7 +94,7 @@ def test_the_dsn_comes_from_a_file_and_its_password_is_secret(tmp_path: Path) ->
     assert read.endswith("password=pa55-w0rd")
     assert dsn.secret_parts(read) == [read, "pa55-w0rd"]
     uri = "postgresql://wd:s3cr%40t@db.example/fleet?sslmode=verify-full"
-    assert dsn.secret_parts(uri)[1] == "s3cr@t"  # the URI's password, decoded
+    assert dsn.secret_parts(uri)[1:] == ["s3cr@t", "s3cr%40t"]  # decoded, and as written
 
 
 def test_a_dsn_that_is_not_one_is_refused_without_being_quoted() -> None:
@@ -216,8 +217,8 @@ def test_a_fleet_incidents_buttons_answer_the_fleet_incident() -> None:
         mode="approve",
         signals=(),
         status="Awaiting approval (0 of 1) for every node",
-        approval=17,
-        fleet=FleetLine(17, "bots", "rust-4.1", ("n1/lavalink", "n2/lavalink")),
+        approval=None,
+        fleet=FleetLine(17, "bots", "rust-4.1", ("n1/lavalink", "n2/lavalink"), asking=True),
     )
     message = blocks(card)
     (actions,) = [b for b in message if b["type"] == "actions"]
@@ -228,6 +229,8 @@ def test_a_fleet_incidents_buttons_answer_the_fleet_incident() -> None:
     clicked = parse_interaction(interaction_body(payload))
     assert clicked.fleet and clicked.approval == 17 and clicked.action == APPROVE
     assert clicked.click().fleet
+    decided = dataclasses.replace(card, fleet=dataclasses.replace(card.fleet, asking=False))
+    assert not [b for b in blocks(decided) if b["type"] == "actions"]  # decided: no buttons
     local = parse_interaction(interaction_body(block_actions(value="17", user_id="U0ALICE")))
     assert not local.fleet and local.nonce != clicked.nonce  # one click is one vote, per kind
 
@@ -253,7 +256,17 @@ def group_status(*, halted: bool) -> GroupStatus:
         halted_by="n1/lavalink" if halted else None,
         halt_reason="n1/lavalink: run #1 restored" if halted else None,
         nodes=(
-            Node(a, "bots", Side.FALLBACK, "rust-4.1", at(1), at(2), lost=True, switching=False),
+            Node(
+                a,
+                "bots",
+                Side.FALLBACK,
+                "rust-4.1",
+                at(1),
+                at(2),
+                lost=True,
+                switching=False,
+                firing=("LavalinkSourceDown",),
+            ),
         ),
         slots=(),
         runs=(),
@@ -289,6 +302,7 @@ def test_fleet_status_as_json_has_rfc3339_times_and_every_part() -> None:
         "release": "rust-4.1",
         "seen_at": "2026-12-07T09:01:00Z",
         "lease_until": "2026-12-07T09:02:00Z",
+        "firing": ["LavalinkSourceDown"],
     }
     (incident,) = shown["incidents"]
     assert (incident["id"], incident["approved_by"], incident["members"]) == (
@@ -302,6 +316,7 @@ def test_fleet_status_as_json_has_rfc3339_times_and_every_part() -> None:
 def test_fleet_status_as_text_says_how_to_go_on() -> None:
     text = render.as_text(group_status(halted=True))
     assert "HALTED since 2026-12-07T09:05:00Z" in text and "fleet resume" in text
+    assert "firing: LavalinkSourceDown" in text
     assert "lost" in text and "approval 1 of 2" in text and "fleet approve-waves" in text
     assert "automatic switches allowed" in render.as_text(group_status(halted=False))
 

@@ -15,8 +15,10 @@
     │   ├── SystemdError      a systemd call failed or did not finish in time
     │   │   └── NoAnswer      the bus took the connection but never answered (try again)
     │   └── StepFailed        one step failed; the message is what the journal shows
-    ├── FleetUnreachable      the fleet's PostgreSQL did not answer (a partition: the node
-    │                         guards itself on local evidence only)
+    ├── FleetError            the fleet's PostgreSQL could not do what was asked
+    │   ├── FleetUnreachable  it cannot be used (no answer in time, a broken connection, a
+    │   │                     broken schema): the node guards itself on local evidence only
+    │   └── FleetBusy         a passing conflict (deadlock, lock or serialization): ask again
     ├── RunInFlight           a run of this target is already going (``run_id`` to join)
     └── JournalLost           the journal file was deleted or replaced under the daemon: no
                               new action is taken until an operator restarts it
@@ -107,9 +109,19 @@ class StepFailed(ExecutorError):
     """A step could not do its part; the message is what the journal and the operator see."""
 
 
-class FleetUnreachable(WatchdogError):
-    """The fleet store could not be reached or did not answer in time. The message names the
-    failure's kind only: a driver's own text may carry the DSN."""
+class FleetError(WatchdogError):
+    """The fleet store could not do what was asked. The message names the failure's kind
+    only: a driver's own text may carry the DSN."""
+
+
+class FleetUnreachable(FleetError):
+    """The fleet store cannot be used now: no connection, no answer in time, or an answer that
+    says it is broken (a missing schema): the same to a node, which then guards itself."""
+
+
+class FleetBusy(FleetError):
+    """A passing conflict in the store (a deadlock, a lock or serialization failure): nothing
+    was changed; the next evaluation asks again. Never a reason to act alone."""
 
 
 class RunInFlight(WatchdogError):

@@ -286,7 +286,10 @@ class Gate:
     async def _end(self, row: journal.ApprovalRow, status: approval.Status, why: str) -> None:
         by = "rollback-watchdog"
         if self.fleet is not None and (ticket := self.fleet.ruling(row.target, row.id)):
-            by = ", ".join(ticket.approved_by) or by  # the fleet's approvers decided
+            if ticket.status == "approved":  # the fleet's approvers decided (or its clock)
+                by = ", ".join(ticket.approved_by) or ticket.decided_by or by
+            elif ticket.decided_by:
+                by = ticket.decided_by
         ended = await asyncio.to_thread(
             self.store.settle, row.id, status, at=self._clock(), by=by, outcome=why
         )
@@ -650,9 +653,13 @@ def _fleet_card(card: notify.Card, ticket: Ticket) -> notify.Card:
     return dataclasses.replace(
         card,
         fleet=notify.FleetLine(
-            ticket.id, ticket.group, ticket.release, tuple(str(m) for m in ticket.members)
+            ticket.id,
+            ticket.group,
+            ticket.release,
+            tuple(str(m) for m in ticket.members),
+            asking=pending,
         ),
-        approval=ticket.id if pending else None,
+        approval=None,  # the local request is answered through the fleet's, never directly
         status=status,
     )
 

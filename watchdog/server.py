@@ -474,7 +474,7 @@ async def _fleet_resume(request: web.Request) -> web.Response:
     fleet = _fleet(request.app[_CONTEXT])
     try:
         resumed = await fleet.resume(request[_WHO])
-    except errors.FleetUnreachable as exc:
+    except errors.FleetError as exc:
         return problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
     if not resumed:
         return problem(HTTPStatus.CONFLICT, "the fleet group is not halted")
@@ -485,7 +485,7 @@ async def _fleet_waves(request: web.Request) -> web.Response:
     fleet = _fleet(request.app[_CONTEXT])
     try:
         started = await fleet.approve_waves(request[_WHO])
-    except errors.FleetUnreachable as exc:
+    except errors.FleetError as exc:
         return problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
     if not started:
         return problem(HTTPStatus.CONFLICT, "the fleet group has no proposed rollout")

@@ -99,6 +99,7 @@ class Fleet:
         extra: str = "",
         rules: tuple[Path, ...] = (),
         interval: str = "1s",
+        probes: str = "{interval: 1s, timeout: 1s}",
         **fleet: object,
     ) -> Path:
         """The node's config (and its DSN file) under ``host/cases/<case>/<node>``."""
@@ -132,7 +133,7 @@ class Fleet:
                 fallback: {{unit: {fallback(node)}, job: {node}-old}}
                 rules: [{files}]
                 watch: {{interval: 1s}}
-                probes: {{interval: 1s, timeout: 1s}}
+                probes: {probes}
                 after: {{enabled: false}}
                 runbook:
                   url: http://127.0.0.1:{self.port(node)}

@@ -57,12 +57,15 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = fleetlab.names(3)
+BYSTANDER = "n4"  # a healthy member of the group: a click may reach it, it never switches
+OUTAGE = 60.0  # seconds PostgreSQL is down mid-incident and mid-wave (the issue's figure)
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     host = tmp_path_factory.mktemp("fleet")
-    with fleetlab.running(host, NODES, ROOT / "rules" / "http-service.yml") as running:
+    nodes = (*NODES, BYSTANDER)
+    with fleetlab.running(host, nodes, ROOT / "rules" / "http-service.yml") as running:
         yield running
 
 
@@ -193,10 +196,11 @@ def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet:
 def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> None:
     for node in NODES:
         fleet.reset(node, new="--exit-after 1")
+    fleet.reset(BYSTANDER)
     dsn = fleet.database("one_approval")
     with slack_in_thread() as slack:
         configs = {}
-        for node in NODES:
+        for node in (*NODES, BYSTANDER):
             folder = fleet.host / "cases" / "one-approval" / node
             folder.mkdir(parents=True)
             for name, secret in (("bot", BOT), ("signing", SIGNING)):
@@ -220,6 +224,7 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
                       retries: 0
                     """,
             )
+        failing = {node: configs[node] for node in NODES}
         logs = [c.parent / "daemon.log" for c in configs.values()]
 
         def fleet_incident() -> dict[str, Any] | None:
@@ -231,13 +236,14 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
 
         with fleet.daemons(configs):
             wait_for(
-                "all three nodes in one fleet incident",
+                "all three failing nodes in one fleet incident",
                 lambda: (i := fleet_incident()) is not None and len(i["members"]) == 3,
                 120,
                 logs,
             )
             incident = fleet_incident()
             assert incident is not None and incident["status"] == "pending"
+            assert BYSTANDER + "/app" not in incident["members"]
             time.sleep(2)  # every node has ticked with its approval pending: still one message
             posted = slack.calls_to("chat.postMessage")
             assert len(posted) == 1, [c.args.get("text") for c in posted]
@@ -248,24 +254,38 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
                 logs,
             )
             assert f'"value": "f{incident["id"]}"' in json.dumps(list(slack.messages.values()))
-            for config in configs.values():
-                assert runs(config) == []  # nobody switched before the approval
-            owner = incident["owner"].split("/")[0]
-            other = next(n for n in NODES if n != owner)
-            assert fleet.click(other, incident["id"], user="U0ALICE", action_ts="1.000001") == 200
+            fleet.cluster.stop()  # mid-incident: the store is away for a minute
+            try:
+                time.sleep(OUTAGE)
+                for config in configs.values():
+                    assert runs(config) == []  # nobody switched: a fleet approval waits
+            finally:
+                fleet.cluster.start()
+            wait_for("the store to answer", fleet_incident, 30, logs)
+            # the click reaches the bystander (behind a load balancer): the store decides
+            assert fleet.click(BYSTANDER, incident["id"], user="U0ALICE", action_ts="1.01") == 200
             wait_for(
-                "every node to switch on the one approval",
+                "every failing node to switch on the one approval",
                 lambda: all(
-                    (r := runs(c)) and r[-1]["status"] == "succeeded" for c in configs.values()
+                    (r := runs(c)) and r[-1]["status"] == "succeeded" for c in failing.values()
                 ),
                 180,
                 logs,
             )
-        every = {node: runs(config) for node, config in configs.items()}
+            wait_for(
+                "each node's report in the one message's thread",
+                lambda: len(slack.calls_to("chat.postMessage")) == 4,
+                30,
+                logs,
+            )
+            time.sleep(2 * 1.0)  # the bystander had time to do what it must not
+        assert runs(configs[BYSTANDER]) == []  # the approval was never its own
+        assert fleet.box.unit_state(primary(BYSTANDER)) == "active"
+        every = {node: runs(config) for node, config in failing.items()}
         spans = sorted((r[0]["started_at"], r[0]["finished_at"]) for r in every.values())
         for (_, first_end), (second_start, _) in itertools.pairwise(spans):
             assert second_start >= first_end, spans  # max_parallel 1 holds for approved runs
-        for node, config in configs.items():
+        for node, config in failing.items():
             asked = approvals(config)
             assert [(a["status"], a["decided_by"]) for a in asked] == [("approved", "U0ALICE")], (
                 node,
@@ -273,12 +293,6 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
             )
             assert every[node][0]["trigger"] == "approved"
             assert every[node][0]["initiated_by"] == "U0ALICE"
-            wait_for(
-                "each node's report in the one message's thread",
-                lambda: len(slack.calls_to("chat.postMessage")) == 4,
-                30,
-                logs,
-            )
         posts = slack.calls_to("chat.postMessage")
         top = [c for c in posts if not c.args.get("thread_ts")]
         assert len(top) == 1, [c.args for c in top]  # one message for the fleet incident
@@ -286,6 +300,7 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
         replies = [c for c in posts if c.args.get("thread_ts")]
         assert len(replies) == 3 and {c.args["thread_ts"] for c in replies} == {message_ts}
         assert all("Rollback report" in c.args["text"] for c in replies)
+        assert store_runs(dsn) == [(n, every[n][0]["id"], "succeeded") for n in NODES]
 
 
 def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
@@ -316,7 +331,7 @@ def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
     first, second, rest = runs(configs["n1"]), runs(configs["n2"]), runs(configs["n3"])
     assert [len(first), len(second), len(rest)] == [1, 1, 1]  # nobody switched twice
     assert rest[0]["trigger"] == "auto" and rest[0]["initiated_by"].startswith("fleet rollout")
-    assert "release app-2.0 is bad: 2 of 3 members rolled back" in rest[0]["reason"]
+    assert "release app-2.0 is bad: 2 of 3 nodes rolled back" in rest[0]["reason"]
     assert rest[0]["started_at"] >= max(first[0]["finished_at"], second[0]["finished_at"])
     status = json.loads(shown.stdout)
     (rollout,) = status["rollouts"]
@@ -558,6 +573,3 @@ def test_a_store_outage_mid_wave_loses_nothing_and_switches_nobody_twice(fleet: 
     (rollout,) = shown["rollouts"]
     assert (rollout["status"], rollout["switched"]) == ("done", 2)
     assert "cut off from the fleet store" in "".join(p.read_text() for p in logs)
-
-
-OUTAGE = 60.0  # seconds PostgreSQL is down mid-wave (the issue's figure)

@@ -208,7 +208,7 @@ async def test_one_incident_per_release_and_one_approval_for_every_member(
     store: FleetStore,
 ) -> None:
     book = IncidentBook(store)
-    for node in "abc":
+    for node in "abcd":
         await beat(store, node)
     first = await join(book, "a")
     assert first.opened and first.new_member and first.owner == m("a")
@@ -216,22 +216,28 @@ async def test_one_incident_per_release_and_one_approval_for_every_member(
     assert second.id == first.id and not second.opened and second.new_member
     again = await join(book, "b")  # every tick joins again: no new member, no notice
     assert not again.new_member
-    ruling, _ = await book.vote(first.id, ballot("mallory"), RULES)
+    ruling, _ = await book.vote(first.id, ballot("mallory"), RULES, group="g")
     assert ruling.refusal is approval.Refusal.FORBIDDEN
-    ruling, ticket = await book.vote(first.id, ballot("alice"), RULES, nonce="click-1")
+    ruling, ticket = await book.vote(first.id, ballot("alice"), RULES, group="g", nonce="click-1")
     assert ruling.counted and ruling.status is approval.Status.PENDING
-    replayed, _ = await book.vote(first.id, ballot("alice"), RULES, nonce="click-1")
+    replayed, _ = await book.vote(first.id, ballot("alice"), RULES, group="g", nonce="click-1")
     assert replayed.refusal is approval.Refusal.REPLAY
-    twice, _ = await book.vote(first.id, ballot("alice"), RULES)
+    twice, _ = await book.vote(first.id, ballot("alice"), RULES, group="g")
     assert twice.refusal is approval.Refusal.DUPLICATE  # two people, not one twice
-    ruling, ticket = await book.vote(first.id, ballot("bob"), RULES)
+    ruling, ticket = await book.vote(first.id, ballot("bob"), RULES, group="g")
     assert ruling.status is approval.Status.APPROVED
     assert ticket is not None and ticket.approved_by == ("alice", "bob") and ticket.decided
     assert [str(x) for x in ticket.members] == ["a/lavalink", "b/lavalink"]
-    late = await join(book, "c")  # a later failure of the release joins the approved incident
-    assert late.id == first.id and late.status == "approved"
-    waiting = await book.waiting(m("c"))
-    assert [(t.id, local_approval) for t, local_approval, _ in waiting] == [(first.id, 1)]
+    acting = await join(book, "c", approval_id=None)  # automatic: joins, asks nobody
+    assert acting.id == first.id and acting.status == "approved"
+    late = await join(book, "d")  # asks people: an approval covers only whom people saw
+    assert late.id != first.id and late.status == "pending" and late.opened
+    old = await book.ticket(first.id)
+    assert old is not None and old.closed and old.status == "approved"
+    waiting = await book.waiting(m("d"))
+    assert [(t.id, local_approval) for t, local_approval, _ in waiting] == [(late.id, 1)]
+    elsewhere, _ = await book.vote(late.id, ballot("alice"), RULES, group="other")
+    assert elsewhere.refusal is approval.Refusal.NOT_FOUND  # another group's node: not its own
 
 
 async def test_a_denied_incident_closes_and_the_next_failure_asks_again(
@@ -240,9 +246,9 @@ async def test_a_denied_incident_closes_and_the_next_failure_asks_again(
     book = IncidentBook(store)
     await beat(store, "a")
     first = await join(book, "a")
-    ruling, _ = await book.vote(first.id, ballot("bob", approve=False), RULES)
+    ruling, _ = await book.vote(first.id, ballot("bob", approve=False), RULES, group="g")
     assert ruling.status is approval.Status.DENIED
-    assert (await book.vote(first.id, ballot("alice"), RULES))[0].refusal is (
+    assert (await book.vote(first.id, ballot("alice"), RULES, group="g"))[0].refusal is (
         approval.Refusal.DECIDED
     )
     second = await join(book, "a", approval_id=2)
@@ -350,7 +356,7 @@ async def test_the_release_is_bad_once_the_rule_holds_and_only_once(store: Fleet
     by_share = BadWhen(nodes=None, fraction=0.2, within=1800)  # 2 of 10 is 20 %
     proposed = await waves_book.judge("g", "v2", by_share, auto=False, by=m("b"))
     assert proposed is not None and proposed.status == "proposed"
-    assert "2 of 10 members" in proposed.reason
+    assert "2 of 10 nodes" in proposed.reason
     assert await waves_book.judge("g", "v2", by_share, auto=False, by=m("b")) is None  # once
     assert await waves_book.approve("g", by="alice") == ["v2"]
     assert await waves_book.approve("g", by="alice") == []
@@ -425,7 +431,7 @@ async def test_the_readmes_role_and_grants_are_enough_and_no_more(
         await node.record_runs("g", [await run("a", 1)])
         book = IncidentBook(node)
         ticket = await join(book, "a")
-        await book.vote(ticket.id, ballot("alice"), RULES, nonce="n1")
+        await book.vote(ticket.id, ballot("alice"), RULES, group="g", nonce="n1")
         await book.member_state(ticket.id, m("a"), "done")
         await WaveBook(node).judge("g", "v2", BadWhen(1, None, 600), auto=True, by=m("a"))
         await node.release_slot(m("a"), group="g", detail="done")
@@ -473,5 +479,32 @@ async def test_an_incident_that_acted_alone_asks_people_once_a_member_asks(
     assert (alone.asks, alone.status) == (False, "acting")
     asked = await join(book, "b", approval_id=3)  # a proposal elsewhere asks people
     assert asked.id == alone.id and (asked.asks, asked.status) == (True, "pending")
-    ruling, ticket = await book.vote(asked.id, ballot("alice"), RULES)
+    ruling, ticket = await book.vote(asked.id, ballot("alice"), RULES, group="g")
     assert ruling.counted and ticket is not None and ticket.approved_by == ("alice",)
+
+
+async def test_one_click_delivered_twice_at_once_counts_once(store: FleetStore) -> None:
+    book = IncidentBook(store)
+    await beat(store, "a")
+    ticket = await join(book, "a")
+    rulings = await asyncio.gather(
+        *(book.vote(ticket.id, ballot("alice"), RULES, group="g", nonce="same") for _ in range(4))
+    )
+    counted = [r for r, _ in rulings if r.counted]
+    assert len(counted) == 1
+    assert all(r.refusal is approval.Refusal.REPLAY for r, _ in rulings if not r.counted)
+
+
+async def test_a_failed_switch_the_store_learns_of_late_halts_the_group(store: FleetStore) -> None:
+    await beat(store, "a")
+    now = datetime.now(tz=UTC)
+    restored = RunRecord(
+        m("a"), 3, model.Trigger.AUTO, model.RunStatus.RESTORED, "crash", now, now, "v2"
+    )
+    assert await store.record_runs("g", [restored]) is True
+    status = await store.status("g")
+    assert status is not None and status.halt_reason == "a/lavalink: run #3 restored (told late)"
+    assert await store.resume("g", by="alice")
+    assert await store.record_runs("g", [restored]) is False  # known: no second halt
+    old = dataclasses.replace(restored, run_id=4, ended_at=now - timedelta(days=2))
+    assert await store.record_runs("g", [old]) is False  # history, not news

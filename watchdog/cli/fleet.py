@@ -51,7 +51,7 @@ def _migrate(args: argparse.Namespace) -> int:
     fleet = _fleet_settings(args)
     try:
         before_after = _with_store(fleet, _migrated)
-    except errors.FleetUnreachable as exc:
+    except errors.FleetError as exc:
         return _fail(f"migrate: {exc}")
     before, after = before_after
     if before == after:
@@ -70,39 +70,45 @@ def _fleet(args: argparse.Namespace) -> int:
     from watchdog.fleet import render
     from watchdog.fleet.store import require_current
     from watchdog.fleet.values import GroupStatus
+    from watchdog.fleet.waves import WaveBook
 
     fleet = _fleet_settings(args)
     group = args.group or fleet.group
-    try:
-        if args.action == "resume":
-            resumed = _with_store(fleet, lambda store: store.resume(group, by=args.by))
-            print(
-                f"fleet group {group} resumed: automatic switches allowed again"
-                if resumed
-                else f"fleet group {group} is not halted; nothing changed"
+
+    async def act(store: FleetStore) -> object:
+        await require_current(store)  # a schema this version does not know: exit 2, said so
+        if group not in await store.groups():
+            raise errors.InputError(
+                f"fleet {args.action}: no group {group!r} in the store (no member has joined yet)"
             )
-            return EXIT_OK
+        if args.action == "resume":
+            return await store.resume(group, by=args.by)
         if args.action == "approve-waves":
-            from watchdog.fleet.waves import WaveBook
+            return await WaveBook(store).approve(group, by=args.by)
+        return await store.status(group)
 
-            started = _with_store(fleet, lambda store: WaveBook(store).approve(group, by=args.by))
-            if not started:
-                print(f"fleet group {group} has no proposed rollout; nothing changed")
-            for release in started:
-                print(f"rollout of {release} started: the rest of its members switch in waves")
-            return EXIT_OK
-
-        async def look(store: FleetStore) -> object:
-            await require_current(store)
-            return await store.status(group)
-
-        found = _with_store(fleet, look)
-    except errors.FleetUnreachable as exc:
+    try:
+        done = _with_store(fleet, act)
+    except errors.FleetError as exc:
         return _fail(f"fleet {args.action}: {exc}")
-    if not isinstance(found, GroupStatus):
-        return _fail(f"fleet status: no group {group!r} in the store (no member has joined yet)")
+    if args.action == "resume":
+        print(
+            f"fleet group {group} resumed: automatic switches allowed again"
+            if done
+            else f"fleet group {group} is not halted; nothing changed"
+        )
+        return EXIT_OK
+    if args.action == "approve-waves":
+        started = done if isinstance(done, list) else []
+        if not started:
+            print(f"fleet group {group} has no proposed rollout; nothing changed")
+        for release in started:
+            print(f"rollout of {release} started: the rest of its nodes switch in waves")
+        return EXIT_OK
+    if not isinstance(done, GroupStatus):
+        return _fail(f"fleet status: no group {group!r} in the store")
     if args.json:
-        print(json.dumps(render.as_dict(found, group), indent=2))
+        print(json.dumps(render.as_dict(done, group), indent=2))
     else:
-        print(render.as_text(found))
-    return EXIT_HALTED if found.halted_at is not None else EXIT_OK
+        print(render.as_text(done))
+    return EXIT_HALTED if done.halted_at is not None else EXIT_OK

@@ -3,6 +3,8 @@ apart only to know which parts are secret (the log redacts the password alone to
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from watchdog import config, credentials, errors
 
 MISSING_EXTRA = (
@@ -31,5 +33,10 @@ def secret_parts(dsn: str) -> list[str]:
         raise errors.ConfigError(
             "the fleet DSN is not a libpq connection string or postgresql:// URI"
         ) from None
-    password = parts.get("password")
-    return [dsn, *([str(password)] if password else [])]
+    secret = [dsn]
+    if parts.get("password"):
+        secret.append(str(parts["password"]))
+    written = urlsplit(dsn).password if "://" in dsn else None
+    if written and written not in secret:  # a URI's password as written (percent-encoded)
+        secret.append(written)
+    return secret

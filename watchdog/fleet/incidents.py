@@ -48,15 +48,18 @@ class IncidentBook:
     ) -> Ticket:
         """Join the group's open incident for ``release``, or open it (then this member owns
         its message). An incident stays joinable ``linger`` seconds after its last member is
-        done (later failures of the release join it: one message); a denied or expired one is
-        closed and a new one asked. Idempotent: joining again updates the member's local ids."""
+        done (later failures of the release join it: one message). A decided one takes no new
+        member that asks people: a denied or expired one is closed, and so is an approved one
+        when a member asks -- an approval covers the members people saw, never a later one.
+        Idempotent: joining again updates the member's local ids."""
         async with self._store.transaction() as db:
             await db.execute("SELECT 1 FROM fleet_groups WHERE name = %s FOR UPDATE", (group,))
-            await db.execute(
+            await db.execute(  # what a new member may not join any more
                 "UPDATE fleet_incidents SET closed_at = now() WHERE grp = %s AND release = %s"
                 " AND closed_at IS NULL AND (status IN ('denied', 'expired')"
-                " OR quiet_since < now() - make_interval(secs => %s))",
-                (group, release, linger),
+                " OR quiet_since < now() - make_interval(secs => %s)"
+                " OR (%s AND status = 'approved'))",
+                (group, release, linger, asks),
             )
             head = await _fetchone(
                 db,
@@ -107,10 +110,10 @@ class IncidentBook:
                 (head["id"], member.node, member.target, reason, local_incident, local_approval),
             )
             new_member = bool(added and added["inserted"])
+            await db.execute(  # a member waits in it again: not quiet
+                "UPDATE fleet_incidents SET quiet_since = NULL WHERE id = %s", (head["id"],)
+            )
             if new_member:
-                await db.execute(
-                    "UPDATE fleet_incidents SET quiet_since = NULL WHERE id = %s", (head["id"],)
-                )
                 if not opened:
                     await _audit(db, group, member, "joined fleet incident", f"#{head['id']}")
                 await notify(db, Notice(group, News.JOINED, int(head["id"])))
@@ -128,12 +131,27 @@ class IncidentBook:
         vote: approval.Vote,
         rules: approval.Rules,
         *,
+        group: str,
         nonce: str | None = None,
     ) -> tuple[approval.Ruling, Ticket | None]:
-        """Judge one vote on the fleet incident (the first to reach ``required`` decides for
-        every member); journaled in the fleet's votes either way, a nonce counted once."""
+        """Judge one vote on a fleet incident of ``group`` (the first to reach ``required``
+        decides for every member); journaled in the fleet's votes either way, a nonce counted
+        once (two deliveries racing: one counts, the other is a replay)."""
+        return await self._vote(incident, vote, rules, group=group, nonce=nonce)
+
+    async def _vote(
+        self,
+        incident: int,
+        vote: approval.Vote,
+        rules: approval.Rules,
+        *,
+        group: str,
+        nonce: str | None,
+    ) -> tuple[approval.Ruling, Ticket | None]:
         who = next((name for name in vote.identities if name), "unknown")
         async with self._store.transaction() as db:
+            if nonce is not None:  # the same click delivered twice at once: one after the other
+                await db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (nonce,))
             if nonce is not None and await _fetchone(
                 db, "SELECT 1 FROM fleet_votes WHERE nonce = %s", (nonce,)
             ):
@@ -146,15 +164,24 @@ class IncidentBook:
             head = await _fetchone(
                 db, "SELECT * FROM fleet_incidents WHERE id = %s FOR UPDATE", (incident,)
             )
-            if head is None or not head["asks"]:
+            if head is None or not head["asks"] or head["grp"] != group:
                 ruling = approval.Ruling(
                     False,
                     approval.Status.CANCELLED,
-                    f"there is no fleet approval #{incident}",
+                    f"there is no fleet approval #{incident} in group {group}",
                     refusal=approval.Refusal.NOT_FOUND,
                 )
                 await _record_vote(db, incident, who, vote, ruling, nonce)
                 return ruling, None
+            if head["closed_at"] is not None and head["status"] == "pending":
+                ruling = approval.Ruling(
+                    False,
+                    approval.Status.CANCELLED,
+                    f"fleet approval #{incident} was closed: none of its members waits any more",
+                    refusal=approval.Refusal.OVERTAKEN,
+                )
+                await _record_vote(db, incident, who, vote, ruling, nonce)
+                return ruling, await _ticket(db, head)
             ruling = approval.judge(_request(head), vote, rules)
             await _record_vote(db, incident, who, vote, ruling, nonce)
             if ruling.counted:
@@ -243,15 +270,16 @@ class IncidentBook:
             )
 
     async def waiting(self, member: Member) -> list[tuple[Ticket, int | None, int | None]]:
-        """The open incidents this member waits in, with its local approval and incident in
-        each (what a restarted or reconnected member catches up on)."""
+        """The incidents (of the last day, closed or not) this member still waits in, with its
+        local approval and incident in each: what a restarted or reconnected member catches up
+        on (a decision it did not hear, an incident closed meanwhile)."""
         async with self._store.transaction() as db:
             rows = await (
                 await db.execute(
                     "SELECT i.*, m.local_approval, m.local_incident FROM fleet_incidents i"
                     " JOIN fleet_members m ON m.incident_id = i.id"
                     " WHERE m.node = %s AND m.target = %s AND m.state = 'waiting'"
-                    " AND i.closed_at IS NULL",
+                    " AND i.opened_at > now() - interval '1 day'",
                     (member.node, member.target),
                 )
             ).fetchall()
@@ -287,7 +315,9 @@ async def _ticket(db: AsyncConnection[Row], head: Row) -> Ticket:
         release=head["release"],
         owner=Member(head["owner_node"], head["owner_target"]),
         asks=bool(head["asks"]),
-        status="closed" if head["closed_at"] is not None else head["status"],
+        status=head["status"],
+        closed=head["closed_at"] is not None,
+        decided_by=head["decided_by"],
         required=int(head["required"]),
         approved_by=tuple(head["approved_by"]),
         expires_at=head["expires_at"],

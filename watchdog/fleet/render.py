@@ -37,6 +37,7 @@ def as_dict(group: GroupStatus, name: str) -> dict[str, Any]:
                 "release": n.release,
                 "seen_at": _at(n.seen_at),
                 "lease_until": _at(n.lease_until),
+                "firing": list(n.firing),
             }
             for n in group.nodes
         ],
@@ -61,6 +62,7 @@ def as_dict(group: GroupStatus, name: str) -> dict[str, Any]:
                 "id": t.id,
                 "release": t.release,
                 "status": t.status,
+                "closed": t.closed,
                 "asks_approval": t.asks,
                 "required": t.required,
                 "approved_by": list(t.approved_by),
@@ -107,6 +109,8 @@ def as_text(group: GroupStatus) -> str:
             f"  {n.member!s:<32} {state(n):<10} {n.side.value:<9} "
             f"{(n.release or '-'):<28} {_at(n.lease_until)}"
         )
+        if n.firing:
+            lines.append(f"    firing: {', '.join(n.firing)}")
     if group.incidents:
         lines += ["", "  incidents:"]
         for t in group.incidents:
@@ -114,7 +118,8 @@ def as_text(group: GroupStatus) -> str:
                 f" approval {len(t.approved_by)} of {t.required}" if t.asks else " (automatic)"
             )
             members = ", ".join(str(m) for m in t.members)
-            lines.append(f"  #{t.id:<5} {t.status:<9} release {t.release}{approval}: {members}")
+            shown = f"{t.status} (closed)" if t.closed else t.status
+            lines.append(f"  #{t.id:<5} {shown:<18} release {t.release}{approval}: {members}")
     for r in group.rollouts:
         lines += ["", f"  rollout of {r.release}: {r.status} ({r.waves} switched) -- {r.reason}"]
         if r.status == "proposed":

@@ -11,8 +11,10 @@ becomes ``errors.FleetUnreachable`` naming only its kind (a driver's text may ca
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -57,20 +59,19 @@ class FleetStore:
         cls, dsn: str, *, max_size: int = 4, limit: float = 5.0, wait: bool = True
     ) -> FleetStore:
         """A pool (small: a node needs few connections). ``wait``: fail now if the database
-        does not answer within ``limit`` seconds; else connect in the background and let each call
-        fail fast until it does (a partition at start)."""
+        does not answer within ``limit`` seconds; else connect in the background and let each
+        call fail fast until it does (a partition at start). Each call is bounded by ``limit``
+        too: a silent network never hangs a node."""
         pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=max_size,
             open=False,
             timeout=limit,
-            reconnect_timeout=0,  # never give up reconnecting: a partition ends
-            kwargs={
-                "row_factory": dict_row,
-                "autocommit": False,
-                "connect_timeout": max(2, int(limit)),
-            },
+            # the pool keeps trying while callers ask (it never closes for good)
+            reconnect_timeout=0,
+            check=AsyncConnectionPool.check_connection,  # a connection PostgreSQL dropped
+            kwargs={"row_factory": dict_row, "autocommit": False, **connection_options(limit)},
         )
         try:
             await pool.open(wait=wait, timeout=limit)
@@ -83,12 +84,20 @@ class FleetStore:
         await self._pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[Row]]:
-        """One transaction on a pooled connection; a driver failure is ``FleetUnreachable``."""
+    async def transaction(self, limit: float | None = None) -> AsyncIterator[AsyncConnection[Row]]:
+        """One transaction on a pooled connection, done within ``limit`` seconds (default: twice
+        the store's timeout). A passing conflict is ``FleetBusy``; every other driver failure,
+        or no answer in time, is ``FleetUnreachable`` -- never a driver's own exception."""
         try:
-            async with self._pool.connection(timeout=self._timeout) as db, db.transaction():
+            async with (
+                asyncio.timeout(limit if limit is not None else 2 * self._timeout),
+                self._pool.connection(timeout=self._timeout) as db,
+                db.transaction(),
+            ):
                 yield db
-        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+        except _BUSY as exc:
+            raise errors.FleetBusy(f"the fleet store was busy: {_kind(exc)}") from None
+        except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as exc:
             raise _unreachable(exc) from None
 
     async def version(self) -> int:
@@ -102,7 +111,7 @@ class FleetStore:
 
     async def migrate(self) -> int:
         """Run the migrations not yet run; the schema version after."""
-        async with self.transaction() as db:
+        async with self.transaction(limit=_MIGRATION_LIMIT) as db:
             # one migrator at a time, even before the version table exists (CREATE ... IF NOT
             # EXISTS races); the lock is the transaction's, never the session's
             await db.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_watchdog_migrate'))")
@@ -269,18 +278,26 @@ class FleetStore:
                 await notify(db, Notice(group, News.RESUMED))
             return bool(done.rowcount)
 
-    async def record_runs(self, group: str, runs: Sequence[RunRecord]) -> None:
-        """Copy runs from a member's journal (new, or changed since): idempotent."""
+    async def record_runs(self, group: str, runs: Sequence[RunRecord]) -> bool:
+        """Copy runs from a member's journal (new, or changed since): idempotent. A failed
+        switch (restored, failed, or interrupted and closed) of the last day the store learns
+        of here halts the group, as it would have when told at once -- so a halt is never lost
+        to a partition or a restart (the journal is its record). Whether it halted the group."""
+        halted = False
         if not runs:
-            return
+            return halted
         async with self.transaction() as db:
             for run in runs:
+                before = await _fetchone(
+                    db,
+                    "SELECT status FROM fleet_runs WHERE node = %s AND target = %s AND run_id = %s",
+                    (run.member.node, run.member.target, run.run_id),
+                )
                 await db.execute(
                     "INSERT INTO fleet_runs (node, target, run_id, grp, trigger, status, reason,"
                     " started_at, ended_at, release) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s)"
-                    " ON CONFLICT (node, target, run_id) DO UPDATE SET status = excluded.status,"
-                    " ended_at = excluded.ended_at",
+                    " %s) ON CONFLICT (node, target, run_id) DO UPDATE SET status ="
+                    " excluded.status, ended_at = excluded.ended_at",
                     (
                         run.member.node,
                         run.member.target,
@@ -294,6 +311,19 @@ class FleetStore:
                         run.release,
                     ),
                 )
+                news = before is None or before["status"] != run.status.value
+                if news and _failed_switch(run):
+                    reason = f"{run.member}: run #{run.run_id} {run.status.value} (told late)"
+                    done = await db.execute(
+                        "UPDATE fleet_groups SET halted_at = now(), halted_by = %s,"
+                        " halt_reason = %s WHERE name = %s AND halted_at IS NULL",
+                        (str(run.member), reason, group),
+                    )
+                    if done.rowcount:
+                        halted = True
+                        await _audit(db, group, run.member, "group halted", reason)
+                        await notify(db, Notice(group, News.HALTED))
+        return halted
 
     async def note(self, group: str, member: Member, event: str, detail: str) -> None:
         """One line of the fleet's audit trail."""
@@ -358,7 +388,9 @@ class FleetStore:
             ).fetchall()
             runs = await (
                 await db.execute(
-                    "SELECT * FROM fleet_runs WHERE grp = %s ORDER BY started_at, node", (group,)
+                    "SELECT * FROM (SELECT * FROM fleet_runs WHERE grp = %s"
+                    " ORDER BY started_at DESC LIMIT 50) latest ORDER BY started_at, node",
+                    (group,),
                 )
             ).fetchall()
             audit = await (
@@ -388,6 +420,7 @@ class FleetStore:
                     lease_until=r["lease_until"],
                     lost=bool(r["lost"]),
                     switching=bool(r["switching"]),
+                    firing=tuple(r["firing"]),
                 )
                 for r in nodes
             ),
@@ -416,22 +449,51 @@ class FleetStore:
         )
 
 
-async def listen(dsn: str, heard: Callable[[Notice], None], *, limit: float = 5.0) -> None:
+async def listen(
+    dsn: str,
+    heard: Callable[[Notice], None],
+    *,
+    limit: float = 5.0,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """``LISTEN`` on the fleet's channel until cancelled, calling ``heard`` with each
     notification (one of another version's is skipped). LISTEN needs a session of its own
     (behind PgBouncer: a direct or session-pooled DSN). Raises ``FleetUnreachable`` when the
     connection fails or drops."""
     try:
-        async with await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=max(2, int(limit))
-        ) as db:
+        conninfo = psycopg.conninfo.make_conninfo(dsn, **connection_options(limit))
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as db:
             await db.execute(f"LISTEN {CHANNEL}".encode())
+            if ready is not None:  # from now on nothing told is missed: catch up on the rest
+                ready()
             async for notification in db.notifies():
                 notice = Notice.parse(notification.payload)
                 if notice is not None:
                     heard(notice)
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         raise _unreachable(exc) from None
+
+
+def _failed_switch(run: RunRecord) -> bool:
+    """A switch that failed (its verification, or cut off and closed too old to resume),
+    ended within the last day."""
+    failed = run.status in (model.RunStatus.RESTORED, model.RunStatus.FAILED) or (
+        run.status is model.RunStatus.INTERRUPTED and run.ended_at is not None
+    )
+    recent = run.ended_at is not None and run.ended_at > datetime.now(tz=UTC) - timedelta(days=1)
+    return failed and recent
+
+
+def connection_options(limit: float) -> dict[str, int]:
+    """libpq's connect timeout, and TCP keepalives so a peer gone silent (a firewall dropping
+    packets) is noticed in seconds, by the pool and by a LISTEN connection alike."""
+    return {
+        "connect_timeout": max(2, int(limit)),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
 
 
 async def require_current(store: FleetStore) -> None:
@@ -470,7 +532,18 @@ async def _audit(
 
 
 def _unreachable(exc: BaseException) -> errors.FleetUnreachable:
+    return errors.FleetUnreachable(f"the fleet store did not answer: {_kind(exc)}")
+
+
+def _kind(exc: BaseException) -> str:
     """The failure's kind and SQLSTATE only: a driver's message may quote the DSN."""
     state = getattr(exc, "sqlstate", None)
-    kind = type(exc).__name__ + (f" (SQLSTATE {state})" if state else "")
-    return errors.FleetUnreachable(f"the fleet store did not answer: {kind}")
+    return type(exc).__name__ + (f" (SQLSTATE {state})" if state else "")
+
+
+_BUSY = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+_MIGRATION_LIMIT = 600.0  # seconds: a migration may rewrite tables

@@ -56,6 +56,7 @@ class Node:
     lease_until: datetime
     lost: bool  # its lease ran out (by the database's clock)
     switching: bool  # it holds a slot
+    firing: tuple[str, ...] = ()  # its signals that fired at its last heartbeat (alerts too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +179,14 @@ class Ticket:
     release: str
     owner: Member  # its daemon posts and updates the incident's one message
     asks: bool  # an approval is asked (approve mode, or a proposal)
-    status: str  # pending | approved | denied | expired | acting | closed
+    status: str  # pending | approved | denied | expired | acting (automatic: nothing asked)
     required: int
     approved_by: tuple[str, ...]
     expires_at: datetime | None
     members: tuple[Member, ...]
     message: tuple[str, str] | None = None  # the chat's (channel, message id), once posted
+    closed: bool = False  # nobody joins it any more (a later failure opens another)
+    decided_by: str | None = None  # who approved or denied it ("rollback-watchdog": the clock)
     opened: bool = False  # this join opened it
     new_member: bool = False  # this join added the member
 

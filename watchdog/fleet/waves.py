@@ -1,7 +1,7 @@
 """The release is bad: roll the rest of the group back, in waves.
 
 After each switch a member reports, the fleet asks whether ``fleet.release_bad_when`` holds:
-that many members (or that share of the group) of the release rolled back for critical reasons
+that many nodes (or that share of the group's nodes) of the release rolled back for critical reasons
 (automatic or approved runs that succeeded) within the window. Then a rollout of the rest is
 proposed (an operator approves it: ``fleet approve-waves``) or, with ``on_bad_release: auto``,
 started. Members still on the release's primary then switch through the group's slots (at
@@ -49,10 +49,10 @@ class WaveBook:
                 return None
             counts = await _fetchone(
                 db,
-                "SELECT (SELECT count(DISTINCT (node, target)) FROM fleet_runs WHERE grp = %s"
+                "SELECT (SELECT count(DISTINCT node) FROM fleet_runs WHERE grp = %s"
                 " AND release = %s AND status = 'succeeded' AND trigger IN ('auto', 'approved')"
                 " AND ended_at >= now() - make_interval(secs => %s)) AS rolled,"
-                " (SELECT count(*) FROM fleet_nodes WHERE grp = %s) AS size",
+                " (SELECT count(DISTINCT node) FROM fleet_nodes WHERE grp = %s) AS size",
                 (group, release, rule.within, group),
             )
             rolled = int(counts["rolled"]) if counts else 0
@@ -63,7 +63,7 @@ class WaveBook:
             if not holds:
                 return None
             reason = (
-                f"release {release} is bad: {rolled} of {size} members rolled back for critical"
+                f"release {release} is bad: {rolled} of {size} nodes rolled back for critical"
                 f" reasons within {int(rule.within)}s"
             )
             row = await _fetchone(

@@ -36,10 +36,11 @@ class SignalLine:
 class FleetLine:
     """A fleet incident on its one message: which group and release, and who is affected."""
 
-    incident: int  # the fleet incident's id (the buttons answer it)
+    incident: int  # the fleet incident's id (its buttons answer it, never card.approval)
     group: str
     release: str
     members: tuple[str, ...]  # node/target, in order of joining
+    asking: bool = False  # its approval is open: the message carries the fleet's buttons
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,9 @@ def blocks(card: Card) -> list[dict[str, Any]]:
     out.append(_section(f"*Status* {_escape(card.status) or '—'}"))
     if card.history:
         out.append({"type": "context", "elements": [_mrkdwn(_history(card.history), CONTEXT_TEXT)]})
-    if card.approval is not None and not card.final:
+    if not card.final and card.fleet is not None and card.fleet.asking:
+        out.append(_buttons(card, card.fleet.incident))
+    elif not card.final and card.approval is not None:
         out.append(_buttons(card, card.approval))
     return out
 

@@ -71,6 +71,9 @@ class FleetLink:
         # runs that ended, in order, not yet told to the store (cut off)
         self._ended: list[tuple[str, model.RunOutcome, str | None]] = []
         self._rolling = asyncio.Lock()  # one look at the rollouts at a time (beat, NOTIFY)
+        self._telling = asyncio.Lock()  # runs' ends told one at a time, in order
+        self._refreshing = asyncio.Lock()  # a newer look at an incident is never overwritten
+        self._schema_checked = False  # cut off at start: checked once the store answers
 
     def member(self, target: str) -> Member:
         return Member(self.settings.node, target)
@@ -103,11 +106,19 @@ class FleetLink:
             self._book, self._waves = IncidentBook(self._store), WaveBook(self._store)
             return
         self._book, self._waves = IncidentBook(self._store), WaveBook(self._store)
+        try:
+            await self._check_schema(self._store)
+        except errors.FleetError as exc:  # reached, then lost: the heartbeat checks it later
+            self._cut(str(exc))
+
+    async def _check_schema(self, store: FleetStore) -> None:
+        """Migrate (when allowed) or require the schema this version needs: ``ConfigError``."""
         if self.settings.migrate_at_start:
-            version = await self._store.migrate()
+            version = await store.migrate()
             log.info("fleet store migrated", version=version)
         else:
-            await require_current(self._store)
+            await require_current(store)
+        self._schema_checked = True
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -130,6 +141,12 @@ class FleetLink:
         """Upstream or the release? Then a slot of the group, or why to wait; cut off, local
         evidence only, once."""
         store = self._opened()
+        await self._tell_ended()  # a halt of ours not yet told comes first
+        if any(
+            o.status in _FAILED_SWITCH or o.status is model.RunStatus.INTERRUPTED
+            for _, o, _ in self._ended
+        ):
+            return "a failed switch of this node is not yet told to the fleet store: waiting"
         try:
             suspects = admission.upstream_suspects(evaluated)
             if suspects:  # YouTube down for everyone is not the release's fault
@@ -138,13 +155,19 @@ class FleetLink:
                 if upstream is not None:
                     log.warning("upstream", target=target, reason=upstream)
                     return upstream
+            self._admitted[target] = time.monotonic()  # before the slot: never seen as stale
             slot, holders = await store.take_slot(
                 self.member(target),
                 group=self.group,
                 max_parallel=self.settings.max_parallel,
                 reason=_reason(evaluated),
             )
+            halt = await self._halt_why(store) if slot is Slot.HALTED else None
+        except errors.FleetBusy as exc:
+            self._admitted.pop(target, None)
+            return f"{exc}; asking again next time"
         except errors.FleetUnreachable as exc:
+            self._admitted.pop(target, None)
             self._cut(str(exc))
             answer = admission.cut_off_answer(evaluated, self._cut_switches)
             if answer is None:
@@ -157,15 +180,12 @@ class FleetLink:
             return answer
         self._back()
         answer = admission.slot_answer(
-            slot,
-            holders,
-            max_parallel=self.settings.max_parallel,
-            halt_reason=await self._halt_why(store) if slot is Slot.HALTED else None,
+            slot, holders, max_parallel=self.settings.max_parallel, halt_reason=halt
         )
         if answer is None:
-            self._admitted[target] = time.monotonic()
             log.warning("fleet slot taken", target=target, slot=slot.value, group=self.group)
         else:
+            self._admitted.pop(target, None)
             log.info("fleet says wait", target=target, reason=answer)
         return answer
 
@@ -178,25 +198,35 @@ class FleetLink:
         """Give the slot back; a switch that failed its verification halts the group. Told
         in order, and kept until the store has it: cut off, it is told when the store is back
         (a halt is never lost to a partition)."""
-        if outcome.status is model.RunStatus.INTERRUPTED:
+        if outcome.status is model.RunStatus.INTERRUPTED and await self._paused(target, outcome):
             return  # still open: the restart resumes it and keeps the slot
         self._ended.append((target, outcome, self._in_wave.pop(target, None)))
         await self._tell_ended()
 
+    async def _paused(self, target: str, outcome: model.RunOutcome) -> bool:
+        """An interrupted run still open (paused for a stop: it resumes), not one closed as
+        too old to resume -- that one touched the units and is a failed switch."""
+        guard = self._guards.get(target)
+        if guard is None:
+            return True
+        run = await asyncio.to_thread(guard.target.store.run, outcome.run_id)
+        return run.finished_at is None
+
     async def _tell_ended(self) -> None:
-        while self._ended:
-            target, outcome, wave = self._ended[0]
-            try:
-                await self._told_ended(target, outcome, wave)
-            except errors.FleetUnreachable:
-                log.warning("fleet store unreachable at a run's end; told when it is back")
-                return
-            self._ended.pop(0)
+        async with self._telling:
+            while self._ended:
+                target, outcome, wave = self._ended[0]
+                try:
+                    await self._told_ended(target, outcome, wave)
+                except errors.FleetError as exc:
+                    log.warning("a run's end is not yet told to the fleet store", error=str(exc))
+                    return
+                self._ended.pop(0)
 
     async def _told_ended(self, target: str, outcome: model.RunOutcome, wave: str | None) -> None:
         store, member = self._opened(), self.member(target)
         detail = f"run #{outcome.run_id} {outcome.status.value}"
-        if outcome.status in _FAILED_SWITCH:
+        if outcome.status in _FAILED_SWITCH or outcome.status is model.RunStatus.INTERRUPTED:
             reason = f"{member}: {detail}: {outcome.detail}"
             if await store.halt(self.group, by=member, reason=reason):
                 log.error("fleet group halted: a switch failed", target=target, run=outcome.run_id)
@@ -218,8 +248,8 @@ class FleetLink:
             return
         try:
             await self._store.release_slot(self.member(target), group=self.group, detail=detail)
-        except errors.FleetUnreachable:  # the heartbeat frees it once the store is back
-            log.warning("fleet slot not released yet: store unreachable", target=target)
+        except errors.FleetError:  # the heartbeat frees it once the store answers
+            log.warning("fleet slot not released yet: the store did not answer", target=target)
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -240,6 +270,12 @@ class FleetLink:
             return
         was_reachable = self._reachable
         try:
+            if not self._schema_checked:
+                try:
+                    await self._check_schema(store)
+                except errors.ConfigError as exc:  # never a silent half fleet: say it, guard alone
+                    self._cut(str(exc))
+                    return
             for name, guard in self._guards.items():
                 side = self._sides[name] = _side(guard, self._clock())
                 holds = await store.heartbeat(
@@ -250,7 +286,7 @@ class FleetLink:
                     lease=self.settings.lease,
                     firing=self._firing.get(name, ()),
                 )
-                if holds and self._stale(name, guard):
+                if holds and await self._stale(name, guard):
                     await store.release_slot(
                         self.member(name), group=self.group, detail="no run of it is going"
                     )
@@ -277,18 +313,23 @@ class FleetLink:
                     by_status.get(status, 0)
                 )
             self._recorder.fleet_wave_switches.labels(self.group).set(counts.wave_switches)
+        except errors.FleetBusy as exc:
+            log.info("fleet heartbeat: the store was busy", error=str(exc))
         except errors.FleetUnreachable as exc:
             self._cut(str(exc))
         self._recorder.fleet_reachable.set(1 if self._reachable else 0)
 
-    def _stale(self, target: str, guard: Guard) -> bool:
+    async def _stale(self, target: str, guard: Guard) -> bool:
         """A slot held while no run goes here: left by a crash before the run began."""
         if guard.in_flight() or guard.reconciling():
             return False
         if any(name == target for name, _, _ in self._ended):
             return False  # its run ended and is being told: that gives the slot back
         taken = self._admitted.get(target)
-        return taken is None or time.monotonic() - taken > 2 * self.settings.heartbeat
+        if taken is not None and time.monotonic() - taken <= 2 * self.settings.heartbeat:
+            return False  # taken a moment ago: its run is about to start
+        # a run the journal holds open (waiting to be adopted or resumed) keeps its slot
+        return await asyncio.to_thread(guard.target.store.running_run, target) is None
 
     async def listen(self, stop: asyncio.Event) -> None:
         """LISTEN for the group's news (a slot freed, the group resumed): wake the guards."""
@@ -296,7 +337,12 @@ class FleetLink:
         while not stop.is_set():
             try:
                 listening = asyncio.create_task(
-                    listen(self._dsn, self._heard, limit=self.settings.timeout)
+                    listen(
+                        self._dsn,
+                        self._heard,
+                        limit=self.settings.timeout,
+                        ready=lambda: self._spawn(self._catch_up_soon()),
+                    )
                 )
                 stopping = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait(
@@ -307,7 +353,7 @@ class FleetLink:
                 if listening in done and not listening.cancelled():
                     listening.result()  # raises what ended it
                 backoff = 1.0
-            except errors.FleetUnreachable:
+            except errors.FleetError:
                 log.debug("fleet LISTEN connection lost; reconnecting", channel=CHANNEL)
                 await _pause(stop, backoff)
                 backoff = min(backoff * 2, self.settings.heartbeat)
@@ -337,21 +383,27 @@ class FleetLink:
         woken when it was decided (they act now)."""
         if fleet_id not in self._tickets and news is not News.JOINED:
             return  # none of ours
-        try:
-            ticket = await self._incidents().ticket(fleet_id)
-        except errors.FleetUnreachable:
-            return  # the catch-up after the partition reads it
-        if ticket is None or not any(m.node == self.settings.node for m in ticket.members):
+        async with self._refreshing:  # one at a time: what is read last is the newest
+            try:
+                ticket = await self._incidents().ticket(fleet_id)
+            except errors.FleetError:
+                return  # the catch-up after the partition reads it
+            if ticket is None:
+                return
+            self._took(ticket)
+
+    def _took(self, ticket: Ticket) -> None:
+        """The newest look at a fleet incident: kept if one of ours is in it."""
+        if not any(m.node == self.settings.node for m in ticket.members):
             return
-        self._tickets[fleet_id] = ticket
+        self._tickets[ticket.id] = ticket
         if self._gate is not None and self.owns(ticket):
             self._gate.fleet_changed(ticket)
         if ticket.decided:
             self._wake_all()
 
     async def _catch_up_soon(self) -> None:
-        await asyncio.sleep(0.2)  # LISTEN is in place first: nothing falls between
-        with contextlib.suppress(errors.FleetUnreachable):  # the next connection catches up
+        with contextlib.suppress(errors.FleetError):  # the next connection catches up
             await self._catch_up()
 
     async def _catch_up(self) -> None:
@@ -403,8 +455,9 @@ class FleetLink:
                 local_approval=request.id if request is not None else None,
                 linger=self.settings.release_bad_when.within,
             )
-        except errors.FleetUnreachable as exc:
-            self._cut(str(exc))
+        except errors.FleetError as exc:  # the local incident's own message goes out instead
+            if isinstance(exc, errors.FleetUnreachable):
+                self._cut(str(exc))
             return None
         self._joined[(target, incident)] = ticket.id
         if request is not None:
@@ -435,12 +488,14 @@ class FleetLink:
         self, incident: int, vote: approval.Vote, rules: approval.Rules, nonce: str | None
     ) -> tuple[approval.Ruling, Ticket | None]:
         try:
-            ruling, ticket = await self._incidents().vote(incident, vote, rules, nonce=nonce)
-        except errors.FleetUnreachable:
+            ruling, ticket = await self._incidents().vote(
+                incident, vote, rules, group=self.group, nonce=nonce
+            )
+        except errors.FleetError:
             return approval.Ruling(
                 False,
                 approval.Status.PENDING,
-                "the fleet store is unreachable from this node: try again",
+                "the fleet store did not answer this node: try again",
                 refusal=approval.Refusal.UNAVAILABLE,
             ), None
         if ticket is not None and ticket.id in self._tickets:
@@ -451,32 +506,40 @@ class FleetLink:
         """A slot for a run the fleet approved; cut off, it waits (a fleet decision needs the
         fleet's view of its slots)."""
         try:
+            self._admitted[target] = time.monotonic()  # before the slot: never seen as stale
             slot, holders = await self._opened().take_slot(
                 self.member(target),
                 group=self.group,
                 max_parallel=self.settings.max_parallel,
                 reason="approved for the fleet",
             )
-        except errors.FleetUnreachable as exc:
-            self._cut(str(exc))
-            return "cut off from the fleet store: a fleet approval acts once it is back"
+            halt = await self._halt_why(self._opened()) if slot is Slot.HALTED else None
+        except errors.FleetError as exc:
+            self._admitted.pop(target, None)
+            if isinstance(exc, errors.FleetUnreachable):
+                self._cut(str(exc))
+            return "the fleet store did not answer: a fleet approval acts once it does"
         self._back()
-        halt = await self._halt_why(self._opened()) if slot is Slot.HALTED else None
         answer = admission.slot_answer(
             slot, holders, max_parallel=self.settings.max_parallel, halt_reason=halt
         )
-        if answer is None:
-            self._admitted[target] = time.monotonic()
+        if answer is not None:
+            self._admitted.pop(target, None)
         return answer
 
     async def left(self, target: str, approval_id: int) -> None:
-        fleet_id = self._linked.pop((target, approval_id), None)
+        """The member's request ended without a run (cancelled, denied, expired): it leaves
+        the fleet incident; if the store does not answer, the heartbeat's look at the local
+        incident makes it leave later."""
+        fleet_id = self._linked.get((target, approval_id))
         if fleet_id is None:
             return
         try:
             await self._incidents().member_state(fleet_id, self.member(target), LEFT)
-        except errors.FleetUnreachable:
-            log.warning("fleet store unreachable: leaving the fleet incident later", target=target)
+        except errors.FleetError:
+            log.warning("the fleet store did not answer: leaving the incident later", target=target)
+            return
+        self._linked.pop((target, approval_id), None)
 
     async def _leave_closed(self) -> None:
         """A member whose local incident closed with no run going leaves its fleet incident."""
@@ -486,12 +549,13 @@ class FleetLink:
                 continue
             if await asyncio.to_thread(guard.target.store.incident_open, incident):
                 continue
-            del self._joined[(target, incident)]
-            ticket = self._tickets.pop(fleet_id, None)
+            ticket = self._tickets.get(fleet_id)
             ran = ticket is not None and ticket.status in ("approved", "acting")
-            await self._incidents().member_state(
+            await self._incidents().member_state(  # raises: tried again at the next heartbeat
                 fleet_id, self.member(target), DONE if ran else LEFT
             )
+            del self._joined[(target, incident)]
+            self._tickets.pop(fleet_id, None)
 
     async def _share_messages(self) -> None:
         """The messages this node posted for fleet incidents it owns, told to the store."""
@@ -527,7 +591,7 @@ class FleetLink:
             )
 
     async def _roll_waves_now(self) -> None:
-        with contextlib.suppress(errors.FleetUnreachable):
+        with contextlib.suppress(errors.FleetError):
             await self._roll_waves()
 
     async def _roll_waves(self) -> None:
@@ -603,7 +667,7 @@ class FleetLink:
             return {"group": self.group, "node": self.settings.node, "reachable": False}
         try:
             found = await self._store.status(self.group)
-        except errors.FleetUnreachable as exc:
+        except errors.FleetError as exc:
             return {
                 "group": self.group,
                 "node": self.settings.node,
