@@ -156,7 +156,9 @@ def test_a_failed_switch_halts_the_group_until_an_operator_resumes(fleet: Fleet)
             logs,
         )
     assert fleet.box.unit_state(fallback("n2")) == "active"
-    assert fleet.box.unit_state(primary("n1")) == "active"  # restored: a degraded one beats none
+    # restored and enabled: a degraded service beats none (it crash-loops, so it may be
+    # between two of its restarts)
+    assert fleet.box.unit_state(primary("n1")) in ("active", "activating")
 
 
 def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet: Fleet) -> None:
