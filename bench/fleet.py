@@ -86,35 +86,18 @@ def main() -> int:
 def configs_for(
     fleet: fleetlab.Fleet, case: str, nodes: tuple[str, ...], dsn: str, slack_url: str, **more: Any
 ) -> dict[str, Path]:
-    found = {}
-    for node in nodes:
-        folder = fleet.host / "cases" / case / node
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, secret in (("bot", fleetlab.BOT), ("signing", fleetlab.SIGNING)):
-            (folder / name).write_text(secret)
-            (folder / name).chmod(0o600)
-        inside = fleet.box.inside(folder)
-        found[node] = fleet.config(
+    return {
+        node: fleet.config(
             case,
             node,
             dsn,
-            mode="approve",
             interval=f"{int(INTERVAL)}s",
             probes="{enabled: false}",  # no Prometheus here to read them: spare the CPU
-            listen=f"{{host: 127.0.0.1, port: {fleet.listen_port(node)}}}",
-            extra=f"""\
-                approval: {{approvers: [U0ALICE], required_approvals: 1, timeout: 10m}}
-                slack:
-                  channel: C0FLEET
-                  bot_token_file: {inside}/bot
-                  signing_secret_file: {inside}/signing
-                  api_url: '{slack_url}'
-                  allow_insecure_http: true
-                  retries: 0
-                """,
+            **fleet.approving(case, node, slack_url),
             **more,
         )
-    return found
+        for node in nodes
+    }
 
 
 def status(fleet: fleetlab.Fleet, config: Path) -> dict[str, Any] | None:

@@ -144,6 +144,30 @@ class Fleet:
         path.write_text(text + textwrap.dedent(extra))
         return path
 
+    def approving(self, case: str, node: str, slack_url: str) -> dict[str, str]:
+        """The config arguments of a node in approve mode, Slack on the fake at ``slack_url``
+        (its secrets written as files), listening on its own port for clicks."""
+        folder = self.host / "cases" / case / node
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, secret in (("bot", BOT), ("signing", SIGNING)):
+            (folder / name).write_text(secret)
+            (folder / name).chmod(0o600)
+        inside = self.box.inside(folder)
+        return {
+            "mode": "approve",
+            "listen": f"{{host: 127.0.0.1, port: {self.listen_port(node)}}}",
+            "extra": f"""\
+                approval: {{approvers: [U0ALICE], required_approvals: 1, timeout: 10m}}
+                slack:
+                  channel: C0FLEET
+                  bot_token_file: {inside}/bot
+                  signing_secret_file: {inside}/signing
+                  api_url: '{slack_url}'
+                  allow_insecure_http: true
+                  retries: 0
+                """,
+        }
+
     @contextmanager
     def daemons(self, configs: dict[str, Path]) -> Iterator[dict[str, int]]:
         """The nodes' daemons, running (their PIDs by node); stopped (SIGTERM, by PID) at the

@@ -30,8 +30,6 @@ import pytest
 from watchdog import timefmt
 from watchdog_lab import fleetlab, postgres, sandbox
 from watchdog_lab.fleetlab import (
-    BOT,
-    SIGNING,
     Fleet,
     approvals,
     fallback,
@@ -201,31 +199,15 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
     fleet.reset(BYSTANDER)
     dsn = fleet.database("one_approval")
     with slack_in_thread() as slack:
-        configs = {}
-        for node in (*NODES, BYSTANDER):
-            folder = fleet.host / "cases" / "one-approval" / node
-            folder.mkdir(parents=True)
-            for name, secret in (("bot", BOT), ("signing", SIGNING)):
-                (folder / name).write_text(secret)
-                (folder / name).chmod(0o600)
-            inside = fleet.box.inside(folder)
-            configs[node] = fleet.config(
+        configs = {
+            node: fleet.config(
                 "one-approval",
                 node,
                 dsn,
-                mode="approve",
-                listen=f"{{host: 127.0.0.1, port: {fleet.listen_port(node)}}}",
-                extra=f"""\
-                    approval: {{approvers: [U0ALICE], required_approvals: 1, timeout: 10m}}
-                    slack:
-                      channel: C0FLEET
-                      bot_token_file: {inside}/bot
-                      signing_secret_file: {inside}/signing
-                      api_url: '{slack.api_url}'
-                      allow_insecure_http: true
-                      retries: 0
-                    """,
+                **fleet.approving("one-approval", node, slack.api_url),
             )
+            for node in (*NODES, BYSTANDER)
+        }
         failing = {node: configs[node] for node in NODES}
         logs = [c.parent / "daemon.log" for c in configs.values()]
 
@@ -341,6 +323,43 @@ def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
         json.dumps(status["nodes"])
     )
     assert fleet.box.unit_state(fallback("n3")) == "active"
+
+
+def test_a_failed_wave_halts_the_group_and_the_rollout_with_it(fleet: Fleet) -> None:
+    fleet.reset("n1")
+    for node in ("n2", "n3"):  # their fallbacks are broken: the first wave fails verification
+        fleet.reset(node, old="--fail-at-start")
+    dsn = fleet.database("failed_wave")
+    rule = "{nodes: 1, within: 10m}"
+    configs = {
+        node: fleet.config(
+            "failed-wave", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
+        )
+        for node in NODES
+    }
+    logs = [c.parent / "daemon.log" for c in configs.values()]
+    with fleet.daemons(configs):
+        wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
+        fleet.faults("n1", "new", "--exit-after 1")
+        fleet.box.systemctl("restart", primary("n1"))
+        waved = ("n2", "n3")
+        wait_for(
+            "the first wave to fail",
+            lambda: any((r := runs(configs[n])) and r[-1]["status"] == "restored" for n in waved),
+            120,
+            logs,
+        )
+        time.sleep(6)  # time enough for a second wave, which must not come
+        shown = fleet.cli(configs["n1"], "fleet", "status", "--json")
+    assert shown.returncode == 1, shown.stdout  # halted
+    status = json.loads(shown.stdout)
+    assert status["halted"] and "restored" in status["halt_reason"]
+    switched = {n: runs(configs[n]) for n in waved}
+    assert sorted(len(r) for r in switched.values()) == [0, 1], switched  # one wave, no more
+    (rollout,) = status["rollouts"]
+    assert (rollout["status"], rollout["switched"]) == ("rolling", 0)
+    for node in waved:  # both still on the primary: restored, or never touched
+        assert fleet.box.unit_state(fallback(node)) != "active"
 
 
 LATENCY_NOW = """\

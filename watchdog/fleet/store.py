@@ -197,9 +197,13 @@ class FleetStore:
             )
             if row is None:
                 raise LookupError(f"no group {group!r}: heartbeat first")
-            freed = await db.execute(  # a lost member's slot frees when its lease has run out
+            # a lost member's slot frees when its lease has run out -- counted while this
+            # server ran: after a restart of the store every lease looks expired, though no
+            # member could renew one; each gets a whole lease from the start again
+            freed = await db.execute(
                 "DELETE FROM fleet_slots s USING fleet_nodes n WHERE s.grp = %s"
                 " AND n.node = s.node AND n.target = s.target AND n.lease_until < now()"
+                " AND pg_postmaster_start_time() + (n.lease_until - n.seen_at) < now()"
                 " RETURNING s.node, s.target",
                 (group,),
             )

@@ -622,6 +622,7 @@ class FleetLink:
             guard = self._guards[name]
             if not await asyncio.to_thread(guard.target.store.armed, name):
                 continue  # rolled back already (or disarmed by an operator): never twice
+            self._admitted[name] = time.monotonic()  # before the slot: never seen as stale
             slot, holders = await self._opened().take_slot(
                 self.member(name),
                 group=self.group,
@@ -630,8 +631,8 @@ class FleetLink:
                 wave=rollout.release,
             )
             if admission.slot_answer(slot, holders, max_parallel=self.settings.max_parallel):
+                self._admitted.pop(name, None)
                 continue  # a slot frees (NOTIFY) or the pause ends (the next heartbeat)
-            self._admitted[name] = time.monotonic()
             self._in_wave[name] = rollout.release
             by = rollout.approved_by or "rollback-watchdog"
             order = gate.Order(
