@@ -41,7 +41,7 @@ from watchdog import timefmt
 from watchdog_lab import fleetlab, postgres, sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-INTERVAL = 2.0  # each daemon's evaluation interval (seconds)
+INTERVAL = 5.0  # each daemon's evaluation interval (seconds)
 
 
 def main() -> int:
@@ -93,6 +93,10 @@ def configs_for(
             dsn,
             interval=f"{int(INTERVAL)}s",
             probes="{enabled: false}",  # no Prometheus here to read them: spare the CPU
+            watch="2s",
+            # 100 processes share 2 cores here: a lease of 4 s would be lost to CPU starvation
+            heartbeat="3s",
+            lease="20s",
             **fleet.approving(case, node, slack_url),
             **more,
         )
@@ -246,6 +250,7 @@ def scenario(
         every = {n: fleetlab.runs(configs[n]) for n in nodes}
         stored = set(fleetlab.store_runs(dsn))
         bad_at = rollout_started(dsn)
+        slots_held, freed_by_lease = slot_history(dsn)
         both_active = [
             n
             for n in nodes
@@ -263,6 +268,8 @@ def scenario(
         "approvals_needed": int(asked[0]) if asked else None,
         "double_switches": sum(len(r) - 1 for r in every.values() if len(r) > 1) + len(both_active),
         "max_concurrent_switches": max_overlap(spans),
+        "max_slots_held": slots_held,  # by the store's own audit trail (taken, released, freed)
+        "slots_freed_by_lease": freed_by_lease,
         "seconds_release_bad_to_last_wave": round(max(wave_ends) - bad_at, 1)
         if wave_ends and bad_at
         else None,
@@ -283,6 +290,21 @@ def scenario(
         "idle": idle,
         "measured_at": timefmt.format_instant(time.time()),
     }
+
+
+def slot_history(dsn: str) -> tuple[int, int]:
+    """The most slots held at once, replaying the audit trail; slots freed by a lease."""
+    with psycopg.connect(dsn) as db:
+        events = db.execute(
+            "SELECT event FROM fleet_audit WHERE event IN"
+            " ('slot taken', 'slot released', 'slot freed') ORDER BY id"
+        ).fetchall()
+    held = most = freed = 0
+    for (event,) in events:
+        held += 1 if event == "slot taken" else -1
+        freed += event == "slot freed"
+        most = max(most, held)
+    return most, freed
 
 
 def rollout_started(dsn: str) -> float | None:

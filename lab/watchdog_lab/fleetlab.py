@@ -100,6 +100,9 @@ class Fleet:
         rules: tuple[Path, ...] = (),
         interval: str = "1s",
         probes: str = "{interval: 1s, timeout: 1s}",
+        watch: str = "1s",
+        heartbeat: str = "1s",
+        lease: str = "4s",
         **fleet: object,
     ) -> Path:
         """The node's config (and its DSN file) under ``host/cases/<case>/<node>``."""
@@ -123,8 +126,8 @@ class Fleet:
                 node: {node}
                 release: {RELEASE}  # one release on every node (their unit names differ)
                 dsn_file: {inside}/fleet.dsn
-                heartbeat: 1s
-                lease: 4s
+                heartbeat: {heartbeat}
+                lease: {lease}
                 migrate_at_start: true{more}
             targets:
               - name: app
@@ -132,7 +135,7 @@ class Fleet:
                 primary: {{unit: {primary(node)}, job: {node}-new}}
                 fallback: {{unit: {fallback(node)}, job: {node}-old}}
                 rules: [{files}]
-                watch: {{interval: 1s}}
+                watch: {{interval: {watch}}}
                 probes: {probes}
                 after: {{enabled: false}}
                 runbook:

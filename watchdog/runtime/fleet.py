@@ -400,7 +400,19 @@ class FleetLink:
         if self._gate is not None and self.owns(ticket):
             self._gate.fleet_changed(ticket)
         if ticket.decided:
+            for target in sorted({t for (t, _), fid in self._linked.items() if fid == ticket.id}):
+                self._spawn(self._settle(target))  # act now, not at the next tick
             self._wake_all()
+
+    async def _settle(self, target: str) -> None:
+        """The gate settles the target's requests now: a decided fleet approval acts at once
+        (the next tick would too; the journal lets only one of them launch)."""
+        if self._gate is None:
+            return
+        try:
+            await self._gate.settle(target)
+        except Exception:  # the tick settles it anyway
+            log.exception("settling after a fleet decision failed", target=target)
 
     async def _catch_up_soon(self) -> None:
         with contextlib.suppress(errors.FleetError):  # the next connection catches up
