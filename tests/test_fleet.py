@@ -403,3 +403,65 @@ def test_the_example_configs_fleet_section_validates_once_uncommented(tmp_path: 
     assert loaded.fleet is not None
     assert (loaded.fleet.group, loaded.fleet.release) == ("lavalink-prod", "lavalink-rs-4.1.0")
     assert loaded.fleet.release_bad_when.fraction == 0.2
+
+
+class _Group:
+    """The server's ``Fleet`` protocol over a group held in memory: the HTTP mapping under test
+    (the real one, FleetLink, runs in tests/integration/test_fleet_daemons.py)."""
+
+    def __init__(self) -> None:
+        self.halted = True
+        self.proposed = ["rust-4.1"]
+        self.down = False
+        self.by: list[str] = []
+
+    async def status(self) -> dict[str, Any]:
+        return {"group": "bots", "halted": self.halted, "reachable": not self.down}
+
+    async def resume(self, by: str) -> bool:
+        if self.down:
+            raise errors.FleetUnreachable("the fleet store did not answer: PoolTimeout")
+        self.by.append(by)
+        was, self.halted = self.halted, False
+        return was
+
+    async def approve_waves(self, by: str) -> list[str]:
+        started, self.proposed = self.proposed, []
+        return started
+
+
+async def test_the_fleet_routes_map_the_group_to_http() -> None:
+    async def nothing() -> None:
+        return None
+
+    async def status() -> dict[str, Any]:
+        return {}
+
+    group = _Group()
+    app = server.build_app(
+        config.ListenSettings(),
+        telemetry.Recorder(),
+        operators=(credentials.Identity("alice", "tok-alice"),),
+        status=status,
+        readiness=nothing,
+        fleet=group,
+    )
+    auth = {"Authorization": "Bearer tok-alice"}
+    async with TestClient(TestServer(app)) as client:
+        shown = await client.get("/api/v1/fleet", headers=auth)
+        assert shown.status == 200 and (await shown.json())["halted"] is True
+        resumed = await client.post("/api/v1/fleet/resume", headers=auth)
+        assert resumed.status == 200 and group.by == ["alice"]  # the token names who
+        again = await client.post("/api/v1/fleet/resume", headers=auth)
+        assert again.status == 409 and "not halted" in await again.text()
+        started = await client.post("/api/v1/fleet/waves/approve", headers=auth)
+        assert started.status == 200 and (await started.json()) == {"started": ["rust-4.1"]}
+        none = await client.post("/api/v1/fleet/waves/approve", headers=auth)
+        assert none.status == 409
+        group.down = True
+        unreachable = await client.post("/api/v1/fleet/resume", headers=auth)
+        assert unreachable.status == 503 and "did not answer" in await unreachable.text()
+        bad = await client.post(
+            "/api/v1/fleet/approvals/abc", headers=auth, json={"decision": "approve"}
+        )
+        assert bad.status == 400 and "positive integer" in await bad.text()

@@ -329,11 +329,6 @@ class FleetStore:
                         await notify(db, Notice(group, News.HALTED))
         return halted
 
-    async def note(self, group: str, member: Member, event: str, detail: str) -> None:
-        """One line of the fleet's audit trail."""
-        async with self.transaction() as db:
-            await _audit(db, group, member, event, detail)
-
     async def summary(self, group: str) -> Summary:
         async with self.transaction() as db:
             row = await _fetchone(
