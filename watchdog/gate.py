@@ -154,6 +154,7 @@ class Gate:
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet: FleetGate | None = None  # fleet mode (set by the daemon)
         self._fleet_cards: dict[int, int] = {}  # fleet incident -> the local incident's card
+        self._muted: set[int] = set()  # local incidents whose message another node owns now
 
     def reconfigure(self, settings: config.Settings) -> None:
         """New approval settings from a reload; requests already open keep their deadline."""
@@ -237,12 +238,29 @@ class Gate:
 
     def fleet_changed(self, ticket: Ticket) -> None:
         """A fleet incident this daemon's message speaks for changed (a member joined, a vote
-        counted, a decision): the message follows."""
+        counted, a decision): the message follows -- unless another node took it over."""
+        if self.fleet is not None and not self.fleet.owns(ticket):
+            lost = self._fleet_cards.pop(ticket.id, None)
+            if lost is not None:
+                self._muted.add(lost)  # one writer per message: the new owner
+            return
         incident = self._fleet_cards.get(ticket.id)
         card = self._cards.get(incident) if incident is not None else None
         if card is None:
             return
         self._publish(_fleet_card(card, ticket))
+
+    async def adopt_fleet_message(self, ticket: Ticket, incident: int) -> None:
+        """This daemon took over a fleet incident's message (its owner is lost): the message
+        is the local incident's from now on, and follows the fleet incident again."""
+        if ticket.message is not None:
+            await asyncio.to_thread(self.store.remember_message, incident, *ticket.message)
+        self._fleet_cards[ticket.id] = incident
+        self._muted.discard(incident)
+        await self._recall_card(incident)  # never posted yet: the next decision posts it
+        card = self._cards.get(incident)
+        if card is not None:
+            self._publish(_fleet_card(card, ticket))
 
     async def settle(self, target: str) -> int:
         """Each tick: time out, cancel or launch what the approval requests of ``target`` say;
@@ -585,6 +603,11 @@ class Gate:
         report = await asyncio.to_thread(self.store.incident_report, incident)
         if report is None or report["target"] not in self._targets:
             return
+        if self.fleet is not None:  # a fleet incident's message is its owner's alone
+            ticket = self.fleet.ticket_of(report["target"], incident)
+            if ticket is not None and not self.fleet.owns(ticket):
+                self._muted.add(incident)
+                return
         target = self._targets[report["target"]]
         pending = [a for a in report["approvals"] if a["status"] == "pending"]
         self._cards[incident] = notify.Card(
@@ -609,6 +632,8 @@ class Gate:
         return f"{timefmt.format_instant(at)[11:19]}Z {text}"
 
     def _publish(self, card: notify.Card) -> None:
+        if card.incident in self._muted:
+            return  # another node owns this fleet incident's message now
         self._cards[card.incident] = card
         self._spawn(self.notifier.publish(card))
 

@@ -287,6 +287,77 @@ def test_one_message_and_one_approval_for_three_failing_nodes(fleet: Fleet) -> N
         assert store_runs(dsn) == [(n, every[n][0]["id"], "succeeded") for n in NODES]
 
 
+def test_the_fleet_message_outlives_its_owner(fleet: Fleet) -> None:
+    for node in ("n1", "n2"):
+        fleet.reset(node, new="--exit-after 1")
+    dsn = fleet.database("owner_lost")
+    with slack_in_thread() as slack:
+        configs = {
+            node: fleet.config(
+                "owner-lost", node, dsn, **fleet.approving("owner-lost", node, slack.api_url)
+            )
+            for node in ("n1", "n2")
+        }
+        logs = [c.parent / "daemon.log" for c in configs.values()]
+
+        def incident() -> dict[str, Any] | None:
+            shown = fleet.cli(configs["n2"], "fleet", "status", "--json")
+            found = json.loads(shown.stdout)["incidents"] if shown.returncode < 2 else []
+            return found[0] if found else None
+
+        def shared() -> bool:  # the owner told the store where its message is
+            with psycopg.connect(dsn) as db:
+                row = db.execute("SELECT message_ts FROM fleet_incidents").fetchone()
+            return row is not None and row[0] is not None
+
+        with (
+            fleet.daemons({"n1": configs["n1"]}) as first,
+            fleet.daemons({"n2": configs["n2"]}) as second,
+        ):
+            wait_for(
+                "both in one incident, its message shared",
+                lambda: (i := incident()) is not None and len(i["members"]) == 2 and shared(),
+                120,
+                logs,
+            )
+            found = incident()
+            assert found is not None
+            owner = found["owner"].split("/")[0]
+            survivor = "n2" if owner == "n1" else "n1"
+            os.kill({**first, **second}[owner], signal.SIGKILL)  # kill -9 the message's owner
+            wait_for(
+                "the survivor to take the message over",
+                lambda: (i := incident()) is not None and i["owner"] == f"{survivor}/app",
+                60,
+                logs,
+            )
+            assert fleet.click(survivor, found["id"], user="U0ALICE", action_ts="2.01") == 200
+            wait_for(
+                "the survivor to switch, and the message to say so",
+                lambda: (
+                    (r := runs(configs[survivor]))
+                    and r[-1]["status"] == "succeeded"
+                    and "Approved by U0ALICE" in json.dumps(next(iter(slack.messages.values())))
+                ),
+                90,
+                logs,
+            )
+            with fleet.daemons({owner: configs[owner]}):  # the old owner comes back: it acts
+                wait_for(
+                    "the old owner to act on the approval it missed",
+                    lambda: (r := runs(configs[owner])) and r[-1]["status"] == "succeeded",
+                    90,
+                    logs,
+                )
+                time.sleep(2)
+        top = [c for c in slack.calls_to("chat.postMessage") if not c.args.get("thread_ts")]
+        assert len(top) == 1  # still one message for the fleet incident
+        assert [a["decided_by"] for a in approvals(configs[owner])] == ["U0ALICE"]
+        assert store_runs(dsn) == [
+            (n, runs(configs[n])[0]["id"], "succeeded") for n in ("n1", "n2")
+        ]
+
+
 def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
     for node in NODES:
         fleet.reset(node)

@@ -228,6 +228,8 @@ async def test_one_incident_per_release_and_one_approval_for_every_member(
     assert ruling.status is approval.Status.APPROVED
     assert ticket is not None and ticket.approved_by == ("alice", "bob") and ticket.decided
     assert [str(x) for x in ticket.members] == ["a/lavalink", "b/lavalink"]
+    again = await join(book, "b", approval_id=5)  # b restarted: a member it covers
+    assert again.id == first.id and again.status == "approved"
     acting = await join(book, "c", approval_id=None)  # automatic: joins, asks nobody
     assert acting.id == first.id and acting.status == "approved"
     late = await join(book, "d")  # asks people: an approval covers only whom people saw
@@ -508,3 +510,20 @@ async def test_a_failed_switch_the_store_learns_of_late_halts_the_group(store: F
     assert await store.record_runs("g", [restored]) is False  # known: no second halt
     old = dataclasses.replace(restored, run_id=4, ended_at=now - timedelta(days=2))
     assert await store.record_runs("g", [old]) is False  # history, not news
+
+
+async def test_a_member_takes_the_message_over_only_from_a_lost_owner(store: FleetStore) -> None:
+    book = IncidentBook(store)
+    await beat(store, "a", lease=0.5)  # the owner: it stops heartbeating (kill -9)
+    await beat(store, "b")
+    await beat(store, "c")
+    first = await join(book, "a")
+    await join(book, "b")
+    await book.remember_message(first.id, "C0FLEET", "1796.0001")
+    assert await book.take_over(first.id, m("b")) is None  # the owner is alive
+    await asyncio.sleep(0.8)
+    assert await book.take_over(first.id, m("c")) is None  # not a member
+    taken = await book.take_over(first.id, m("b"))
+    assert taken is not None and taken.owner == m("b")
+    assert taken.message == ("C0FLEET", "1796.0001")  # the same message, updated from now on
+    assert await book.take_over(first.id, m("b")) is None  # once

@@ -50,7 +50,8 @@ class IncidentBook:
         its message). An incident stays joinable ``linger`` seconds after its last member is
         done (later failures of the release join it: one message). A decided one takes no new
         member that asks people: a denied or expired one is closed, and so is an approved one
-        when a member asks -- an approval covers the members people saw, never a later one.
+        when a new member asks -- an approval covers the members people saw, never a later
+        one (a member it covers, joining again after a restart, still joins it).
         Idempotent: joining again updates the member's local ids."""
         async with self._store.transaction() as db:
             await db.execute("SELECT 1 FROM fleet_groups WHERE name = %s FOR UPDATE", (group,))
@@ -58,8 +59,9 @@ class IncidentBook:
                 "UPDATE fleet_incidents SET closed_at = now() WHERE grp = %s AND release = %s"
                 " AND closed_at IS NULL AND (status IN ('denied', 'expired')"
                 " OR quiet_since < now() - make_interval(secs => %s)"
-                " OR (%s AND status = 'approved'))",
-                (group, release, linger, asks),
+                " OR (%s AND status = 'approved' AND NOT EXISTS (SELECT 1 FROM fleet_members m"
+                " WHERE m.incident_id = fleet_incidents.id AND m.node = %s AND m.target = %s)))",
+                (group, release, linger, asks, member.node, member.target),
             )
             head = await _fetchone(
                 db,
@@ -240,6 +242,30 @@ class IncidentBook:
                 await notify(db, Notice(group, News.DECIDED, int(head["id"])))
                 settled.append(int(head["id"]))
         return settled
+
+    async def take_over(self, incident: int, member: Member) -> Ticket | None:
+        """``member`` owns the incident's message from now on, if its owner is lost (its lease
+        ran out while the store ran, or it left the group) and ``member`` is one of its
+        members; the incident as it stands then, None if not taken over."""
+        async with self._store.transaction() as db:
+            head = await _fetchone(
+                db,
+                "UPDATE fleet_incidents i SET owner_node = %s, owner_target = %s"
+                " WHERE i.id = %s AND i.closed_at IS NULL"
+                " AND NOT (i.owner_node = %s AND i.owner_target = %s)"
+                " AND EXISTS (SELECT 1 FROM fleet_members m WHERE m.incident_id = i.id"
+                " AND m.node = %s AND m.target = %s AND m.state <> 'left')"
+                " AND NOT EXISTS (SELECT 1 FROM fleet_nodes n WHERE n.node = i.owner_node"
+                " AND n.target = i.owner_target AND (n.lease_until >= now()"
+                " OR pg_postmaster_start_time() + (n.lease_until - n.seen_at) >= now()))"
+                " RETURNING *",
+                (member.node, member.target, incident) + (member.node, member.target) * 2,
+            )
+            if head is None:
+                return None
+            await _audit(db, head["grp"], member, "took over the message", f"#{incident}")
+            await notify(db, Notice(head["grp"], News.JOINED, incident))
+            return await _ticket(db, head)
 
     async def remember_message(self, incident: int, channel: str, ts: str) -> None:
         """Where the owner posted the incident's one message (members reply in its thread)."""

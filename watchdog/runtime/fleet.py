@@ -297,6 +297,7 @@ class FleetLink:
             self._back()
             await self._leave_closed()
             await self._share_messages()
+            await self._adopt_messages()
             await self._roll_waves()
             if self._gate is not None:
                 await self._incidents().expire_due(self.group, self._gate.rules)
@@ -397,8 +398,8 @@ class FleetLink:
         if not any(m.node == self.settings.node for m in ticket.members):
             return
         self._tickets[ticket.id] = ticket
-        if self._gate is not None and self.owns(ticket):
-            self._gate.fleet_changed(ticket)
+        if self._gate is not None:
+            self._gate.fleet_changed(ticket)  # the owner's message follows; a former owner stops
         if ticket.decided:
             for target in sorted({t for (t, _), fid in self._linked.items() if fid == ticket.id}):
                 self._spawn(self._settle(target))  # act now, not at the next tick
@@ -666,6 +667,26 @@ class FleetLink:
         if self._waves is None:
             raise RuntimeError("FleetLink.open() was not awaited")
         return self._waves
+
+    async def _adopt_messages(self) -> None:
+        """A fleet incident whose owner is lost keeps its one message: a member takes it over
+        (the first to ask wins; the store decides)."""
+        for (target, incident), fleet_id in list(self._joined.items()):
+            ticket = self._tickets.get(fleet_id)
+            if ticket is None or ticket.closed or self.owns(ticket):
+                continue
+            taken = await self._incidents().take_over(fleet_id, self.member(target))
+            if taken is None:
+                continue
+            self._tickets[fleet_id] = taken
+            log.warning(
+                "took over the fleet incident's message: its owner is lost",
+                target=target,
+                fleet_incident=fleet_id,
+                owner_was=str(ticket.owner),
+            )
+            if self._gate is not None:
+                await self._gate.adopt_fleet_message(taken, incident)
 
     def _incidents_of(self, target: str) -> list[int]:
         return sorted({fid for (name, _), fid in self._joined.items() if name == target})
