@@ -337,7 +337,7 @@ def test_the_fleet_message_outlives_its_owner(fleet: Fleet) -> None:
                 lambda: (
                     (r := runs(configs[survivor]))
                     and r[-1]["status"] == "succeeded"
-                    and "Approved by U0ALICE" in json.dumps(next(iter(slack.messages.values())))
+                    and "approved by U0ALICE" in json.dumps(next(iter(slack.messages.values())))
                 ),
                 90,
                 logs,
