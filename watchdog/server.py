@@ -401,36 +401,23 @@ async def _rollback(request: web.Request) -> web.Response:
 
 
 async def _vote(request: web.Request) -> web.Response:
-    context = request.app[_CONTEXT]
-    raw_id = request.match_info["approval"]
-    if not _ID.fullmatch(raw_id):
-        return problem(HTTPStatus.BAD_REQUEST, "the approval id must be a positive integer")
-    try:
-        body: _VoteBody = await _body(request, _VoteBody)
-    except _BadRequest as exc:
-        return problem(HTTPStatus.BAD_REQUEST, exc.message)
-    who = request[_WHO]
-    vote = approval.Vote(
-        approve=body.decision == "approve", identities=(who,), via="api", at=context.clock()
-    )
-    nonce = f"api-vote:{raw_id}:{who}:{body.request_id}" if body.request_id else None
-    ruling, current = await _orders(context).vote(int(raw_id), vote, nonce)
-    if ruling.refusal is approval.Refusal.REPLAY:
-        return web.json_response({"ignored": True, "message": ruling.message})
-    if ruling.refusal is not None:
-        return problem(_REFUSED_STATUS[ruling.refusal], ruling.message)
-    return web.json_response(
-        {"message": ruling.message, "status": ruling.status.value, "approval": current}
-    )
+    return await _voted(request, fleet=False)
 
 
 async def _fleet_vote(request: web.Request) -> web.Response:
     """A vote on a fleet incident (the id from its message or ``fleet status``)."""
+    _fleet(request.app[_CONTEXT])
+    return await _voted(request, fleet=True)
+
+
+async def _voted(request: web.Request, *, fleet: bool) -> web.Response:
+    """One approve/deny through the API, on a local approval or on a fleet incident's; the
+    token names the voter, a ``request_id`` makes a retry count once."""
     context = request.app[_CONTEXT]
-    _fleet(context)
-    raw_id = request.match_info["incident"]
+    key, what = ("incident", "the fleet incident id") if fleet else ("approval", "the approval id")
+    raw_id = request.match_info[key]
     if not _ID.fullmatch(raw_id):
-        return problem(HTTPStatus.BAD_REQUEST, "the fleet incident id must be a positive integer")
+        return problem(HTTPStatus.BAD_REQUEST, f"{what} must be a positive integer")
     try:
         body: _VoteBody = await _body(request, _VoteBody)
     except _BadRequest as exc:
@@ -439,14 +426,17 @@ async def _fleet_vote(request: web.Request) -> web.Response:
     vote = approval.Vote(
         approve=body.decision == "approve", identities=(who,), via="api", at=context.clock()
     )
-    nonce = f"api-fleet-vote:{raw_id}:{who}:{body.request_id}" if body.request_id else None
-    ruling, current = await _orders(context).fleet_vote(int(raw_id), vote, nonce)
+    kind = "api-fleet-vote" if fleet else "api-vote"
+    nonce = f"{kind}:{raw_id}:{who}:{body.request_id}" if body.request_id else None
+    orders = _orders(context)
+    count = orders.fleet_vote if fleet else orders.vote
+    ruling, current = await count(int(raw_id), vote, nonce)
     if ruling.refusal is approval.Refusal.REPLAY:
         return web.json_response({"ignored": True, "message": ruling.message})
     if ruling.refusal is not None:
         return problem(_REFUSED_STATUS[ruling.refusal], ruling.message)
     return web.json_response(
-        {"message": ruling.message, "status": ruling.status.value, "incident": current}
+        {"message": ruling.message, "status": ruling.status.value, key: current}
     )
 
 

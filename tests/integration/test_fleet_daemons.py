@@ -358,18 +358,30 @@ def test_the_fleet_message_outlives_its_owner(fleet: Fleet) -> None:
         ]
 
 
+def rolling_back(
+    fleet: Fleet, case: str, dsn: str, *, bad_after: int
+) -> tuple[dict[str, Path], list[Path]]:
+    """The three nodes' configs (and logs) for a case where the release turns bad after
+    ``bad_after`` rollbacks and the rest is rolled back at once, in waves a second apart."""
+    configs = {
+        node: fleet.config(
+            case,
+            node,
+            dsn,
+            release_bad_when=f"{{nodes: {bad_after}, within: 10m}}",
+            on_bad_release="auto",
+            wave_pause="1s",
+        )
+        for node in NODES
+    }
+    return configs, [c.parent / "daemon.log" for c in configs.values()]
+
+
 def test_a_bad_release_rolls_the_rest_back_in_waves(fleet: Fleet) -> None:
     for node in NODES:
         fleet.reset(node)
     dsn = fleet.database("waves")
-    rule = "{nodes: 2, within: 10m}"
-    configs = {
-        node: fleet.config(
-            "waves", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
-        )
-        for node in NODES
-    }
-    logs = [c.parent / "daemon.log" for c in configs.values()]
+    configs, logs = rolling_back(fleet, "waves", dsn, bad_after=2)
     with fleet.daemons(configs):
         wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
         for node in ("n1", "n2"):  # the release fails on two of three: the rule holds
@@ -401,14 +413,7 @@ def test_a_failed_wave_halts_the_group_and_the_rollout_with_it(fleet: Fleet) -> 
     for node in ("n2", "n3"):  # their fallbacks are broken: the first wave fails verification
         fleet.reset(node, old="--fail-at-start")
     dsn = fleet.database("failed_wave")
-    rule = "{nodes: 1, within: 10m}"
-    configs = {
-        node: fleet.config(
-            "failed-wave", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
-        )
-        for node in NODES
-    }
-    logs = [c.parent / "daemon.log" for c in configs.values()]
+    configs, logs = rolling_back(fleet, "failed-wave", dsn, bad_after=1)
     with fleet.daemons(configs):
         wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
         fleet.faults("n1", "new", "--exit-after 1")
@@ -622,14 +627,7 @@ def test_a_store_outage_mid_wave_loses_nothing_and_switches_nobody_twice(fleet: 
     fleet.reset("n2", old="--startup-delay 4")  # the first wave is mid-switch at the outage
     fleet.reset("n3")
     dsn = fleet.database("outage")
-    rule = "{nodes: 1, within: 10m}"
-    configs = {
-        node: fleet.config(
-            "outage", node, dsn, release_bad_when=rule, on_bad_release="auto", wave_pause="1s"
-        )
-        for node in NODES
-    }
-    logs = [c.parent / "daemon.log" for c in configs.values()]
+    configs, logs = rolling_back(fleet, "outage", dsn, bad_after=1)
     with fleet.daemons(configs):
         wait_for("three members", lambda: len(members(fleet, configs["n1"])) == 3, 60, logs)
         fleet.faults("n1", "new", "--exit-after 1")
