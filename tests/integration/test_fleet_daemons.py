@@ -171,6 +171,8 @@ def test_cut_off_from_the_store_a_node_still_switches_once_and_reconciles(fleet:
             30,
             logs,
         )
+        unknown = fleet.cli(configs["n3"], "fleet", "resume", "--group", "nobody")
+        assert unknown.returncode == 2 and "no group 'nobody'" in unknown.stderr, unknown.stderr
         fleet.cluster.stop()
         try:
             fleet.reset("n3", new="--exit-after 1")
