@@ -189,18 +189,31 @@ def ballot(who: str, *, approve: bool = True) -> approval.Vote:
     return approval.Vote(approve=approve, identities=(who,), via="api", at=time.time())
 
 
-async def join(book: IncidentBook, node: str, *, approval_id: int | None = 1) -> Ticket:
+async def join(
+    book: IncidentBook,
+    node: str,
+    *,
+    approval_id: int | None = 1,
+    release: str = "v2",
+    required: int = 2,
+    wait: float = 600,
+    local_incident: int = 7,
+    linger: float = 1800,
+) -> Ticket:
+    """``node`` joins the release's fleet incident; it asks people unless ``approval_id`` is
+    None (automatic mode)."""
     return await book.join(
         m(node),
         group="g",
-        release="v2",
+        release=release,
         verdict="rollback",
         asks=approval_id is not None,
-        required=2,
-        wait=600,
+        required=required,
+        wait=wait,
         reason="crash loop",
-        local_incident=7,
+        local_incident=local_incident,
         local_approval=approval_id,
+        linger=linger,
     )
 
 
@@ -265,53 +278,18 @@ async def test_an_incident_whose_members_are_done_lingers_then_closes(
     first = await join(book, "a", approval_id=None)  # auto mode: nothing asked
     assert first.status == "acting" and not first.asks
     await book.member_state(first.id, m("a"), "done")
-    kept = await book.join(
-        m("b"),
-        group="g",
-        release="v2",
-        verdict="rollback",
-        asks=False,
-        required=1,
-        wait=0,
-        reason="x",
-        local_incident=1,
-        local_approval=None,
-        linger=30,
-    )
+    kept = await join(book, "b", approval_id=None, local_incident=1, linger=30)
     assert kept.id == first.id  # quiet, but within the linger: one message for the release
     await book.member_state(first.id, m("b"), "done")
     await asyncio.sleep(1.1)
-    fresh = await book.join(
-        m("b"),
-        group="g",
-        release="v2",
-        verdict="rollback",
-        asks=False,
-        required=1,
-        wait=0,
-        reason="x",
-        local_incident=2,
-        local_approval=None,
-        linger=1,
-    )
+    fresh = await join(book, "b", approval_id=None, local_incident=2, linger=1)
     assert fresh.id != first.id
 
 
 async def test_expiry_settles_a_pending_incident_once(store: FleetStore) -> None:
     book = IncidentBook(store)
     await beat(store, "a")
-    ticket = await book.join(
-        m("a"),
-        group="g",
-        release="v2",
-        verdict="rollback",
-        asks=True,
-        required=1,
-        wait=0.2,
-        reason="x",
-        local_incident=1,
-        local_approval=1,
-    )
+    ticket = await join(book, "a", required=1, wait=0.2, local_incident=1)
     assert await book.expire_due("g", RULES) == []  # not yet
     await asyncio.sleep(0.5)
     assert await book.expire_due("g", RULES) == [ticket.id]
@@ -319,17 +297,8 @@ async def test_expiry_settles_a_pending_incident_once(store: FleetStore) -> None
     found = await book.ticket(ticket.id)
     assert found is not None and found.status == "expired"
     proceed = approval.Rules(timeout=1, on_timeout="proceed", approvers=frozenset({"alice"}))
-    other = await book.join(
-        m("a"),
-        group="g",
-        release="v3",
-        verdict="rollback",
-        asks=True,
-        required=1,
-        wait=0.2,
-        reason="x",
-        local_incident=2,
-        local_approval=2,
+    other = await join(
+        book, "a", approval_id=2, release="v3", required=1, wait=0.2, local_incident=2
     )
     await asyncio.sleep(0.5)
     assert await book.expire_due("g", proceed) == [other.id]
