@@ -267,3 +267,48 @@ async def test_without_a_metrics_source_no_rule_is_asked_and_nothing_acts(
     assert decided.verdict is model.Verdict.HOLD and launcher.launched == []
     last = target.store.last_evaluation("lavalink")  # the first verdict, journaled: no signal
     assert last is not None and last.reason == "all 0 signals quiet" and last.firing == ()
+
+
+async def test_a_run_ending_outside_the_loop_reaches_the_loop_guard(tmp_path: Path) -> None:
+    clock = Clock()
+    target = make_target(tmp_path, Client(HEALTHY), clock=clock)
+    target.launch = Launcher()
+    assert (await target.tick(budget=5)).action is model.Action.NONE
+    # an operator's rollback ran meanwhile, and its fallback failed: the primary was restored
+    run = target.store.open_run(
+        "lavalink",
+        incident_id=None,
+        trigger=model.Trigger.MANUAL,
+        initiated_by="alice",
+        reason="manual",
+        at=10_005,
+    )
+    target.store.finish_run(run, model.RunStatus.RESTORED, "fallback failed", at=10_060)
+    target.source = make_target(tmp_path / "other", Client(BROKEN)).source
+    clock.now = 10_100
+    made = await target.tick(budget=5)
+    assert made.verdict is model.Verdict.ROLLBACK
+    assert made.action is model.Action.PROPOSE  # never back to a fallback that just failed
+    assert "loop guard: the fallback failed at" in made.reason
+    assert target.launch.launched == []
+
+
+async def test_the_release_commit_is_journaled_and_reset_by_a_new_activation(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    clock.now = 150_000.0
+    activation = 'max(process_start_time_seconds{job="lavalink-rust"})'
+    answers: dict[str, float | None] = {**HEALTHY, activation: 100_000.0}
+    target = make_target(tmp_path, Client(answers), clock=clock)
+    target.policy = model.Policy(commit_after=86_400.0)
+    await target.tick(budget=5)
+    assert target.store.arming("lavalink").committed_at is None  # 50 000 s: not yet a day
+    clock.now = 186_400.0 + 1
+    await target.tick(budget=5)
+    arming = target.store.arming("lavalink")
+    assert (arming.committed_at, arming.committed_activation) == (186_401.0, 100_000.0)
+    answers[activation] = 186_500.0  # a deploy
+    clock.now = 186_600.0
+    await target.tick(budget=5)
+    assert target.store.arming("lavalink").committed_at is None

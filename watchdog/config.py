@@ -391,6 +391,7 @@ class PolicySettings(_Strict):
     inconclusive_after: Duration = Field(default=300.0, ge=0)
     warmup: Duration = Field(default=120.0, ge=0)
     cooldown: Duration = Field(default=3600.0, ge=0)
+    commit_after: Duration | None = Field(default=None, gt=0)  # off unless set
 
     def to_policy(self) -> model.Policy:
         return model.Policy(
@@ -398,6 +399,7 @@ class PolicySettings(_Strict):
             inconclusive_after=self.inconclusive_after,
             warmup=self.warmup,
             cooldown=self.cooldown,
+            commit_after=self.commit_after,
         )
 
 

@@ -20,11 +20,18 @@ closed by hold; each verdict level acts once per incident, and for ``cooldown`` 
 incident closed, a new incident only acts if it is worse than the last one (escalation always
 breaks through).
 
+Two things turn an automatic rollback into a proposal that a human decides, and the reason says
+which: the loop guard (the fallback failed within ``cooldown``, or an automatic switch already
+ran within it: never a ping-pong, whatever fires) and the release commit (the primary ran
+``commit_after`` since its activation without an incident: rolling back days later may lose what
+the new version wrote; a new activation starts a new bake).
+
 No I/O, no clock: the instant is ``evaluation.at``; state goes in and comes out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -117,6 +124,9 @@ def decide(
         if verdict is model.Verdict.INCONCLUSIVE
         else None
     )
+    carried = dataclasses.replace(
+        state, inconclusive_since=inconclusive_since, activated_at=activated
+    )
     if not state.armed:
         decision = model.Decision(
             target=evaluation.target,
@@ -128,21 +138,25 @@ def decide(
             firing=tuple(s.name for s in firing),
             ignored=tuple(s.name for s in ignored),
         )
-        next_state = model.TargetState(
-            armed=False,
-            armed_at=state.armed_at,
-            incident=state.incident,
-            last_closed_at=state.last_closed_at,
-            last_closed_verdict=state.last_closed_verdict,
-            inconclusive_since=inconclusive_since,
-            activated_at=activated,
-        )
-        return decision, next_state
+        return decision, _committed(carried, policy, activated, now)
 
     action, change, incident, reason = _act(verdict, reason, state, policy, now, inconclusive_since)
     last_closed_at, last_closed_verdict = state.last_closed_at, state.last_closed_verdict
     if change is model.IncidentChange.CLOSE and state.incident is not None:
         last_closed_at, last_closed_verdict = now, state.incident.verdict
+    next_state = _committed(
+        dataclasses.replace(
+            carried,
+            incident=incident,
+            last_closed_at=last_closed_at,
+            last_closed_verdict=last_closed_verdict,
+        ),
+        policy,
+        activated,
+        now,
+    )
+    if action is model.Action.ROLLBACK:
+        action, reason = _guarded(reason, next_state, policy, now)
     decision = model.Decision(
         target=evaluation.target,
         at=now,
@@ -154,16 +168,67 @@ def decide(
         incident=change,
         ignored=tuple(s.name for s in ignored),
     )
-    next_state = model.TargetState(
-        armed=True,
-        armed_at=state.armed_at,
-        incident=incident,
-        last_closed_at=last_closed_at,
-        last_closed_verdict=last_closed_verdict,
-        inconclusive_since=inconclusive_since,
-        activated_at=activated,
-    )
     return decision, next_state
+
+
+def _committed(
+    state: model.TargetState, policy: model.Policy, activated: float | None, now: float
+) -> model.TargetState:
+    """The release commit after this decision (``state`` already holds its incident).
+
+    A new activation of the primary (a deploy) starts a new bake; the release is committed once
+    it has run ``commit_after`` since its activation and its last incident, with none open.
+    Missing data is no incident: an inconclusive one neither blocks nor restarts the bake.
+    """
+    if policy.commit_after is None or activated is None:
+        return state
+    if state.committed_at is not None and state.committed_activation == activated:
+        return state
+    if state.committed_at is not None:  # committed, but a new activation has come since
+        state = dataclasses.replace(state, committed_at=None, committed_activation=None)
+    if state.incident is not None and state.incident.verdict is not model.Verdict.INCONCLUSIVE:
+        return state
+    quiet_since = activated
+    closed = state.last_closed_verdict
+    if state.last_closed_at is not None and closed is not None and closed is not _QUIET:
+        quiet_since = max(quiet_since, state.last_closed_at)
+    if now - quiet_since < policy.commit_after:
+        return state
+    return dataclasses.replace(state, committed_at=now, committed_activation=activated)
+
+
+_QUIET = model.Verdict.INCONCLUSIVE  # an incident of missing data only: no evidence either way
+
+
+def _guarded(
+    reason: str, state: model.TargetState, policy: model.Policy, now: float
+) -> tuple[model.Action, str]:
+    """An automatic rollback, unless the loop guard or the release commit turns it into a
+    proposal: then a human decides, and the reason says why."""
+    cooldown = policy.cooldown
+    failed = state.fallback_failed_at
+    if failed is not None and now - failed < cooldown:
+        return model.Action.PROPOSE, (
+            f"{reason}; loop guard: the fallback failed at {timefmt.format_instant(failed)} "
+            f"(within the {timefmt.format_duration(cooldown)} cooldown, until "
+            f"{timefmt.format_instant(failed + cooldown)}): not switching to it automatically, "
+            "a human decides"
+        )
+    switched = state.last_switch_at
+    if switched is not None and now - switched < cooldown:
+        return model.Action.PROPOSE, (
+            f"{reason}; loop guard: an automatic switch already ran at "
+            f"{timefmt.format_instant(switched)} (one per "
+            f"{timefmt.format_duration(cooldown)} cooldown, until "
+            f"{timefmt.format_instant(switched + cooldown)}): a human decides"
+        )
+    if state.committed_at is not None and policy.commit_after is not None:
+        return model.Action.PROPOSE, (
+            f"{reason}; release committed at {timefmt.format_instant(state.committed_at)} "
+            f"(it ran {timefmt.format_duration(policy.commit_after)} without an incident): "
+            "rolling back now may lose what it wrote, a human decides"
+        )
+    return model.Action.ROLLBACK, reason
 
 
 def _count(

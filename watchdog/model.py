@@ -263,6 +263,7 @@ class Policy:
     inconclusive_after: float = 300.0
     warmup: float = 120.0
     cooldown: float = 3600.0
+    commit_after: float | None = None  # bake time: after it, a rollback is a proposal
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,13 @@ class TargetState:
     last_closed_verdict: Verdict | None = None
     inconclusive_since: float | None = None
     activated_at: float | None = None  # last known activation, for when the query has none
+    # the release commit (``Policy.commit_after``): when, and for which activation
+    committed_at: float | None = None
+    committed_activation: float | None = None
+    # the loop guard, as the journal knows it: the last automatic switch of the target, and
+    # the last time its fallback failed (a run ended restored or failed)
+    last_switch_at: float | None = None
+    fallback_failed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

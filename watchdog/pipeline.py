@@ -158,6 +158,7 @@ class Target:
         )
         if blocked is not None:
             state = not_acted(state, before)
+        await self._journal_commit(self.state, state)
         self.memory, self.state = memory, state
         if acting and blocked is None and launch is not None:
             order = gate.Order(incident, model.Trigger.AUTO, "rollback-watchdog", decided.reason)
@@ -232,13 +233,34 @@ class Target:
         return alerts
 
     async def _follow_arming(self) -> None:
-        """Pick up a re-arm (or disarm) made outside the loop, e.g. by ``rearm``."""
+        """Pick up a re-arm (or disarm) made outside the loop, e.g. by ``rearm``, and what the
+        loop guard must know of the runs since (they end outside the loop too)."""
         arming = await asyncio.to_thread(self.store.arming, self.name)
-        if arming != self.arming:
-            if self.arming is not None:
-                self.state = await asyncio.to_thread(self.store.target_state, self.name)
-                log.warning("arming changed", target=self.name, armed=arming.armed, by=arming.by)
-            self.arming = arming
+        if self.arming is not None and arming.said != self.arming.said:
+            self.state = await asyncio.to_thread(self.store.target_state, self.name)
+            log.warning("arming changed", target=self.name, armed=arming.armed, by=arming.by)
+        self.arming = arming
+        self.state = dataclasses.replace(
+            self.state,
+            last_switch_at=arming.last_switch_at,
+            fallback_failed_at=arming.fallback_failed_at,
+        )
+
+    async def _journal_commit(self, before: model.TargetState, after: model.TargetState) -> None:
+        """Journal the release commit when the decision committed the release or a new
+        activation reset it."""
+        if (after.committed_at, after.committed_activation) == (
+            before.committed_at,
+            before.committed_activation,
+        ):
+            return
+        await asyncio.to_thread(
+            self.store.set_committed, self.name, after.committed_at, after.committed_activation
+        )
+        if after.committed_at is not None:
+            log.warning("release committed", target=self.name, activation=after.activated_at)
+        else:
+            log.warning("release commit reset by a new activation", target=self.name)
 
 
 def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Observation:

@@ -234,6 +234,11 @@ def _status(args: argparse.Namespace) -> int:
     print(f"mode: {settings.mode.value}   journal: {settings.state_dir / journal.DATABASE_NAME}")
     for item in report:
         print(f"\ntarget {item['target']}: {'ARMED' if item['armed'] else 'DISARMED'}")
+        if item["committed_at"] is not None:
+            print(
+                f"  release committed at {timefmt.format_instant(item['committed_at'])}: "
+                "a rollback is proposed to a human, never automatic, until the next deploy"
+            )
         last = item["last_change"]
         if last:
             print(

@@ -19,13 +19,14 @@ class Approvals(Core):
     """Approval requests, their votes and the audit trail."""
 
     def _ask(self, decision: model.Decision, incident_id: int | None, ask: ApprovalAsk) -> None:
+        asked = _asked(decision)
         pending = self._db.execute(
             "SELECT id FROM approvals WHERE target = ? AND status = 'pending'", (decision.target,)
         ).fetchone()
         if pending is not None:  # the same people are already asked: bring it up to date
             self._db.execute(
                 "UPDATE approvals SET verdict = ?, reason = ?, incident_id = ? WHERE id = ?",
-                (decision.verdict.value, decision.reason, incident_id, pending["id"]),
+                (asked, decision.reason, incident_id, pending["id"]),
             )
             return
         self._db.execute(
@@ -37,7 +38,7 @@ class Approvals(Core):
                 decision.at,
                 ask.expires_at,
                 ask.required,
-                decision.verdict.value,
+                asked,
                 decision.reason,
             ),
         )
@@ -276,3 +277,12 @@ class Approvals(Core):
                 "SELECT * FROM audit WHERE approval_id = ? ORDER BY id", (approval_id,)
             ).fetchall()
         return [AuditRow(**dict(row)) for row in rows]
+
+
+def _asked(decision: model.Decision) -> str:
+    """What people are asked: a rollback, or a proposal. A critical verdict the loop guard or
+    the release commit turned into a proposal is asked as one, so it never proceeds on its own
+    when the approval times out."""
+    if decision.action is model.Action.PROPOSE:
+        return model.Verdict.PROPOSE.value
+    return decision.verdict.value

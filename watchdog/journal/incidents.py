@@ -29,10 +29,8 @@ class Incidents(Runs, Approvals):
 
     def target_state(self, target: str) -> model.TargetState:
         """What the decision must remember about ``target``, as journaled."""
+        arming = self.arming(target)
         with self._lock:
-            armed_row = self._db.execute(
-                "SELECT armed, changed_at FROM targets WHERE name = ?", (target,)
-            ).fetchone()
             open_row = self._db.execute(
                 "SELECT opened_at, verdict, acted FROM incidents WHERE target = ? "
                 "AND status = 'open' AND origin = 'decision' ORDER BY id DESC LIMIT 1",
@@ -52,24 +50,60 @@ class Incidents(Runs, Approvals):
                 verdict=model.Verdict(open_row["verdict"]),
                 acted=model.Verdict(open_row["acted"]) if open_row["acted"] else None,
             )
-        armed = bool(armed_row["armed"]) if armed_row is not None else True
         return model.TargetState(
-            armed=armed,
-            armed_at=armed_row["changed_at"] if armed and armed_row is not None else None,
+            armed=arming.armed,
+            armed_at=arming.changed_at if arming.armed else None,
             incident=incident,
             last_closed_at=closed_row["closed_at"] if closed_row is not None else None,
             last_closed_verdict=model.Verdict(closed_row["verdict"]) if closed_row else None,
+            committed_at=arming.committed_at,
+            committed_activation=arming.committed_activation,
+            last_switch_at=arming.last_switch_at,
+            fallback_failed_at=arming.fallback_failed_at,
         )
 
     def arming(self, target: str) -> Arming:
-        """The target's arming as journaled (armed unless someone disarmed it)."""
+        """The target's arming as journaled (armed unless someone disarmed it), the loop
+        guard's inputs and the release commit."""
         with self._lock:
             row = self._db.execute(
-                "SELECT armed, changed_at, changed_by FROM targets WHERE name = ?", (target,)
+                "SELECT armed, changed_at, changed_by, committed_at, committed_activation "
+                "FROM targets WHERE name = ?",
+                (target,),
             ).fetchone()
+            # a run that never stopped the primary (aborted) switched nothing
+            switch = self._db.execute(
+                "SELECT MAX(started_at) FROM runs WHERE target = ? AND trigger = 'auto' "
+                "AND status != 'aborted'",
+                (target,),
+            ).fetchone()
+            failed = self._db.execute(
+                "SELECT MAX(finished_at) FROM runs WHERE target = ? "
+                "AND status IN ('restored', 'failed')",
+                (target,),
+            ).fetchone()
+        guard = {"last_switch_at": switch[0], "fallback_failed_at": failed[0]}
         if row is None:
-            return Arming(armed=True)
-        return Arming(bool(row["armed"]), row["changed_at"], row["changed_by"])
+            return Arming(armed=True, **guard)
+        return Arming(
+            bool(row["armed"]),
+            row["changed_at"],
+            row["changed_by"],
+            committed_at=row["committed_at"],
+            committed_activation=row["committed_activation"],
+            **guard,
+        )
+
+    def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
+        """Journal the release commit (``at`` None: a new activation reset it)."""
+        with self._lock, self._write():
+            self._db.execute(
+                "INSERT INTO targets (name, armed, committed_at, committed_activation) "
+                "VALUES (?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "committed_at = excluded.committed_at, "
+                "committed_activation = excluded.committed_activation",
+                (target, at, activation),
+            )
 
     def set_armed(self, target: str, armed: bool, *, at: float, by: str, note: str) -> None:
         """Arm or disarm a target (disarmed after a rollback until an operator re-arms).
@@ -205,10 +239,12 @@ class Incidents(Runs, Approvals):
         incidents, decisions and runs with their steps (``status``, ``GET /api/v1/status``)."""
         report: list[dict[str, Any]] = []
         for target in targets:
+            arming = self.arming(target)
             report.append(
                 {
                     "target": target,
-                    "armed": self.target_state(target).armed,
+                    "armed": arming.armed,
+                    "committed_at": arming.committed_at,
                     "last_change": last.summary()
                     if (last := self.last_evaluation(target)) is not None
                     else None,

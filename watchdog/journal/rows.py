@@ -13,11 +13,21 @@ from watchdog import model
 
 @dataclass(frozen=True, slots=True)
 class Arming:
-    """Whether a target may be acted on, and who said so when."""
+    """Whether a target may be acted on, and who said so when; with the loop guard's inputs
+    (its last automatic switch, the last time its fallback failed) and its release commit."""
 
     armed: bool
     changed_at: float | None = None
     by: str | None = None
+    last_switch_at: float | None = None
+    fallback_failed_at: float | None = None
+    committed_at: float | None = None
+    committed_activation: float | None = None
+
+    @property
+    def said(self) -> tuple[bool, float | None, str | None]:
+        """The arming itself: who armed or disarmed it when (a change means a fresh start)."""
+        return self.armed, self.changed_at, self.by
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,6 +216,11 @@ MIGRATIONS: Sequence[str] = (
             ordered_via = substr(outcome, instr(outcome, ' via ') + 5)
         WHERE mode = 'manual' AND outcome LIKE 'ordered by % via %';
     """,
+    # 7: the release commit (policy.commit_after): when, and for which activation of the primary
+    """
+    ALTER TABLE targets ADD COLUMN committed_at REAL;
+    ALTER TABLE targets ADD COLUMN committed_activation REAL;
+    """,
 )
 
 

@@ -82,6 +82,10 @@ class Store(Protocol):
         """Arm or disarm a target (disarmed after a rollback until an operator re-arms)."""
         ...
 
+    def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
+        """Journal the release commit (``at`` None: a new activation reset it)."""
+        ...
+
     def record(
         self,
         evaluation: model.Evaluation,
