@@ -385,3 +385,17 @@ def test_every_profile_with_defaults_is_one_the_registry_knows() -> None:
 
     assert config.profile_names() == ["http", "lavalink"]
     assert [profiles.get(name).name for name in config.profile_names()] == ["http", "lavalink"]
+
+
+def test_the_example_configs_commit_after_validates_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "lavalink.yml").read_text()
+    assert "  # commit_after: 24h" in text
+    uncommented = tmp_path / "lavalink.yml"
+    uncommented.write_text(
+        text.replace("  # commit_after: 24h", "  commit_after: 24h").replace(
+            "rules: [../rules/lavalink.yml]", f"rules: [{ROOT / 'rules' / 'lavalink.yml'}]"
+        )
+    )
+    policy = config.load(uncommented).policy.to_policy()
+    assert policy.commit_after == 86_400.0
+    assert config.load(ROOT / "config" / "lavalink.yml").policy.to_policy().commit_after is None

@@ -169,7 +169,9 @@ def card(incident: int = 7, status: str = "Rolling back", **fields: Any) -> Card
         "mode": "approve",
         "signals": (
             SignalLine("LavalinkDown", "firing", "critical", "instability", 0.0, "< 1", "down"),
-            SignalLine("LavalinkLatencyHigh", "nodata", "critical", "performance", None, "", ""),
+            SignalLine(
+                "LavalinkLatencyBudgetFastBurn", "nodata", "critical", "performance", None, "", ""
+            ),
         ),
         "status": status,
         "approval": 4,
@@ -219,7 +221,7 @@ async def test_the_body_and_headers(receiver: Receiver, webhook: Make) -> None:
                     "summary": "down",
                 },
                 {
-                    "name": "LavalinkLatencyHigh",
+                    "name": "LavalinkLatencyBudgetFastBurn",
                     "state": "nodata",
                     "severity": "critical",
                     "category": "performance",

@@ -345,7 +345,12 @@ def card(**fields: Any) -> Card:
         "mode": "approve",
         "signals": (
             signal(),
-            signal("LavalinkLatencyHigh", state="pending", category="performance", value=0.812),
+            signal(
+                "LavalinkLatencyBudgetFastBurn",
+                state="pending",
+                category="performance",
+                value=0.812,
+            ),
             signal("LavalinkSourceFailing", state="nodata", value=None, summary=""),
         ),
         "status": "Awaiting approval (0 of 2)",
@@ -399,7 +404,7 @@ def test_the_message_shows_the_decision_signals_status_and_history() -> None:
         "LavalinkDown firing (up 0 &lt; 1)",  # Slack's control characters escaped
         ":red_circle: *LavalinkDown* firing · critical/instability · value 0"
         " · threshold up &lt; 1 for 1m — Lavalink is down",
-        "*LavalinkLatencyHigh* pending · critical/performance · value 0.812",
+        "*LavalinkLatencyBudgetFastBurn* pending · critical/performance · value 0.812",
         "*LavalinkSourceFailing* nodata · critical/instability · value no value",
         "*Status* Awaiting approval (0 of 2)",
         "10:00:00Z incident opened\\n10:00:03Z approval requested",

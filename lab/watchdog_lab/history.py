@@ -77,7 +77,8 @@ class FaultKind(enum.StrEnum):
     # A fresh process starts at the fault end, without counting as a systemd restart.
     DOWN = "down"
     # `probes` (default version/info/stats) take `value` seconds; at 5 s or more they time out.
-    # loadtracks may be named too, for all sources or just `sources`.
+    # loadtracks may be named too, for all sources or just `sources`. With `share` < 1 only that
+    # share of the requests is slow, drawn at random (a latency tail).
     LATENCY = "latency"
     # loadtracks for `sources` (default all) fail: success 0, load_type "error" instead of "search".
     SOURCES_DOWN = "sources_down"
@@ -108,12 +109,15 @@ class Fault:
     value: float = 0.0  # meaning depends on kind (documented on the FaultKind member)
     sources: tuple[str, ...] = ()
     probes: tuple[str, ...] = ()
+    share: float = 1.0  # LATENCY: the share of requests it slows
 
     def __post_init__(self) -> None:
         if not self.start < self.end:
             raise ValueError(f"{self.kind} fault must start before it ends: {self}")
         if self.value < 0 or math.isnan(self.value):
             raise ValueError(f"{self.kind} fault value must be >= 0: {self.value!r}")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"{self.kind} fault share must be in (0, 1]: {self.share!r}")
         unknown_sources = set(self.sources) - set(SOURCES)
         if unknown_sources:
             raise ValueError(f"unknown sources {sorted(unknown_sources)}; known: {SOURCES}")
@@ -433,8 +437,8 @@ class _Watchdog:
             self._record(moment, reachable, rust_restarts)
         return failed_requests
 
-    @staticmethod
     def _probe(
+        self,
         probe: _Probe,
         healthy_seconds: float,
         reachable: bool,
@@ -450,7 +454,9 @@ class _Watchdog:
             if not fault.hits_probe(probe.probe, probe.source):
                 continue
             if fault.kind is FaultKind.LATENCY:
-                seconds = max(seconds, fault.value)
+                # only a tail draws a number: other histories stay as they were
+                if fault.share == 1 or self._rng.random() < fault.share:
+                    seconds = max(seconds, fault.value)
             elif fault.kind is FaultKind.API_FAILING:
                 success = False
         if seconds >= PROBE_TIMEOUT_SECONDS:
@@ -484,7 +490,8 @@ class _Outage:
 
 def _rust_outages(faults: Sequence[Fault], first_start: float) -> tuple[list[_Outage], list[float]]:
     """The merged, sorted outages of the Rust process, and the times systemd restarted it."""
-    hard = [_Outage(-math.inf, first_start, refused=False)]
+    # before its first start nothing listens: probes are refused at once
+    hard = [_Outage(-math.inf, first_start, refused=True)]
     hard += [_Outage(f.start, f.end, refused=False) for f in faults if f.kind is FaultKind.DOWN]
     crashes: list[_Outage] = []
     for fault in faults:

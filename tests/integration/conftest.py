@@ -48,6 +48,9 @@ SCENARIOS: dict[str, Scenario] = {
     "crash_loop": Scenario(_until_end(F.CRASH_LOOP, 45)),
     "down": Scenario(_until_end(F.DOWN)),
     "latency": Scenario(_until_end(F.LATENCY, 0.9)),
+    # one request in six or seven takes 1.5 s: the median never moves
+    "latency_tail": Scenario(_until_end(F.LATENCY, 1.5, share=0.15)),
+    "latency_hiccup": Scenario(lambda t0: [history.Fault(F.LATENCY, t0, t0 + 60, 0.9)]),
     "api_failing": Scenario(_until_end(F.API_FAILING, probes=("info",))),
     "sources_both": Scenario(_until_end(F.SOURCES_DOWN, sources=("youtube", "soundcloud"))),
     "source_one": Scenario(_until_end(F.SOURCES_DOWN, sources=("youtube",))),

@@ -58,8 +58,10 @@ ROLLBACKS = [
     ("crash_loop_30s_scrape", 1, 3, "LavalinkCrashLoop"),
     # down for 1m (unit inactive and probes failing at once)
     ("down", 1, 2, "LavalinkDown"),
-    # the 5m median crosses 0.5 s once half the window is slow (~2.5m), then `for: 5m`
-    ("latency", 6, 9, "LavalinkLatencyHigh"),
+    # every request slow: the fast burn's windows both hold > 14.4 % within a scrape, `for: 3m`
+    ("latency", 3, 5, "LavalinkLatencyBudgetFastBurn"),
+    # 15 % of requests at 1.5 s: the hour's share crosses 6 % after ~24m, then `for: 7m`
+    ("latency_tail", 25, 45, "LavalinkLatencyBudgetSlowBurn"),
     # the info probe failing while the node is up, `for: 3m`
     ("api_failing", 3, 4, "LavalinkApiProbeFailing"),
     # both sources failing at once, `for: 5m`
@@ -77,6 +79,17 @@ def test_rolls_back_in_time(world: World, name: str, low: float, high: float, ca
     at = first(world, name, report, "rollback")
     assert at is not None and low <= at <= high, report["timeline"]
     assert cause in firing_at_first(report, "rollback")
+
+
+def test_a_latency_tail_the_median_never_shows(world: World) -> None:
+    # the old rule (the 5m median over 500 ms) stays silent on the same history
+    report = world.backtest("latency_tail")
+    assert "LavalinkLatencyElevated" not in {n for e in report["timeline"] for n in e["firing"]}
+
+
+def test_a_one_minute_hiccup_does_not_roll_back(world: World) -> None:
+    report = world.backtest("latency_hiccup")
+    assert report["first"] == {"rollback": None, "propose": None, "warn": None}, report["timeline"]
 
 
 def test_one_source_down_only_warns(world: World) -> None:
@@ -128,8 +141,8 @@ def test_a_slow_start_inside_warmup_does_not_roll_back(world: World, tmp_path: P
         "warmup", config=config_with(tmp_path, "{warmup: 0s}"), replay_from=FAULT_AT
     )
     at = first(world, "warmup", control, "rollback")
-    assert at is not None and 5 <= at <= 7, control["timeline"]
-    assert "LavalinkLatencyHigh" in firing_at_first(control, "rollback")
+    assert at is not None and 3 <= at <= 5, control["timeline"]
+    assert "LavalinkLatencyBudgetFastBurn" in firing_at_first(control, "rollback")
 
 
 def test_several_warnings_propose(world: World) -> None:
