@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql
 
-.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet mutation lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-detection: system-deps $(BIN)/.installed
 bench-fleet: system-deps $(BIN)/.installed
 	$(BIN)/python bench/fleet.py
 
+# Do the tests bite? mutmut over the pure modules and their fast tests; the score as JSON
+mutation: $(BIN)/.installed
+	$(BIN)/python bench/mutation.py
+
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --alerts 1000 --repeats 20 --rate 500 --duration 30 --json
 
@@ -63,4 +67,4 @@ bench-flood: $(BIN)/.installed
 	$(BIN)/python bench/flood.py --runs 3 $(if $(BEFORE),--code $(BEFORE))
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants

@@ -103,3 +103,45 @@ def test_bad_quantiles_are_refused() -> None:
         stats.quantile([], 0.5)
     with pytest.raises(ValueError, match="outside"):
         stats.quantile([1.0], 1.5)
+
+
+# Reference values from SciPy 1.x, computed once outside the project:
+#   scipy.stats.mannwhitneyu(a, b, alternative="greater", method="asymptotic",
+#                            use_continuity=True)
+SCIPY_ASYMPTOTIC = [
+    # small samples with ties: the tie-corrected normal approximation, never the exact count
+    ([3, 4, 4, 5, 6], [1, 2, 2, 3, 4], 22.5, 0.021609793586895437),
+    ([1, 2, 2], [2, 3, 3], 1.0, 0.9703267806040401),
+    ([1, 2], [2, 3], 0.5, 0.9487647825701253),
+    ([1, 2], [2], 0.5, 0.9213503964748574),  # a variance below 1 is still a variance
+    # nine against three, no ties: too large for counting
+    ([10, 11, 12, 13, 14, 15, 16, 17, 18], [1, 12.5, 30], 15.0, 0.42665370984355766),
+]
+
+
+@pytest.mark.parametrize(("primary", "baseline", "u", "p"), SCIPY_ASYMPTOTIC)
+def test_the_approximation_matches_scipy(
+    primary: list[float], baseline: list[float], u: float, p: float
+) -> None:
+    made = stats.worse(primary, baseline)
+    assert made == stats.Comparison(
+        u=u,
+        p_value=pytest.approx(p, rel=1e-12),  # type: ignore[arg-type]
+        effect=u / (len(primary) * len(baseline)),
+        n_primary=len(primary),
+        n_baseline=len(baseline),
+    )
+
+
+def test_ties_at_the_end_share_their_rank() -> None:
+    assert stats.ranks([1.0, 2.0, 2.0]) == [1.0, 2.5, 2.5]
+    assert stats.ranks([5.0, 5.0]) == [1.5, 1.5]
+
+
+def test_refusals_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="^both samples need at least one value$"):
+        stats.worse([], [1.0])
+    with pytest.raises(ValueError, match="^a sample holds NaN$"):
+        stats.worse([1.0], [math.nan])
+    with pytest.raises(ValueError, match="^no values$"):
+        stats.quantile([], 0.5)

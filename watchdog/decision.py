@@ -138,7 +138,7 @@ def decide(
             firing=tuple(s.name for s in firing),
             ignored=tuple(s.name for s in ignored),
         )
-        return decision, _committed(carried, policy, activated, now)
+        return decision, carried  # the fallback runs: no release bakes meanwhile
 
     action, change, incident, reason = _act(verdict, reason, state, policy, now, inconclusive_since)
     last_closed_at, last_closed_verdict = state.last_closed_at, state.last_closed_verdict
@@ -373,6 +373,8 @@ def _summarise_missing(signals: Iterable[model.Signal]) -> str:
 def _number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
+    if math.isinf(value):  # e.g. histogram_quantile in the +Inf bucket; int() would raise
+        return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"

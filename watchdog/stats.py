@@ -105,7 +105,7 @@ def _normal_upper(u: float, n1: int, n2: int, joined: Sequence[float]) -> float:
     for value in joined:
         counts[value] = counts.get(value, 0) + 1
     ties = sum(t**3 - t for t in counts.values())
-    variance = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    variance = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))  # n >= 2: both sides hold one
     if variance <= 0:  # every value the same: nothing tells the two apart
         return 1.0
     z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
