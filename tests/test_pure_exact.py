@@ -557,9 +557,8 @@ class TestWords:
 
     def test_missing_data_summarised_by_cause_with_at_most_four_names(self) -> None:
         names = [rule(f"R{i}") for i in range(6)]
-        signals = tuple(model.Signal(r, S.ERROR, detail="HTTP 503") for r in names[:5]) + (
-            model.Signal(names[5], S.NODATA),
-        )
+        failing = [model.Signal(r, S.ERROR, detail="HTTP 503") for r in names[:5]]
+        signals = (*failing, model.Signal(names[5], S.NODATA))
         made = decision.decide(model.Evaluation("t", T0, signals), POLICY, model.TargetState())[0]
         assert made.reason == (
             "no evidence from 6 of 6 signals: HTTP 503 (R0, R1, R2, R3, ...); nodata (R5)"

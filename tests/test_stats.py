@@ -139,9 +139,9 @@ def test_ties_at_the_end_share_their_rank() -> None:
 
 
 def test_refusals_say_what_is_wrong() -> None:
-    with pytest.raises(ValueError, match="^both samples need at least one value$"):
+    with pytest.raises(ValueError, match=r"^both samples need at least one value$"):
         stats.worse([], [1.0])
-    with pytest.raises(ValueError, match="^a sample holds NaN$"):
+    with pytest.raises(ValueError, match=r"^a sample holds NaN$"):
         stats.worse([1.0], [math.nan])
-    with pytest.raises(ValueError, match="^no values$"):
+    with pytest.raises(ValueError, match=r"^no values$"):
         stats.quantile([], 0.5)
