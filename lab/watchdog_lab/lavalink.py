@@ -15,7 +15,9 @@ start flag sets each, and the control endpoint changes them while the node runs:
 - crash: ``--exit-after S --exit-code N``; live ``{"crash": {"after": S, "exit_code": N}}``
   (``after`` 0 or absent: now). WebSockets are dropped without a close frame, then the
   process exits with N, as a killed JVM does.
-- latency: ``--latency S`` delays every REST answer (not ``/metrics``, not the WebSocket).
+- latency: ``--latency S`` delays every REST answer (not ``/metrics``, not the WebSocket);
+  live, ``latency_share`` (0-1, default 1) delays only that share of them, drawn at random:
+  a latency tail.
 - a source failing: ``--fail-sources youtube,... --error-severity common|suspicious|fault``:
   HTTP 200 with ``loadType: "error"``, as Lavalink reports a broken source.
 - 5xx: ``--fail-endpoints /v4/info,... --fail-status 500..599``: Spring's error body, after
@@ -34,7 +36,7 @@ Control endpoint (not a Lavalink route; same ``Authorization`` password, 401 mis
 wrong; never delayed or failed by the injected faults, so a test can always clear them):
 
 - ``GET /sim/faults``: 200, the faults as JSON: ``failing_sources`` (list), ``error_severity``,
-  ``latency``, ``fail_endpoints`` (list), ``fail_status``, ``refuse_websocket``,
+  ``latency``, ``latency_share``, ``fail_endpoints`` (list), ``fail_status``, ``refuse_websocket``,
   ``memory_growth``, ``memory_cap``, ``crash`` (null or ``{"after": seconds left,
   "exit_code"}``), and the read-only ``memory_grown_bytes``.
 - ``POST /sim/faults`` with a JSON object: a partial update with those keys (``crash: null``
@@ -60,6 +62,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import secrets
 import signal
@@ -352,6 +355,13 @@ def check_seconds(value: object) -> float:
     return seconds
 
 
+def check_share(value: object) -> float:
+    share = _finite_number(value)
+    if not 0 < share <= 1:
+        raise ValueError(f"must be a share in (0, 1], got {value!r}")
+    return share
+
+
 def check_exit_code(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
         raise ValueError(f"must be an exit code 0..255, got {value!r}")
@@ -433,6 +443,7 @@ class Faults:
     failing_sources: set[str] = field(default_factory=set)
     error_severity: Severity = Severity.COMMON
     latency: float = 0.0
+    latency_share: float = 1.0  # the share of answers the latency delays
     fail_endpoints: set[str] = field(default_factory=set)
     fail_status: int = DEFAULT_FAIL_STATUS
     refuse_websocket: bool = False
@@ -467,6 +478,7 @@ class Faults:
             "failing_sources": sorted(self.failing_sources),
             "error_severity": str(self.error_severity),
             "latency": self.latency,
+            "latency_share": self.latency_share,
             "fail_endpoints": sorted(self.fail_endpoints),
             "fail_status": self.fail_status,
             "refuse_websocket": self.refuse_websocket,
@@ -498,6 +510,7 @@ _FAULT_SETTINGS: Final[dict[str, Callable[[object], object]]] = {
     "failing_sources": lambda value: set(check_failing_sources(value)),
     "error_severity": check_severity,
     "latency": check_seconds,
+    "latency_share": check_share,
     "fail_endpoints": lambda value: set(check_fail_endpoints(value)),
     "fail_status": check_fail_status,
     "refuse_websocket": check_flag,
@@ -1079,8 +1092,11 @@ async def _lavalink_http(request: web.Request, handler: Handler) -> web.StreamRe
     # The control endpoint is the simulator's, not Lavalink's: no injected fault reaches it, so
     # faults can always be cleared.
     control = path == CONTROL_PATH
-    if state.faults.latency > 0 and not (anonymous_or_socket or control):
-        await asyncio.sleep(state.faults.latency)
+    faults = state.faults
+    if faults.latency > 0 and not (anonymous_or_socket or control):
+        # a tail: only a share of the answers is slow (no cryptography in a fault injector)
+        if faults.latency_share >= 1 or random.random() < faults.latency_share:  # noqa: S311
+            await asyncio.sleep(faults.latency)
     route_error = request.match_info.http_exception
     # Spring fails the handler lookup before any interceptor runs: 405 needs no auth.
     if isinstance(route_error, web.HTTPMethodNotAllowed):

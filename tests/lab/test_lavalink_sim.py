@@ -921,6 +921,7 @@ HEALTHY = {
     "failing_sources": [],
     "error_severity": "common",
     "latency": 0.0,
+    "latency_share": 1.0,
     "fail_endpoints": [],
     "fail_status": 500,
     "refuse_websocket": False,
@@ -971,6 +972,17 @@ def test_latency_changes_live_and_clears(node: Node) -> None:
     assert node.set_faults({"clear": True}) == HEALTHY  # the control endpoint is never delayed
     assert time.monotonic() - started < 0.4
     assert answer_seconds() < 0.4
+
+
+def test_a_latency_tail_slows_only_its_share(node: Node) -> None:
+    node.set_faults({"latency": 0.25, "latency_share": 0.3})
+    slow = 0
+    for _ in range(40):
+        started = time.monotonic()
+        assert node.get("/version").status_code == 200
+        slow += time.monotonic() - started >= 0.25
+    # 30 % of 40: 12 expected; 3 or fewer, or 21 or more, has a chance below 1 in 1000
+    assert 4 <= slow <= 20, slow
 
 
 def test_failing_sources_change_live_and_clear(node: Node) -> None:
@@ -1094,6 +1106,8 @@ def test_the_control_endpoint_needs_the_password(
         ({"latency": -1}, "latency"),
         ({"latency": "0.5"}, "latency"),
         ({"latency": True}, "latency"),
+        ({"latency_share": 0}, "latency_share"),
+        ({"latency_share": 1.5}, "latency_share"),
         ({"failing_sources": ["youtube", "myspace"]}, "failing_sources"),
         ({"failing_sources": "youtube"}, "failing_sources"),
         ({"error_severity": "fatal"}, "error_severity"),
