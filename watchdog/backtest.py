@@ -14,13 +14,14 @@ history says it was, so a restart of the watchdog does not restart every ``for``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from watchdog import config, decision, evaluation, model, timefmt
-from watchdog.sources import prometheus
+from watchdog.sources import baseline, prometheus
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ async def replay(
     current = state if state is not None else model.TargetState()
     previous: model.Verdict | None = None
     names = [rule.name for rule in rules]
+    comparator = baseline.Comparator(target, policy.warmup, source)
     for index in range(steps):
         at = start + index * step
         observation = model.Observation(
@@ -128,6 +130,10 @@ async def replay(
             activated_at=prometheus.activation_time(activation[index]),
         )
         evaluated, memory = evaluation.evaluate(target.name, rules, observation, memory)
+        if comparator.enabled:  # against the fallback's baseline, as the daemon does
+            activated = evaluated.activated_at or current.activated_at
+            compared = await comparator.signals(at, activated)
+            evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
         decided, current = decision.decide(evaluated, policy, current)
         if decided.verdict is not previous:
             result.changes.append(

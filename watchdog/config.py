@@ -203,6 +203,50 @@ class WatchSettings(_Strict):
     crash_loop_window: Duration = Field(default=900.0, gt=0)  # ... within this long: critical
 
 
+class BaselineMetric(_Strict):
+    """One metric compared with the fallback's baseline: a PromQL query of one series, where
+    ``${job}`` is the side's job (the primary's now, the fallback's then), ``${target}`` the
+    target's name."""
+
+    name: str = Field(min_length=1)  # in words, e.g. "basic endpoints latency"
+    unit: Literal["seconds", "bytes", "ratio", "number"] = "number"
+    query: str = Field(min_length=1)
+    # False: a regression of it is a warning at most (a series of the fallback's own job is a
+    # fair baseline only if the fallback served then, not if it idled beside the primary)
+    critical: bool = True
+
+    def rendered(self, target: str, job: str) -> str:
+        return self.query.replace("${target}", target).replace("${job}", job)
+
+
+class BaselineSettings(_Strict):
+    """ "Significantly worse than the Java version": the primary since warm-up against the
+    fallback's own last period of service (``comparison``); no metrics: off."""
+
+    window: Duration = Field(default=3600.0, gt=0)  # how much of each side to compare
+    step: Duration = Field(default=60.0, gt=0)  # one sample per step (and one comparison)
+    min_samples: int = Field(default=10, ge=3)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    quantile: float = Field(default=0.95, gt=0, le=1)
+    minor_ratio: float = Field(default=1.5, gt=1)
+    critical_ratio: float = Field(default=3.0, gt=1)
+    metrics: list[BaselineMetric] = []
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BaselineSettings:
+        if self.critical_ratio < self.minor_ratio:
+            raise ValueError(
+                f"critical_ratio {self.critical_ratio:g} is below minor_ratio "
+                f"{self.minor_ratio:g}: a critical regression must be at least a minor one"
+            )
+        if self.min_samples * self.step > self.window:
+            raise ValueError(
+                f"min_samples {self.min_samples} at one per step ({self.step:g}s) never fit "
+                f"in the window ({self.window:g}s)"
+            )
+        return self
+
+
 class AlertRouting(_Strict):
     """Which of Alertmanager's alerts belong to this target. An alert whose ``rollback_target``
     label names the target always does; otherwise one of these matcher sets must match
@@ -320,6 +364,7 @@ class TargetSettings(_Strict):
     watch: WatchSettings = WatchSettings()
     after: AfterSettings = AfterSettings()
     alerts: AlertRouting = AlertRouting()
+    baseline: BaselineSettings = BaselineSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -74,7 +74,11 @@ def decide(
     critical = [s for s in counted if s.rule.severity is model.Severity.CRITICAL]
     warnings = [s for s in counted if s.rule.severity is model.Severity.WARNING]
     score = sum(s.rule.weight for s in warnings)
-    missing = [s for s in evaluation.signals if s.state in _NO_DATA]
+    missing = [
+        s
+        for s in evaluation.signals
+        if s.state in _NO_DATA and s.rule.origin is not model.Origin.BASELINE
+    ]
 
     if critical:
         verdict = model.Verdict.ROLLBACK

@@ -58,6 +58,9 @@ class Origin(enum.StrEnum):
     PROMETHEUS = "prometheus"  # an alert rule's `expr`, run as an instant query
     SYSTEMD = "systemd"  # read by the watchdog from systemd over D-Bus; works without Prometheus
     ALERTMANAGER = "alertmanager"  # an alert Alertmanager delivered, not a rule of ours
+    # a rank test against the fallback's baseline (comparison): without a baseline or enough
+    # samples it has no data, and that alone never makes a verdict inconclusive
+    BASELINE = "baseline"
 
 
 class SignalState(enum.StrEnum):

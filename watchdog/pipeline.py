@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from watchdog import config, decision, evaluation, gate, journal, model, sources, telemetry
-from watchdog.sources import alertmanager, systemd_watch
+from watchdog.sources import alertmanager, baseline, systemd_watch
 
 log = structlog.get_logger("watchdog.pipeline")
 
@@ -90,6 +90,7 @@ class Target:
     gatekeeper: gate.Gate | None = None  # approvals and notifications; None: act or record only
     alerts_forget_after: float | None = None  # read Alertmanager's alerts from the journal
     fleet: Admission | None = None  # fleet mode: slots, halts, partitions
+    comparator: baseline.Comparator | None = None  # against the fallback's own baseline
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -126,6 +127,10 @@ class Target:
         evaluated, memory = evaluation.evaluate(
             self.name, evaluated_rules, observation, self.memory
         )
+        if self.comparator is not None and self.source.answers_rules:
+            activated = evaluated.activated_at or self.state.activated_at
+            compared = await self.comparator.signals(at, activated)
+            evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
         if self.alerts_forget_after is not None:
             evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
         if self.fleet is not None:

@@ -413,9 +413,11 @@ class _Watchdog:
         faults: Sequence[Fault],
         rust_restarts: int,
         scraped: bool,
+        rust_running: bool | None = None,
     ) -> int:
-        """Probe the Rust node at `moment`, record a scrape if `scraped`; return requests failed
-        by the reachable node (for its error log)."""
+        """Probe the service at `moment` (the Rust node, or the Java one before a deploy),
+        record a scrape if `scraped`; return requests failed by the reachable node (for its
+        error log). `rust_running` (default `reachable`) is the Rust unit's state."""
         rng = self._rng
         failed_requests = 0
         for probe in self._plain_probes:
@@ -434,7 +436,7 @@ class _Watchdog:
             probe.observe(result)
             failed_requests += int(reachable and not result.success)
         if scraped:
-            self._record(moment, reachable, rust_restarts)
+            self._record(moment, reachable if rust_running is None else rust_running, rust_restarts)
         return failed_requests
 
     def _probe(
@@ -526,10 +528,14 @@ def lavalink_history(
     faults: Sequence[Fault] = (),
     process_start: float | None = None,
     seed: int = 1,
+    java_served_before: bool = False,
 ) -> list[Series]:
     """Everything Prometheus would hold for the Lavalink world, scraped in [start, end).
 
     `process_start` is when the Rust process first started (default: an hour before `start`).
+    `java_served_before`: until then the Java node served (the probes answered by it, under
+    load) and it stops when the Rust one starts -- a deploy, with the fallback's baseline
+    before it. Otherwise the Java node idles beside the Rust one throughout.
     """
     if not start < end:
         raise ValueError(f"start must be before end: {start!r} >= {end!r}")
@@ -562,14 +568,18 @@ def lavalink_history(
         scraped = FaultKind.SCRAPE_GAP not in kinds
         watchdog_scraped = scraped and FaultKind.WATCHDOG_GAP not in kinds
 
+        java_serving = java_served_before and moment < first_rust_start
         failed_requests = watchdog.step(
             moment,
-            reachable=rust_running,
+            reachable=rust_running or java_serving,
             refused=outage is not None and outage.refused,
-            faults=active,
+            faults=[] if java_serving else active,
             rust_restarts=restarts_seen,
             scraped=watchdog_scraped,
+            rust_running=rust_running,
         )
+        if java_serving:
+            failed_requests = 0  # the Java node answered them
         if scraped and not watchdog_scraped:
             watchdog.record_unscraped(moment)
 
@@ -577,7 +587,9 @@ def lavalink_history(
         for fault in active:
             if fault.kind is FaultKind.CPU:
                 rust_load = fault.value
-        java_load = _JAVA_PROFILE.lavalink_load * _jitter(rng, 0.1)
+        # serving, the Java node carries the players the Rust one carries later
+        serving_load = _RUST_PROFILE.lavalink_load if java_serving else _JAVA_PROFILE.lavalink_load
+        java_load = serving_load * _jitter(rng, 0.1)
         system_load = min(1.0, 0.05 * _jitter(rng, 0.2) + rust_load * rust_running + java_load)
         rss_override, leaked_bytes = _rust_memory_faults(moment, active, rust_start)
 
@@ -595,7 +607,7 @@ def lavalink_history(
         java.step(
             moment,
             process_start=java.process_start,
-            running=True,
+            running=not java_served_before or java_serving,
             scraped=scraped,
             lavalink_load=java_load,
             system_load=system_load,

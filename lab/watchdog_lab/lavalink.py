@@ -1093,10 +1093,10 @@ async def _lavalink_http(request: web.Request, handler: Handler) -> web.StreamRe
     # faults can always be cleared.
     control = path == CONTROL_PATH
     faults = state.faults
-    if faults.latency > 0 and not (anonymous_or_socket or control):
-        # a tail: only a share of the answers is slow (no cryptography in a fault injector)
-        if faults.latency_share >= 1 or random.random() < faults.latency_share:  # noqa: S311
-            await asyncio.sleep(faults.latency)
+    # a tail: only a share of the answers is slow (no cryptography in a fault injector)
+    slow = faults.latency_share >= 1 or random.random() < faults.latency_share  # noqa: S311
+    if faults.latency > 0 and not (anonymous_or_socket or control) and slow:
+        await asyncio.sleep(faults.latency)
     route_error = request.match_info.http_exception
     # Spring fails the handler lookup before any interceptor runs: 405 needs no auth.
     if isinstance(route_error, web.HTTPMethodNotAllowed):

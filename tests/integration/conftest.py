@@ -1,12 +1,15 @@
 """One real Prometheus for all scenario tests, with each scenario's history in its own window.
 
-Scenarios sit three hours apart (two hours of history, one hour of nothing), all older than a
-day so they are backfilled blocks, not the head block. Each scenario's fault starts 60 minutes
-into its window, after the rules' 30-minute ranges are full of healthy data.
+Scenarios sit four hours apart (two hours of history, two hours of nothing: the hour before a
+scenario's activation, where the comparison looks for the fallback's baseline, holds no other
+scenario's data), all older than a day so they are backfilled blocks, not the head block. Each
+scenario's fault starts 60 minutes into its window, after the rules' 30-minute ranges are full
+of healthy data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -24,7 +27,7 @@ from watchdog_lab import history, prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 2 * 3600.0
-SPACING = 3 * 3600.0
+SPACING = 4 * 3600.0  # two hours apart: no scenario reads another's as its baseline
 FAULT_AT = 3600.0  # seconds into the window
 REPLAY_FROM = 15 * 60.0
 F = history.FaultKind
@@ -35,6 +38,7 @@ class Scenario:
     faults: Callable[[float], list[history.Fault]]  # fault start (unix) -> faults
     process_start: float | None = None  # seconds into the window; None: long before it
     scrape_interval: float = 15.0
+    java_served_before: bool = False  # a deploy at process_start: Java served until then
 
 
 def _until_end(
@@ -69,6 +73,16 @@ SCENARIOS: dict[str, Scenario] = {
         ]
     ),
     "crash_loop_30s_scrape": Scenario(_until_end(F.CRASH_LOOP, 45), scrape_interval=30.0),
+    # deploys: the Java node served the hour before, the Rust one takes over at the fault start
+    "deploy_healthy": Scenario(lambda t0: [], process_start=FAULT_AT, java_served_before=True),
+    # every basic answer 0.4 s: within the 500 ms limit, ~9x the Java node's
+    "deploy_9x": Scenario(
+        _until_end(F.LATENCY, 0.4), process_start=FAULT_AT, java_served_before=True
+    ),
+    # every basic answer 90 ms: ~2x the Java node's
+    "deploy_2x": Scenario(
+        _until_end(F.LATENCY, 0.09), process_start=FAULT_AT, java_served_before=True
+    ),
 }
 
 
@@ -110,6 +124,37 @@ class World:
         report: dict[str, Any] = json.loads(done.stdout)
         return report
 
+    def reason_at(self, name: str, stamp: str) -> str:
+        """The decision's reason at an RFC 3339 stamp of a replay of ``name`` (the JSON
+        contract leaves reasons out): the same replay, through the library."""
+        from watchdog import backtest, config, rules, timefmt
+        from watchdog.sources import prometheus as source
+
+        settings = config.load(ROOT / "config" / "lavalink.yml")
+        target = settings.targets[0]
+        loaded = rules.load(target.rules, variables=target.rule_variables).rules
+        at = timefmt.parse_instant(stamp)
+        client = source.PrometheusSource(
+            config.PrometheusSettings(url=self.url),  # type: ignore[arg-type]
+            credentials=source.Credentials({}, None),
+        )
+        try:
+            replayed = asyncio.run(
+                backtest.replay(
+                    client,
+                    target,
+                    loaded,
+                    settings.policy.to_policy(),
+                    start=self.starts[name] + FAULT_AT,
+                    end=at,
+                    step=15,
+                )
+            )
+        finally:
+            client.close()
+        assert replayed.last_decision is not None
+        return replayed.last_decision.reason
+
     def minutes(self, name: str, stamp: str | None) -> float | None:
         """Minutes from the scenario's fault start to an RFC 3339 stamp."""
         if stamp is None:
@@ -122,7 +167,7 @@ class World:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("scenarios")
-    base = math.floor(time.time() / 3600) * 3600 - 3 * 86400  # well outside the head block
+    base = math.floor(time.time() / 3600) * 3600 - 5 * 86400  # well outside the head block
     series = []
     starts = {}
     for index, (name, scenario) in enumerate(SCENARIOS.items()):
@@ -137,6 +182,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 faults=scenario.faults(start + FAULT_AT),
                 process_start=process_start,
                 seed=index + 1,
+                java_served_before=scenario.java_served_before,
             )
         )
     data = prometheus.load_history(series, workdir)

@@ -44,7 +44,7 @@ from watchdog.runtime.intake import Intake
 from watchdog.runtime.link import SystemdLink, _longest_step, _reconcile
 from watchdog.runtime.reload import Live, Reloader
 from watchdog.runtime.secrets import Secrets
-from watchdog.sources import alertmanager, probes, systemd_watch
+from watchdog.sources import alertmanager, baseline, probes, prometheus, systemd_watch
 
 if TYPE_CHECKING:
     from watchdog.runtime.fleet import FleetLink
@@ -229,6 +229,8 @@ async def _run(
             )
             if target_settings.watch.enabled:
                 target.watch = systemd_watch.SystemdWatch(target_settings)
+            if target_settings.baseline.metrics and isinstance(source, prometheus.PrometheusSource):
+                target.comparator = baseline.Comparator(target_settings, policy.warmup, source)
             if target_settings.probes.enabled:
                 secret = passwords[target_settings.name]
                 prober = probes.Prober.for_profile(target_settings, secret=secret)

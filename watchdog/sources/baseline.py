@@ -1,0 +1,172 @@
+"""The samples the comparison with the fallback needs, from Prometheus's history.
+
+For each metric of ``targets[].baseline``: the fallback's samples from its last period of
+service -- the ``window`` before the primary's activation, its own job's series then, queried
+once per activation (the baseline) -- and the primary's since warm-up, at most ``window`` of
+them, fetched incrementally (only the steps not yet seen), so the daemon asks Prometheus for one
+new point per metric per ``step``, and ``backtest`` walking forward through history for little
+more. ``comparison`` judges them; this module only fetches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from watchdog import comparison, config, model
+from watchdog.sources import prometheus
+
+
+class Ranges(Protocol):
+    """What the comparison needs of Prometheus: range queries (``PrometheusSource.range``)."""
+
+    async def range(
+        self, query: str, start: float, end: float, step: float
+    ) -> prometheus.RangeResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The fallback's samples of one metric before one activation of the primary."""
+
+    metric: str
+    activation: float
+    start: float
+    end: float
+    samples: tuple[float, ...] = ()
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Series:
+    values: dict[float, float] = field(default_factory=dict)
+    fetched_until: float = -math.inf
+
+
+@dataclass(slots=True)
+class Comparator:
+    """One target's comparison with its fallback, fed by range queries."""
+
+    target: config.TargetSettings
+    warmup: float
+    ranges: Ranges
+    baselines: dict[tuple[str, float], Baseline] = field(default_factory=dict)
+    _series: dict[str, _Series] = field(default_factory=dict)
+    _last: tuple[float, float | None, tuple[model.Signal, ...]] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.target.baseline.metrics)
+
+    async def signals(self, at: float, activated_at: float | None) -> tuple[model.Signal, ...]:
+        """The comparison's two signals at ``at`` (recomputed once per ``step``)."""
+        settings = self.target.baseline
+        if not settings.metrics:
+            return ()
+        now = _grid(at, settings.step)
+        if self._last is not None and self._last[:2] == (now, activated_at):
+            return self._last[2]
+        findings = [await self._finding(m, now, activated_at) for m in settings.metrics]
+        made = comparison.signals(findings)
+        self._last = (now, activated_at, made)
+        return made
+
+    async def _finding(
+        self, metric: config.BaselineMetric, now: float, activated_at: float | None
+    ) -> comparison.Finding:
+        unit = comparison.Unit(metric.unit)
+        fallback = self.target.fallback.job
+        criteria = _criteria(self.target.baseline)
+        if activated_at is None:
+            return comparison.Finding(
+                metric.name, comparison.Outcome.NODATA, f"{metric.name}: activation unknown"
+            )
+        baseline = await self.baseline(metric, activated_at)
+        if baseline.error is not None:
+            return comparison.Finding(
+                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {baseline.error}"
+            )
+        settings = self.target.baseline
+        start = max(activated_at + self.warmup, now - settings.window)
+        primary, error = await self._primary(metric, start, now)
+        if error is not None:
+            return comparison.Finding(
+                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {error}"
+            )
+        return comparison.judge(
+            metric.name,
+            unit,
+            primary,
+            baseline.samples,
+            criteria,
+            fallback=fallback,
+            critical=metric.critical,
+        )
+
+    async def baseline(self, metric: config.BaselineMetric, activated_at: float) -> Baseline:
+        """The fallback's samples before ``activated_at`` (fetched once; a failure is kept
+        only until the next step asks again)."""
+        key = (metric.name, activated_at)
+        known = self.baselines.get(key)
+        if known is not None and known.error is None:
+            return known
+        settings = self.target.baseline
+        end = _grid(activated_at, settings.step) - settings.step  # not the switch itself
+        start = end - settings.window + settings.step
+        query = metric.rendered(self.target.name, self.target.fallback.job)
+        result = await self.ranges.range(query, start, end, settings.step)
+        if result.error is not None:
+            made = Baseline(metric.name, activated_at, start, end, error=result.error)
+        else:
+            made = Baseline(metric.name, activated_at, start, end, _values(result.series))
+        self.baselines[key] = made
+        return made
+
+    async def _primary(
+        self, metric: config.BaselineMetric, start: float, end: float
+    ) -> tuple[list[float], str | None]:
+        step = self.target.baseline.step
+        series = self._series.setdefault(metric.name, _Series())
+        begin = max(_grid(start, step), series.fetched_until + step)
+        if begin <= end:
+            query = metric.rendered(self.target.name, self.target.primary.job)
+            result = await self.ranges.range(query, begin, end, step)
+            if result.error is not None:
+                return [], result.error
+            for at, value in _by_time(result.series).items():
+                series.values[at] = value
+            series.fetched_until = end
+        for at in [t for t in series.values if t < start]:  # only the window is kept
+            del series.values[at]
+        return [v for t, v in sorted(series.values.items()) if t <= end], None
+
+
+def _criteria(settings: config.BaselineSettings) -> comparison.Criteria:
+    return comparison.Criteria(
+        alpha=settings.alpha,
+        min_samples=settings.min_samples,
+        quantile=settings.quantile,
+        minor_ratio=settings.minor_ratio,
+        critical_ratio=settings.critical_ratio,
+    )
+
+
+def _grid(at: float, step: float) -> float:
+    return math.floor(at / step) * step
+
+
+def _by_time(series: Sequence[prometheus.RangeSeries]) -> dict[float, float]:
+    """One value per instant: a query meant to give one series that gives several speaks by
+    its largest value (the worst, for every metric here)."""
+    merged: dict[float, float] = {}
+    for one in series:
+        for at, value in one.values.items():
+            if math.isfinite(value):
+                merged[at] = max(value, merged.get(at, -math.inf))
+    return merged
+
+
+def _values(series: Sequence[prometheus.RangeSeries]) -> tuple[float, ...]:
+    return tuple(value for _, value in sorted(_by_time(series).items()))
