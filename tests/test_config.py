@@ -399,3 +399,33 @@ def test_the_example_configs_commit_after_validates_once_uncommented(tmp_path: P
     policy = config.load(uncommented).policy.to_policy()
     assert policy.commit_after == 86_400.0
     assert config.load(ROOT / "config" / "lavalink.yml").policy.to_policy().commit_after is None
+
+
+def test_the_lavalink_profile_compares_four_metrics_and_the_http_one_none(tmp_path: Path) -> None:
+    target = config.load(write(tmp_path, MINIMAL)).targets[0]
+    assert [(m.name, m.unit, m.critical) for m in target.baseline.metrics] == [
+        ("basic endpoints latency", "seconds", True),
+        ("probe failures", "ratio", True),
+        ("resident memory", "bytes", False),
+        ("CPU load", "ratio", False),
+    ]
+    assert 'job="lavalink-java"' in target.baseline.metrics[2].rendered("lavalink", "lavalink-java")
+    http = MINIMAL + "    profile: http\n    runbook: {url: 'http://x:1'}\n"
+    assert config.load(write(tmp_path, http)).targets[0].baseline.metrics == []
+
+
+@pytest.mark.parametrize(
+    ("baseline", "complaint"),
+    [
+        ("{minor_ratio: 4, critical_ratio: 3}", "critical_ratio 3 is below minor_ratio 4"),
+        ("{window: 5m, step: 1m, min_samples: 10}", "never fit in the window"),
+        ("{alpha: 0.7}", "alpha"),
+        ("{metrics: [{name: x, unit: parsecs, query: up}]}", "unit"),
+        ("{metrics: [{name: x, query: ''}]}", "query"),
+    ],
+)
+def test_bad_baseline_settings_name_the_problem(
+    tmp_path: Path, baseline: str, complaint: str
+) -> None:
+    with pytest.raises(errors.ConfigError, match=complaint):
+        config.load(write(tmp_path, MINIMAL + f"    baseline: {baseline}\n"))

@@ -68,25 +68,29 @@ class Finding:
     n_baseline: int = 0
 
 
-CRITICAL_RULE = model.Rule(
-    name="WorseThanFallback",
-    expr="(rank test against the fallback's baseline)",
-    severity=model.Severity.CRITICAL,
-    category=model.Category.PERFORMANCE,
-    summary="significantly worse than the fallback's own baseline",
-    threshold="rank test significant and the quantile ratio at the critical ratio or above",
-    origin=model.Origin.BASELINE,
-)
-MINOR_RULE = model.Rule(
-    name="WorseThanFallbackMinor",
-    expr="(rank test against the fallback's baseline)",
-    severity=model.Severity.WARNING,
-    category=model.Category.MINOR_PERFORMANCE,
-    summary="somewhat worse than the fallback's own baseline",
-    threshold="rank test significant and the quantile ratio at the minor ratio or above",
-    origin=model.Origin.BASELINE,
-)
-RULES = (CRITICAL_RULE, MINOR_RULE)
+def rules(criteria: Criteria) -> tuple[model.Rule, model.Rule]:
+    """The comparison's two signals' rules, their thresholds in the criteria's numbers."""
+    test = f"rank test p < {criteria.alpha:g}"
+    label = f"p{_percent(criteria.quantile)}"
+    critical = model.Rule(
+        name="WorseThanFallback",
+        expr="(rank test against the fallback's baseline)",
+        severity=model.Severity.CRITICAL,
+        category=model.Category.PERFORMANCE,
+        summary="significantly worse than the fallback's own baseline",
+        threshold=f"{label} >= {criteria.critical_ratio:g}x the fallback's, {test}",
+        origin=model.Origin.BASELINE,
+    )
+    minor = model.Rule(
+        name="WorseThanFallbackMinor",
+        expr="(rank test against the fallback's baseline)",
+        severity=model.Severity.WARNING,
+        category=model.Category.MINOR_PERFORMANCE,
+        summary="somewhat worse than the fallback's own baseline",
+        threshold=f"{label} >= {criteria.minor_ratio:g}x the fallback's, {test}",
+        origin=model.Origin.BASELINE,
+    )
+    return critical, minor
 
 
 def judge(
@@ -144,13 +148,14 @@ def judge(
     )
 
 
-def signals(findings: Sequence[Finding]) -> tuple[model.Signal, model.Signal]:
+def signals(findings: Sequence[Finding], criteria: Criteria) -> tuple[model.Signal, model.Signal]:
     """The comparison as two signals: critical findings fire ``WorseThanFallback``, minor ones
     ``WorseThanFallbackMinor``; the largest ratio speaks (value, ``metric`` label), every
     finding of that level is in the detail. No finding at all: both ``nodata``."""
+    critical, minor = rules(criteria)
     return (
-        _signal(CRITICAL_RULE, findings, Outcome.CRITICAL),
-        _signal(MINOR_RULE, findings, Outcome.MINOR),
+        _signal(critical, findings, Outcome.CRITICAL),
+        _signal(minor, findings, Outcome.MINOR),
     )
 
 

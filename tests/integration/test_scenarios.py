@@ -6,13 +6,15 @@ derived from the rule's window and `for` (see rules/lavalink.yml) plus a scrape 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import FAULT_AT, World, config_with
+from tests.integration.conftest import FAULT_AT, ROOT, World, config_with
+from watchdog.model import SignalState
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +199,40 @@ def test_somewhat_worse_than_the_java_version_only_warns(world: World) -> None:
 def test_a_deploy_as_good_as_the_java_version_holds(world: World) -> None:
     report = world.backtest("deploy_healthy", replay_from=FAULT_AT)
     assert [e["verdict"] for e in report["timeline"]] == ["hold"], report["timeline"]
+
+
+def test_the_comparison_asks_prometheus_for_little(world: World) -> None:
+    """The daemon's path: the baseline once per activation, then one new point per metric per
+    step; within a step, nothing (the same signals)."""
+    from watchdog import config
+    from watchdog.sources import baseline
+    from watchdog.sources import prometheus as source
+
+    target = config.load(ROOT / "config" / "lavalink.yml").targets[0]
+    client = source.PrometheusSource(
+        config.PrometheusSettings(url=world.url),  # type: ignore[arg-type]
+        credentials=source.Credentials({}, None),
+    )
+    deploy = world.starts["deploy_9x"] + FAULT_AT
+    comparator = baseline.Comparator(target, 120.0, client)
+    metrics = len(target.baseline.metrics)
+
+    async def walk() -> list[int]:
+        asked = []
+        made = await comparator.signals(deploy + 14 * 60, deploy)
+        assert made[0].state is SignalState.FIRING, made
+        asked.append(client.requests)
+        again = await comparator.signals(deploy + 14 * 60 + 30, deploy)
+        assert again == made
+        asked.append(client.requests)
+        await comparator.signals(deploy + 15 * 60, deploy)
+        asked.append(client.requests)
+        return asked
+
+    try:
+        first, same_step, next_step = asyncio.run(walk())
+    finally:
+        client.close()
+    assert first == 2 * metrics  # each metric's baseline and its primary samples so far
+    assert same_step == first
+    assert next_step == first + metrics

@@ -69,7 +69,7 @@ class Comparator:
         if self._last is not None and self._last[:2] == (now, activated_at):
             return self._last[2]
         findings = [await self._finding(m, now, activated_at) for m in settings.metrics]
-        made = comparison.signals(findings)
+        made = comparison.signals(findings, _criteria(settings))
         self._last = (now, activated_at, made)
         return made
 
