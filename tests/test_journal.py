@@ -109,7 +109,7 @@ def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path
     db.commit()
     db.close()
     store = journal.Journal.open(tmp_path)
-    assert store.schema_version == len(journal.MIGRATIONS) == 7
+    assert store.schema_version == len(journal.MIGRATIONS) == 8
     assert [(i.verdict, i.reason) for i in store.incidents()] == [("rollback", "crash loop")]
     assert not store.arming("lavalink").armed  # still disarmed after the upgrade
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["PostgresDown"]

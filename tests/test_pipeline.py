@@ -312,3 +312,55 @@ async def test_the_release_commit_is_journaled_and_reset_by_a_new_activation(
     clock.now = 186_600.0
     await target.tick(budget=5)
     assert target.store.arming("lavalink").committed_at is None
+
+
+class Ranges:
+    """Range answers from a table (query -> value at every step): the comparison's seam."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+        self.asked: list[tuple[str, float, float]] = []
+
+    async def range(
+        self, query: str, start: float, end: float, step: float
+    ) -> prometheus.RangeResult:
+        self.asked.append((query, start, end))
+        value = next((v for key, v in self.values.items() if key in query), None)
+        if value is None:
+            return prometheus.RangeResult()
+        points = {start + i * step: value for i in range(int((end - start) // step) + 1)}
+        return prometheus.RangeResult(series=(prometheus.RangeSeries((), points),))
+
+
+async def test_the_fallbacks_baseline_is_journaled_once_and_compared(tmp_path: Path) -> None:
+    from watchdog.sources import baseline
+
+    clock = Clock()
+    clock.now = 200_000.0
+    activation = 'max(process_start_time_seconds{job="lavalink-rust"})'
+    target = make_target(tmp_path, Client({**HEALTHY, activation: 180_000.0}), clock=clock)
+    settings = TARGET.model_copy(
+        update={
+            "baseline": config.BaselineSettings(
+                metrics=[
+                    config.BaselineMetric(
+                        name="memory", unit="bytes", query='rss{job="${job}"}', critical=True
+                    )
+                ]
+            )
+        }
+    )
+    mib = 1024.0 * 1024
+    ranges = Ranges({'rss{job="lavalink-java"}': 100 * mib, 'rss{job="lavalink-rust"}': 900 * mib})
+    target.comparator = baseline.Comparator(settings, 120.0, ranges)
+    made = await target.tick(budget=5)
+    assert made.verdict is model.Verdict.ROLLBACK
+    assert "p95 memory 900 MiB vs 100 MiB on lavalink-java (9.0x, p < 0.001)" in made.reason
+    (kept,) = target.store.baselines("lavalink", 180_000.0)
+    assert (kept.metric, kept.start, kept.end) == ("memory", 176_400.0, 179_940.0)
+    assert kept.samples == (100 * mib,) * 60  # the hour before the switch, one per minute
+    clock.now += 60
+    await target.tick(budget=5)
+    assert len(target.store.baselines("lavalink", 180_000.0)) == 1  # once per activation
+    java = [q for q, _, _ in ranges.asked if "lavalink-java" in q]
+    assert len(java) == 1

@@ -43,6 +43,19 @@ class Criteria:
     critical_ratio: float = 3.0  # significant and at least this much larger: critical
 
 
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The fallback's samples of one metric from the ``window`` before one activation of the
+    primary (journaled once, when first fetched); ``error`` if Prometheus could not say."""
+
+    metric: str
+    activation: float
+    start: float
+    end: float
+    samples: tuple[float, ...] = ()
+    error: str | None = None
+
+
 class Outcome(enum.StrEnum):
     """What one metric's comparison came to."""
 

@@ -131,6 +131,8 @@ class Target:
             activated = evaluated.activated_at or self.state.activated_at
             compared = await self.comparator.signals(at, activated)
             evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
+            for fetched in self.comparator.take_fresh():  # recorded when the primary deploys
+                await asyncio.to_thread(self.store.record_baseline, self.name, fetched, at=at)
         if self.alerts_forget_after is not None:
             evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
         if self.fleet is not None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from watchdog import model
+from watchdog import comparison, model
 from watchdog.journal.approvals import Approvals
 from watchdog.journal.core import _plain, _window
 from watchdog.journal.rows import (
@@ -93,6 +93,42 @@ class Incidents(Runs, Approvals):
             committed_activation=row["committed_activation"],
             **guard,
         )
+
+    def record_baseline(self, target: str, baseline: comparison.Baseline, *, at: float) -> None:
+        """Journal the fallback's baseline for one activation of the primary (once)."""
+        with self._lock, self._write():
+            self._db.execute(
+                "INSERT INTO baselines (target, activation, metric, recorded_at, start, end_at, "
+                "samples) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    target,
+                    baseline.activation,
+                    baseline.metric,
+                    at,
+                    baseline.start,
+                    baseline.end,
+                    json.dumps(list(baseline.samples)),
+                ),
+            )
+
+    def baselines(self, target: str, activation: float) -> list[comparison.Baseline]:
+        """The baselines journaled for ``target``'s activation at ``activation``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT metric, start, end_at, samples FROM baselines "
+                "WHERE target = ? AND activation = ? ORDER BY id",
+                (target, activation),
+            ).fetchall()
+        return [
+            comparison.Baseline(
+                row["metric"],
+                activation,
+                row["start"],
+                row["end_at"],
+                tuple(float(v) for v in json.loads(row["samples"])),
+            )
+            for row in rows
+        ]
 
     def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
         """Journal the release commit (``at`` None: a new activation reset it)."""

@@ -221,6 +221,21 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE targets ADD COLUMN committed_at REAL;
     ALTER TABLE targets ADD COLUMN committed_activation REAL;
     """,
+    # 8: the fallback's baseline per activation of the primary ("worse than the Java version"),
+    # kept as samples so the comparison can be checked later
+    """
+    CREATE TABLE baselines (
+        id           INTEGER PRIMARY KEY,
+        target       TEXT NOT NULL,
+        activation   REAL NOT NULL,
+        metric       TEXT NOT NULL,
+        recorded_at  REAL NOT NULL,
+        start        REAL NOT NULL,
+        end_at       REAL NOT NULL,
+        samples      TEXT NOT NULL,   -- JSON list of numbers, one per step
+        UNIQUE (target, activation, metric)
+    );
+    """,
 )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watchdog import approval as gate_rules
-from watchdog import model, statedir
+from watchdog import comparison, model, statedir
 from watchdog.journal.rows import (
     AlertRecord,
     ApprovalAsk,
@@ -84,6 +84,14 @@ class Store(Protocol):
 
     def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
         """Journal the release commit (``at`` None: a new activation reset it)."""
+        ...
+
+    def record_baseline(self, target: str, baseline: comparison.Baseline, *, at: float) -> None:
+        """Journal the fallback's baseline for one activation of the primary (once)."""
+        ...
+
+    def baselines(self, target: str, activation: float) -> list[comparison.Baseline]:
+        """The baselines journaled for ``target``'s activation at ``activation``."""
         ...
 
     def record(

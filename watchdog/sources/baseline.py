@@ -27,18 +27,6 @@ class Ranges(Protocol):
     ) -> prometheus.RangeResult: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Baseline:
-    """The fallback's samples of one metric before one activation of the primary."""
-
-    metric: str
-    activation: float
-    start: float
-    end: float
-    samples: tuple[float, ...] = ()
-    error: str | None = None
-
-
 @dataclass(slots=True)
 class _Series:
     values: dict[float, float] = field(default_factory=dict)
@@ -52,7 +40,8 @@ class Comparator:
     target: config.TargetSettings
     warmup: float
     ranges: Ranges
-    baselines: dict[tuple[str, float], Baseline] = field(default_factory=dict)
+    baselines: dict[tuple[str, float], comparison.Baseline] = field(default_factory=dict)
+    fresh: list[comparison.Baseline] = field(default_factory=list)  # fetched, not yet journaled
     _series: dict[str, _Series] = field(default_factory=dict)
     _last: tuple[float, float | None, tuple[model.Signal, ...]] | None = None
 
@@ -105,7 +94,9 @@ class Comparator:
             critical=metric.critical,
         )
 
-    async def baseline(self, metric: config.BaselineMetric, activated_at: float) -> Baseline:
+    async def baseline(
+        self, metric: config.BaselineMetric, activated_at: float
+    ) -> comparison.Baseline:
         """The fallback's samples before ``activated_at`` (fetched once; a failure is kept
         only until the next step asks again)."""
         key = (metric.name, activated_at)
@@ -118,11 +109,18 @@ class Comparator:
         query = metric.rendered(self.target.name, self.target.fallback.job)
         result = await self.ranges.range(query, start, end, settings.step)
         if result.error is not None:
-            made = Baseline(metric.name, activated_at, start, end, error=result.error)
+            made = comparison.Baseline(metric.name, activated_at, start, end, error=result.error)
         else:
-            made = Baseline(metric.name, activated_at, start, end, _values(result.series))
+            samples = _values(result.series)
+            made = comparison.Baseline(metric.name, activated_at, start, end, samples)
+            self.fresh.append(made)
         self.baselines[key] = made
         return made
+
+    def take_fresh(self) -> list[comparison.Baseline]:
+        """The baselines fetched since the last call, for the journal."""
+        taken, self.fresh = self.fresh, []
+        return taken
 
     async def _primary(
         self, metric: config.BaselineMetric, start: float, end: float
