@@ -158,7 +158,7 @@ def test_the_http_template_rendered_passes_promtool(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert done.returncode == 0 and "SUCCESS: 6 rules found" in done.stdout, done.stderr
+    assert done.returncode == 0 and "SUCCESS: 7 rules found" in done.stdout, done.stderr
 
 
 def test_a_template_renders_with_the_targets_names_and_refuses_unknown_words(
