@@ -111,6 +111,8 @@ class Reloader:
             target = guard.target
             target.rules = loaded.get(target.name, target.rules)
             target.policy = policy
+            if target.comparator is not None:  # its samples start after the new warm-up
+                target.comparator.warmup = policy.warmup
             target.mode = live.mode
             target.alerts_forget_after = live.alertmanager.forget_after
             keeper = target.gatekeeper
