@@ -137,6 +137,16 @@ def test_from_nothing_to_something() -> None:
     assert same.words == "p95 failures 0.0 % vs 0.0 % on j (1.0x, p = 1.000)"
 
 
+def test_a_small_share_against_a_clean_baseline_is_not_critical() -> None:
+    # 6 minutes in 60 with 1 of 12 probes failing, against a perfect Java hour: a ratio "from
+    # none", significant at 0.01 -- but the ranks barely say worse (effect 0.55)
+    rust = [1 / 12] * 6 + [0.0] * 54
+    found = C.judge("failures", C.Unit.RATIO, rust, [0.0] * 60, CRITERIA, fallback="j")
+    assert found.p_value is not None and found.p_value < 0.01
+    assert found.effect == pytest.approx(0.55)
+    assert found.outcome is C.Outcome.NOT_WORSE
+
+
 def test_signals_whole() -> None:
     crit = judge([0.400 + 0.001 * i for i in range(15)])
     crit2 = C.Finding("resident memory", C.Outcome.CRITICAL, "mem words", ratio=20.0)
@@ -176,7 +186,10 @@ def test_no_baseline_never_makes_the_verdict_inconclusive() -> None:
     evaluated = model.Evaluation("t", 1_765_000_000.0, blind)
     made = decision.decide(evaluated, model.Policy(), model.TargetState())[0]
     assert made.verdict is model.Verdict.HOLD
-    assert made.reason == "all 2 signals quiet"
+    assert made.reason == (
+        "all 0 signals quiet; not compared with the fallback: x: no baseline "
+        "(WorseThanFallback, WorseThanFallbackMinor)"
+    )
 
 
 def test_a_critical_finding_reads_in_the_decisions_reason() -> None:

@@ -170,9 +170,31 @@ class TestJournal:
         )
         store.finish_run(manual, model.RunStatus.RESTORED, "fallback failed", at=T0 + 90)
         arming = store.arming("lavalink")
-        # an aborted run switched nothing; a manual one is no automatic switch
+        # an aborted run switched nothing; an operator's order is no automatic switch
         assert arming.last_switch_at is None
         assert arming.fallback_failed_at == T0 + 90
+        # an approved one counts: a timeout that proceeded is the clock's switch, not a person's
+        timed_out = "nobody (timed out with on_timeout: proceed)"
+        approved = store.open_run(
+            "lavalink",
+            incident_id=None,
+            trigger=model.Trigger.APPROVED,
+            initiated_by=timed_out,
+            reason="r",
+            at=T0 + 95,
+        )
+        store.finish_run(approved, model.RunStatus.ABORTED, "preflight failed", at=T0 + 96)
+        assert store.arming("lavalink").last_switch_at is None  # aborted: nothing switched
+        approved = store.open_run(
+            "lavalink",
+            incident_id=None,
+            trigger=model.Trigger.APPROVED,
+            initiated_by=timed_out,
+            reason="r",
+            at=T0 + 97,
+        )
+        assert store.arming("lavalink").last_switch_at == T0 + 97
+        store.finish_run(approved, model.RunStatus.RESTORED, "fallback failed", at=T0 + 98)
         auto = store.open_run(
             "lavalink",
             incident_id=None,
@@ -184,7 +206,7 @@ class TestJournal:
         assert store.arming("lavalink").last_switch_at == T0 + 100  # running counts
         store.finish_run(auto, model.RunStatus.SUCCEEDED, "ok", at=T0 + 160, disarm=True)
         state = store.target_state("lavalink")
-        assert (state.last_switch_at, state.fallback_failed_at) == (T0 + 100, T0 + 90)
+        assert (state.last_switch_at, state.fallback_failed_at) == (T0 + 100, T0 + 98)
         assert not state.armed
 
     def test_the_commit_survives_a_restart(self, store: journal.Journal) -> None:

@@ -533,3 +533,73 @@ async def test_switched_to_observe_a_pending_request_is_cancelled_and_nothing_ru
     ended = target.store.approval(asked.id)
     assert ended is not None and ended.status == "cancelled"
     assert "only observes" in ended.outcome and runner.orders == []
+
+
+class ClockFleet:
+    """A fleet whose incident was decided by its clock or by people (``ruling`` only): the
+    gate's side of it; the real FleetLink is tested in tests/integration/test_fleet_daemons.py."""
+
+    def __init__(self, decided_by: str) -> None:
+        from watchdog.fleet.values import Member, Ticket
+
+        self.ticket = Ticket(
+            id=1,
+            group="g",
+            release="r",
+            owner=Member("n1", "lavalink"),
+            asks=True,
+            status="approved",
+            required=1,
+            approved_by=() if decided_by == "rollback-watchdog" else (decided_by,),
+            expires_at=None,
+            members=(Member("n1", "lavalink"),),
+            decided_by=decided_by,
+        )
+
+    async def join(self, *_: object) -> None:
+        return None
+
+    def owns(self, *_: object) -> bool:
+        return False
+
+    def ticket_of(self, *_: object) -> None:
+        return None
+
+    def ruling(self, *_: object) -> object:
+        return self.ticket
+
+    async def vote(self, *_: object) -> object:
+        raise AssertionError("no vote in this test")
+
+    async def admit_approved(self, *_: object) -> None:
+        return None
+
+    async def left(self, *_: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("decided_by", "ends", "runs"), [("rollback-watchdog", "expired", 0), ("alice", "approved", 1)]
+)
+async def test_a_fleet_timeout_never_approves_a_guarded_proposal(
+    tmp_path: Path, decided_by: str, ends: str, runs: int
+) -> None:
+    target, gatekeeper, runner, _, clock = wired(tmp_path, BROKEN, on_timeout="proceed")
+    failed = target.store.open_run(
+        "lavalink",
+        incident_id=None,
+        trigger=model.Trigger.MANUAL,
+        initiated_by="ops",
+        reason="drill",
+        at=clock.now - 600,
+    )
+    target.store.finish_run(failed, model.RunStatus.RESTORED, "fallback failed", at=clock.now - 500)
+    made = await target.tick(budget=5)
+    assert (made.verdict, made.action) == (model.Verdict.ROLLBACK, model.Action.PROPOSE)
+    [asked] = target.store.approvals(status="pending")
+    assert asked.verdict == "propose"
+    gatekeeper.fleet = ClockFleet(decided_by)  # type: ignore[assignment]
+    await gatekeeper.settle("lavalink")
+    [row] = target.store.approvals()
+    assert row.status == ends
+    assert len(runner.orders) == runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -364,3 +365,46 @@ async def test_the_fallbacks_baseline_is_journaled_once_and_compared(tmp_path: P
     assert len(target.store.baselines("lavalink", 180_000.0)) == 1  # once per activation
     java = [q for q, _, _ in ranges.asked if "lavalink-java" in q]
     assert len(java) == 1
+
+
+class HungRanges(Ranges):
+    async def range(
+        self, query: str, start: float, end: float, step: float
+    ) -> prometheus.RangeResult:
+        await asyncio.sleep(30)
+        raise AssertionError("never answers")
+
+
+def _comparing(ranges: Ranges) -> Any:
+    from watchdog.sources import baseline
+
+    memory = config.BaselineMetric(name="memory", unit="bytes", query='rss{job="${job}"}')
+    settings = TARGET.model_copy(update={"baseline": config.BaselineSettings(metrics=[memory])})
+    return baseline.Comparator(settings, 120.0, ranges)
+
+
+async def test_a_hung_comparison_stays_inside_the_ticks_budget(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.now = 200_000.0
+    activation = 'max(process_start_time_seconds{job="lavalink-rust"})'
+    target = make_target(tmp_path, Client({**BROKEN, activation: 180_000.0}), clock=clock)
+    target.comparator = _comparing(HungRanges({}))
+    started = time.monotonic()
+    made = await target.tick(budget=0.5)
+    assert time.monotonic() - started < 2
+    assert made.verdict is model.Verdict.ROLLBACK  # the rule's evidence still decides
+    [journaled] = target.store.evaluations("lavalink")
+    compared = [s for s in journaled.signals if s.name.startswith("WorseThan")]
+    assert [s.state for s in compared] == ["nodata", "nodata"]
+    assert "no answer within 0.5s" in compared[0].detail
+
+
+async def test_after_a_rearm_the_comparison_reads_only_newer_samples(tmp_path: Path) -> None:
+    mib = 1024.0 * 1024
+    ranges = Ranges({'rss{job="lavalink-java"}': 100 * mib, 'rss{job="lavalink-rust"}': 900 * mib})
+    comparator = _comparing(ranges)
+    await comparator.signals(200_000.0, 180_000.0, since=199_000.0)
+    primary = [(start, end) for q, start, end in ranges.asked if "lavalink-rust" in q]
+    assert primary == [(199_020.0, 199_920.0)]  # up to the last whole minute before 200 000
+    # kept: only samples whose minute lies wholly after the re-arm
+    assert min(comparator._series["memory"].values) == 199_080.0

@@ -132,7 +132,7 @@ async def replay(
         evaluated, memory = evaluation.evaluate(target.name, rules, observation, memory)
         if comparator.enabled:  # against the fallback's baseline, as the daemon does
             activated = evaluated.activated_at or current.activated_at
-            compared = await comparator.signals(at, activated)
+            compared = await comparator.signals(at, activated, since=current.armed_at)
             evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
         decided, current = decision.decide(evaluated, policy, current)
         if decided.verdict is not previous:

@@ -37,6 +37,9 @@ class Criteria:
     """When a difference counts (``targets[].baseline`` in the config)."""
 
     alpha: float = 0.01  # the rank test's one-sided significance level
+    # and the ranks must say it clearly: P(primary sample > baseline sample) at least this
+    # (the test runs every step over overlapping samples, so alpha alone says too little)
+    min_effect: float = 0.7
     min_samples: int = 10  # fewer on either side: nodata
     quantile: float = 0.95  # the quantile whose ratio sizes the regression
     minor_ratio: float = 1.5  # significant and at least this much larger: a warning
@@ -135,7 +138,7 @@ def judge(
     ours_q = stats.quantile(ours, criteria.quantile)
     theirs_q = stats.quantile(theirs, criteria.quantile)
     ratio = _ratio(ours_q, theirs_q)
-    significant = test.p_value < criteria.alpha and test.effect > 0.5
+    significant = test.p_value < criteria.alpha and test.effect >= criteria.min_effect
     if significant and ratio >= criteria.critical_ratio and critical:
         outcome = Outcome.CRITICAL
     elif significant and ratio >= criteria.minor_ratio:

@@ -227,10 +227,18 @@ class BaselineSettings(_Strict):
     step: Duration = Field(default=60.0, gt=0)  # one sample per step (and one comparison)
     min_samples: int = Field(default=10, ge=3)
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    min_effect: float = Field(default=0.7, gt=0.5, le=1)  # P(primary > baseline) at least
     quantile: float = Field(default=0.95, gt=0, le=1)
     minor_ratio: float = Field(default=1.5, gt=1)
     critical_ratio: float = Field(default=3.0, gt=1)
     metrics: list[BaselineMetric] = []
+    # the instants the fallback served (``${job}``: its job): only those are its baseline, not
+    # the primary's own earlier run after a restart, nor a time both were down
+    fallback_serving: str = 'max(up{job="${job}"}) == 1'
+
+    def baseline_query(self, metric: BaselineMetric, target: str, fallback_job: str) -> str:
+        serving = self.fallback_serving.replace("${job}", fallback_job)
+        return f"({metric.rendered(target, fallback_job)}) and on() ({serving})"
 
     @model_validator(mode="after")
     def _ordered(self) -> BaselineSettings:

@@ -74,11 +74,9 @@ def decide(
     critical = [s for s in counted if s.rule.severity is model.Severity.CRITICAL]
     warnings = [s for s in counted if s.rule.severity is model.Severity.WARNING]
     score = sum(s.rule.weight for s in warnings)
-    missing = [
-        s
-        for s in evaluation.signals
-        if s.state in _NO_DATA and s.rule.origin is not model.Origin.BASELINE
-    ]
+    missing = [s for s in evaluation.signals if s.state in _NO_DATA]
+    uncompared = [s for s in missing if s.rule.origin is model.Origin.BASELINE]
+    missing = [s for s in missing if s.rule.origin is not model.Origin.BASELINE]
 
     if critical:
         verdict = model.Verdict.ROLLBACK
@@ -107,7 +105,9 @@ def decide(
         firing = []
     else:
         verdict = model.Verdict.HOLD
-        reason = f"all {len(evaluation.signals)} signals quiet"
+        reason = f"all {len(evaluation.signals) - len(uncompared)} signals quiet"
+        if uncompared:  # no baseline or too few samples: said, never a verdict of its own
+            reason += "; not compared with the fallback: " + _summarise_missing(uncompared)
         firing = []
     if ignored and warmup_end is not None:
         until = (

@@ -281,7 +281,12 @@ class Gate:
                 )
             elif self.fleet is not None and (ticket := self.fleet.ruling(target, row.id)):
                 if ticket.decided:  # the fleet decided for every member (its clock, its votes)
-                    await self._end(row, _FLEET_STATUS[ticket.status], _fleet_words(ticket))
+                    status, words = _FLEET_STATUS[ticket.status], _fleet_words(ticket)
+                    if _clock_approved(ticket) and row.verdict == model.Verdict.PROPOSE.value:
+                        # a proposal is a person's call: the fleet's clock never approves it
+                        status = approval.Status.EXPIRED
+                        words = "nobody decided in time; a proposal never proceeds"
+                    await self._end(row, status, words)
             elif (expired := approval.expiry(row.request(), now, self.rules)) is not None:
                 await self._end(row, expired.status, expired.message)
         for row in await asyncio.to_thread(self.store.approvals, target=target, status="approved"):
@@ -654,6 +659,11 @@ _FLEET_STATUS = {
     "denied": approval.Status.DENIED,
     "expired": approval.Status.EXPIRED,
 }
+
+
+def _clock_approved(ticket: Ticket) -> bool:
+    """The fleet incident was approved by its timeout (``on_timeout: proceed``), not people."""
+    return ticket.status == "approved" and ticket.decided_by == "rollback-watchdog"
 
 
 def _fleet_words(ticket: Ticket) -> str:

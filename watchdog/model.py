@@ -292,8 +292,8 @@ class TargetState:
     # the release commit (``Policy.commit_after``): when, and for which activation
     committed_at: float | None = None
     committed_activation: float | None = None
-    # the loop guard, as the journal knows it: the last automatic switch of the target, and
-    # the last time its fallback failed (a run ended restored or failed)
+    # the loop guard, as the journal knows it: the last switch of the target not ordered by an
+    # operator, and the last time its fallback failed (a run ended restored or failed)
     last_switch_at: float | None = None
     fallback_failed_at: float | None = None
 

@@ -129,7 +129,14 @@ class Target:
         )
         if self.comparator is not None and self.source.answers_rules:
             activated = evaluated.activated_at or self.state.activated_at
-            compared = await self.comparator.signals(at, activated)
+            left = budget - (time.perf_counter() - started)  # one budget for the whole tick
+            try:
+                async with asyncio.timeout(max(0.0, left)):
+                    compared = await self.comparator.signals(
+                        at, activated, since=self.state.armed_at
+                    )
+            except TimeoutError:
+                compared = self.comparator.unanswered(f"no answer within {budget:g}s")
             evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
             for fetched in self.comparator.take_fresh():  # recorded when the primary deploys
                 await asyncio.to_thread(self.store.record_baseline, self.name, fetched, at=at)

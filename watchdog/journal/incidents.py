@@ -71,9 +71,10 @@ class Incidents(Runs, Approvals):
                 "FROM targets WHERE name = ?",
                 (target,),
             ).fetchone()
-            # a run that never stopped the primary (aborted) switched nothing
+            # every switch not ordered by an operator: automatic, approved (a timeout that
+            # proceeded included); a run that never stopped the primary (aborted) switched nothing
             switch = self._db.execute(
-                "SELECT MAX(started_at) FROM runs WHERE target = ? AND trigger = 'auto' "
+                "SELECT MAX(started_at) FROM runs WHERE target = ? AND trigger != 'manual' "
                 "AND status != 'aborted'",
                 (target,),
             ).fetchone()

@@ -10,6 +10,7 @@ more. ``comparison`` judges them; this module only fetches.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,27 +44,50 @@ class Comparator:
     baselines: dict[tuple[str, float], comparison.Baseline] = field(default_factory=dict)
     fresh: list[comparison.Baseline] = field(default_factory=list)  # fetched, not yet journaled
     _series: dict[str, _Series] = field(default_factory=dict)
-    _last: tuple[float, float | None, tuple[model.Signal, ...]] | None = None
+    _last: tuple[tuple[float, float | None, float | None], tuple[model.Signal, ...]] | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.target.baseline.metrics)
 
-    async def signals(self, at: float, activated_at: float | None) -> tuple[model.Signal, ...]:
-        """The comparison's two signals at ``at`` (recomputed once per ``step``)."""
+    async def signals(
+        self, at: float, activated_at: float | None, *, since: float | None = None
+    ) -> tuple[model.Signal, ...]:
+        """The comparison's two signals at ``at`` (recomputed once per ``step``), from the
+        primary's samples after warm-up and after ``since`` (the last re-arm: what came before
+        it is spent, as for every other signal)."""
         settings = self.target.baseline
         if not settings.metrics:
             return ()
-        now = _grid(at, settings.step)
-        if self._last is not None and self._last[:2] == (now, activated_at):
-            return self._last[2]
-        findings = [await self._finding(m, now, activated_at) for m in settings.metrics]
+        # the last whole step: the current one may still miss its last scrape
+        now = _grid(at, settings.step) - settings.step
+        key = (now, activated_at, since)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        findings = await asyncio.gather(
+            *(self._finding(m, now, activated_at, since) for m in settings.metrics)
+        )
         made = comparison.signals(findings, _criteria(settings))
-        self._last = (now, activated_at, made)
+        self._last = (key, made)
         return made
 
+    def unanswered(self, why: str) -> tuple[model.Signal, ...]:
+        """The two signals when Prometheus gave no answer in time: no data, never failure."""
+        settings = self.target.baseline
+        if not settings.metrics:
+            return ()
+        missing = [
+            comparison.Finding(m.name, comparison.Outcome.NODATA, f"{m.name}: {why}")
+            for m in settings.metrics
+        ]
+        return comparison.signals(missing, _criteria(settings))
+
     async def _finding(
-        self, metric: config.BaselineMetric, now: float, activated_at: float | None
+        self,
+        metric: config.BaselineMetric,
+        now: float,
+        activated_at: float | None,
+        since: float | None,
     ) -> comparison.Finding:
         unit = comparison.Unit(metric.unit)
         fallback = self.target.fallback.job
@@ -78,7 +102,10 @@ class Comparator:
                 metric.name, comparison.Outcome.NODATA, f"{metric.name}: {baseline.error}"
             )
         settings = self.target.baseline
-        start = max(activated_at + self.warmup, now - settings.window)
+        # a sample's window (one step) must lie wholly after the activation and the re-arm
+        start = max(activated_at + max(self.warmup, settings.step), now - settings.window)
+        if since is not None:
+            start = max(start, since + settings.step)
         primary, error = await self._primary(metric, start, now)
         if error is not None:
             return comparison.Finding(
@@ -106,7 +133,7 @@ class Comparator:
         settings = self.target.baseline
         end = _grid(activated_at, settings.step) - settings.step  # not the switch itself
         start = end - settings.window + settings.step
-        query = metric.rendered(self.target.name, self.target.fallback.job)
+        query = settings.baseline_query(metric, self.target.name, self.target.fallback.job)
         result = await self.ranges.range(query, start, end, settings.step)
         if result.error is not None:
             made = comparison.Baseline(metric.name, activated_at, start, end, error=result.error)
@@ -144,6 +171,7 @@ class Comparator:
 def _criteria(settings: config.BaselineSettings) -> comparison.Criteria:
     return comparison.Criteria(
         alpha=settings.alpha,
+        min_effect=settings.min_effect,
         min_samples=settings.min_samples,
         quantile=settings.quantile,
         minor_ratio=settings.minor_ratio,
