@@ -209,30 +209,40 @@ def _guarded(
 ) -> tuple[model.Action, str]:
     """An automatic rollback, unless the loop guard or the release commit turns it into a
     proposal: then a human decides, and the reason says why."""
+    why = not_automatic(state, policy, now)
+    if why is None:
+        return model.Action.ROLLBACK, reason
+    return model.Action.PROPOSE, f"{reason}; {why}"
+
+
+def not_automatic(state: model.TargetState, policy: model.Policy, now: float) -> str | None:
+    """Why a switch of this target must not happen without a person now, or None: the loop
+    guard (its fallback failed within the cooldown; a switch not ordered by an operator already
+    ran within it) and the release commit. Fleet rollouts ask it too."""
     cooldown = policy.cooldown
     failed = state.fallback_failed_at
     if failed is not None and now - failed < cooldown:
-        return model.Action.PROPOSE, (
-            f"{reason}; loop guard: the fallback failed at {timefmt.format_instant(failed)} "
+        return (
+            f"loop guard: the fallback failed at {timefmt.format_instant(failed)} "
             f"(within the {timefmt.format_duration(cooldown)} cooldown, until "
             f"{timefmt.format_instant(failed + cooldown)}): not switching to it automatically, "
             "a human decides"
         )
     switched = state.last_switch_at
     if switched is not None and now - switched < cooldown:
-        return model.Action.PROPOSE, (
-            f"{reason}; loop guard: an automatic switch already ran at "
+        return (
+            f"loop guard: an automatic switch already ran at "
             f"{timefmt.format_instant(switched)} (one per "
             f"{timefmt.format_duration(cooldown)} cooldown, until "
             f"{timefmt.format_instant(switched + cooldown)}): a human decides"
         )
     if state.committed_at is not None and policy.commit_after is not None:
-        return model.Action.PROPOSE, (
-            f"{reason}; release committed at {timefmt.format_instant(state.committed_at)} "
+        return (
+            f"release committed at {timefmt.format_instant(state.committed_at)} "
             f"(it ran {timefmt.format_duration(policy.commit_after)} without an incident): "
             "rolling back now may lose what it wrote, a human decides"
         )
-    return model.Action.ROLLBACK, reason
+    return None
 
 
 def _count(

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from watchdog import approval, config, errors, gate, journal, model, telemetry
+from watchdog import approval, config, decision, errors, gate, journal, model, telemetry
 from watchdog.fleet import admission, waves
 from watchdog.fleet.incidents import DONE, LEFT, IncidentBook
 from watchdog.fleet.store import CHANNEL, FleetStore, listen, require_current
@@ -68,6 +68,7 @@ class FleetLink:
         self._sides: dict[str, Side] = {}  # target -> which unit ran at the last heartbeat
         self._waves: WaveBook | None = None
         self._in_wave: dict[str, str] = {}  # target -> the release whose rollout it switches in
+        self._held: dict[str, str] = {}  # target -> why an automatic rollout passes it by
         # runs that ended, in order, not yet told to the store (cut off)
         self._ended: list[tuple[str, model.RunOutcome, str | None]] = []
         self._rolling = asyncio.Lock()  # one look at the rollouts at a time (beat, NOTIFY)
@@ -635,6 +636,14 @@ class FleetLink:
             guard = self._guards[name]
             if not await asyncio.to_thread(guard.target.store.armed, name):
                 continue  # rolled back already (or disarmed by an operator): never twice
+            target = guard.target
+            held = decision.not_automatic(target.state, target.policy, target.clock())
+            if held is not None and not rollout.approved_by:
+                # an automatic rollout switches no member its own guard holds back
+                if self._held.get(name) != held:
+                    log.warning("rollout wave skips a member", target=name, reason=held)
+                    self._held[name] = held
+                continue
             self._admitted[name] = time.monotonic()  # before the slot: never seen as stale
             slot, holders = await self._opened().take_slot(
                 self.member(name),
