@@ -82,12 +82,14 @@ class TestCommit:
         made, state = decision.decide(quiet(T0 - 1, activated), POLICY, model.TargetState())
         assert state.committed_at is None  # one second short
         made, state = decision.decide(quiet(T0, activated), POLICY, state)
-        assert (state.committed_at, state.committed_activation) == (T0, activated)
+        assert (state.committed_at, state.committed_release) == (T0, "started 2025-12-05T05:46:40Z")
         assert made.action is A.NONE
 
     def test_a_committed_release_is_proposed_not_rolled_back(self) -> None:
         activated = T0 - 30 * HOUR
-        state = model.TargetState(committed_at=T0 - 6 * HOUR, committed_activation=activated)
+        state = model.TargetState(
+            committed_at=T0 - 6 * HOUR, committed_release="started 2025-12-04T23:46:40Z"
+        )
         made, after = decision.decide(crash(T0, activated), POLICY, state)
         assert (made.verdict, made.action) == (V.ROLLBACK, A.PROPOSE)
         assert made.reason == (
@@ -98,10 +100,24 @@ class TestCommit:
         assert after.committed_at == T0 - 6 * HOUR  # an incident does not undo a commit
 
     def test_a_new_activation_resets_the_commit(self) -> None:
-        state = model.TargetState(committed_at=T0 - HOUR, committed_activation=T0 - 30 * HOUR)
+        state = model.TargetState(committed_at=T0 - HOUR, committed_release="started long ago")
         made, after = decision.decide(crash(T0, activated_at=T0 - 600), POLICY, state)
         assert made.action is A.ROLLBACK
-        assert (after.committed_at, after.committed_activation) == (None, None)
+        assert (after.committed_at, after.committed_release) == (None, None)
+
+    def test_a_restart_of_the_same_release_keeps_its_commit(self) -> None:
+        # the binary did not change: a crash and a restart days after the commit is the same
+        # release, and rolling it back is still a person's call
+        release = "/opt/lavalink-rust/lavalink modified 2025-12-04T10:00:00Z"
+        state = model.TargetState(committed_at=T0 - HOUR, committed_release=release)
+        restarted = dataclasses.replace(crash(T0, activated_at=T0 - 120), release=release)
+        made, after = decision.decide(restarted, POLICY, state)
+        assert made.action is A.PROPOSE and "release committed at" in made.reason
+        assert after.committed_release == release
+        # a new binary is a deploy: the commit is gone
+        deployed = dataclasses.replace(restarted, release=release.replace("04T10", "06T05"))
+        made, after = decision.decide(deployed, POLICY, state)
+        assert made.action is A.ROLLBACK and after.committed_at is None
 
     def test_an_incident_restarts_the_bake(self) -> None:
         activated = T0 - 30 * HOUR
@@ -136,7 +152,7 @@ class TestCommit:
 
     def test_unknown_activation_keeps_what_was_known(self) -> None:
         state = model.TargetState(
-            committed_at=T0 - HOUR, committed_activation=T0 - 30 * HOUR, activated_at=None
+            committed_at=T0 - HOUR, committed_release="started long ago", activated_at=None
         )
         _, after = decision.decide(quiet(T0, None), POLICY, state)
         assert after.committed_at == T0 - HOUR
@@ -210,9 +226,12 @@ class TestJournal:
         assert not state.armed
 
     def test_the_commit_survives_a_restart(self, store: journal.Journal) -> None:
-        store.set_committed("lavalink", T0, T0 - 24 * HOUR)
+        store.set_committed("lavalink", T0, "/opt/lavalink-rust/lavalink modified 2025-12-05")
         state = store.target_state("lavalink")
-        assert (state.committed_at, state.committed_activation) == (T0, T0 - 24 * HOUR)
+        assert (state.committed_at, state.committed_release) == (
+            T0,
+            "/opt/lavalink-rust/lavalink modified 2025-12-05",
+        )
         assert state.armed  # journaling a commit arms nothing and disarms nothing
         assert store.status(["lavalink"])[0]["committed_at"] == T0
         store.set_committed("lavalink", None, None)

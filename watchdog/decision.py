@@ -158,6 +158,7 @@ def decide(
         policy,
         activated,
         now,
+        evaluation.release,
     )
     if action is model.Action.ROLLBACK:
         action, reason = _guarded(reason, next_state, policy, now)
@@ -176,20 +177,26 @@ def decide(
 
 
 def _committed(
-    state: model.TargetState, policy: model.Policy, activated: float | None, now: float
+    state: model.TargetState,
+    policy: model.Policy,
+    activated: float | None,
+    now: float,
+    release: str | None,
 ) -> model.TargetState:
     """The release commit after this decision (``state`` already holds its incident).
 
-    A new activation of the primary (a deploy) starts a new bake; the release is committed once
+    A new release of the primary (a deploy) starts a new bake; the release is committed once
     it has run ``commit_after`` since its activation and its last incident, with none open.
-    Missing data is no incident: an inconclusive one neither blocks nor restarts the bake.
+    Without a release identity each activation counts as one. Missing data is no incident: an
+    inconclusive one neither blocks nor restarts the bake.
     """
     if policy.commit_after is None or activated is None:
         return state
-    if state.committed_at is not None and state.committed_activation == activated:
+    key = release if release is not None else f"started {timefmt.format_instant(activated)}"
+    if state.committed_at is not None and state.committed_release == key:
         return state
-    if state.committed_at is not None:  # committed, but a new activation has come since
-        state = dataclasses.replace(state, committed_at=None, committed_activation=None)
+    if state.committed_at is not None:  # committed, but another release runs now
+        state = dataclasses.replace(state, committed_at=None, committed_release=None)
     if state.incident is not None and state.incident.verdict is not model.Verdict.INCONCLUSIVE:
         return state
     quiet_since = activated
@@ -198,7 +205,7 @@ def _committed(
         quiet_since = max(quiet_since, state.last_closed_at)
     if now - quiet_since < policy.commit_after:
         return state
-    return dataclasses.replace(state, committed_at=now, committed_activation=activated)
+    return dataclasses.replace(state, committed_at=now, committed_release=key)
 
 
 _QUIET = model.Verdict.INCONCLUSIVE  # an incident of missing data only: no evidence either way

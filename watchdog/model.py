@@ -256,6 +256,9 @@ class Evaluation:
     signals: tuple[Signal, ...]
     activated_at: float | None = None
     activation_failed: bool = False
+    # what the primary runs, when the pipeline can tell (its binary's modification time): a
+    # restart of the same release keeps its commit; None: each activation is a release
+    release: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +294,7 @@ class TargetState:
     activated_at: float | None = None  # last known activation, for when the query has none
     # the release commit (``Policy.commit_after``): when, and for which activation
     committed_at: float | None = None
-    committed_activation: float | None = None
+    committed_release: str | None = None  # the release identity (``Evaluation.release``)
     # the loop guard, as the journal knows it: the last switch of the target not ordered by an
     # operator, and the last time its fallback failed (a run ended restored or failed)
     last_switch_at: float | None = None

@@ -21,7 +21,17 @@ from typing import Protocol
 
 import structlog
 
-from watchdog import config, decision, evaluation, gate, journal, model, sources, telemetry
+from watchdog import (
+    config,
+    decision,
+    evaluation,
+    gate,
+    journal,
+    model,
+    sources,
+    telemetry,
+    timefmt,
+)
 from watchdog.sources import alertmanager, baseline, systemd_watch
 
 log = structlog.get_logger("watchdog.pipeline")
@@ -127,13 +137,14 @@ class Target:
         evaluated, memory = evaluation.evaluate(
             self.name, evaluated_rules, observation, self.memory
         )
+        release = await asyncio.to_thread(release_of, self.settings)
         if self.comparator is not None and self.source.answers_rules:
             activated = evaluated.activated_at or self.state.activated_at
             left = budget - (time.perf_counter() - started)  # one budget for the whole tick
             try:
                 async with asyncio.timeout(max(0.0, left)):
                     compared = await self.comparator.signals(
-                        at, activated, since=self.state.armed_at
+                        at, activated, since=self.state.armed_at, release=release
                     )
             except TimeoutError:
                 compared = self.comparator.unanswered(f"no answer within {budget:g}s")
@@ -144,6 +155,8 @@ class Target:
             evaluated = evaluation.with_alerts(evaluated, await self._delivered_alerts(at))
         if self.fleet is not None:
             self.fleet.observed(self.name, evaluated)
+        if release is not None:
+            evaluated = dataclasses.replace(evaluated, release=release)
         decided, state = decision.decide(evaluated, policy, self.state)
         acting = decided.action is model.Action.ROLLBACK and mode is model.Mode.AUTO
         blocked = None
@@ -263,18 +276,31 @@ class Target:
     async def _journal_commit(self, before: model.TargetState, after: model.TargetState) -> None:
         """Journal the release commit when the decision committed the release or a new
         activation reset it."""
-        if (after.committed_at, after.committed_activation) == (
+        if (after.committed_at, after.committed_release) == (
             before.committed_at,
-            before.committed_activation,
+            before.committed_release,
         ):
             return
         await asyncio.to_thread(
-            self.store.set_committed, self.name, after.committed_at, after.committed_activation
+            self.store.set_committed, self.name, after.committed_at, after.committed_release
         )
         if after.committed_at is not None:
             log.warning("release committed", target=self.name, activation=after.activated_at)
         else:
             log.warning("release commit reset by a new activation", target=self.name)
+
+
+def release_of(settings: config.TargetSettings) -> str | None:
+    """What the primary runs, as far as the files say: its binary's path and modification time
+    (``primary.binary``); None without one. A deploy changes it, a restart does not."""
+    binary = settings.primary.binary
+    if binary is None:
+        return None
+    try:
+        modified = binary.stat().st_mtime
+    except OSError:
+        return None
+    return f"{binary} modified {timefmt.format_instant(modified)}"
 
 
 def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Observation:

@@ -57,7 +57,7 @@ class Incidents(Runs, Approvals):
             last_closed_at=closed_row["closed_at"] if closed_row is not None else None,
             last_closed_verdict=model.Verdict(closed_row["verdict"]) if closed_row else None,
             committed_at=arming.committed_at,
-            committed_activation=arming.committed_activation,
+            committed_release=arming.committed_release,
             last_switch_at=arming.last_switch_at,
             fallback_failed_at=arming.fallback_failed_at,
         )
@@ -67,7 +67,7 @@ class Incidents(Runs, Approvals):
         guard's inputs and the release commit."""
         with self._lock:
             row = self._db.execute(
-                "SELECT armed, changed_at, changed_by, committed_at, committed_activation "
+                "SELECT armed, changed_at, changed_by, committed_at, committed_release "
                 "FROM targets WHERE name = ?",
                 (target,),
             ).fetchone()
@@ -91,7 +91,7 @@ class Incidents(Runs, Approvals):
             row["changed_at"],
             row["changed_by"],
             committed_at=row["committed_at"],
-            committed_activation=row["committed_activation"],
+            committed_release=row["committed_release"],
             **guard,
         )
 
@@ -131,15 +131,15 @@ class Incidents(Runs, Approvals):
             for row in rows
         ]
 
-    def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
+    def set_committed(self, target: str, at: float | None, release: str | None) -> None:
         """Journal the release commit (``at`` None: a new activation reset it)."""
         with self._lock, self._write():
             self._db.execute(
-                "INSERT INTO targets (name, armed, committed_at, committed_activation) "
+                "INSERT INTO targets (name, armed, committed_at, committed_release) "
                 "VALUES (?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "committed_at = excluded.committed_at, "
-                "committed_activation = excluded.committed_activation",
-                (target, at, activation),
+                "committed_release = excluded.committed_release",
+                (target, at, release),
             )
 
     def set_armed(self, target: str, armed: bool, *, at: float, by: str, note: str) -> None:

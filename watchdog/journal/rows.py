@@ -22,7 +22,7 @@ class Arming:
     last_switch_at: float | None = None
     fallback_failed_at: float | None = None
     committed_at: float | None = None
-    committed_activation: float | None = None
+    committed_release: str | None = None
 
     @property
     def said(self) -> tuple[bool, float | None, str | None]:

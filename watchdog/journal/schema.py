@@ -216,10 +216,10 @@ MIGRATIONS: Sequence[str] = (
             ordered_via = substr(outcome, instr(outcome, ' via ') + 5)
         WHERE mode = 'manual' AND outcome LIKE 'ordered by % via %';
     """,
-    # 7: the release commit (policy.commit_after): when, and for which activation of the primary
+    # 7: the release commit (policy.commit_after): when, and for which release of the primary
     """
     ALTER TABLE targets ADD COLUMN committed_at REAL;
-    ALTER TABLE targets ADD COLUMN committed_activation REAL;
+    ALTER TABLE targets ADD COLUMN committed_release TEXT;
     """,
     # 8: the fallback's baseline per activation of the primary ("worse than the Java version"),
     # kept as samples so the comparison can be checked later

@@ -82,7 +82,7 @@ class Store(Protocol):
         """Arm or disarm a target (disarmed after a rollback until an operator re-arms)."""
         ...
 
-    def set_committed(self, target: str, at: float | None, activation: float | None) -> None:
+    def set_committed(self, target: str, at: float | None, release: str | None) -> None:
         """Journal the release commit (``at`` None: a new activation reset it)."""
         ...
 

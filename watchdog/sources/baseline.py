@@ -43,6 +43,7 @@ class Comparator:
     ranges: Ranges
     baselines: dict[tuple[str, float], comparison.Baseline] = field(default_factory=dict)
     fresh: list[comparison.Baseline] = field(default_factory=list)  # fetched, not yet journaled
+    _deployed: dict[str, float] = field(default_factory=dict)  # release -> its first activation
     _series: dict[str, _Series] = field(default_factory=dict)
     _last: tuple[tuple[float, float | None, float | None], tuple[model.Signal, ...]] | None = None
 
@@ -51,11 +52,17 @@ class Comparator:
         return bool(self.target.baseline.metrics)
 
     async def signals(
-        self, at: float, activated_at: float | None, *, since: float | None = None
+        self,
+        at: float,
+        activated_at: float | None,
+        *,
+        since: float | None = None,
+        release: str | None = None,
     ) -> tuple[model.Signal, ...]:
         """The comparison's two signals at ``at`` (recomputed once per ``step``), from the
         primary's samples after warm-up and after ``since`` (the last re-arm: what came before
-        it is spent, as for every other signal)."""
+        it is spent, as for every other signal). With a ``release`` identity, a restart of the
+        same release keeps the baseline from before its first activation here."""
         settings = self.target.baseline
         if not settings.metrics:
             return ()
@@ -64,8 +71,11 @@ class Comparator:
         key = (now, activated_at, since)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
+        deployed = activated_at
+        if release is not None and activated_at is not None:
+            deployed = self._deployed.setdefault(release, activated_at)
         findings = await asyncio.gather(
-            *(self._finding(m, now, activated_at, since) for m in settings.metrics)
+            *(self._finding(m, now, activated_at, deployed, since) for m in settings.metrics)
         )
         made = comparison.signals(findings, _criteria(settings))
         self._last = (key, made)
@@ -87,16 +97,17 @@ class Comparator:
         metric: config.BaselineMetric,
         now: float,
         activated_at: float | None,
+        deployed: float | None,
         since: float | None,
     ) -> comparison.Finding:
         unit = comparison.Unit(metric.unit)
         fallback = self.target.fallback.job
         criteria = _criteria(self.target.baseline)
-        if activated_at is None:
+        if activated_at is None or deployed is None:
             return comparison.Finding(
                 metric.name, comparison.Outcome.NODATA, f"{metric.name}: activation unknown"
             )
-        baseline = await self.baseline(metric, activated_at)
+        baseline = await self.baseline(metric, deployed)
         if baseline.error is not None:
             return comparison.Finding(
                 metric.name, comparison.Outcome.NODATA, f"{metric.name}: {baseline.error}"
