@@ -167,58 +167,29 @@ class TestJournal:
 
     def test_runs_feed_the_loop_guard(self, store: journal.Journal) -> None:
         assert store.arming("lavalink") == journal.Arming(armed=True)
-        aborted = store.open_run(
-            "lavalink",
-            incident_id=None,
-            trigger=model.Trigger.AUTO,
-            initiated_by="w",
-            reason="r",
-            at=T0,
+
+        def run(trigger: model.Trigger, at: float) -> int:
+            return store.open_run(
+                "lavalink", incident_id=None, trigger=trigger, initiated_by="w", reason="r", at=at
+            )
+
+        store.finish_run(
+            run(model.Trigger.AUTO, T0), model.RunStatus.ABORTED, "preflight failed", at=T0 + 5
         )
-        store.finish_run(aborted, model.RunStatus.ABORTED, "preflight failed", at=T0 + 5)
-        manual = store.open_run(
-            "lavalink",
-            incident_id=None,
-            trigger=model.Trigger.MANUAL,
-            initiated_by="ops",
-            reason="r",
-            at=T0 + 10,
-        )
+        manual = run(model.Trigger.MANUAL, T0 + 10)
         store.finish_run(manual, model.RunStatus.RESTORED, "fallback failed", at=T0 + 90)
         arming = store.arming("lavalink")
         # an aborted run switched nothing; an operator's order is no automatic switch
         assert arming.last_switch_at is None
         assert arming.fallback_failed_at == T0 + 90
         # an approved one counts: a timeout that proceeded is the clock's switch, not a person's
-        timed_out = "nobody (timed out with on_timeout: proceed)"
-        approved = store.open_run(
-            "lavalink",
-            incident_id=None,
-            trigger=model.Trigger.APPROVED,
-            initiated_by=timed_out,
-            reason="r",
-            at=T0 + 95,
-        )
+        approved = run(model.Trigger.APPROVED, T0 + 95)
         store.finish_run(approved, model.RunStatus.ABORTED, "preflight failed", at=T0 + 96)
         assert store.arming("lavalink").last_switch_at is None  # aborted: nothing switched
-        approved = store.open_run(
-            "lavalink",
-            incident_id=None,
-            trigger=model.Trigger.APPROVED,
-            initiated_by=timed_out,
-            reason="r",
-            at=T0 + 97,
-        )
+        approved = run(model.Trigger.APPROVED, T0 + 97)
         assert store.arming("lavalink").last_switch_at == T0 + 97
         store.finish_run(approved, model.RunStatus.RESTORED, "fallback failed", at=T0 + 98)
-        auto = store.open_run(
-            "lavalink",
-            incident_id=None,
-            trigger=model.Trigger.AUTO,
-            initiated_by="w",
-            reason="r",
-            at=T0 + 100,
-        )
+        auto = run(model.Trigger.AUTO, T0 + 100)
         assert store.arming("lavalink").last_switch_at == T0 + 100  # running counts
         store.finish_run(auto, model.RunStatus.SUCCEEDED, "ok", at=T0 + 160, disarm=True)
         state = store.target_state("lavalink")

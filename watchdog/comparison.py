@@ -86,27 +86,44 @@ class Finding:
 
 def rules(criteria: Criteria) -> tuple[model.Rule, model.Rule]:
     """The comparison's two signals' rules, their thresholds in the criteria's numbers."""
-    test = f"rank test p < {criteria.alpha:g}"
+    return (
+        _rule(
+            "WorseThanFallback",
+            model.Severity.CRITICAL,
+            model.Category.PERFORMANCE,
+            "significantly worse than the fallback's own baseline",
+            criteria.critical_ratio,
+            criteria,
+        ),
+        _rule(
+            "WorseThanFallbackMinor",
+            model.Severity.WARNING,
+            model.Category.MINOR_PERFORMANCE,
+            "somewhat worse than the fallback's own baseline",
+            criteria.minor_ratio,
+            criteria,
+        ),
+    )
+
+
+def _rule(
+    name: str,
+    severity: model.Severity,
+    category: model.Category,
+    summary: str,
+    ratio: float,
+    criteria: Criteria,
+) -> model.Rule:
     label = f"p{_percent(criteria.quantile)}"
-    critical = model.Rule(
-        name="WorseThanFallback",
+    return model.Rule(
+        name=name,
         expr="(rank test against the fallback's baseline)",
-        severity=model.Severity.CRITICAL,
-        category=model.Category.PERFORMANCE,
-        summary="significantly worse than the fallback's own baseline",
-        threshold=f"{label} >= {criteria.critical_ratio:g}x the fallback's, {test}",
+        severity=severity,
+        category=category,
+        summary=summary,
+        threshold=f"{label} >= {ratio:g}x the fallback's, rank test p < {criteria.alpha:g}",
         origin=model.Origin.BASELINE,
     )
-    minor = model.Rule(
-        name="WorseThanFallbackMinor",
-        expr="(rank test against the fallback's baseline)",
-        severity=model.Severity.WARNING,
-        category=model.Category.MINOR_PERFORMANCE,
-        summary="somewhat worse than the fallback's own baseline",
-        threshold=f"{label} >= {criteria.minor_ratio:g}x the fallback's, {test}",
-        origin=model.Origin.BASELINE,
-    )
-    return critical, minor
 
 
 def judge(
