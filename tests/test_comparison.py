@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -97,12 +98,14 @@ def test_missing_data_is_nodata_never_failure() -> None:
         "basic endpoints latency",
         C.Outcome.NODATA,
         "basic endpoints latency: no baseline from lavalink-java",
+        missing="no baseline from lavalink-java",
     )
     assert judge([0.4] * 9) == C.Finding(
         "basic endpoints latency",
         C.Outcome.NODATA,
         "basic endpoints latency: too few samples (9 of the primary, 20 of lavalink-java; "
         "10 needed)",
+        missing="too few samples yet",
         n_primary=9,
         n_baseline=20,
     )
@@ -167,14 +170,18 @@ def test_signals_whole() -> None:
         labels=(("metric", "CPU load"),),
         detail="cpu words",
     )
-    quiet = C.signals([fine, C.Finding("x", C.Outcome.NODATA, "x: no baseline")], CRITERIA)
+    none = C.Finding("x", C.Outcome.NODATA, "x: no baseline", missing="no baseline")
+    quiet = C.signals([fine, none], CRITERIA)
     assert quiet == (
         model.Signal(CRITICAL, model.SignalState.OK),
         model.Signal(MINOR, model.SignalState.OK),
     )
-    blind = C.signals([C.Finding("x", C.Outcome.NODATA, "x: no baseline")] * 2, CRITERIA)
+    few = C.Finding("y", C.Outcome.NODATA, "y: 3 samples", missing="too few samples yet")
+    blind = C.signals([none, few, dataclasses.replace(none, metric="z")], CRITERIA)
     assert blind[0] == model.Signal(
-        CRITICAL, model.SignalState.NODATA, detail="x: no baseline; x: no baseline"
+        CRITICAL,
+        model.SignalState.NODATA,
+        detail="no baseline (x, z); too few samples yet (y)",  # each cause once
     )
     assert C.signals([], CRITERIA)[1] == model.Signal(
         MINOR, model.SignalState.NODATA, detail="no metrics to compare"
@@ -182,14 +189,13 @@ def test_signals_whole() -> None:
 
 
 def test_no_baseline_never_makes_the_verdict_inconclusive() -> None:
-    blind = C.signals([C.Finding("x", C.Outcome.NODATA, "x: no baseline")], CRITERIA)
+    blind = C.signals(
+        [C.Finding("x", C.Outcome.NODATA, "x: no baseline", missing="no baseline")], CRITERIA
+    )
     evaluated = model.Evaluation("t", 1_765_000_000.0, blind)
     made = decision.decide(evaluated, model.Policy(), model.TargetState())[0]
     assert made.verdict is model.Verdict.HOLD
-    assert made.reason == (
-        "all 0 signals quiet; not compared with the fallback: x: no baseline "
-        "(WorseThanFallback, WorseThanFallbackMinor)"
-    )
+    assert made.reason == ("all 0 signals quiet; not compared with the fallback: no baseline (x)")
 
 
 def test_a_critical_finding_reads_in_the_decisions_reason() -> None:

@@ -75,6 +75,7 @@ class Finding:
     metric: str
     outcome: Outcome
     words: str  # e.g. "p95 basic endpoints latency 412 ms vs 38 ms on lavalink-java (10.8x, ...)"
+    missing: str = ""  # nodata: why, in a few words ("no baseline", "too few samples", ...)
     primary: float | None = None  # the quantile of the primary's samples
     baseline: float | None = None  # the quantile of the baseline's samples
     ratio: float | None = None
@@ -141,13 +142,19 @@ def judge(
     ours = [v for v in primary if math.isfinite(v)]
     theirs = [v for v in baseline if math.isfinite(v)]
     if not theirs:
-        return Finding(metric, Outcome.NODATA, f"{metric}: no baseline from {fallback}")
+        return Finding(
+            metric,
+            Outcome.NODATA,
+            f"{metric}: no baseline from {fallback}",
+            missing=f"no baseline from {fallback}",
+        )
     if len(ours) < criteria.min_samples or len(theirs) < criteria.min_samples:
         return Finding(
             metric,
             Outcome.NODATA,
             f"{metric}: too few samples ({len(ours)} of the primary, {len(theirs)} of "
             f"{fallback}; {criteria.min_samples} needed)",
+            missing="too few samples yet",
             n_primary=len(ours),
             n_baseline=len(theirs),
         )
@@ -203,12 +210,18 @@ def _signal(rule: model.Rule, findings: Sequence[Finding], level: Outcome) -> mo
             detail="; ".join(f.words for f in hits),
         )
     if findings and all(f.outcome is Outcome.NODATA for f in findings):
-        return model.Signal(
-            rule, model.SignalState.NODATA, detail="; ".join(f.words for f in findings)
-        )
+        return model.Signal(rule, model.SignalState.NODATA, detail=_missing(findings))
     if not findings:
         return model.Signal(rule, model.SignalState.NODATA, detail="no metrics to compare")
     return model.Signal(rule, model.SignalState.OK)
+
+
+def _missing(findings: Sequence[Finding]) -> str:
+    """Why nothing could be compared, briefly: each cause once, with its metrics."""
+    by_cause: dict[str, list[str]] = {}
+    for found in findings:
+        by_cause.setdefault(found.missing or found.words, []).append(found.metric)
+    return "; ".join(f"{cause} ({', '.join(names)})" for cause, names in by_cause.items())
 
 
 def _ratio(primary: float, baseline: float) -> float:

@@ -107,7 +107,7 @@ def decide(
         verdict = model.Verdict.HOLD
         reason = f"all {len(evaluation.signals) - len(uncompared)} signals quiet"
         if uncompared:  # no baseline or too few samples: said, never a verdict of its own
-            reason += "; not compared with the fallback: " + _summarise_missing(uncompared)
+            reason += "; not compared with the fallback: " + uncompared[0].detail
         firing = []
     if ignored and warmup_end is not None:
         until = (

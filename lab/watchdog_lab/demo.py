@@ -71,7 +71,12 @@ def _run(workdir: Path, print_timeline: Callable[[backtest.Replay], None]) -> in
     print(f"  {at(YOUTUBE_FAILS_AT)}  YouTube track loading starts failing (SoundCloud fine)")
     print(f"  {at(CRASH_LOOP_AT)}  lavalink-rust starts crash-looping (a crash every 45 s)")
     series = history.lavalink_history(
-        start, start + WINDOW, faults=faults, process_start=deploy, seed=7
+        start,
+        start + WINDOW,
+        faults=faults,
+        process_start=deploy,
+        seed=7,
+        java_served_before=True,  # the Java node served until the deploy: its baseline
     )
     try:
         data = prometheus.load_history(series, workdir)

@@ -219,7 +219,13 @@ async def test_check_shows_every_signal_and_exits_1_on_rollback(
     report = json.loads(done.stdout)
     assert report["verdict"] == "rollback"
     states = {s["name"]: s["state"] for s in report["signals"]}
-    assert states == {"TestServiceDown": "firing", "TestSlowWarning": "ok"}
+    assert states == {
+        "TestServiceDown": "firing",
+        "TestSlowWarning": "ok",
+        # the Lavalink profile compares with the fallback: a fresh Prometheus has no baseline
+        "WorseThanFallback": "nodata",
+        "WorseThanFallbackMinor": "nodata",
+    }
     table = await asyncio.to_thread(cli, "check", "--config", path)
     assert table.returncode == 1
     assert "verdict ROLLBACK" in table.stdout

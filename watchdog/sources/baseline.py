@@ -87,7 +87,7 @@ class Comparator:
         if not settings.metrics:
             return ()
         missing = [
-            comparison.Finding(m.name, comparison.Outcome.NODATA, f"{m.name}: {why}")
+            comparison.Finding(m.name, comparison.Outcome.NODATA, f"{m.name}: {why}", missing=why)
             for m in settings.metrics
         ]
         return comparison.signals(missing, _criteria(settings))
@@ -105,12 +105,18 @@ class Comparator:
         criteria = _criteria(self.target.baseline)
         if activated_at is None or deployed is None:
             return comparison.Finding(
-                metric.name, comparison.Outcome.NODATA, f"{metric.name}: activation unknown"
+                metric.name,
+                comparison.Outcome.NODATA,
+                f"{metric.name}: activation unknown",
+                missing="the primary's activation unknown",
             )
         baseline = await self.baseline(metric, deployed)
         if baseline.error is not None:
             return comparison.Finding(
-                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {baseline.error}"
+                metric.name,
+                comparison.Outcome.NODATA,
+                f"{metric.name}: {baseline.error}",
+                missing=baseline.error,
             )
         settings = self.target.baseline
         # a sample's window (one step) must lie wholly after the activation and the re-arm
@@ -120,7 +126,7 @@ class Comparator:
         primary, error = await self._primary(metric, start, now)
         if error is not None:
             return comparison.Finding(
-                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {error}"
+                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {error}", missing=error
             )
         return comparison.judge(
             metric.name,
