@@ -16,7 +16,8 @@ scraped data could say so):
   restart (``NRestarts`` = 3, polled every 0.1 s) plus one scrape interval.
 - ``sources``: YouTube and SoundCloud track loading both fail (``LavalinkMajorSourcesDown``,
   ``for: 5m``); ``api``: ``/v4/info`` answers 500 (``LavalinkApiProbeFailing``, ``for: 3m``).
-  The limit is the rule's ``for`` plus one interval (the first failing probe, scraped).
+  The limit is the rule's ``for`` plus two intervals (the first failing probe round, then
+  the scrape that carries it to Prometheus).
 - ``latency_tail``: 10 % of the answers take 0.8 s (``LavalinkLatencyBudgetSlowBurn``): the
   limit is when the long window's share of slow requests can first pass 6 % (0.6 of the
   window, the window full of healthy requests before) plus the rule's ``for``.
@@ -24,9 +25,10 @@ scraped data could say so):
 All but the crash loop run their rules ``--speed`` times faster (default 20: ``for: 5m`` ->
 15 s), the latency tail ``--tail-speed`` times (default 10: the slow burn's 1h window -> 6m,
 its 5m one -> 30 s, enough requests in each to tell 10 % from 6 %), in both paths alike, so a
-run takes minutes, not an hour; a path silent for 10 minutes counts as such; each waits out warm-up and the longest window of healthy data before the fault. Prints one
-JSON object: per fault the median, min, max and spread of both paths, their ratio and the limit
-(and one line per run on stderr).
+run takes minutes, not an hour; a path silent for 10 minutes counts as such. Each run waits out
+warm-up and the longest window of healthy data before the fault. Prints one JSON object: per
+fault the median, min, max and spread of both paths, their ratio and the limit (and one line
+per run on stderr).
 
 Run: ``make bench-detection`` (root: the sandbox systemd needs it), or
 ``.venv/bin/python bench/detection.py --runs 5 --faults crash_loop,api``.
@@ -110,8 +112,9 @@ def faults(speed: float, tail_speed: float) -> dict[str, Fault]:
             "10s",
             0.0,
             lambda deployment: deployment.fault(failing_sources=["youtube", "soundcloud"]),
-            lambda run, interval: sources_for + interval,
-            f"LavalinkMajorSourcesDown's for ({sources_for:g} s at this speed) + one interval",
+            lambda run, interval: sources_for + 2 * interval,
+            f"LavalinkMajorSourcesDown's for ({sources_for:g} s at this speed) + a probe round "
+            "and a scrape",
         ),
         "api": Fault(
             "api",
@@ -120,8 +123,9 @@ def faults(speed: float, tail_speed: float) -> dict[str, Fault]:
             "10s",
             0.0,
             lambda deployment: deployment.fault(fail_endpoints=["/v4/info"], fail_status=500),
-            lambda run, interval: api_for + interval,
-            f"LavalinkApiProbeFailing's for ({api_for:g} s at this speed) + one interval",
+            lambda run, interval: api_for + 2 * interval,
+            f"LavalinkApiProbeFailing's for ({api_for:g} s at this speed) + a probe round and "
+            "a scrape",
         ),
         "latency_tail": Fault(
             "latency_tail",
