@@ -94,6 +94,25 @@ EQUIVALENT = [
         "decide() always sets inconclusive_since for an inconclusive verdict",
     ),
     Equivalent(
+        "_signal",
+        "key=lambda f: -(f.ratio or 0.0)",
+        "key=lambda f: -(f.ratio or 1.0)",
+        "a critical or minor finding always has its ratio (judge sets it); only nodata lacks one",
+    ),
+    Equivalent(
+        "decide",
+        "uncompared[0].detail",
+        "uncompared[1].detail",
+        "both comparison signals come from the same findings: their no-data details are equal",
+    ),
+    Equivalent(
+        "_p",
+        "if p_value < 0.001 else",
+        "if p_value <= 0.001 else",
+        'at exactly 0.001 both read the same: "p < 0.001" and "p = 0.001" name one boundary; no '
+        "test statistic here lands on it exactly",
+    ),
+    Equivalent(
         "_number",
         '"+Inf" if value > 0 else "-Inf"',
         '"+Inf" if value >= 0 else "-Inf"',
@@ -175,6 +194,7 @@ def main() -> None:
             "watchdog/decision.py",
             "watchdog/approval.py",
             "watchdog/stats.py",
+            "watchdog/comparison.py",
         ],
         "mutants": total,
         "killed": counts.get("killed", 0),

@@ -208,3 +208,24 @@ def test_a_critical_finding_reads_in_the_decisions_reason() -> None:
         "threshold p95 >= 3x the fallback's, rank test p < 0.01, "
         "p95 basic endpoints latency 413 ms vs 48 ms on lavalink-java (8.6x, p < 0.001)"
     )
+
+
+def test_the_significance_boundaries() -> None:
+    # 30 against 30 with U = 630 of 900: the effect is exactly 0.7, p about 0.004
+    baseline = [float(i) for i in range(30)]
+    primary = [i + 6.5 for i in range(30)]
+    primary[0] = 12.5
+    loose = C.Criteria(min_samples=10, minor_ratio=1.1, critical_ratio=100)
+    found = C.judge("m", C.Unit.NUMBER, primary, baseline, loose, fallback="j")
+    assert found.effect == 0.7 and found.p_value is not None and found.p_value < 0.01
+    assert found.outcome is C.Outcome.MINOR  # the least effect is enough
+    # at a p-value exactly alpha the test is not significant
+    exact = dataclasses.replace(loose, alpha=found.p_value)
+    assert C.judge("m", C.Unit.NUMBER, primary, baseline, exact, fallback="j").outcome is (
+        C.Outcome.NOT_WORSE
+    )
+
+
+def test_ten_seconds_read_as_seconds() -> None:
+    found = C.judge("m", C.Unit.SECONDS, [10.0] * 10, [1.0] * 10, CRITERIA, fallback="j")
+    assert found.words.startswith("p95 m 10.0 s vs 1000 ms")
