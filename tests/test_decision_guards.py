@@ -58,7 +58,10 @@ class TestLoopGuard:
         state = model.TargetState(armed_at=T0 - 10 * 60, last_switch_at=T0 - 20 * 60)
         made, _ = decision.decide(crash(T0), POLICY, state)
         assert made.action is A.PROPOSE
-        assert "loop guard: an automatic switch already ran at 2025-12-06T05:26:40Z" in made.reason
+        assert (
+            "loop guard: a switch not ordered by an operator already ran at 2025-12-06T05:26:40Z"
+            in made.reason
+        )
         assert "one per 1h cooldown, until 2025-12-06T06:26:40Z" in made.reason
         later = model.TargetState(armed_at=T0 - 10 * 60, last_switch_at=T0 - HOUR)
         assert decision.decide(crash(T0), POLICY, later)[0].action is A.ROLLBACK
@@ -108,16 +111,35 @@ class TestCommit:
     def test_a_restart_of_the_same_release_keeps_its_commit(self) -> None:
         # the binary did not change: a crash and a restart days after the commit is the same
         # release, and rolling it back is still a person's call
-        release = "/opt/lavalink-rust/lavalink modified 2025-12-04T10:00:00Z"
-        state = model.TargetState(committed_at=T0 - HOUR, committed_release=release)
+        release = model.Release("/opt/lavalink-rust/lavalink (inode 7)", since=T0 - 50 * HOUR)
+        state = model.TargetState(committed_at=T0 - HOUR, committed_release=release.name)
         restarted = dataclasses.replace(crash(T0, activated_at=T0 - 120), release=release)
         made, after = decision.decide(restarted, POLICY, state)
         assert made.action is A.PROPOSE and "release committed at" in made.reason
-        assert after.committed_release == release
+        assert after.committed_release == release.name
         # a new binary is a deploy: the commit is gone
-        deployed = dataclasses.replace(restarted, release=release.replace("04T10", "06T05"))
-        made, after = decision.decide(deployed, POLICY, state)
+        new = model.Release("/opt/lavalink-rust/lavalink (inode 8)", since=T0 - 130)
+        made, after = decision.decide(dataclasses.replace(restarted, release=new), POLICY, state)
         assert made.action is A.ROLLBACK and after.committed_at is None
+
+    def test_a_binary_swapped_under_the_old_process_bakes_from_the_swap(self) -> None:
+        # the old process (started 30h ago) still runs while the new binary is in place: the
+        # new release must not inherit the old one's quiet hours
+        old = model.Release("lavalink (inode 7)", since=T0 - 40 * HOUR)
+        state = model.TargetState(committed_at=T0 - 6 * HOUR, committed_release=old.name)
+        new = model.Release("lavalink (inode 8)", since=T0 - 60)
+        swapped = dataclasses.replace(quiet(T0, activated_at=T0 - 30 * HOUR), release=new)
+        _, after = decision.decide(swapped, POLICY, state)
+        assert (after.committed_at, after.committed_release) == (None, None)
+        # once the new process runs, a crash five minutes later rolls back automatically
+        running = dataclasses.replace(crash(T0 + 300, activated_at=T0 + 30), release=new)
+        made, after = decision.decide(running, POLICY, after)
+        assert made.action is A.ROLLBACK and after.committed_at is None
+        # and it commits a day after the new process started (later than the swap), not before
+        later = dataclasses.replace(quiet(T0 + 24 * HOUR + 29, activated_at=T0 + 30), release=new)
+        assert decision.decide(later, POLICY, model.TargetState())[1].committed_at is None
+        day = dataclasses.replace(later, at=T0 + 24 * HOUR + 30)
+        assert decision.decide(day, POLICY, model.TargetState())[1].committed_release == new.name
 
     def test_an_incident_restarts_the_bake(self) -> None:
         activated = T0 - 30 * HOUR

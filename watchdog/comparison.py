@@ -163,7 +163,9 @@ def judge(
     theirs_q = stats.quantile(theirs, criteria.quantile)
     ratio = _ratio(ours_q, theirs_q)
     significant = test.p_value < criteria.alpha and test.effect >= criteria.min_effect
-    if significant and ratio >= criteria.critical_ratio and critical:
+    # from nothing at all, a ratio says nothing about size: a warning at most (a zero baseline
+    # of failures is what the absolute rules judge)
+    if significant and ratio >= criteria.critical_ratio and critical and theirs_q > 0:
         outcome = Outcome.CRITICAL
     elif significant and ratio >= criteria.minor_ratio:
         outcome = Outcome.MINOR

@@ -232,12 +232,18 @@ class BaselineSettings(_Strict):
     minor_ratio: float = Field(default=1.5, gt=1)
     critical_ratio: float = Field(default=3.0, gt=1)
     metrics: list[BaselineMetric] = []
-    # the instants the fallback served (``${job}``: its job): only those are its baseline, not
-    # the primary's own earlier run after a restart, nor a time both were down
-    fallback_serving: str = 'max(up{job="${job}"}) == 1'
+    # the instants the fallback served (``${job}``: its job, ``${primary_job}``): only those
+    # are its baseline -- not the primary's own earlier run, nor a fallback idling beside it
+    fallback_serving: str = (
+        'max(up{job="${job}"}) == 1 unless on() max(up{job="${primary_job}"}) == 1'
+    )
 
-    def baseline_query(self, metric: BaselineMetric, target: str, fallback_job: str) -> str:
-        serving = self.fallback_serving.replace("${job}", fallback_job)
+    def baseline_query(
+        self, metric: BaselineMetric, target: str, fallback_job: str, primary_job: str
+    ) -> str:
+        serving = self.fallback_serving.replace("${job}", fallback_job).replace(
+            "${primary_job}", primary_job
+        )
         return f"({metric.rendered(target, fallback_job)}) and on() ({serving})"
 
     @model_validator(mode="after")

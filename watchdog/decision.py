@@ -181,7 +181,7 @@ def _committed(
     policy: model.Policy,
     activated: float | None,
     now: float,
-    release: str | None,
+    release: model.Release | None,
 ) -> model.TargetState:
     """The release commit after this decision (``state`` already holds its incident).
 
@@ -192,14 +192,15 @@ def _committed(
     """
     if policy.commit_after is None or activated is None:
         return state
-    key = release if release is not None else f"started {timefmt.format_instant(activated)}"
+    key = release.name if release is not None else f"started {timefmt.format_instant(activated)}"
     if state.committed_at is not None and state.committed_release == key:
         return state
     if state.committed_at is not None:  # committed, but another release runs now
         state = dataclasses.replace(state, committed_at=None, committed_release=None)
     if state.incident is not None and state.incident.verdict is not model.Verdict.INCONCLUSIVE:
         return state
-    quiet_since = activated
+    # a release swapped in under a process that still runs the old one bakes from the swap
+    quiet_since = max(activated, release.since) if release is not None else activated
     closed = state.last_closed_verdict
     if state.last_closed_at is not None and closed is not None and closed is not _QUIET:
         quiet_since = max(quiet_since, state.last_closed_at)
@@ -238,7 +239,7 @@ def not_automatic(state: model.TargetState, policy: model.Policy, now: float) ->
     switched = state.last_switch_at
     if switched is not None and now - switched < cooldown:
         return (
-            f"loop guard: an automatic switch already ran at "
+            f"loop guard: a switch not ordered by an operator already ran at "
             f"{timefmt.format_instant(switched)} (one per "
             f"{timefmt.format_duration(cooldown)} cooldown, until "
             f"{timefmt.format_instant(switched + cooldown)}): a human decides"

@@ -663,7 +663,11 @@ _FLEET_STATUS = {
 
 def _clock_approved(ticket: Ticket) -> bool:
     """The fleet incident was approved by its timeout (``on_timeout: proceed``), not people."""
-    return ticket.status == "approved" and ticket.decided_by == "rollback-watchdog"
+    return (
+        ticket.status == "approved"
+        and ticket.decided_by == "rollback-watchdog"
+        and not ticket.approved_by  # a voter of that name still leaves their name here
+    )
 
 
 def _fleet_words(ticket: Ticket) -> str:

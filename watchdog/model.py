@@ -248,6 +248,15 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """What the primary runs, as its files say: a name that changes with every deploy (the
+    binary's resolved path, inode, size and modification time) and since when it is there."""
+
+    name: str
+    since: float  # the binary's modification time: a process started before runs the old one
+
+
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """All signals of one target at one instant: the output of evaluation."""
 
@@ -256,9 +265,9 @@ class Evaluation:
     signals: tuple[Signal, ...]
     activated_at: float | None = None
     activation_failed: bool = False
-    # what the primary runs, when the pipeline can tell (its binary's modification time): a
-    # restart of the same release keeps its commit; None: each activation is a release
-    release: str | None = None
+    # what the primary runs, when the pipeline can tell (``primary.binary``): a restart of the
+    # same release keeps its commit; None: each activation is a release
+    release: Release | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ from watchdog import (
     model,
     sources,
     telemetry,
-    timefmt,
 )
 from watchdog.sources import alertmanager, baseline, systemd_watch
 
@@ -101,6 +100,7 @@ class Target:
     alerts_forget_after: float | None = None  # read Alertmanager's alerts from the journal
     fleet: Admission | None = None  # fleet mode: slots, halts, partitions
     comparator: baseline.Comparator | None = None  # against the fallback's own baseline
+    release: model.Release | None = None  # what the primary ran at the last tick, if known
     clock: Callable[[], float] = time.time  # injected in tests
 
     @property
@@ -137,7 +137,9 @@ class Target:
         evaluated, memory = evaluation.evaluate(
             self.name, evaluated_rules, observation, self.memory
         )
-        release = await asyncio.to_thread(release_of, self.settings)
+        # a binary caught mid-copy (unreadable) is no new release: the last one stands
+        release = await asyncio.to_thread(release_of, self.settings) or self.release
+        self.release = release
         if self.comparator is not None and self.source.answers_rules:
             activated = evaluated.activated_at or self.state.activated_at
             left = budget - (time.perf_counter() - started)  # one budget for the whole tick
@@ -147,7 +149,7 @@ class Target:
                         at, activated, since=self.state.armed_at, release=release
                     )
             except TimeoutError:
-                compared = self.comparator.unanswered(f"no answer within {budget:g}s")
+                compared = self.comparator.unanswered(f"no answer within the tick's {budget:g}s")
             evaluated = dataclasses.replace(evaluated, signals=evaluated.signals + compared)
             for fetched in self.comparator.take_fresh():  # recorded when the primary deploys
                 await asyncio.to_thread(self.store.record_baseline, self.name, fetched, at=at)
@@ -290,17 +292,20 @@ class Target:
             log.warning("release commit reset by a new activation", target=self.name)
 
 
-def release_of(settings: config.TargetSettings) -> str | None:
-    """What the primary runs, as far as the files say: its binary's path and modification time
-    (``primary.binary``); None without one. A deploy changes it, a restart does not."""
+def release_of(settings: config.TargetSettings) -> model.Release | None:
+    """What the primary runs, as far as its files say (``primary.binary``): its resolved path,
+    inode, size and modification time (a Nix-style store keeps mtimes, not paths); None without
+    one, or when it cannot be read right now (the caller keeps the last one)."""
     binary = settings.primary.binary
     if binary is None:
         return None
     try:
-        modified = binary.stat().st_mtime
+        resolved = binary.resolve()
+        stat = resolved.stat()
     except OSError:
         return None
-    return f"{binary} modified {timefmt.format_instant(modified)}"
+    name = f"{resolved} (inode {stat.st_ino}, {stat.st_size} bytes, modified {stat.st_mtime_ns})"
+    return model.Release(name=name, since=stat.st_mtime)
 
 
 def timed_out(rules: Sequence[model.Rule], at: float, budget: float) -> model.Observation:

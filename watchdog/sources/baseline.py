@@ -43,7 +43,6 @@ class Comparator:
     ranges: Ranges
     baselines: dict[tuple[str, float], comparison.Baseline] = field(default_factory=dict)
     fresh: list[comparison.Baseline] = field(default_factory=list)  # fetched, not yet journaled
-    _deployed: dict[str, float] = field(default_factory=dict)  # release -> its first activation
     _series: dict[str, _Series] = field(default_factory=dict)
     _last: tuple[tuple[float, float | None, float | None], tuple[model.Signal, ...]] | None = None
 
@@ -57,12 +56,13 @@ class Comparator:
         activated_at: float | None,
         *,
         since: float | None = None,
-        release: str | None = None,
+        release: model.Release | None = None,
     ) -> tuple[model.Signal, ...]:
         """The comparison's two signals at ``at`` (recomputed once per ``step``), from the
         primary's samples after warm-up and after ``since`` (the last re-arm: what came before
-        it is spent, as for every other signal). With a ``release`` identity, a restart of the
-        same release keeps the baseline from before its first activation here."""
+        it is spent, as for every other signal). With a ``release``, the fallback's baseline is
+        the hour before the release was put in place (a restart of it keeps that baseline), and
+        nothing is compared while the process still runs the one before."""
         settings = self.target.baseline
         if not settings.metrics:
             return ()
@@ -73,7 +73,8 @@ class Comparator:
             return self._last[1]
         deployed = activated_at
         if release is not None and activated_at is not None:
-            deployed = self._deployed.setdefault(release, activated_at)
+            # started before its binary was written: still the old release, nothing to compare
+            deployed = release.since if activated_at >= release.since else None
         findings = await asyncio.gather(
             *(self._finding(m, now, activated_at, deployed, since) for m in settings.metrics)
         )
@@ -104,11 +105,9 @@ class Comparator:
         fallback = self.target.fallback.job
         criteria = _criteria(self.target.baseline)
         if activated_at is None or deployed is None:
+            why = "the new release not started yet" if activated_at else "activation unknown"
             return comparison.Finding(
-                metric.name,
-                comparison.Outcome.NODATA,
-                f"{metric.name}: activation unknown",
-                missing="the primary's activation unknown",
+                metric.name, comparison.Outcome.NODATA, f"{metric.name}: {why}", missing=why
             )
         baseline = await self.baseline(metric, deployed)
         if baseline.error is not None:
@@ -150,7 +149,9 @@ class Comparator:
         settings = self.target.baseline
         end = _grid(activated_at, settings.step) - settings.step  # not the switch itself
         start = end - settings.window + settings.step
-        query = settings.baseline_query(metric, self.target.name, self.target.fallback.job)
+        query = settings.baseline_query(
+            metric, self.target.name, self.target.fallback.job, self.target.primary.job
+        )
         result = await self.ranges.range(query, start, end, settings.step)
         if result.error is not None:
             made = comparison.Baseline(metric.name, activated_at, start, end, error=result.error)
