@@ -413,3 +413,28 @@ async def test_after_a_rearm_the_comparison_reads_only_newer_samples(tmp_path: P
     assert primary == [(199_020.0, 199_920.0)]  # up to the last whole minute before 200 000
     # kept: only samples whose minute lies wholly after the re-arm
     assert min(comparator._series["memory"].values) == 199_080.0
+
+
+async def test_the_release_is_what_primary_binary_holds_and_survives_a_blink(
+    tmp_path: Path,
+) -> None:
+    binary = tmp_path / "lavalink"
+    binary.write_bytes(b"v1")
+    primary = TARGET.primary.model_copy(update={"binary": binary})
+    settings = TARGET.model_copy(update={"primary": primary})
+    first = pipeline.release_of(settings)
+    assert first is not None and first.since == binary.stat().st_mtime
+    assert str(binary.resolve()) in first.name
+    replaced = tmp_path / "lavalink.new"
+    replaced.write_bytes(b"v2 longer")
+    replaced.rename(binary)  # a deploy: a new file (inode, size)
+    second = pipeline.release_of(settings)
+    assert second is not None and second.name != first.name
+    binary.unlink()
+    assert pipeline.release_of(settings) is None
+    # in a tick, a binary caught missing (mid-copy) is no new release: the last one stands
+    target = make_target(tmp_path / "j", Client(HEALTHY))
+    target.settings = settings
+    target.release = second
+    await target.tick(budget=5)
+    assert target.release == second
