@@ -585,3 +585,20 @@ def test_a_journal_that_is_not_a_database_is_a_clear_message(tmp_path: Path) -> 
     done = cli("status", "--config", str(path))
     assert_bad_input(done, "status:", "not a database")
     assert "Traceback" not in done.stderr
+
+
+def test_status_shows_a_committed_release(tmp_path: Path) -> None:
+    from watchdog import journal
+
+    path = config_file(tmp_path)
+    store = journal.Journal.open(tmp_path / "state")
+    store.set_committed("lavalink", 1_765_000_000.0, "lavalink (inode 7)")
+    store.close()
+    done = cli("status", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "release committed at 2025-12-06T05:46:40Z: a rollback is proposed to a human, never "
+        "automatic, until the next deploy"
+    ) in done.stdout
+    status = json.loads(cli("status", "--config", str(path), "--json").stdout)
+    assert status["targets"][0]["committed_at"] == 1_765_000_000.0
