@@ -387,17 +387,27 @@ def test_every_profile_with_defaults_is_one_the_registry_knows() -> None:
     assert [profiles.get(name).name for name in config.profile_names()] == ["http", "lavalink"]
 
 
-def test_the_example_configs_commit_after_validates_once_uncommented(tmp_path: Path) -> None:
+def test_the_example_configs_commit_and_baseline_validate_once_uncommented(
+    tmp_path: Path,
+) -> None:
     text = (ROOT / "config" / "lavalink.yml").read_text()
     assert "  # commit_after: 24h" in text
     uncommented = tmp_path / "lavalink.yml"
+    lines, inside = [], False
+    for line in text.replace("  # commit_after: 24h", "  commit_after: 24h").splitlines():
+        inside = line.startswith("    # baseline:") or (inside and line.startswith("    #   "))
+        lines.append("    " + line[6:] if inside else line)  # the baseline section, uncommented
     uncommented.write_text(
-        text.replace("  # commit_after: 24h", "  commit_after: 24h").replace(
+        "\n".join(lines).replace(
             "rules: [../rules/lavalink.yml]", f"rules: [{ROOT / 'rules' / 'lavalink.yml'}]"
         )
     )
-    policy = config.load(uncommented).policy.to_policy()
+    loaded = config.load(uncommented)
+    policy = loaded.policy.to_policy()
     assert policy.commit_after == 86_400.0
+    baseline = loaded.targets[0].baseline
+    assert (baseline.window, baseline.min_effect, baseline.critical_ratio) == (3600.0, 0.7, 3)
+    assert len(baseline.metrics) == 4  # the profile's, kept when only the numbers are given
     assert config.load(ROOT / "config" / "lavalink.yml").policy.to_policy().commit_after is None
 
 
