@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import rule, signal
-from watchdog import decision, errors, journal, model, statedir
+from watchdog import comparison, decision, errors, journal, model, statedir
 
 CRASH = rule("CrashLoop")
 CPU = rule("CpuHigh", severity="warning")
@@ -112,6 +112,14 @@ def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path
     assert store.schema_version == len(journal.MIGRATIONS) == 8
     assert [(i.verdict, i.reason) for i in store.incidents()] == [("rollback", "crash loop")]
     assert not store.arming("lavalink").armed  # still disarmed after the upgrade
+    # schema 7 and 8 start empty and work on the upgraded file: no commit, no guard, no baseline
+    assert store.arming("lavalink") == journal.Arming(False, 20, "rollback")
+    store.set_committed("lavalink", 30.0, "lavalink (inode 7)")
+    assert store.target_state("lavalink").committed_release == "lavalink (inode 7)"
+    assert not store.arming("lavalink").armed  # a commit arms nothing
+    kept = comparison.Baseline("memory", 5.0, 1.0, 4.0, (1.0, 2.0))
+    store.record_baseline("lavalink", kept, at=6.0)
+    assert store.baselines("lavalink", 5.0) == [kept]
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["PostgresDown"]
     assert store.unrouted() == (0, [])
     assert store.journal_id  # an identity of its own from now on

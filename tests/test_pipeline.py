@@ -438,3 +438,11 @@ async def test_the_release_is_what_primary_binary_holds_and_survives_a_blink(
     target.release = second
     await target.tick(budget=5)
     assert target.release == second
+
+
+async def test_a_crash_loops_activations_do_not_pile_up_baselines(tmp_path: Path) -> None:
+    ranges = Ranges({'rss{job="lavalink-java"}': 1.0, 'rss{job="lavalink-rust"}': 2.0})
+    comparator = _comparing(ranges)
+    for restart in range(5):  # a new activation every minute
+        await comparator.signals(200_000.0 + 60 * restart, 190_000.0 + 60 * restart)
+    assert list(comparator.baselines) == [("memory", 190_240.0)]

@@ -277,7 +277,7 @@ class Target:
 
     async def _journal_commit(self, before: model.TargetState, after: model.TargetState) -> None:
         """Journal the release commit when the decision committed the release or a new
-        activation reset it."""
+        release reset it."""
         if (after.committed_at, after.committed_release) == (
             before.committed_at,
             before.committed_release,
@@ -289,7 +289,7 @@ class Target:
         if after.committed_at is not None:
             log.warning("release committed", target=self.name, activation=after.activated_at)
         else:
-            log.warning("release commit reset by a new activation", target=self.name)
+            log.warning("release commit reset by a new release", target=self.name)
 
 
 def release_of(settings: config.TargetSettings) -> model.Release | None:

@@ -1,8 +1,9 @@
 """The samples the comparison with the fallback needs, from Prometheus's history.
 
 For each metric of ``targets[].baseline``: the fallback's samples from its last period of
-service -- the ``window`` before the primary's activation, its own job's series then, queried
-once per activation (the baseline) -- and the primary's since warm-up, at most ``window`` of
+service -- the ``window`` before the primary was deployed (its binary written, or without one
+its activation), where the fallback's job served, queried once per deploy (the baseline) --
+and the primary's since warm-up, at most ``window`` of
 them, fetched incrementally (only the steps not yet seen), so the daemon asks Prometheus for one
 new point per metric per ``step``, and ``backtest`` walking forward through history for little
 more. ``comparison`` judges them; this module only fetches.
@@ -44,7 +45,7 @@ class Comparator:
     baselines: dict[tuple[str, float], comparison.Baseline] = field(default_factory=dict)
     fresh: list[comparison.Baseline] = field(default_factory=list)  # fetched, not yet journaled
     _series: dict[str, _Series] = field(default_factory=dict)
-    _last: tuple[tuple[float, float | None, float | None], tuple[model.Signal, ...]] | None = None
+    _last: tuple[tuple[object, ...], tuple[model.Signal, ...]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -68,7 +69,7 @@ class Comparator:
             return ()
         # the last whole step: the current one may still miss its last scrape
         now = _grid(at, settings.step) - settings.step
-        key = (now, activated_at, since)
+        key = (now, activated_at, since, release)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         deployed = activated_at
@@ -140,8 +141,8 @@ class Comparator:
     async def baseline(
         self, metric: config.BaselineMetric, activated_at: float
     ) -> comparison.Baseline:
-        """The fallback's samples before ``activated_at`` (fetched once; a failure is kept
-        only until the next step asks again)."""
+        """The fallback's samples before ``activated_at``, the deploy (fetched once; a failure
+        is kept only until the next step asks again). Only the current deploy's are kept."""
         key = (metric.name, activated_at)
         known = self.baselines.get(key)
         if known is not None and known.error is None:
@@ -159,6 +160,8 @@ class Comparator:
             samples = _values(result.series)
             made = comparison.Baseline(metric.name, activated_at, start, end, samples)
             self.fresh.append(made)
+        for older in [k for k in self.baselines if k[1] != activated_at]:  # a crash loop's
+            del self.baselines[older]  # activations must not pile up in a long-running daemon
         self.baselines[key] = made
         return made
 
