@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql
 
-.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet mutation lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet bench-footprint mutation lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-ingest: $(BIN)/.installed
 # BEFORE=DIR: the same flood on another checkout (git worktree add DIR <commit>), for a before/after
 bench-flood: $(BIN)/.installed
 	$(BIN)/python bench/flood.py --runs 3 $(if $(BEFORE),--code $(BEFORE))
+
+bench-footprint: system-deps $(BIN)/.installed
+	$(BIN)/python bench/footprint.py --runs 10
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants

@@ -222,7 +222,9 @@ def test_unreachable_prometheus_in_check(tmp_path: Path) -> None:
         tmp_path, f"prometheus: {{url: 'http://127.0.0.1:{port}', retries: 1, timeout: 2s}}\n"
     )
     done = cli("check", "--config", str(path))
-    assert_bad_input(done, f"Prometheus at http://127.0.0.1:{port} is unreachable")
+    assert done.returncode == 3, done.stdout + done.stderr  # did not answer: not bad input
+    assert f"Prometheus at http://127.0.0.1:{port} is unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_backtest_bad_times(tmp_path: Path) -> None:
@@ -257,8 +259,12 @@ def test_unknown_command_and_missing_option() -> None:
     )
 
 
-def test_status_without_journal(tmp_path: Path) -> None:
-    assert_bad_input(cli("status", "--config", str(config_file(tmp_path))), "no journal at")
+def test_status_without_journal_is_a_daemon_that_never_ran(tmp_path: Path) -> None:
+    path = config_file(tmp_path, f"listen: {{port: {closed_port()}}}\n")
+    done = cli("status", "--config", str(path))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "NOT RUNNING" in done.stdout and "no journal at" in done.stdout
+    assert not (tmp_path / "state").exists()  # nothing created
 
 
 def test_rearm_without_a_journal_creates_nothing(tmp_path: Path) -> None:
@@ -272,7 +278,7 @@ def test_rearm_without_a_journal_creates_nothing(tmp_path: Path) -> None:
 def test_rearm_then_status(tmp_path: Path) -> None:
     from watchdog import journal
 
-    path = config_file(tmp_path)
+    path = config_file(tmp_path, f"listen: {{port: {closed_port()}}}\n")
     store = journal.Journal.open(tmp_path / "state")
     store.set_armed("lavalink", False, at=1000.0, by="rollback", note="rolled back by run #1")
     store.close()
@@ -283,8 +289,9 @@ def test_rearm_then_status(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "target lavalink is already armed; nothing changed" in again.stdout
     done = cli("status", "--config", str(path), "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # armed, but no daemon ever evaluated
     status = json.loads(done.stdout)
+    assert status["daemon"]["running"] is False
     assert status["targets"][0]["target"] == "lavalink"
     assert status["targets"][0]["armed"] is True
     store = journal.Journal.open_existing(tmp_path / "state")
@@ -590,15 +597,15 @@ def test_a_journal_that_is_not_a_database_is_a_clear_message(tmp_path: Path) -> 
 def test_status_shows_a_committed_release(tmp_path: Path) -> None:
     from watchdog import journal
 
-    path = config_file(tmp_path)
+    path = config_file(tmp_path, f"listen: {{port: {closed_port()}}}\n")
     store = journal.Journal.open(tmp_path / "state")
     store.set_committed("lavalink", 1_765_000_000.0, "lavalink (inode 7)")
     store.close()
     done = cli("status", "--config", str(path))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # no daemon evaluates
     assert (
         "release committed at 2025-12-06T05:46:40Z: a rollback is proposed to a human, never "
         "automatic, until the next deploy"
     ) in done.stdout
     status = json.loads(cli("status", "--config", str(path), "--json").stdout)
-    assert status["targets"][0]["committed_at"] == 1_765_000_000.0
+    assert status["targets"][0]["committed_at"] == "2025-12-06T05:46:40Z"  # RFC 3339

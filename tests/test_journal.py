@@ -109,7 +109,7 @@ def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path
     db.commit()
     db.close()
     store = journal.Journal.open(tmp_path)
-    assert store.schema_version == len(journal.MIGRATIONS) == 8
+    assert store.schema_version == len(journal.MIGRATIONS) == 9
     assert [(i.verdict, i.reason) for i in store.incidents()] == [("rollback", "crash loop")]
     assert not store.arming("lavalink").armed  # still disarmed after the upgrade
     # schema 7 and 8 start empty and work on the upgraded file: no commit, no guard, no baseline
@@ -120,6 +120,7 @@ def test_a_journal_of_the_last_release_migrates_with_nothing_lost(tmp_path: Path
     kept = comparison.Baseline("memory", 5.0, 1.0, 4.0, (1.0, 2.0))
     store.record_baseline("lavalink", kept, at=6.0)
     assert store.baselines("lavalink", 5.0) == [kept]
+    assert store.latest("lavalink") is None  # schema 9: no evaluation since the upgrade
     assert [a.alertname for a in store.firing_alerts("lavalink", seen_since=0)] == ["PostgresDown"]
     assert store.unrouted() == (0, [])
     assert store.journal_id  # an identity of its own from now on
@@ -151,6 +152,11 @@ def test_records_verdict_changes_incidents_and_decisions(tmp_path: Path) -> None
         .fetchall()
     )
     assert rows == [(0.0, "hold"), (30.0, "rollback"), (60.0, "hold")]
+    assert store.latest("other") is None
+    state = step(store, state, 75, signal(CRASH, "ok"))[1]  # same verdict: latest still moves
+    latest = store.latest("lavalink")
+    assert latest is not None
+    assert (latest.at, latest.verdict, latest.pid) == (75.0, model.Verdict.HOLD, os.getpid())
     (incident,) = store.incidents()
     assert (
         incident.status,

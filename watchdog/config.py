@@ -9,10 +9,12 @@ variable that holds each one (systemd credentials work as files), and the adapte
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import ipaddress
 import re
 import socket
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -813,11 +815,43 @@ def _describe(exc: ValidationError, document: yamlsrc.Document) -> str:
         field = ".".join(str(part) for part in location) or "(top level)"
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = "unknown field" + _did_you_mean(location)
         elif error["type"] == "missing":
             message = "required field is missing"
         lines.append(f"{document.where(location)}: {field}: {message}")
     return "\n".join(lines)
+
+
+def _did_you_mean(location: tuple[str | int, ...]) -> str:
+    """``; did you mean 'interval'?`` when an unknown key is a near miss of a known one."""
+    known = _fields_at(location[:-1])
+    wrong = str(location[-1]) if location else ""
+    close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _fields_at(location: tuple[str | int, ...]) -> list[str]:
+    """The field names of the model at ``location`` in the settings (none if it is not one)."""
+    at: type[BaseModel] | None = Settings
+    for part in location:
+        if at is None:
+            return []
+        if isinstance(part, int):  # an item of a list: the list's model, already found
+            continue
+        field = at.model_fields.get(part)
+        at = _model_in(field.annotation) if field is not None else None
+    return list(at.model_fields) if at is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, through ``list[...]``, ``X | None`` and ``Annotated``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for inner in typing.get_args(annotation):
+        found = _model_in(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

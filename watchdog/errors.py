@@ -67,7 +67,8 @@ class QueryFailed(SourceError):
 
 
 class Unreachable(SourceError):
-    """The daemon did not answer the CLI: not bad input, a failed check (exit 1)."""
+    """The daemon did not answer the CLI: not bad input; exit 3, as for any peer that does not
+    answer."""
 
 
 class DeliveryError(WatchdogError):

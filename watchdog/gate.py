@@ -524,6 +524,8 @@ class Gate:
 
     def _step_observer(self, incident: int) -> Observer:
         def observe(event: model.StepEvent) -> None:
+            if event.progress:  # a live view's ticker: too frequent for a chat message
+                return
             if event.status is model.StepStatus.RUNNING:
                 status = f"Rolling back: step {event.seq}/{event.total} {event.name}"
                 self._update(incident, None, status=status, buttons=False)

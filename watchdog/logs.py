@@ -24,8 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 
-import structlog
-
 REDACTED = "[REDACTED]"
 MIN_SECRET = 8  # shorter "secrets" would redact ordinary words (and are weak besides)
 _VALUE = r"[^ \t\r\n'\",;]+"  # up to a space, a line end or a quote; control bytes included
@@ -119,6 +117,8 @@ def configure(
 ) -> None:
     """Route structlog and the standard library (every library's logger, warnings) through
     one handler on stderr (or ``stream``): timestamped, levelled, redacted, rendered."""
+    import structlog  # here, not above: `validate` uses the secret policy, never the pipeline
+
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
@@ -165,6 +165,8 @@ def configure(
 
 def reset() -> None:
     """Back to the defaults (tests): structlog's, and no handler of ours on the root logger."""
+    import structlog
+
     structlog.reset_defaults()
     root = logging.getLogger()
     for old in list(root.handlers):

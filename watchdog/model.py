@@ -449,6 +449,7 @@ class StepEvent:
     detail: str
     seconds: float
     total: int = 0  # steps in the runbook, for "step 3/8"
+    progress: bool = False  # a running step saying what it waits for (a live view's ticker)
 
 
 @dataclass(frozen=True, slots=True)

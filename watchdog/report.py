@@ -161,6 +161,54 @@ def build(data: ReportData) -> str:
     return "\n".join(lines) + "\n"
 
 
+def facts(data: ReportData) -> dict[str, Any]:
+    """The report's facts as plain data (``report --json``): the same journal rows and the same
+    derived figures as ``build``, instants as Unix seconds (the CLI prints them RFC 3339)."""
+    run = data.run
+    down = downtime(data)
+    decided = decision_of(data)
+    run_facts = run.facts
+    return {
+        "run": {
+            "id": run.id,
+            "target": run.target,
+            "status": run.status.value,
+            "trigger": run.trigger.value,
+            "initiated_by": initiated_by(data),
+            "reason": run.reason,
+            "outcome": run.outcome,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "duration_seconds": (
+                run.finished_at - run.started_at if run.finished_at is not None else None
+            ),
+        },
+        "incident": dict(data.incident) if data.incident is not None else None,
+        "decision": dict(decided) if decided is not None else None,
+        "timeline": [{"at": at, "text": text} for at, text in timeline(data)],
+        "downtime": {
+            "text": down.text,
+            "seconds": down.seconds,
+            "started_at": down.started.at if down.started is not None else None,
+            "ended_at": down.ended.at if down.ended is not None else None,
+        },
+        "steps": [
+            {
+                "seq": step.seq,
+                "name": step.name,
+                "status": step.status.value,
+                "started_at": step.started_at,
+                "finished_at": step.finished_at,
+                "detail": step.detail,
+            }
+            for step in data.steps
+        ],
+        "verification": run_facts.get("verification") or {},
+        "backup": run_facts.get("backup"),
+        "generated_at": data.generated_at,
+    }
+
+
 def _summary(data: ReportData) -> list[str]:
     run = data.run
     if run.finished_at is not None:

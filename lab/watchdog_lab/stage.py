@@ -77,6 +77,11 @@ class Stage:
     def journal_path(self) -> Path:
         return self.state_dir / "journal.sqlite3"
 
+    @property
+    def rules_file(self) -> Path:
+        """The rules the watchdog reads: the shipped ones at the stage's speed."""
+        return self.workdir / "rules" / "lavalink.yml"
+
     def states(self) -> tuple[str, str]:
         return self.box.unit_state(PRIMARY), self.box.unit_state(FALLBACK)
 
@@ -100,20 +105,6 @@ class Stage:
 
     def _fault_flags(self, flags: str) -> None:
         (self.workdir / "rust.env").write_text(f"FAULT_FLAGS={flags}\n")
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """``rollback-watchdog ARGS --config <the stage's>`` inside the sandbox."""
-        return self.box.run(
-            [
-                sys.executable,
-                "-m",
-                "watchdog",
-                *args,
-                "--config",
-                str(self.box.inside(self.config)),
-            ],
-            timeout=timeout,
-        )
 
     def restore_primary_units(self) -> None:
         """The operator's way back after a scene: no faults, the Rust node serving again. The

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from watchdog import config, errors
-from watchdog.cli.common import _fail
+from watchdog.cli.common import _fail, _unreachable
 
 if TYPE_CHECKING:
     from watchdog.fleet.store import FleetStore
@@ -51,6 +51,8 @@ def _migrate(args: argparse.Namespace) -> int:
     fleet = _fleet_settings(args)
     try:
         before_after = _with_store(fleet, _migrated)
+    except errors.FleetUnreachable as exc:  # did not answer: exit 3, as for Prometheus
+        return _unreachable(f"migrate: {exc}")
     except errors.FleetError as exc:
         return _fail(f"migrate: {exc}")
     before, after = before_after
@@ -89,6 +91,8 @@ def _fleet(args: argparse.Namespace) -> int:
 
     try:
         done = _with_store(fleet, act)
+    except errors.FleetUnreachable as exc:
+        return _unreachable(f"fleet {args.action}: {exc}")
     except errors.FleetError as exc:
         return _fail(f"fleet {args.action}: {exc}")
     if args.action == "resume":

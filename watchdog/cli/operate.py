@@ -8,9 +8,12 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from watchdog import (
     config,
@@ -26,7 +29,14 @@ from watchdog.cli.api import (
     _said,
     _Unreachable,
 )
-from watchdog.cli.common import EXIT_FAILED, EXIT_OK, _fail
+from watchdog.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    _fail,
+    _print_json,
+    _unreachable,
+)
 from watchdog.executor import runbook, units
 from watchdog.executor.systemd import SystemdError, Unreachable
 
@@ -45,18 +55,26 @@ def _rollback(args: argparse.Namespace) -> int:
     if through_api and args.by is not None:
         return _fail("--by names who rolls back with --local; through the daemon, your token does")
     if not args.dry_run and not args.yes:
+        if args.json:
+            return _fail("--json needs --yes: a question would mix with the JSON")
         if not sys.stdin.isatty():
             return _fail("rollback needs --yes when not run from a terminal")
-        answer = input(
-            f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}?"
-            " [y/N] "
-        )
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing done")
-            return EXIT_FAILED
     if through_api:
-        return _rollback_via_api(settings, target, args)
+        return _rollback_via_api(settings, target, args, confirm=_confirm)
     return asyncio.run(_rollback_async(settings, target, args, by))
+
+
+def _confirm(target: config.TargetSettings, args: argparse.Namespace) -> bool:
+    """Asked only once everything the rollback needs has answered: check first, then ask."""
+    if args.dry_run or args.yes:
+        return True
+    answer = input(
+        f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}? [y/N] "
+    )
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing done")
+    return False
 
 
 def _vote(args: argparse.Namespace) -> int:
@@ -71,26 +89,38 @@ def _vote(args: argparse.Namespace) -> int:
             {"decision": args.command, "request_id": f"cli-{os.getpid()}-{time.time_ns()}"},
         )
     except _Unreachable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _unreachable(str(exc))
     finally:
         api.close()
+    said = _said(answer)
+    if args.json:
+        _print_json(
+            {
+                "approval": int(args.id),
+                "decision": args.command,
+                "counted": answer.status_code == 200,
+                "http_status": answer.status_code,
+                "message": said,
+            }
+        )
     if answer.status_code in (400, 404):  # no such approval: bad input
-        return _fail(f"{_said(answer)} (HTTP {answer.status_code})")
+        return EXIT_BAD_INPUT if args.json else _fail(f"{said} (HTTP {answer.status_code})")
     if answer.status_code != 200:
-        print(f"refused: {_said(answer)} (HTTP {answer.status_code})", file=sys.stderr)
+        if not args.json:
+            print(f"refused: {said} (HTTP {answer.status_code})", file=sys.stderr)
         return EXIT_FAILED
-    print(_said(answer))
+    if not args.json:
+        print(said)
     return EXIT_OK
 
 
 async def _rollback_async(
     settings: config.Settings, target: config.TargetSettings, args: argparse.Namespace, by: str
 ) -> int:
-    if args.dry_run:
+    plan = runbook.plan(target, settings.state_dir)
+    if args.dry_run and not args.json:
         print(f"rollback plan for {target.name}: {target.primary.unit} -> {target.fallback.unit}")
-        steps = runbook.plan(target, settings.state_dir)
-        for seq, (name, what) in enumerate(steps, start=1):
+        for seq, (name, what) in enumerate(plan, start=1):
             print(f"  {seq}. {name:<15} {what}")
         print(f"  on a failure after stop-primary: {target.runbook.on_fallback_failure}")
     systemd: units.Units
@@ -98,32 +128,63 @@ async def _rollback_async(
         systemd = await units.connect(settings.systemd, call_timeout=target.runbook.job_timeout)
     except SystemdError as exc:
         if not args.dry_run:
-            return _fail(str(exc))
+            return _unreachable(f"{exc}; nothing was changed")
         systemd = Unreachable(str(exc))  # a dry run still checks everything else
     try:
         if args.dry_run:
-            ctx = runbook.Context(
-                target=target,
-                systemd=systemd,
-                store=None,
-                state_dir=settings.state_dir,
-                run_id=0,
-                password="",
-            )
-            try:
-                detail = await runbook.preflight(ctx)
-            except runbook.StepFailed as exc:
-                print(f"preflight: FAILED: {exc}")
-                return EXIT_FAILED
-            finally:
-                await ctx.http.aclose()
-            print(f"preflight: OK ({detail}); nothing was changed")
-            return EXIT_OK
-        if isinstance(systemd, Unreachable):  # only a dry run goes on without systemd
-            return _fail(systemd.reason)
-        return await _execute(settings, target, systemd, args.reason, by, args.category)
+            return await _dry_run(settings, target, systemd, plan, as_json=args.json)
+        if not await asyncio.to_thread(_confirm, target, args):
+            return EXIT_FAILED
+        return await _execute(
+            settings, target, systemd, args.reason, by, args.category, as_json=args.json
+        )
     finally:
         systemd.close()
+
+
+async def _dry_run(
+    settings: config.Settings,
+    target: config.TargetSettings,
+    systemd: units.Units,
+    plan: list[tuple[str, str]],
+    *,
+    as_json: bool,
+) -> int:
+    ctx = runbook.Context(
+        target=target,
+        systemd=systemd,
+        store=None,
+        state_dir=settings.state_dir,
+        run_id=0,
+        password="",
+    )
+    try:
+        detail = await runbook.preflight(ctx)
+        ok = True
+    except runbook.StepFailed as exc:
+        detail, ok = str(exc), False
+    finally:
+        await ctx.http.aclose()
+    if as_json:
+        _print_json(
+            {
+                "dry_run": True,
+                "target": target.name,
+                "primary": target.primary.unit,
+                "fallback": target.fallback.unit,
+                "plan": [
+                    {"seq": seq, "name": name, "what": what}
+                    for seq, (name, what) in enumerate(plan, start=1)
+                ],
+                "on_fallback_failure": target.runbook.on_fallback_failure,
+                "preflight": {"ok": ok, "detail": detail},
+            }
+        )
+    elif ok:
+        print(f"preflight: OK ({detail}); nothing was changed")
+    else:
+        print(f"preflight: FAILED: {detail}")
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _execute(
@@ -133,7 +194,10 @@ async def _execute(
     reason: str,
     by: str,
     category: str = "manual",
+    *,
+    as_json: bool = False,
 ) -> int:
+    say = _quiet if as_json else print
     store = journal.Journal.open(settings.state_dir)
     try:
         incident = store.open_incident_id(target.name)
@@ -141,7 +205,8 @@ async def _execute(
             incident = store.open_manual_incident(
                 target.name, reason=reason, at=time.time(), category=category, by=by, via="cli"
             )
-        print(f"rolling {target.name} back: {target.primary.unit} -> {target.fallback.unit}")
+        say(f"rolling {target.name} back: {target.primary.unit} -> {target.fallback.unit}")
+        shown = None if as_json else StepView()
         try:
             outcome = await runbook.start_run(
                 target,
@@ -152,25 +217,89 @@ async def _execute(
                 initiated_by=by,
                 reason=reason,
                 incident_id=incident,
-                observer=_show_step,
+                observer=shown.show if shown is not None else None,
             )
         except journal.RunInFlight as exc:
-            print(f"run #{exc.run_id} is already in flight: following it")
-            outcome = await _follow(store, exc.run_id, target, systemd, settings.state_dir)
+            say(f"run #{exc.run_id} is already in flight: following it")
+            outcome = await _follow(store, exc.run_id, target, systemd, settings.state_dir, say=say)
+        steps = store.steps(outcome.run_id)
     finally:
         store.close()
-    print(f"run #{outcome.run_id}: {outcome.status.upper()}: {outcome.detail}")
+    if as_json:
+        _print_json(
+            {
+                "via": "local",
+                "target": target.name,
+                "incident": incident,
+                "run": outcome.run_id,
+                "status": str(outcome.status),
+                "outcome": outcome.detail,
+                "steps": [_step_json(step) for step in steps],
+            }
+        )
+    else:
+        print(f"run #{outcome.run_id}: {outcome.status.upper()}: {outcome.detail}")
     return EXIT_OK if outcome.succeeded else EXIT_FAILED
 
 
-def _show_step(event: runbook.StepEvent) -> None:
-    total = event.total or len(runbook.STEPS)
-    if event.status is model.StepStatus.RUNNING:
-        print(f"  [{event.seq}/{total}] {event.name:<15} ...", end="", flush=True)
-    elif event.status is model.StepStatus.SKIPPED:
-        print(f"  [{event.seq}/{total}] {event.name:<15} skipped: {event.detail}", flush=True)
-    else:
-        print(f" {event.status} ({event.seconds:.1f}s) {event.detail}", flush=True)
+def _quiet(*_: object, **__: object) -> None:
+    """``--json``: the progress is not printed, only the document at the end."""
+
+
+def _step_json(step: journal.StepRow) -> dict[str, object]:
+    return {
+        "seq": step.seq,
+        "name": step.name,
+        "status": step.status.value,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "detail": step.detail,
+    }
+
+
+class StepView:
+    """Each step as it starts and ends; while one runs, a ticker with what it waits for --
+    rewritten in place at a terminal, one line now and then into a pipe or a file."""
+
+    LINE_EVERY = 10.0  # seconds between ticker lines when not at a terminal
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+        self._tty = self._stream.isatty()
+        self._last_line = 0.0
+        self._ticking = False
+
+    def show(self, event: runbook.StepEvent) -> None:
+        total = event.total or len(runbook.STEPS)
+        head = f"  [{event.seq}/{total}] {event.name:<15}"
+        if event.progress:
+            self._tick(head, event)
+        elif event.status is model.StepStatus.RUNNING:
+            self._write(f"{head} ...")
+        elif event.status is model.StepStatus.SKIPPED:
+            self._write(f"{head} skipped: {event.detail}\n")
+        else:
+            if self._ticking and self._tty:  # the result replaces the ticker's line
+                self._write(f"\r\x1b[K{head} ...")
+            elif self._ticking:
+                self._write(head + " ...")
+            self._ticking = False
+            self._write(f" {event.status} ({event.seconds:.1f}s) {event.detail}\n")
+
+    def _tick(self, head: str, event: runbook.StepEvent) -> None:
+        text = f"{head} ... {event.seconds:.0f}s: {event.detail}"
+        if self._tty:
+            width = shutil.get_terminal_size().columns
+            clipped = text if len(text) < width else text[: max(width - 2, 0)] + "…"
+            self._write(f"\r\x1b[K{clipped}")
+        elif time.monotonic() - self._last_line >= self.LINE_EVERY:
+            self._last_line = time.monotonic()
+            self._write(("\n" if not self._ticking else "") + text + "\n")
+        self._ticking = True
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
 
 
 async def _follow(
@@ -179,6 +308,8 @@ async def _follow(
     target: config.TargetSettings,
     systemd: units.Units,
     state_dir: Path,
+    *,
+    say: Callable[..., None] = print,
 ) -> runbook.Outcome:
     """Show another process's run until it ends (a second trigger joins the first). If that
     process dies meanwhile, reconcile its run here."""
@@ -193,12 +324,15 @@ async def _follow(
         for step in steps[shown:]:
             if step.status is model.StepStatus.RUNNING:
                 break
-            print(f"  {step.name:<15} {step.status}: {step.detail}")
+            say(f"  {step.name:<15} {step.status}: {step.detail}")
             shown += 1
         run = await asyncio.to_thread(store.run, run_id)
         if run.status is not model.RunStatus.RUNNING:
             return runbook.Outcome(run.id, run.status, run.outcome)
-        orphaned = await runbook.reconcile(target, store, systemd, state_dir, observer=_show_step)
+        view = StepView() if say is print else None
+        orphaned = await runbook.reconcile(
+            target, store, systemd, state_dir, observer=view.show if view is not None else None
+        )
         if orphaned is not None:  # its process had died: finished here
             return orphaned
         await asyncio.sleep(0.5)
@@ -208,16 +342,29 @@ def _rearm(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     target = settings.target(args.target)
     store = journal.Journal.open_existing(settings.state_dir)
+    now = time.time()
     try:
         arming = store.arming(target.name)
-        if arming.armed:
-            print(f"target {target.name} is already armed; nothing changed")
-            return EXIT_OK
-        store.set_armed(target.name, True, at=time.time(), by=args.by, note="re-armed via CLI")
+        if not arming.armed:
+            store.set_armed(target.name, True, at=now, by=args.by, note="re-armed via CLI")
     finally:
         store.close()
-    print(
-        f"target {target.name} armed (it was disarmed by {arming.by}); only evidence newer than "
-        "now can act on it"
-    )
+    if args.json:
+        _print_json(
+            {
+                "target": target.name,
+                "armed": True,
+                "changed": not arming.armed,
+                "at": now if not arming.armed else arming.changed_at,
+                "by": args.by if not arming.armed else arming.by,
+                "was_disarmed_by": arming.by if not arming.armed else None,
+            }
+        )
+    elif arming.armed:
+        print(f"target {target.name} is already armed; nothing changed")
+    else:
+        print(
+            f"target {target.name} armed (it was disarmed by {arming.by}); only evidence newer "
+            "than now can act on it"
+        )
     return EXIT_OK

@@ -1,4 +1,9 @@
-"""The command line's grammar: every command, its options and its help."""
+"""The command line's grammar: every command, its options and its help.
+
+Each command's ``--help`` says what it does in one line, shows an example and lists its exit
+codes. This module imports nothing of the daemon, so ``--help`` and a mistyped option answer at
+once.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from watchdog import (
-    __version__,
-)
-from watchdog.cli.common import _fail
+from watchdog import __version__
+from watchdog.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, _fail
 
 MAX_BACKTEST_STEPS = 1_000_000  # ~6 months at 15 s; more is almost surely a mistyped time
+
+CONFIG = "/etc/rollback-watchdog/config.yml"
+_BAD_INPUT = (EXIT_BAD_INPUT, "bad input: an invalid option, file or config (one message why)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,18 +27,58 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_fail(f"{self.prog}: {message}"))
 
 
+def _epilog(example: str, exits: list[tuple[int, str]]) -> str:
+    lines = ["example:", *(f"  {line}" for line in example.splitlines()), "", "exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in sorted(exits)]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="rollback-watchdog",
         description="Rolls a systemd service back to its predecessor when its rules say so.",
+        epilog=_epilog(
+            f"rollback-watchdog status --config {CONFIG}\n"
+            "rollback-watchdog COMMAND --help     (each command's options and exit codes)",
+            [
+                (EXIT_OK, "ok / healthy"),
+                (EXIT_FAILED, "a check failed, a target needs attention, or a request was refused"),
+                _BAD_INPUT,
+                (EXIT_UNREACHABLE, "the daemon, its API, Prometheus or systemd did not answer"),
+                (141, "the output's reader went away (e.g. `| head`); nothing more is printed"),
+            ],
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
+
+    def command(
+        name: str, summary: str, example: str, exits: list[tuple[int, str]]
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=_epilog(example, exits),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     def with_config(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
 
-    validate = commands.add_parser("validate", help="check config and rules files")
+    def with_json(sub: argparse.ArgumentParser, what: str = "print JSON") -> None:
+        sub.add_argument("--json", action="store_true", help=f"{what} (times in RFC 3339)")
+
+    validate = command(
+        "validate",
+        "check config and rules files, offline, and say every problem at once",
+        f"rollback-watchdog validate --config {CONFIG}\n"
+        "rollback-watchdog validate rules/lavalink.yml",
+        [(EXIT_OK, "every file is valid"), (EXIT_BAD_INPUT, "a problem, each one named")],
+    )
     validate.add_argument("paths", nargs="*", type=Path, help="config or rules files")
     validate.add_argument("--config", "-c", type=Path, help="a config file (and its rules)")
     validate.add_argument(
@@ -41,30 +87,92 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the files' syntax and rules only, not the secrets and files they name "
         "(for packaging pipelines that validate before secrets are installed)",
     )
+    with_json(validate)
 
-    check = commands.add_parser("check", help="evaluate once now and show every signal")
+    check = command(
+        "check",
+        "evaluate a target once now against Prometheus and show every signal",
+        f"rollback-watchdog check --config {CONFIG} --target lavalink",
+        [
+            (EXIT_OK, "the verdict is hold"),
+            (EXIT_FAILED, "another verdict (warn, propose, rollback, inconclusive)"),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "Prometheus did not answer"),
+        ],
+    )
     with_config(check)
     check.add_argument("--target", help="target name (default: the only one)")
-    check.add_argument("--json", action="store_true", help="print JSON")
+    with_json(check)
 
-    status = commands.add_parser("status", help="show targets, incidents and decisions")
+    status = command(
+        "status",
+        "say whether the daemon runs and what it last decided, per target",
+        f"rollback-watchdog status --config {CONFIG} --target lavalink",
+        [
+            (EXIT_OK, "healthy: the daemon evaluates, every target armed and holding"),
+            (
+                EXIT_FAILED,
+                "degraded: a target disarmed, not holding, rolling back or awaiting approval, "
+                "or its last evaluation stale",
+            ),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "the daemon is not running (no listener, no fresh evaluation)"),
+        ],
+    )
     with_config(status)
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--target", help="only this target (default: all)")
+    with_json(status)
 
-    run = commands.add_parser("run", help="run the watchdog daemon")
+    run = command(
+        "run",
+        "run the watchdog daemon (what the systemd unit starts)",
+        f"rollback-watchdog run --config {CONFIG} --log-format console",
+        [
+            (EXIT_OK, "stopped cleanly (SIGTERM)"),
+            (EXIT_BAD_INPUT, "bad config or rules, an unusable port or journal"),
+        ],
+    )
     with_config(run)
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-format",
+        choices=["console", "json"],
+        default=None,
+        help="json (one object per line) or console; default: json under systemd, console at "
+        "a terminal, json otherwise",
+    )
 
-    replay = commands.add_parser("backtest", help="replay the rules and policy over history")
+    replay = command(
+        "backtest",
+        "replay the rules and policy over Prometheus's history",
+        f"rollback-watchdog backtest --config {CONFIG} --start 2026-11-25T10:00:00Z "
+        "--end 2026-11-25T13:00:00Z",
+        [
+            (EXIT_OK, "replayed (whatever the verdicts)"),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "Prometheus did not answer"),
+        ],
+    )
     with_config(replay)
     replay.add_argument("--prometheus", help="Prometheus URL (default: the config's)")
     replay.add_argument("--start", required=True, help="RFC 3339 or Unix seconds")
     replay.add_argument("--end", required=True, help="RFC 3339 or Unix seconds")
     replay.add_argument("--step", default="15s", help="evaluation step [15s]")
     replay.add_argument("--target", help="target name (default: the only one)")
-    replay.add_argument("--json", action="store_true", help="print the JSON contract")
+    with_json(replay, "print the JSON contract")
 
-    rollback = commands.add_parser("rollback", help="roll back now, step by step (the runbook)")
+    rollback = command(
+        "rollback",
+        "roll back now, step by step (the runbook), through the daemon or here over D-Bus",
+        f"rollback-watchdog rollback --config {CONFIG} --reason 'voice drops since 14:00'\n"
+        f"rollback-watchdog rollback --config {CONFIG} --reason drill --dry-run",
+        [
+            (EXIT_OK, "rolled back and verified (--dry-run: preflight passed)"),
+            (EXIT_FAILED, "the run failed or was refused, preflight failed, or not confirmed"),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "the daemon's API or systemd did not answer"),
+        ],
+    )
     with_config(rollback)
     rollback.add_argument("--reason", required=True, help="why (journaled, in the report)")
     rollback.add_argument("--target", help="target name (default: the only one)")
@@ -94,9 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(when the daemon is down; the default when the API has no token)",
     )
     rollback.add_argument("--url", help="the daemon's listener (default: from listen:)")
+    with_json(rollback, "print the run's outcome and steps as JSON, not the progress (needs --yes)")
 
-    for verb, words in (("approve", "approve a pending rollback"), ("deny", "deny it")):
-        vote = commands.add_parser(verb, help=words)
+    for verb, words in (("approve", "approve a pending rollback"), ("deny", "deny a pending one")):
+        vote = command(
+            verb,
+            f"{words} (your token names you; see `status` for the number)",
+            f"rollback-watchdog {verb} --config {CONFIG} 7",
+            [
+                (EXIT_OK, "your vote was counted"),
+                (EXIT_FAILED, "refused (not an approver, already decided, ...)"),
+                (EXIT_BAD_INPUT, "bad input, or no such approval"),
+                (EXIT_UNREACHABLE, "the daemon did not answer"),
+            ],
+        )
         with_config(vote)
         vote.add_argument("id", help="the approval's number (see status)")
         vote.add_argument(
@@ -106,31 +225,61 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: $ROLLBACK_WATCHDOG_TOKEN, else listen.token_*)",
         )
         vote.add_argument("--url", help="the daemon's listener (default: from listen:)")
+        with_json(vote)
 
-    show = commands.add_parser("report", help="print a run's rollback report (Markdown)")
+    show = command(
+        "report",
+        "print a run's rollback report (Markdown; --json for its facts)",
+        f"rollback-watchdog report --config {CONFIG} 3 > rollback-3.md",
+        [(EXIT_OK, "printed"), (EXIT_BAD_INPUT, "bad input, or no such run")],
+    )
     with_config(show)
     show.add_argument("run", help="the run's number (see status)")
+    with_json(show, "print the report's facts as JSON instead of Markdown")
 
-    render = commands.add_parser(
-        "rules", help="print a target's rules files, templates filled in, for Prometheus"
+    render = command(
+        "rules",
+        "print a target's rules files, templates filled in, for Prometheus",
+        f"rollback-watchdog rules --config {CONFIG} > /etc/prometheus/rules/lavalink.yml",
+        [(EXIT_OK, "printed"), _BAD_INPUT],
     )
     with_config(render)
     render.add_argument("--target", help="target name (default: the only one)")
 
-    rearm = commands.add_parser("rearm", help="arm a target again after a rollback")
+    rearm = command(
+        "rearm",
+        "arm a target again after a rollback (once the primary is fixed and running)",
+        f"rollback-watchdog rearm --config {CONFIG} --by alice",
+        [(EXIT_OK, "armed (or it already was)"), _BAD_INPUT],
+    )
     with_config(rearm)
     rearm.add_argument("--target", help="target name (default: the only one)")
     rearm.add_argument("--by", default="operator", help="who re-arms (journaled)")
+    with_json(rearm)
 
-    migrate = commands.add_parser(
-        "migrate", help="create or update the fleet store's schema (PostgreSQL; fleet mode)"
+    migrate = command(
+        "migrate",
+        "create or update the fleet store's schema (PostgreSQL; fleet mode)",
+        f"rollback-watchdog migrate --config {CONFIG}",
+        [
+            (EXIT_OK, "the schema is current"),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "the fleet store did not answer"),
+        ],
     )
     with_config(migrate)
 
-    fleet = commands.add_parser(
+    fleet = command(
         "fleet",
-        help="the fleet group: status (exit 1 while halted), resume after a halt, or "
-        "approve-waves (roll the rest of a bad release back, in waves)",
+        "the fleet group: status, resume after a halt, or approve-waves (roll the rest of a "
+        "bad release back, in waves)",
+        f"rollback-watchdog fleet status --config {CONFIG} --json",
+        [
+            (EXIT_OK, "done (status: the group is not halted)"),
+            (EXIT_FAILED, "status: the group is halted"),
+            _BAD_INPUT,
+            (EXIT_UNREACHABLE, "the fleet store did not answer"),
+        ],
     )
     fleet.add_argument("action", choices=["status", "resume", "approve-waves"])
     with_config(fleet)
@@ -140,8 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--by", default="operator", help="who resumes or approves (the fleet's audit trail)"
     )
 
-    demo = commands.add_parser(
-        "demo", help="two live incidents on a sandboxed systemd and a real Prometheus"
+    demo = command(
+        "demo",
+        "two live incidents on a sandboxed systemd and a real Prometheus (root; from a clone)",
+        "sudo rollback-watchdog demo --workdir /tmp/demo",
+        [
+            (EXIT_OK, "both incidents ended in a verified fallback"),
+            (EXIT_FAILED, "an incident did not go as expected"),
+            (EXIT_BAD_INPUT, "no sandbox systemd or no lab here, or a used --workdir"),
+        ],
     )
     demo.add_argument("--workdir", type=Path, help="put files here (default: a new temp dir)")
     demo.add_argument(

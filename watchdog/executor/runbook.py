@@ -111,6 +111,18 @@ async def _finish_failure(
 # -- running ----------------------------------------------------------------------------------
 
 
+def _ticker(
+    notify: Observer, seq: int, name: str, total: int, started: float
+) -> Callable[[str], None]:
+    """What a step says it waits for, as a progress event of that step."""
+
+    def waiting(text: str) -> None:
+        seconds = time.monotonic() - started
+        notify(StepEvent(seq, name, StepStatus.RUNNING, text, seconds, total, progress=True))
+
+    return waiting
+
+
 async def execute(
     ctx: Context,
     *,
@@ -134,6 +146,7 @@ async def execute(
         notify(StepEvent(seq, step.name, StepStatus.RUNNING, "", 0.0, total))
         log.info("step started", run=ctx.run_id, step=step.name)
         started = time.monotonic()
+        ctx.waiting = _ticker(notify, seq, step.name, total, started)
         try:
             if pause:
                 await asyncio.sleep(pause)  # drills: time to watch (or kill) each step

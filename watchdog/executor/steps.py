@@ -49,6 +49,8 @@ class Context:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5.0))
     current_step: int = 0  # the journal row of the step being run
     halt: asyncio.Event | None = None  # set at shutdown: stop at the next safe point
+    # what the running step waits for now, for a live view (the CLI's ticker); never journaled
+    waiting: Callable[[str], None] = field(default=lambda text: None)
 
     @property
     def runbook(self) -> config.RunbookSettings:
@@ -326,12 +328,20 @@ async def verify_fallback(ctx: Context) -> str:
     not a broken fallback, and switching back to the suspect primary for it would be worse.
     """
     settings, service = ctx.runbook.verify, ctx.service
+    ctx.waiting(f"waiting for {ctx.target.fallback.unit} to answer (up to {settings.timeout:g}s)")
     checks = [
-        await verify.wait_ready(ctx.http, service, within=settings.timeout, poll=settings.poll)
+        await verify.wait_ready(
+            ctx.http,
+            service,
+            within=settings.timeout,
+            poll=settings.poll,
+            waiting=lambda detail: ctx.waiting(f"not answering yet: {detail}"),
+        )
     ]
     fallback = await ctx.systemd.status(ctx.target.fallback.unit)
     primary = await ctx.systemd.status(ctx.target.primary.unit)
     if checks[0].ok:
+        ctx.waiting("checking " + ", ".join(service.verify_plan()))
         checks += [verify.Check.of(answer) for answer in await service.checks(ctx.http)]
     checks.append(
         verify.Check(
@@ -365,6 +375,12 @@ async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
         ]
         if all(c.ok for c in checks) or time.monotonic() >= deadline:
             return checks
+        left = max(deadline - time.monotonic(), 0.0)
+        ctx.waiting(
+            "settling: "
+            + "; ".join(f"{c.name} {c.detail}" for c in checks if not c.ok)
+            + f" (retried for {left:.0f}s more)"
+        )
         await asyncio.sleep(settings.poll)
 
 

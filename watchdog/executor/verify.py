@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,20 @@ class Check:
 
 
 async def wait_ready(
-    client: httpx.AsyncClient, service: base.Service, *, within: float, poll: float
+    client: httpx.AsyncClient,
+    service: base.Service,
+    *,
+    within: float,
+    poll: float,
+    waiting: Callable[[str], None] | None = None,
 ) -> Check:
-    """Ask the profile's readiness question until it passes or ``within`` seconds pass."""
+    """Ask the profile's readiness question until it passes or ``within`` seconds pass;
+    ``waiting`` hears each answer that was not yet ready."""
     started = time.monotonic()
     while True:
         answer = await service.ready(client)
+        if not answer.ok and waiting is not None:
+            waiting(answer.detail)
         if answer.ok:
             return Check(answer.probe, True, answer.detail, time.monotonic() - started)
         if time.monotonic() - started >= within:

@@ -4,6 +4,7 @@ where each incident's chat message is."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from watchdog.journal.rows import (
     DecisionRow,
     EvaluationRow,
     IncidentRow,
+    LatestRow,
     ProbeTurn,
     RunRow,
     SignalRecord,
@@ -201,6 +203,20 @@ class Incidents(Runs, Approvals):
                         json.dumps([_signal_json(s) for s in evaluation.signals]),
                     ),
                 )
+            self._db.execute(
+                "INSERT INTO latest (target, at, verdict, score, reason, pid)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET at = excluded.at,"
+                " verdict = excluded.verdict, score = excluded.score, reason = excluded.reason,"
+                " pid = excluded.pid",
+                (
+                    target,
+                    decision.at,
+                    decision.verdict.value,
+                    decision.score,
+                    decision.reason,
+                    os.getpid(),
+                ),
+            )
             row = self._db.execute(  # the decision's own: a person's order is not its to close
                 "SELECT id FROM incidents WHERE target = ? AND status = 'open' "
                 "AND origin = 'decision' ORDER BY id DESC LIMIT 1",
@@ -462,6 +478,18 @@ class Incidents(Runs, Approvals):
             row["score"],
             row["reason"],
             tuple(json.loads(row["firing"])),
+        )
+
+    def latest(self, target: str) -> LatestRow | None:
+        """The latest evaluation of ``target``, whatever its verdict, and who made it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT at, verdict, score, reason, pid FROM latest WHERE target = ?", (target,)
+            ).fetchone()
+        if row is None:
+            return None
+        return LatestRow(
+            row["at"], model.Verdict(row["verdict"]), row["score"], row["reason"], row["pid"]
         )
 
     def armed(self, target: str) -> bool:

@@ -258,6 +258,17 @@ class EvaluationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class LatestRow:
+    """A target's latest evaluation, whatever its verdict: how fresh the daemon's word is."""
+
+    at: float
+    verdict: model.Verdict
+    score: float
+    reason: str
+    pid: int  # the daemon process that evaluated
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeTurn:
     """When the synthetic probes turned from passing to failing, or back."""
 

@@ -236,6 +236,18 @@ MIGRATIONS: Sequence[str] = (
         UNIQUE (target, activation, metric)
     );
     """,
+    # 9: each target's latest evaluation, whatever its verdict, and the process that made it:
+    # `status` tells a live daemon and a stale reason from it (evaluations keep only changes)
+    """
+    CREATE TABLE latest (
+        target   TEXT PRIMARY KEY,
+        at       REAL NOT NULL,
+        verdict  TEXT NOT NULL,
+        score    REAL NOT NULL,
+        reason   TEXT NOT NULL,
+        pid      INTEGER NOT NULL
+    );
+    """,
 )
 
 

@@ -25,6 +25,7 @@ from watchdog.journal.rows import (
     EvaluationRow,
     IncidentRow,
     Ingested,
+    LatestRow,
     ProbeTurn,
     RunRow,
     StepRow,
@@ -152,6 +153,10 @@ class Store(Protocol):
     def incidents(self, *, target: str | None = None, limit: int = 20) -> list[IncidentRow]: ...
 
     def decisions(self, *, target: str | None = None, limit: int = 20) -> list[DecisionRow]: ...
+
+    def latest(self, target: str) -> LatestRow | None:
+        """The latest evaluation, whatever its verdict (a heartbeat of the loop)."""
+        ...
 
     def last_evaluation(self, target: str) -> EvaluationRow | None:
         """The latest verdict change of ``target``."""

@@ -21,28 +21,23 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 import aiohttp
 import structlog
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.async_handler import AsyncRetryHandler
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
-from slack_sdk.socket_mode.response import SocketModeResponse
-from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from watchdog import errors
 from watchdog.notify import Card, MessageRefs, SignalLine
 from watchdog.notify.channel import Click
+
+if TYPE_CHECKING:  # slack_sdk is loaded only when Slack is configured: the daemon stays light
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+    from slack_sdk.socket_mode.aiohttp import SocketModeClient
+    from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+    from slack_sdk.socket_mode.request import SocketModeRequest
+    from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 log = structlog.get_logger("watchdog.slack")
 
@@ -284,6 +279,8 @@ class SlackNotifier:
             raise errors.InputError("no Slack channel to post to")
         if retries < 0 or timeout <= 0:
             raise errors.InputError("Slack timeout must be positive and retries not negative")
+        from slack_sdk.web.async_client import AsyncWebClient
+
         self._channel = channel
         self._refs = refs
         self._client = AsyncWebClient(
@@ -393,6 +390,12 @@ class SlackNotifier:
 
 
 def _retry_handlers(retries: int) -> list[AsyncRetryHandler]:
+    from slack_sdk.http_retry.builtin_async_handlers import (
+        AsyncConnectionErrorRetryHandler,
+        AsyncRateLimitErrorRetryHandler,
+        AsyncServerErrorRetryHandler,
+    )
+
     return [
         AsyncRateLimitErrorRetryHandler(max_retry_count=retries),  # waits Retry-After
         AsyncServerErrorRetryHandler(max_retry_count=retries),  # 500, 503
@@ -402,6 +405,8 @@ def _retry_handlers(retries: int) -> list[AsyncRetryHandler]:
 
 async def _call(method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
     """The call's answer, or ``_Failure`` with Slack's error code (or what went wrong)."""
+    from slack_sdk.errors import SlackApiError
+
     try:
         return await call
     except SlackApiError as exc:
@@ -610,6 +615,9 @@ class SocketModeListener:
         listener keeps retrying), or after ``connect_timeout`` at most."""
         if self._client is not None:
             return
+        from slack_sdk.socket_mode.aiohttp import SocketModeClient
+        from slack_sdk.web.async_client import AsyncWebClient
+
         web = AsyncWebClient(
             token=self._bot_token,
             base_url=self._api_url,
@@ -651,6 +659,8 @@ class SocketModeListener:
     async def _connect(self, client: SocketModeClient, attempted: asyncio.Event) -> None:
         """Get a WebSocket URL (backing off while Slack refuses), then let the SDK connect;
         from then on the SDK's own monitor reconnects."""
+        from slack_sdk.errors import SlackApiError
+
         delay = 1.0
         while True:
             try:
@@ -673,6 +683,8 @@ class SocketModeListener:
     async def _on_request(
         self, client: AsyncBaseSocketModeClient, request: SocketModeRequest
     ) -> None:
+        from slack_sdk.socket_mode.response import SocketModeResponse
+
         try:
             await client.send_socket_mode_response(
                 SocketModeResponse(envelope_id=request.envelope_id)
