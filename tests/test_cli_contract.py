@@ -22,6 +22,7 @@ from tests.conftest import rule
 from tests.test_cli import ROOT, cli, closed_port, config_file
 from watchdog import journal, model
 from watchdog.cli import common, daemon, evaluate, operate, parser
+from watchdog.executor import runbook
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 COMMANDS = sorted(parser.build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
@@ -123,7 +124,7 @@ def test_rollback_dry_run_json_and_json_needs_yes(tmp_path: Path) -> None:
     bus = f"unix:path={tmp_path / 'no-bus'}"
     path = config_file(tmp_path, f"systemd: {{bus: '{bus}'}}\n")
     done = cli("rollback", "--config", str(path), "--reason", "drill", "--dry-run", "--json")
-    assert done.returncode == 1, done.stderr  # preflight cannot pass without systemd
+    assert done.returncode == 3, done.stderr  # systemd did not answer: preflight cannot pass
     plan = json.loads(done.stdout)
     assert plan["dry_run"] is True and plan["preflight"]["ok"] is False
     assert [step["name"] for step in plan["plan"]][:2] == ["preflight", "backup"]
@@ -185,14 +186,23 @@ def test_a_local_rollback_checks_systemd_before_it_asks(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
-def test_a_closed_pipe_exits_quietly() -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rules", "--config", "config/http-service.yml"],  # more than a pipe's buffer
+        ["validate", "--config", "config/http-service.yml", "--syntax-only"],  # a few lines
+    ],
+)
+def test_a_closed_pipe_exits_quietly(args: list[str]) -> None:
     reader, writer = os.pipe()
     os.close(reader)  # the reader went away before the first line: every write fails
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as in a shell
     done = subprocess.run(
-        [sys.executable, "-m", "watchdog", "rules", "--config", "config/http-service.yml"],
+        [sys.executable, "-m", "watchdog", *args],
         stdout=writer,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        env=env,
         check=False,
         timeout=60,
     )
@@ -201,9 +211,27 @@ def test_a_closed_pipe_exits_quietly() -> None:
     assert done.stderr == b""
 
 
+def test_a_live_view_that_fails_never_fails_the_step() -> None:
+    """The verify ticker writes to the operator's terminal or pipe; if that breaks (``| head``
+    went away), the step goes on: a failed print must never restore the primary."""
+    seen: list[model.StepEvent] = []
+
+    def broken(event: model.StepEvent) -> None:
+        seen.append(event)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    waiting = runbook._ticker(broken, 7, "verify", 8, time.monotonic())
+    waiting("not answering yet: connection refused")  # raises nothing
+    waiting("checking websocket")
+    assert [(e.name, e.progress, e.detail) for e in seen] == [
+        ("verify", True, "not answering yet: connection refused")
+    ]  # told once, then quiet
+
+
 def test_check_s_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
-    long = rule(
-        "LavalinkMajorSourcesDownAndSomeMoreWordsToMakeItLong",
+    long = rule(  # the longest shipped names, a long threshold and a long detail
+        "LavalinkLatencyBudgetFastBurn",
+        category="minor_performance",
         threshold="2 or more of youtube, soundcloud, bandcamp, twitch, vimeo failing",
     )
     signals = tuple(
@@ -231,7 +259,10 @@ def test_check_s_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> N
     table = lines[2:]
     assert table[0].startswith("SIGNAL") and len(table) == 4
     assert all(len(line) <= 100 for line in table), max(len(line) for line in table)
-    assert all("…" in line for line in table[1:])  # cut, and said so
+    for line in table[1:]:  # the name, the state and the value whole; the words cut, said so
+        assert line.startswith("LavalinkLatencyBudgetFastBurn  critical  minor_performance  ")
+        assert "firing (" in line and "1.235e+05" in line and "…" in line
+        assert line.rstrip().endswith("  1m40s")  # active for 100 s at the evaluation
 
 
 def test_log_format_defaults_to_json_under_systemd() -> None:
@@ -251,7 +282,8 @@ def test_run_log_format_console_is_not_json(tmp_path: Path) -> None:
         text=True,
     ) as running:
         assert running.stderr is not None
-        line = running.stderr.readline()
+        ready, _, _ = select.select([running.stderr], [], [], 60)
+        line = running.stderr.readline() if ready else ""
         running.terminate()
         running.communicate(timeout=60)
     assert "starting" in line and not line.lstrip().startswith("{"), line

@@ -157,6 +157,19 @@ def test_a_fresh_evaluation_by_a_dead_process_is_a_daemon_down(tmp_path: Path) -
     assert document["daemon"]["pid_alive"] is False  # type: ignore[index]
 
 
+def test_a_live_pid_that_started_at_another_time_is_another_process(tmp_path: Path) -> None:
+    """A pid alone misleads: reused, or from a daemon's PID namespace (the demo's sandbox),
+    where pid 7 is some process of the host. The start time tells them apart."""
+    path = config_file(tmp_path, f"listen: {{port: {closed_port()}}}\n")
+    evaluated(tmp_path, at=time.time() - 1)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / journal.DATABASE_NAME)) as db:
+        db.execute("UPDATE latest SET started = started - 1")
+        db.commit()
+    code, document = status(path)
+    assert code == 3
+    assert document["daemon"]["pid_alive"] is False  # type: ignore[index]
+
+
 def test_a_listener_that_answers_is_a_running_daemon_with_a_stale_word(tmp_path: Path) -> None:
     with listener() as port:
         path = config_file(tmp_path, f"listen: {{port: {port}}}\n")

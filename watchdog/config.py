@@ -822,6 +822,18 @@ def _describe(exc: ValidationError, document: yamlsrc.Document) -> str:
     return "\n".join(lines)
 
 
+def source_budget(settings: Settings) -> float:
+    """Seconds the sources get per tick: every attempt's timeout plus the capped backoff."""
+    prom = settings.prometheus
+    return prom.timeout * prom.retries + 4.0 * (prom.retries - 1) + 1.0
+
+
+def stale_after(settings: Settings) -> float:
+    """Seconds after which the latest evaluation is stale: three missed ticks and a slow one
+    (the daemon's readiness and ``status`` judge it alike)."""
+    return 3 * settings.interval + source_budget(settings)
+
+
 def _did_you_mean(location: tuple[str | int, ...]) -> str:
     """``; did you mean 'interval'?`` when an unknown key is a near miss of a known one."""
     known = _fields_at(location[:-1])

@@ -167,6 +167,7 @@ def facts(data: ReportData) -> dict[str, Any]:
     run = data.run
     down = downtime(data)
     decided = decision_of(data)
+    cause = evaluation_of(data)
     run_facts = run.facts
     return {
         "run": {
@@ -185,27 +186,53 @@ def facts(data: ReportData) -> dict[str, Any]:
         },
         "incident": dict(data.incident) if data.incident is not None else None,
         "decision": dict(decided) if decided is not None else None,
-        "timeline": [{"at": at, "text": text} for at, text in timeline(data)],
+        "approvals": [
+            {**approval, "votes": [journal._plain(v) for v in data.votes.get(approval["id"], ())]}
+            for approval in data.approvals
+        ],
+        "root_cause": None
+        if cause is None
+        else {
+            "at": cause.at,
+            "verdict": cause.verdict.value,
+            "score": cause.score,
+            "reason": cause.reason,
+            "signals": [
+                {
+                    "name": signal.name,
+                    "state": signal.state.value,
+                    "value": signal.value if signal.value == signal.value else None,
+                    "labels": dict(signal.labels),
+                    "threshold": signal.threshold,
+                    "detail": signal.detail,
+                }
+                for signal in cause.signals
+            ],
+        },
+        # the Markdown's words without its emphasis
+        "timeline": [{"at": at, "text": text.replace("**", "")} for at, text in timeline(data)],
         "downtime": {
             "text": down.text,
             "seconds": down.seconds,
             "started_at": down.started.at if down.started is not None else None,
             "ended_at": down.ended.at if down.ended is not None else None,
         },
-        "steps": [
-            {
-                "seq": step.seq,
-                "name": step.name,
-                "status": step.status.value,
-                "started_at": step.started_at,
-                "finished_at": step.finished_at,
-                "detail": step.detail,
-            }
-            for step in data.steps
-        ],
+        "steps": [step_facts(step) for step in data.steps],
         "verification": run_facts.get("verification") or {},
         "backup": run_facts.get("backup"),
         "generated_at": data.generated_at,
+    }
+
+
+def step_facts(step: journal.StepRow) -> dict[str, Any]:
+    """One step as plain data (``report --json``, ``rollback --json``)."""
+    return {
+        "seq": step.seq,
+        "name": step.name,
+        "status": step.status.value,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "detail": step.detail,
     }
 
 

@@ -259,7 +259,9 @@ async def test_an_alert_asks_slack_and_two_people_approve(running: Running) -> N
         assert (deny["action_id"], deny["style"]) == ("deny", "danger")
 
         status = await asyncio.to_thread(cli, running.config_path, "status")
-        assert status.returncode == 0, status.stderr
+        assert status.returncode == 1, status.stderr  # the daemon runs; a target needs a human
+        assert status.stdout.startswith("daemon: running (pid ")
+        assert f"approval #{asked.id} pending" in status.stdout  # the headline's problems
         assert f"approval #{asked.id} PENDING (0 of 2)" in status.stdout
 
         # Slack's signature: unsigned, wrongly signed and stale clicks change nothing

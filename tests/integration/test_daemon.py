@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -110,14 +111,17 @@ async def run_for(settings: config.Settings, seconds: float) -> tuple[runtime.Ru
 
 
 async def wait_for_up_series(url: str) -> None:
-    for _ in range(100):
+    """Until the target has three scrapes (1 s apart): a replay's last step, up to a step
+    before now, then finds one (``check`` right after the first scrape raced it)."""
+    query = urllib.parse.quote('count_over_time(up{job="lavalink-rust"}[1m]) >= 3')
+    for _ in range(200):
         body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=5).read()
+            lambda: urllib.request.urlopen(f"{url}/api/v1/query?query={query}", timeout=5).read()
         )
         if b'"lavalink-rust"' in body:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError("Prometheus never scraped the target")
+    raise AssertionError("Prometheus never scraped the target three times")
 
 
 async def test_a_down_service_without_systemd_is_a_rollback_asked_for_every_tick(
@@ -217,7 +221,7 @@ async def test_check_shows_every_signal_and_exits_1_on_rollback(
     done = await asyncio.to_thread(cli, "check", "--config", path, "--json")
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
-    assert report["verdict"] == "rollback"
+    assert report["verdict"] == "rollback", report["reason"]
     states = {s["name"]: s["state"] for s in report["signals"]}
     assert states == {
         "TestServiceDown": "firing",
@@ -237,8 +241,10 @@ async def test_status_after_a_run(scraping_prometheus: str, tmp_path: Path) -> N
     settings = settings_for(tmp_path, scraping_prometheus)
     await run_for(settings, 2.5)
     done = await asyncio.to_thread(cli, "status", "--config", str(tmp_path / "config.yml"))
-    assert done.returncode == 0, done.stderr
-    assert "target lavalink: ARMED" in done.stdout
+    # the daemon ran in this process, seconds ago: fresh and alive, and its verdict needs a look
+    assert done.returncode == 1, done.stderr
+    assert "target lavalink: ARMED: NEEDS ATTENTION: verdict rollback" in done.stdout
+    assert "  now: ROLLBACK (score " in done.stdout
     assert "verdict rollback since" in done.stdout
     assert re.search(r"incident #1 open rollback", done.stdout)
     assert "rollback (observe): would roll back (observe mode)" in done.stdout

@@ -236,6 +236,34 @@ def test_happy_path_switches_and_verifies(world: World) -> None:
     assert not armed(world, config)
 
 
+def test_rollback_json_is_the_run_s_outcome_and_steps_only(world: World) -> None:
+    """``--json`` for scripts: stdout is one JSON document (no progress lines), the run's
+    outcome and its journaled steps with RFC 3339 times; the verify step's ticker stays out."""
+    world.reset()
+    config = world.config("json")
+    done = world.cli(
+        "rollback",
+        "--config",
+        str(world.box.inside(config)),
+        "--reason",
+        "drill",
+        "--yes",
+        "--json",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)  # nothing but the document
+    assert (document["via"], document["target"], document["status"]) == (
+        "local",
+        "lavalink",
+        "succeeded",
+    )
+    run, steps = run_rows(world, config)
+    assert document["run"] == run["id"] and document["outcome"] == run["outcome"]
+    assert [s["name"] for s in document["steps"]] == [s["name"] for s in steps] == STEPS
+    assert all(s["started_at"].endswith("Z") for s in document["steps"])
+    assert world.states() == ("inactive", "active")
+
+
 @contextlib.contextmanager
 def flag_file_units(world: World) -> Iterator[Path]:
     """Both units check a flag file (packaging/examples/ as drop-ins) and are both enabled, as
@@ -429,7 +457,7 @@ def test_status_shows_the_run_and_its_steps(world: World) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     status = world.cli("status", "--config", str(world.box.inside(config)))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # a rollback by hand: no daemon evaluates
     assert "target lavalink: DISARMED" in status.stdout
     assert re.search(r"run #1 SUCCEEDED \(manual by \S+, ", status.stdout)
     for step in STEPS:

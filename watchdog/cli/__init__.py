@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.configure(level="warning", renderer="console")
     try:
-        return _handler(args.command)(args)
+        code = _handler(args.command)(args)
+        sys.stdout.flush()  # a short output is still buffered: its closed pipe shows up here
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except errors.InputError as exc:
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{args.command}: {_os_message(exc)}")
     except KeyboardInterrupt:
         return 130
+    return code
 
 
 def _quiet_broken_pipe() -> int:

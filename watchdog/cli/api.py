@@ -24,7 +24,7 @@ from watchdog.executor import runbook
 TOKEN_VARIABLE = "ROLLBACK_WATCHDOG_TOKEN"  # noqa: S105 - a variable's name, not a token
 
 
-_Unreachable = errors.Unreachable  # the daemon did not answer: a failed check (exit 1)
+_Unreachable = errors.Unreachable  # the daemon did not answer: exit 3
 
 
 def _api_configured(settings: config.Settings) -> bool:

@@ -36,16 +36,23 @@ def _os_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _print_table(rows: Sequence[Sequence[str]], *, width: int = TABLE_WIDTH) -> None:
-    """Columns padded to their widest cell; when a line would pass ``width``, the widest
-    columns are cut first, down to no narrower than their header."""
+def _print_table(
+    rows: Sequence[Sequence[str]],
+    *,
+    width: int = TABLE_WIDTH,
+    cut: Mapping[int, int] | None = None,
+) -> None:
+    """Columns padded to their widest cell. When a line would pass ``width``, the columns in
+    ``cut`` (index -> narrowest width) give way first, widest first, their long cells ending in
+    "…"; the others (names, values) stay whole. Without ``cut`` every column may give way, down
+    to its header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    floor = [len(cell) for cell in rows[0]]
+    floors = dict(cut) if cut is not None else {i: len(cell) for i, cell in enumerate(rows[0])}
     while sum(widths) + 2 * (len(widths) - 1) > width:
-        widest = max(range(len(widths)), key=lambda i: widths[i] - floor[i])
-        if widths[widest] <= floor[widest]:
-            break  # every column at its header: nothing more to give
-        widths[widest] -= 1
+        room = {i: widths[i] - floor for i, floor in floors.items() if widths[i] > floor}
+        if not room:
+            break  # every column that may give way has: a line stays longer
+        widths[max(room, key=lambda i: room[i])] -= 1
     for row in rows:
         cells = [_cut(cell, w).ljust(w) for cell, w in zip(row, widths, strict=True)]
         print("  ".join(cells).rstrip())

@@ -96,11 +96,16 @@ def _print_check(evaluated: model.Evaluation, decided: model.Decision) -> None:
         f"verdict {decided.verdict.value.upper()} (score {decided.score:g})"
     )
     print(f"reason: {decided.reason}")
-    header = ("SIGNAL", "SEVERITY", "CATEGORY", "STATE", "VALUE", "THRESHOLD", "SINCE")
+    header = ("SIGNAL", "SEVERITY", "CATEGORY", "STATE", "VALUE", "THRESHOLD", "ACTIVE")
     rows = [header]
     for s in evaluated.signals:
         value = "" if s.value is None else f"{s.value:.4g}"
-        since = timefmt.format_instant(s.active_since) if s.active_since else ""
+        # how long active at this evaluation (the JSON has the instant): short enough to fit
+        active = (
+            timefmt.format_duration(max(round(decided.at - s.active_since), 0))
+            if s.active_since
+            else ""
+        )
         threshold = s.rule.threshold
         if s.rule.for_seconds and "for" not in threshold:
             threshold += f" for {timefmt.format_duration(s.rule.for_seconds)}"
@@ -109,13 +114,14 @@ def _print_check(evaluated: model.Evaluation, decided: model.Decision) -> None:
                 s.name,
                 s.rule.severity.value,
                 s.rule.category.value,
-                s.state.value + (f" ({s.detail[:60]})" if s.detail else ""),
+                s.state.value + (f" ({s.detail})" if s.detail else ""),
                 value,
                 threshold,
-                since,
+                active,
             )
         )
-    _print_table(rows)
+    # the state's detail and the threshold's words give way; names, values and states stay
+    _print_table(rows, cut={3: len("inactive"), 5: len("THRESHOLD")})
 
 
 def backtest_command(args: argparse.Namespace) -> int:

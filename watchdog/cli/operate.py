@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from watchdog import (
     errors,
     journal,
     model,
+    report,
 )
 from watchdog.cli.api import (
     _Api,
@@ -33,6 +35,7 @@ from watchdog.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     _fail,
     _print_json,
     _unreachable,
@@ -68,9 +71,14 @@ def _confirm(target: config.TargetSettings, args: argparse.Namespace) -> bool:
     """Asked only once everything the rollback needs has answered: check first, then ask."""
     if args.dry_run or args.yes:
         return True
-    answer = input(
-        f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}? [y/N] "
-    )
+    try:
+        answer = input(
+            f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}?"
+            " [y/N] "
+        )
+    except EOFError:  # Ctrl-D: no answer is no
+        answer = ""
+        print()
     if answer.strip().lower() in ("y", "yes"):
         return True
     print("nothing done")
@@ -132,8 +140,12 @@ async def _rollback_async(
         systemd = Unreachable(str(exc))  # a dry run still checks everything else
     try:
         if args.dry_run:
-            return await _dry_run(settings, target, systemd, plan, as_json=args.json)
-        if not await asyncio.to_thread(_confirm, target, args):
+            checked = await _dry_run(settings, target, systemd, plan, as_json=args.json)
+            unreachable = isinstance(systemd, Unreachable)
+            return EXIT_UNREACHABLE if unreachable and checked != EXIT_OK else checked
+        # asked on this thread, blocking the loop: nothing else runs yet, and Ctrl-C then
+        # interrupts the question itself (a worker thread would keep waiting for a line)
+        if not _confirm(target, args):
             return EXIT_FAILED
         return await _execute(
             settings, target, systemd, args.reason, by, args.category, as_json=args.json
@@ -234,7 +246,7 @@ async def _execute(
                 "run": outcome.run_id,
                 "status": str(outcome.status),
                 "outcome": outcome.detail,
-                "steps": [_step_json(step) for step in steps],
+                "steps": [report.step_facts(step) for step in steps],
             }
         )
     else:
@@ -246,17 +258,6 @@ def _quiet(*_: object, **__: object) -> None:
     """``--json``: the progress is not printed, only the document at the end."""
 
 
-def _step_json(step: journal.StepRow) -> dict[str, object]:
-    return {
-        "seq": step.seq,
-        "name": step.name,
-        "status": step.status.value,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "detail": step.detail,
-    }
-
-
 class StepView:
     """Each step as it starts and ends; while one runs, a ticker with what it waits for --
     rewritten in place at a terminal, one line now and then into a pipe or a file."""
@@ -266,7 +267,7 @@ class StepView:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout
         self._tty = self._stream.isatty()
-        self._last_line = 0.0
+        self._last_line = -math.inf
         self._ticking = False
 
     def show(self, event: runbook.StepEvent) -> None:
@@ -298,8 +299,11 @@ class StepView:
         self._ticking = True
 
     def _write(self, text: str) -> None:
-        self._stream.write(text)
-        self._stream.flush()
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except OSError:  # the reader went away (| head): the run goes on, unseen
+            self._ticking = False
 
 
 async def _follow(

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from watchdog import config, journal, report, timefmt
@@ -60,35 +61,27 @@ def status(args: argparse.Namespace) -> int:
     )
     now = time.time()
     listener = _listener(settings.listen)
-    stale_after = 3 * settings.interval + 30.0
+    stale_after = config.stale_after(settings)
     path = settings.state_dir / journal.DATABASE_NAME
-    if not path.is_file():  # the daemon never ran here: not running, not bad input
-        daemon = Daemon(listener == "answers", listener, None, None, None, stale_after)
-        document: dict[str, Any] = {
-            "mode": settings.mode.value,
-            "journal": str(path),
-            "daemon": _daemon_json(daemon, now),
-            "healthy": False,
-            "targets": [],
-            "unrouted_alerts": None,
-        }
-        if args.json:
-            _print_json(document)
-        else:
-            print(f"daemon: {daemon.words(now)}; no journal at {path}: has it ever run?")
-        return EXIT_UNREACHABLE
-    store = journal.Journal.open_existing(settings.state_dir)
-    try:
-        found = store.status(names)
-        latest = {name: store.latest(name) for name in names}
-        unrouted = store.unrouted_status()
-    finally:
-        store.close()
+    found: list[dict[str, Any]]
+    latest: dict[str, journal.LatestRow | None]
+    if path.is_file():
+        store = journal.Journal.open_existing(settings.state_dir)
+        try:
+            found = store.status(names)
+            latest = {name: store.latest(name) for name in names}
+            unrouted: dict[str, Any] = store.unrouted_status()
+        finally:
+            store.close()
+    else:  # the daemon never ran with this config: nothing to read, nothing created
+        found = [_never_ran(name) for name in names]
+        latest = dict.fromkeys(names)
+        unrouted = {"kept": 0, "latest": []}
     freshest = max(
         (row for row in latest.values() if row is not None), key=lambda r: r.at, default=None
     )
     pid = freshest.pid if freshest is not None else None
-    alive = _alive(pid) if pid is not None else None
+    alive = _alive(pid, freshest.started) if freshest is not None and pid is not None else None
     fresh = freshest is not None and now - freshest.at <= stale_after
     daemon = Daemon(
         listener == "answers" or (fresh and bool(alive)),
@@ -118,7 +111,7 @@ def status(args: argparse.Namespace) -> int:
         _print_json(
             {
                 "mode": settings.mode.value,
-                "journal": str(path),
+                "journal": str(path) if path.is_file() else None,
                 "daemon": _daemon_json(daemon, now),
                 "healthy": healthy,
                 "targets": found,
@@ -132,14 +125,29 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FAILED
 
 
+def _never_ran(target: str) -> dict[str, Any]:
+    """A target as ``status`` shows it when there is no journal yet: armed, nothing seen."""
+    return {
+        "target": target,
+        "armed": True,
+        "committed_at": None,
+        "last_change": None,
+        "incidents": [],
+        "decisions": [],
+        "approvals": [],
+        "runs": [],
+    }
+
+
 def _listener(listen: config.ListenSettings) -> str:
     """Whether the daemon's listener answers ``/healthz``: "answers", or why not."""
     host = listen.host
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
     url = f"http://{host}:{listen.port}/healthz"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
-        with urllib.request.urlopen(url, timeout=LISTENER_TIMEOUT) as answer:
+        with direct.open(url, timeout=LISTENER_TIMEOUT) as answer:
             return "answers" if answer.status == 200 else f"answered HTTP {answer.status}"
     except urllib.error.HTTPError as exc:
         return f"answered HTTP {exc.code} at {url}"
@@ -148,7 +156,11 @@ def _listener(listen: config.ListenSettings) -> str:
         return f"does not answer at {url} ({reason})"
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: int | None) -> bool:
+    """Whether the process that evaluated still runs: its pid, started when it was. A pid
+    alone could be another process now, or mean nothing here (a daemon in a PID namespace)."""
+    if started is not None:
+        return journal.process_start(pid) == started
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
@@ -215,7 +227,7 @@ def _age(seconds: float) -> str:
 
 def _print_status(
     settings: config.Settings,
-    path: Any,
+    path: Path,
     daemon: Daemon,
     found: list[dict[str, Any]],
     unrouted: dict[str, Any],
@@ -223,7 +235,8 @@ def _print_status(
 ) -> None:
     at = timefmt.format_instant
     print(f"daemon: {daemon.words(now)}")
-    print(f"mode: {settings.mode.value}   journal: {path}")
+    where = path if path.is_file() else f"none yet at {path} (has the daemon ever run?)"
+    print(f"mode: {settings.mode.value}   journal: {where}")
     for item in found:
         headline = (
             "OK" if not item["problems"] else "NEEDS ATTENTION: " + ", ".join(item["problems"])

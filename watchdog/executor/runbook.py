@@ -116,9 +116,19 @@ def _ticker(
 ) -> Callable[[str], None]:
     """What a step says it waits for, as a progress event of that step."""
 
+    quiet = False
+
     def waiting(text: str) -> None:
+        # a live view that fails (a closed pipe) must never fail the step: the switch goes on
+        nonlocal quiet
+        if quiet:
+            return
         seconds = time.monotonic() - started
-        notify(StepEvent(seq, name, StepStatus.RUNNING, text, seconds, total, progress=True))
+        try:
+            notify(StepEvent(seq, name, StepStatus.RUNNING, text, seconds, total, progress=True))
+        except Exception as exc:
+            quiet = True
+            log.warning("progress not shown", step=name, error=f"{type(exc).__name__}: {exc}")
 
     return waiting
 

@@ -14,7 +14,7 @@ in behind the same protocol.
 from __future__ import annotations
 
 from watchdog.errors import RunInFlight
-from watchdog.journal.core import _plain
+from watchdog.journal.core import _plain, process_start
 from watchdog.journal.rows import (
     AlertRecord,
     ApprovalAsk,
@@ -61,4 +61,5 @@ __all__ = [
     "UnroutedRecord",
     "_plain",
     "_statements",
+    "process_start",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from watchdog import comparison, model
 from watchdog.journal.approvals import Approvals
-from watchdog.journal.core import _plain, _window
+from watchdog.journal.core import _plain, _window, process_start
 from watchdog.journal.rows import (
     ApprovalAsk,
     Arming,
@@ -204,10 +204,10 @@ class Incidents(Runs, Approvals):
                     ),
                 )
             self._db.execute(
-                "INSERT INTO latest (target, at, verdict, score, reason, pid)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET at = excluded.at,"
-                " verdict = excluded.verdict, score = excluded.score, reason = excluded.reason,"
-                " pid = excluded.pid",
+                "INSERT INTO latest (target, at, verdict, score, reason, pid, started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET"
+                " at = excluded.at, verdict = excluded.verdict, score = excluded.score,"
+                " reason = excluded.reason, pid = excluded.pid, started = excluded.started",
                 (
                     target,
                     decision.at,
@@ -215,6 +215,7 @@ class Incidents(Runs, Approvals):
                     decision.score,
                     decision.reason,
                     os.getpid(),
+                    process_start(os.getpid()),
                 ),
             )
             row = self._db.execute(  # the decision's own: a person's order is not its to close
@@ -484,12 +485,18 @@ class Incidents(Runs, Approvals):
         """The latest evaluation of ``target``, whatever its verdict, and who made it."""
         with self._lock:
             row = self._db.execute(
-                "SELECT at, verdict, score, reason, pid FROM latest WHERE target = ?", (target,)
+                "SELECT at, verdict, score, reason, pid, started FROM latest WHERE target = ?",
+                (target,),
             ).fetchone()
         if row is None:
             return None
         return LatestRow(
-            row["at"], model.Verdict(row["verdict"]), row["score"], row["reason"], row["pid"]
+            row["at"],
+            model.Verdict(row["verdict"]),
+            row["score"],
+            row["reason"],
+            row["pid"],
+            row["started"],
         )
 
     def armed(self, target: str) -> bool:

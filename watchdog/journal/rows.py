@@ -265,7 +265,8 @@ class LatestRow:
     verdict: model.Verdict
     score: float
     reason: str
-    pid: int  # the daemon process that evaluated
+    pid: int  # the daemon process that evaluated ...
+    started: int | None = None  # ... and when it started: a pid can be reused, or namespaced
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,7 +245,8 @@ MIGRATIONS: Sequence[str] = (
         verdict  TEXT NOT NULL,
         score    REAL NOT NULL,
         reason   TEXT NOT NULL,
-        pid      INTEGER NOT NULL
+        pid      INTEGER NOT NULL,
+        started  INTEGER   -- the process's start, clock ticks since boot: a pid is not enough
     );
     """,
 )

@@ -418,10 +418,7 @@ def _finished(
     return done
 
 
-def source_budget(settings: config.Settings) -> float:
-    """Seconds the sources get per tick: every attempt's timeout plus the capped backoff."""
-    prom = settings.prometheus
-    return prom.timeout * prom.retries + 4.0 * (prom.retries - 1) + 1.0
+source_budget = config.source_budget  # the tick's budget; `status` judges staleness by it
 
 
 async def _warm_start(target: pipeline.Target, settings: config.Settings, now: float) -> None:

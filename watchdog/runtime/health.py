@@ -17,7 +17,7 @@ from watchdog import (
     telemetry,
     timefmt,
 )
-from watchdog.runtime.guard import Guard, source_budget
+from watchdog.runtime.guard import Guard
 from watchdog.runtime.intake import Intake
 from watchdog.runtime.link import _pause
 from watchdog.runtime.reload import Live
@@ -114,7 +114,7 @@ async def _liveness(
         return "starting"
     if not await asyncio.to_thread(store.healthy):
         return "the journal does not answer"
-    allowed = 3 * settings.interval + source_budget(settings)
+    allowed = config.stale_after(settings)
     for guard in guards:
         since = guard.since_last_tick()
         if since is None:
