@@ -5,6 +5,7 @@ and ``--help`` and ``validate`` that never load the daemon."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import re
 import select
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 
 from tests.conftest import rule
 from tests.test_cli import ROOT, cli, closed_port, config_file
-from watchdog import journal, model
+from watchdog import config, journal, model
 from watchdog.cli import common, daemon, evaluate, operate, parser
 from watchdog.executor import runbook
 
@@ -186,6 +188,78 @@ def test_a_local_rollback_checks_systemd_before_it_asks(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
+def pty_run(script: str, answer: bytes, *, after: bytes) -> tuple[int, bytes]:
+    """``script`` at a terminal: ``answer`` is typed once ``after`` is shown."""
+    primary, secondary = pty.openpty()
+
+    def controlling_terminal() -> None:  # after setsid: Ctrl-C there becomes our SIGINT
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=ROOT,
+        start_new_session=True,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(secondary)
+    said, typed = b"", False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and child.poll() is None:
+        ready, _, _ = select.select([primary], [], [], 0.2)
+        if ready:
+            try:
+                said += os.read(primary, 4096)
+            except OSError:
+                break
+        if after in said and not typed:
+            os.write(primary, answer)
+            typed = True
+    try:
+        code = child.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # still waiting for a line: the bug this guards
+        child.kill()
+        code = child.wait()
+    os.close(primary)
+    return code, said
+
+
+def test_one_ctrl_c_ends_the_rollback_question_inside_the_event_loop() -> None:
+    """The local rollback asks inside ``asyncio.run``, whose Ctrl-C handler only cancels the
+    task: ``input`` kept waiting, and a "y" typed after Ctrl-C still rolled back."""
+    script = (
+        "import asyncio, sys\n"
+        "from watchdog.cli import operate\n"
+        "async def main():\n"
+        "    return operate.ask('Roll back? [y/N] ')\n"
+        "try:\n"
+        "    print('ANSWER', repr(asyncio.run(main())))\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    code, said = pty_run(script, b"\x03", after=b"[y/N]")
+    assert code == 130, said
+    assert b"ANSWER" not in said
+    code, said = pty_run(script, b"\x04", after=b"[y/N]")  # Ctrl-D: an empty answer, a no
+    assert code == 0 and b"ANSWER ''" in said, said
+
+
+def test_a_closed_stdout_is_no_traceback() -> None:
+    command = f"{sys.executable} -m watchdog validate --config config/http-service.yml >&-"
+    done = subprocess.run(
+        ["bash", "-c", command + " --syntax-only"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141), done.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -211,21 +285,58 @@ def test_a_closed_pipe_exits_quietly(args: list[str]) -> None:
     assert done.stderr == b""
 
 
-def test_a_live_view_that_fails_never_fails_the_step() -> None:
-    """The verify ticker writes to the operator's terminal or pipe; if that breaks (``| head``
-    went away), the step goes on: a failed print must never restore the primary."""
+async def test_a_live_view_that_fails_never_fails_the_run(tmp_path: Path) -> None:
+    """The CLI shows each step and the verify ticker on the operator's terminal or pipe; if
+    that breaks (``| head`` went away, a stream that cannot encode), the run goes on: a failed
+    print must never fail a step, or restore the primary."""
+    from watchdog.executor import steps as runbook_steps
+    from watchdog.executor.systemd import Unreachable
+
+    store = journal.Journal.open(tmp_path / "state")
+    run = store.open_run(
+        "lavalink",
+        incident_id=None,
+        trigger=model.Trigger.MANUAL,
+        initiated_by="alice",
+        reason="drill",
+        at=time.time(),
+    )
+    settings = config.load(config_file(tmp_path))
+    ctx = runbook.Context(
+        target=settings.target(None),
+        systemd=Unreachable("not used"),
+        store=store,
+        state_dir=tmp_path / "state",
+        run_id=run,
+        password="",
+    )
+
+    async def waits(ctx: runbook.Context) -> str:
+        ctx.waiting("not answering yet: connection refused")
+        ctx.waiting("checking websocket")
+        return "waited"
+
+    async def never(ctx: runbook.Context) -> bool:
+        return False
+
     seen: list[model.StepEvent] = []
 
     def broken(event: model.StepEvent) -> None:
         seen.append(event)
         raise BrokenPipeError(32, "Broken pipe")
 
-    waiting = runbook._ticker(broken, 7, "verify", 8, time.monotonic())
-    waiting("not answering yet: connection refused")  # raises nothing
-    waiting("checking websocket")
-    assert [(e.name, e.progress, e.detail) for e in seen] == [
-        ("verify", True, "not answering yet: connection refused")
-    ]  # told once, then quiet
+    plan = [runbook_steps.Step("first", waits, never), runbook_steps.Step("second", waits, never)]
+    try:
+        outcome = await runbook.execute(ctx, observer=broken, steps=plan)
+    finally:
+        await ctx.http.aclose()
+    assert outcome.succeeded, outcome
+    assert [(s.name, s.status, s.detail) for s in store.steps(run)] == [
+        ("first", model.StepStatus.OK, "waited"),
+        ("second", model.StepStatus.OK, "waited"),
+    ]
+    assert len(seen) == 1  # told once, then left alone
+    store.close()
 
 
 def test_check_s_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,7 +372,7 @@ def test_check_s_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> N
     assert all(len(line) <= 100 for line in table), max(len(line) for line in table)
     for line in table[1:]:  # the name, the state and the value whole; the words cut, said so
         assert line.startswith("LavalinkLatencyBudgetFastBurn  critical  minor_performance  ")
-        assert "firing (" in line and "1.235e+05" in line and "…" in line
+        assert "  firing" in line and "1.235e+05" in line and "…" in line
         assert line.rstrip().endswith("  1m40s")  # active for 100 s at the evaluation
 
 

@@ -3,6 +3,8 @@ of the operators' template says what the journal holds, and nothing it does not.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import stat
 from pathlib import Path
@@ -55,6 +57,7 @@ def decide(
     *,
     outcome: str = "rollback started",
     ask: journal.ApprovalAsk | None = None,
+    value: float = 4.0,
 ) -> tuple[int, model.Decision]:
     """Journal the evaluation and decision at T0: the crash loop fires (critical)."""
     evaluation = model.Evaluation(
@@ -64,7 +67,7 @@ def decide(
             model.Signal(
                 CRASH,
                 model.SignalState.FIRING,
-                value=4.0,
+                value=value,
                 labels=(("unit", "lavalink-rust.service"),),
                 active_since=T0 - 60,
             ),
@@ -618,3 +621,39 @@ def test_cli_without_a_journal(tmp_path: Path) -> None:
 
 def test_an_infinite_value_is_written_not_a_crash() -> None:
     assert report._number(float("inf")) == "+Inf" and report._number(float("-inf")) == "-Inf"
+
+
+def test_facts_carry_the_report_as_data_approvals_and_root_cause(tmp_path: Path) -> None:
+    """``report --json``: the same journal facts as the Markdown, as fields; a vote without its
+    nonce, the timeline without emphasis, and a value JSON cannot hold (+Inf) as null."""
+    store = journal.Journal.open(tmp_path)
+    ask = journal.ApprovalAsk(expires_at=T0 + 900, required=1)
+    incident, _ = decide(
+        store, model.Mode.APPROVE, outcome="approval requested", ask=ask, value=math.inf
+    )
+    asked = store.approvals(target=TARGET)[0]
+    rules = approval.Rules(required=1, approvers=frozenset({"alice"}))
+    store.vote(asked.id, approval.Vote(True, ("alice",), "slack", T0 + 60), rules)
+    run_id = store.open_run(
+        TARGET,
+        incident_id=incident,
+        trigger="approved",
+        initiated_by="alice",
+        reason=asked.reason,
+        at=T0 + 61,
+    )
+    execute(store, run_id, base=T0 + 60)
+    finish(store, run_id, base=T0 + 60)
+    facts = report.facts(report.gather(store, run_id, clock=lambda: T0 + 3600))
+    assert facts["run"]["initiated_by"] == "alice (approved in Slack)"
+    (asked_facts,) = facts["approvals"]
+    assert [v["actor"] for v in asked_facts["votes"]] == ["alice"]
+    assert all("nonce" not in v for v in asked_facts["votes"])
+    cause = facts["root_cause"]
+    assert cause["firing"] == ["LavalinkCrashLoop"]
+    crash = next(s for s in cause["signals"] if s["name"] == "LavalinkCrashLoop")
+    assert (crash["value"], crash["threshold"]) == (None, ">= 3 restarts in 15m")  # +Inf
+    assert all("**" not in item["text"] for item in facts["timeline"])
+    assert [s["name"] for s in facts["steps"]][-1] == "finish"
+    json.dumps(facts, allow_nan=False)  # valid JSON: no NaN or Infinity anywhere
+    store.close()

@@ -829,9 +829,10 @@ def source_budget(settings: Settings) -> float:
 
 
 def stale_after(settings: Settings) -> float:
-    """Seconds after which the latest evaluation is stale: three missed ticks and a slow one
-    (the daemon's readiness and ``status`` judge it alike)."""
-    return 3 * settings.interval + source_budget(settings)
+    """Seconds after which a journaled evaluation is stale (``status``): three missed ticks,
+    and two ticks' source budgets -- an evaluation is stamped when its tick starts, up to a
+    budget before it is written, and the next may take a budget again."""
+    return 3 * settings.interval + 2 * source_budget(settings)
 
 
 def _did_you_mean(location: tuple[str | int, ...]) -> str:

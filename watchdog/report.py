@@ -187,7 +187,7 @@ def facts(data: ReportData) -> dict[str, Any]:
         "incident": dict(data.incident) if data.incident is not None else None,
         "decision": dict(decided) if decided is not None else None,
         "approvals": [
-            {**approval, "votes": [journal._plain(v) for v in data.votes.get(approval["id"], ())]}
+            {**approval, "votes": [_vote(v) for v in data.votes.get(approval["id"], ())]}
             for approval in data.approvals
         ],
         "root_cause": None
@@ -197,13 +197,17 @@ def facts(data: ReportData) -> dict[str, Any]:
             "verdict": cause.verdict.value,
             "score": cause.score,
             "reason": cause.reason,
+            "firing": list(cause.firing),
             "signals": [
                 {
                     "name": signal.name,
                     "state": signal.state.value,
-                    "value": signal.value if signal.value == signal.value else None,
+                    # JSON has no NaN or Infinity (a ratio's +Inf): null, the detail says why
+                    "value": signal.value
+                    if signal.value is not None and math.isfinite(signal.value)
+                    else None,
                     "labels": dict(signal.labels),
-                    "threshold": signal.threshold,
+                    "threshold": _threshold(signal),
                     "detail": signal.detail,
                 }
                 for signal in cause.signals
@@ -222,6 +226,11 @@ def facts(data: ReportData) -> dict[str, Any]:
         "backup": run_facts.get("backup"),
         "generated_at": data.generated_at,
     }
+
+
+def _vote(row: journal.AuditRow) -> dict[str, Any]:
+    """A vote as the report tells it (without its replay nonce, an internal of the gate)."""
+    return {k: v for k, v in journal._plain(row).items() if k != "nonce"}
 
 
 def step_facts(step: journal.StepRow) -> dict[str, Any]:

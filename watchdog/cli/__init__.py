@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(level="warning", renderer="console")
     try:
         code = _handler(args.command)(args)
-        sys.stdout.flush()  # a short output is still buffered: its closed pipe shows up here
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # a short output is still buffered: a closed pipe shows here
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except errors.InputError as exc:

@@ -101,10 +101,9 @@ def _print_check(evaluated: model.Evaluation, decided: model.Decision) -> None:
     for s in evaluated.signals:
         value = "" if s.value is None else f"{s.value:.4g}"
         # how long active at this evaluation (the JSON has the instant): short enough to fit
+        seconds = round(decided.at - s.active_since) if s.active_since else 0
         active = (
-            timefmt.format_duration(max(round(decided.at - s.active_since), 0))
-            if s.active_since
-            else ""
+            "" if not s.active_since else timefmt.format_duration(seconds) if seconds > 0 else "0s"
         )
         threshold = s.rule.threshold
         if s.rule.for_seconds and "for" not in threshold:
@@ -121,7 +120,7 @@ def _print_check(evaluated: model.Evaluation, decided: model.Decision) -> None:
             )
         )
     # the state's detail and the threshold's words give way; names, values and states stay
-    _print_table(rows, cut={3: len("inactive"), 5: len("THRESHOLD")})
+    _print_table(rows, cut={3: len("pending"), 5: len("THRESHOLD")})
 
 
 def backtest_command(args: argparse.Namespace) -> int:

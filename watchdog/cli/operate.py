@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -71,18 +72,27 @@ def _confirm(target: config.TargetSettings, args: argparse.Namespace) -> bool:
     """Asked only once everything the rollback needs has answered: check first, then ask."""
     if args.dry_run or args.yes:
         return True
-    try:
-        answer = input(
-            f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}?"
-            " [y/N] "
-        )
-    except EOFError:  # Ctrl-D: no answer is no
-        answer = ""
-        print()
+    answer = ask(
+        f"Roll {target.name} back: stop {target.primary.unit}, start {target.fallback.unit}? [y/N] "
+    )
     if answer.strip().lower() in ("y", "yes"):
         return True
     print("nothing done")
     return False
+
+
+def ask(prompt: str) -> str:
+    """A line from the terminal; Ctrl-D is an empty answer. Ctrl-C ends the question at once,
+    even inside ``asyncio.run`` (whose own handler would only cancel the task and leave
+    ``input`` waiting, so a "y" typed after it would still roll back)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return input(prompt)
+    except EOFError:
+        print()
+        return ""
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _vote(args: argparse.Namespace) -> int:

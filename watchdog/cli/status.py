@@ -160,7 +160,10 @@ def _alive(pid: int, started: int | None) -> bool:
     """Whether the process that evaluated still runs: its pid, started when it was. A pid
     alone could be another process now, or mean nothing here (a daemon in a PID namespace)."""
     if started is not None:
-        return journal.process_start(pid) == started
+        now_started = journal.process_start(pid)
+        if now_started is not None:
+            return now_started == started
+        # no such process here, or /proc hides it (hidepid): kill(0) tells those apart
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

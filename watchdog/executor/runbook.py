@@ -111,24 +111,35 @@ async def _finish_failure(
 # -- running ----------------------------------------------------------------------------------
 
 
+def _safe(observer: Observer | None) -> Observer:
+    """The observer, made harmless: a live view that fails (a closed pipe, a stream that cannot
+    encode) must never fail a step or skip the restore after a failure. It is told once and
+    then left alone; the journal and the log keep the run."""
+    if observer is None:
+        return lambda event: None
+    broken = False
+
+    def tell(event: StepEvent) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            observer(event)
+        except Exception as exc:
+            broken = True
+            log.warning("step not shown", step=event.name, error=f"{type(exc).__name__}: {exc}")
+
+    return tell
+
+
 def _ticker(
     notify: Observer, seq: int, name: str, total: int, started: float
 ) -> Callable[[str], None]:
-    """What a step says it waits for, as a progress event of that step."""
-
-    quiet = False
+    """What a step says it waits for, as a progress event of that step (``notify`` is safe)."""
 
     def waiting(text: str) -> None:
-        # a live view that fails (a closed pipe) must never fail the step: the switch goes on
-        nonlocal quiet
-        if quiet:
-            return
         seconds = time.monotonic() - started
-        try:
-            notify(StepEvent(seq, name, StepStatus.RUNNING, text, seconds, total, progress=True))
-        except Exception as exc:
-            quiet = True
-            log.warning("progress not shown", step=name, error=f"{type(exc).__name__}: {exc}")
+        notify(StepEvent(seq, name, StepStatus.RUNNING, text, seconds, total, progress=True))
 
     return waiting
 
@@ -141,7 +152,7 @@ async def execute(
     steps: Sequence[Step] = STEPS,
 ) -> Outcome:
     """Run the steps in order, journaling each; on resume skip those already done."""
-    notify = observer or (lambda event: None)
+    notify = _safe(observer)
     pause, total = ctx.runbook.step_pause, len(steps)
     for seq, step in enumerate(steps, start=1):
         if ctx.halt is not None and ctx.halt.is_set() and step.name not in _SWITCH_CONTINUES:

@@ -114,7 +114,7 @@ async def _liveness(
         return "starting"
     if not await asyncio.to_thread(store.healthy):
         return "the journal does not answer"
-    allowed = config.stale_after(settings)
+    allowed = 3 * settings.interval + config.source_budget(settings)
     for guard in guards:
         since = guard.since_last_tick()
         if since is None:
