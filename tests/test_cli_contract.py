@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import rule
 from tests.test_cli import ROOT, cli, closed_port, config_file
+from tests.test_cli_status import drill
 from watchdog import config, journal, model
 from watchdog.cli import common, daemon, evaluate, operate, parser
 from watchdog.executor import runbook
@@ -96,14 +97,7 @@ def test_rearm_json(tmp_path: Path) -> None:
 def test_report_json_has_the_run_s_facts(tmp_path: Path) -> None:
     path = config_file(tmp_path)
     store = journal.Journal.open(tmp_path / "state")
-    run = store.open_run(
-        "lavalink",
-        incident_id=None,
-        trigger=model.Trigger.MANUAL,
-        initiated_by="alice",
-        reason="drill",
-        at=1_765_000_000.0,
-    )
+    run = drill(store, at=1_765_000_000.0)
     step = store.step_started(run, 1, "preflight", at=1_765_000_001.0)
     store.step_finished(step, model.StepStatus.FAILED, "no java", at=1_765_000_002.0)
     store.finish_run(run, model.RunStatus.FAILED, "preflight failed", at=1_765_000_003.0)
@@ -296,14 +290,7 @@ async def test_a_live_view_that_fails_never_fails_the_run(tmp_path: Path) -> Non
     from watchdog.executor.systemd import Unreachable
 
     store = journal.Journal.open(tmp_path / "state")
-    run = store.open_run(
-        "lavalink",
-        incident_id=None,
-        trigger=model.Trigger.MANUAL,
-        initiated_by="alice",
-        reason="drill",
-        at=time.time(),
-    )
+    run = drill(store, at=time.time())
     settings = config.load(config_file(tmp_path))
     ctx = runbook.Context(
         target=settings.target(None),

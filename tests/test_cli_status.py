@@ -33,6 +33,18 @@ def evaluated(tmp_path: Path, *, at: float, firing: bool = False) -> None:
         store.close()
 
 
+def drill(store: journal.Journal, *, at: float) -> int:
+    """A run alice started by hand (``rollback --reason drill``), as the journal opens it."""
+    return store.open_run(
+        "lavalink",
+        incident_id=None,
+        trigger=model.Trigger.MANUAL,
+        initiated_by="alice",
+        reason="drill",
+        at=at,
+    )
+
+
 def dead_pid() -> int:
     """The pid of a process that ran and was reaped: nothing has it now (pids are not reused
     that fast)."""
@@ -114,14 +126,7 @@ def test_a_run_in_flight_shows_its_step(tmp_path: Path) -> None:
     path = config_file(tmp_path, f"listen: {{port: {closed_port()}}}\n")
     evaluated(tmp_path, at=time.time() - 1)
     store = journal.Journal.open(tmp_path / "state")
-    run = store.open_run(
-        "lavalink",
-        incident_id=None,
-        trigger=model.Trigger.MANUAL,
-        initiated_by="alice",
-        reason="drill",
-        at=time.time(),
-    )
+    run = drill(store, at=time.time())
     store.step_started(run, 1, "preflight", at=time.time())
     store.close()
     code, document = status(path)
