@@ -51,14 +51,19 @@ def _operator_token(settings: config.Settings, args: argparse.Namespace) -> str:
     )
 
 
+def listener_url(listen: config.ListenSettings) -> str:
+    """Where this host reaches the daemon's listener (a wildcard bind is asked on loopback)."""
+    host = listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
+    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+    return f"http://{host}:{listen.port}"
+
+
 class _Api:
     """The daemon's operator API, as the CLI calls it (``listen:`` and an operator's token)."""
 
     def __init__(self, settings: config.Settings, url: str | None, token: str) -> None:
-        host = settings.listen.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
-        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-        self.url = (url or f"http://{host}:{settings.listen.port}").rstrip("/")
+        self.url = (url or listener_url(settings.listen)).rstrip("/")
         self._client = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=15.0
         )

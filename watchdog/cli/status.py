@@ -13,13 +13,14 @@ import argparse
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from watchdog import config, journal, report, timefmt
+from watchdog.cli.api import listener_url
 from watchdog.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -141,19 +142,12 @@ def _never_ran(target: str) -> dict[str, Any]:
 
 def _listener(listen: config.ListenSettings) -> str:
     """Whether the daemon's listener answers ``/healthz``: "answers", or why not."""
-    host = listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a wildcard bind
-    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-    url = f"http://{host}:{listen.port}/healthz"
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    try:
-        with direct.open(url, timeout=LISTENER_TIMEOUT) as answer:
-            return "answers" if answer.status == 200 else f"answered HTTP {answer.status}"
-    except urllib.error.HTTPError as exc:
-        return f"answered HTTP {exc.code} at {url}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"does not answer at {url} ({reason})"
+    url = f"{listener_url(listen)}/healthz"
+    try:  # straight to the listener, never through a proxy from the environment
+        answer = httpx.get(url, timeout=LISTENER_TIMEOUT, trust_env=False)
+    except httpx.HTTPError as exc:
+        return f"does not answer at {url} ({type(exc).__name__}: {exc})"
+    return "answers" if answer.status_code == 200 else f"answered HTTP {answer.status_code}"
 
 
 def _alive(pid: int, started: int | None) -> bool:
