@@ -2,8 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon dockerd
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql docker.io
 
 .PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet bench-footprint mutation lint system-deps clean
 
