@@ -21,6 +21,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -148,15 +149,25 @@ def running_engine(*, ready_timeout: float = 60.0) -> Iterator[Engine]:
 
 def _wait_ready(engine: Engine, within: float) -> None:
     deadline = time.monotonic() + within
-    with engine.client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if engine.process.poll() is not None:
-                raise RuntimeError(f"dockerd exited at start:\n{engine.log()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
+    while time.monotonic() < deadline:
+        if engine.process.poll() is not None:
+            raise RuntimeError(f"dockerd exited at start:\n{engine.log()[-3000:]}")
+        if _accepts(engine.socket):  # before httpx: a refused UDS connect leaks its socket
+            with engine.client(timeout=2.0) as client, contextlib.suppress(httpx.HTTPError):
                 if client.get("/_ping").status_code == 200:
                     return
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise RuntimeError(f"dockerd not ready within {within:g}s:\n{engine.log()[-3000:]}")
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def stop(engine: Engine, *, within: float = 60.0) -> None:

@@ -1,0 +1,130 @@
+"""The Docker executor's service manager (``executor.docker.Containers``) on a real, private
+Docker Engine: the runbook's switch -- stop and disable the primary container, enable and start
+the fallback found by its Compose labels -- read back from Docker, the port bound by the
+container's process, and names that do not name exactly one container refused, saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from watchdog.executor import docker, verify
+from watchdog_lab import dockerd
+
+pytestmark = pytest.mark.skipif(
+    dockerd.unavailable_reason() is not None,
+    reason=f"no private Docker Engine here: {dockerd.unavailable_reason()}",
+)
+
+
+SIMULATOR = (sys.executable, "-m", "watchdog_lab.lavalink")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[dockerd.Engine]:
+    with dockerd.running_engine() as running:
+        dockerd.import_base(running)
+        yield running
+
+
+def create(
+    engine: dockerd.Engine, name: str, port: int, labels: dict[str, str], flavour: str
+) -> str:
+    spec: dict[str, Any] = {
+        "Image": dockerd.BASE_IMAGE,
+        "Cmd": [*SIMULATOR, "--port", str(port), "--flavour", flavour],
+        "WorkingDir": str(dockerd.ROOT),
+        "Labels": labels,
+        "HostConfig": {
+            "NetworkMode": "host",
+            "Binds": dockerd.host_binds(),
+            "RestartPolicy": {"Name": "unless-stopped" if flavour == "rust" else "no"},
+        },
+    }
+    with engine.client() as api:
+        made = api.post("/containers/create", params={"name": name}, json=spec)
+        assert made.status_code == 201, made.text
+        return str(made.json()["Id"])
+
+
+async def answers(port: int, within: float = 30.0) -> bool:
+    async with httpx.AsyncClient(trust_env=False, timeout=1.0) as client:
+        for _ in range(int(within / 0.2)):
+            try:
+                done = await client.get(
+                    f"http://127.0.0.1:{port}/version",
+                    headers={"Authorization": "youshallnotpass"},
+                )
+                if done.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def test_the_switch_on_containers(engine: dockerd.Engine) -> None:
+    port = free_port()
+    create(engine, "rust", port, {}, "rust")
+    compose = {"com.docker.compose.project": "lavalink", "com.docker.compose.service": "java"}
+    create(engine, "lavalink-java-1", port, compose, "java")
+    units = await docker.Containers.connect(f"unix://{engine.socket}", call_timeout=30)
+    try:
+        assert await units.start("rust") == "done"
+        assert await answers(port)
+        primary = await units.status("rust")
+        fallback = await units.status("compose:lavalink/java")
+        assert (primary.active, primary.enabled, primary.main_pid > 0) == (True, True, True)
+        assert (fallback.active_state, fallback.enabled) == ("inactive", False)
+        # the runbook's switch: stop + disable the primary, enable + start the fallback
+        assert await units.stop("rust") == "done"
+        assert await units.disable(["rust"]) == [("restart-policy", "rust", "no")]
+        assert await units.enable(["compose:lavalink/java"]) == [
+            ("restart-policy", "compose:lavalink/java", "unless-stopped")
+        ]
+        assert await units.start("compose:lavalink/java") == "done"
+        assert await answers(port)
+        primary = await units.status("rust")
+        fallback = await units.status("compose:lavalink/java")
+        assert (primary.stopped, primary.enabled) == (True, False)
+        assert (fallback.active, fallback.enabled) == (True, True)
+        assert fallback.active_enter_timestamp is not None
+        bound = verify.port_bound(fallback.main_pid, port)  # host network: the host's /proc
+        assert bound.ok, bound.detail
+    finally:
+        await units.aclose()
+
+
+async def test_names_that_do_not_name_one_container_are_refused(engine: dockerd.Engine) -> None:
+    labels = {"com.docker.compose.project": "twice", "com.docker.compose.service": "web"}
+    create(engine, "twice-web-1", free_port(), labels, "java")
+    create(engine, "twice-web-2", free_port(), labels, "java")
+    units = await docker.Containers.connect(f"unix://{engine.socket}", call_timeout=30)
+    try:
+        missing = await units.status("no-such-container")
+        assert missing.load_state == "not-found"
+        with pytest.raises(docker.DockerError, match="no-such-container"):
+            await units.start("no-such-container")
+        with pytest.raises(docker.DockerError, match="2 containers carry these Compose labels"):
+            await units.status("compose:twice/web")
+        with pytest.raises(docker.DockerError, match="write compose:<project>/<service>"):
+            await units.status("compose:twice")
+    finally:
+        await units.aclose()
+
+
+async def test_an_unreachable_engine_says_where(tmp_path: Any) -> None:
+    with pytest.raises(docker.DockerError, match="cannot reach Docker at unix://"):
+        await docker.Containers.connect(f"unix://{tmp_path}/none.sock", call_timeout=5)

@@ -1,0 +1,199 @@
+"""Docker as the service manager: containers for units, restart policies for enable/disable.
+
+The runbook's Method 3 (Docker) switches containers the way Method 2 switches units, so the
+runbook stays one and this is one more ``units.Units``: ``status`` reads a container's
+inspect record, ``start``/``stop`` start and stop it and wait until Docker says so, and
+``enable``/``disable`` set its restart policy (``unless-stopped`` by default, ``no``) -- what
+"start at boot" means to Docker. A unit name is a container's name, or
+``compose:<project>/<service>``: the one container Compose labelled so
+(``com.docker.compose.project``/``.service``), found without the Compose CLI; none or two is
+an error that says so.
+
+It speaks the Engine API over the daemon's socket with aiodocker, which rides on the aiohttp
+the daemon already has. Access to that socket is root-equivalent: see the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import aiodocker
+
+from watchdog import errors
+from watchdog.model import UnitStatus
+
+COMPOSE = "compose:"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ENABLED_POLICIES = ("always", "unless-stopped", "on-failure")
+
+
+class DockerError(errors.ExecutorError):
+    """A Docker call failed, or a name does not name exactly one container."""
+
+
+class Containers:
+    """One connection to a Docker Engine, switching containers for the runbook."""
+
+    def __init__(
+        self,
+        client: aiodocker.Docker,
+        *,
+        call_timeout: float,
+        restart_policy: str = "unless-stopped",
+    ) -> None:
+        self._docker = client
+        self._timeout = call_timeout
+        self._policy = restart_policy
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, call_timeout: float, restart_policy: str = "unless-stopped"
+    ) -> Containers:
+        """Connected once the daemon answers ``/version`` (``DockerError`` saying why not)."""
+        client = aiodocker.Docker(url=url)
+        try:
+            async with asyncio.timeout(call_timeout):
+                await client.version()
+        except (aiodocker.DockerError, OSError, TimeoutError) as exc:
+            await client.close()
+            raise DockerError(f"cannot reach Docker at {url}: {_why(exc)}") from None
+        return cls(client, call_timeout=call_timeout, restart_policy=restart_policy)
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed
+
+    async def status(self, name: str) -> UnitStatus:
+        found = await self._find(name, missing_ok=True)
+        if found is None:
+            return UnitStatus(name, "not-found", "inactive", "dead", "", 0, 0, None)
+        return status_of(name, found)
+
+    async def start(self, name: str) -> str:
+        record = await self._record(name)
+        await self._call(f"start {name}", self._docker.containers.container(record["Id"]).start())
+        return "done"
+
+    async def stop(self, name: str) -> str:
+        record = await self._record(name)
+        await self._call(f"stop {name}", self._docker.containers.container(record["Id"]).stop(t=10))
+        return "done"
+
+    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        return [await self._policy_of(name, self._policy) for name in names]
+
+    async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        return [await self._policy_of(name, "no") for name in names]
+
+    async def reload(self) -> None:
+        """Docker has nothing to reload: a restart policy takes effect at once."""
+
+    def close(self) -> None:
+        """Closes the session on the running loop (``units.Units`` closes synchronously)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = asyncio.get_running_loop().create_task(self._docker.close())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._docker.close()
+
+    async def _policy_of(self, name: str, policy: str) -> tuple[str, str, str]:
+        record = await self._record(name)
+        body = json.dumps({"RestartPolicy": {"Name": policy}})
+        await self._call(
+            f"set the restart policy of {name}",
+            self._docker._query_json(f"containers/{record['Id']}/update", method="POST", data=body),
+        )
+        return ("restart-policy", name, policy)
+
+    async def _record(self, name: str) -> dict[str, Any]:
+        found = await self._find(name)
+        if found is None:  # _find raises for a missing container unless told not to
+            raise DockerError(f"{name}: no such container")
+        return found
+
+    async def _find(self, name: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        """The container's inspect record (``None`` if there is none and that is fine)."""
+        if name.startswith(COMPOSE):
+            project, _, service = name.removeprefix(COMPOSE).partition("/")
+            if not project or not service:
+                raise DockerError(f"{name!r}: write compose:<project>/<service>")
+            labels = [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]
+            listed = await self._call(
+                f"list {name}",
+                self._docker.containers.list(all=True, filters=json.dumps({"label": labels})),
+            )
+            if len(listed) > 1:
+                raise DockerError(
+                    f"{name}: {len(listed)} containers carry these Compose labels; the runbook "
+                    "switches exactly one (scale the service to 1, or name the container)"
+                )
+            if not listed:
+                if missing_ok:
+                    return None
+                raise DockerError(f"{name}: no container carries these Compose labels")
+            name = listed[0].id
+        try:
+            container = await self._call(f"find {name}", self._docker.containers.get(name))
+        except DockerError:
+            if missing_ok:
+                return None
+            raise
+        shown: dict[str, Any] = container._container
+        return shown
+
+    async def _call(self, what: str, call: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except aiodocker.DockerError as exc:
+            raise DockerError(f"{what}: Docker said {exc.status}: {exc.message}") from None
+        except (OSError, TimeoutError) as exc:
+            raise DockerError(f"{what}: {_why(exc)}") from None
+
+
+def status_of(name: str, record: dict[str, Any]) -> UnitStatus:
+    """A container's inspect record as the runbook reads a unit."""
+    state = record.get("State") or {}
+    running = bool(state.get("Running"))
+    failed = not running and state.get("Status") == "exited" and state.get("ExitCode", 0) != 0
+    policy = ((record.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+    return UnitStatus(
+        name=name,
+        load_state="loaded",
+        active_state="active" if running else ("failed" if failed else "inactive"),
+        sub_state=str(state.get("Status", "")),
+        unit_file_state="enabled" if policy in ENABLED_POLICIES else "disabled",
+        main_pid=int(state.get("Pid") or 0),
+        n_restarts=int(record.get("RestartCount") or 0),
+        active_enter_timestamp=_instant(state.get("StartedAt")) if running else None,
+        fragment_path=f"docker:{record.get('Id', '')}",
+    )
+
+
+def _instant(text: object) -> float | None:
+    """Docker's RFC 3339 with nanoseconds as Unix seconds."""
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return None
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        whole = datetime.fromisoformat(head + "+00:00").timestamp()
+    except ValueError:
+        return None
+    return whole + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, aiodocker.DockerError):
+        return f"{exc.status}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return f"{type(exc).__name__}: {exc}"
