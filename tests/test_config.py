@@ -83,9 +83,21 @@ def test_bad_settings_name_line_and_field(tmp_path: Path, extra: str, message: s
 
 
 def test_errors_inside_targets_point_at_their_line(tmp_path: Path) -> None:
-    text = MINIMAL.replace("lavalink-rust.service", "lavalink-rust")
+    text = MINIMAL.replace("lavalink-rust.service", "lavalink rust.service")
     with pytest.raises(
         errors.ConfigError, match=r"config\.yml:3: targets\.0\.primary\.unit: String should match"
+    ):
+        config.load(write(tmp_path, text))
+
+
+def test_a_container_name_needs_the_docker_executor_and_a_unit_the_systemd_one(
+    tmp_path: Path,
+) -> None:
+    text = MINIMAL.replace("lavalink-rust.service", "lavalink-rust")
+    with pytest.raises(
+        errors.ConfigError,
+        match=r"targets\.0: unit 'lavalink-rust' is not a systemd unit \(x\.service\); for "
+        r"containers set executor: docker",
     ):
         config.load(write(tmp_path, text))
 

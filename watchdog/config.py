@@ -112,7 +112,11 @@ class PrometheusSettings(_Strict):
 class UnitSettings(_Strict):
     """One side of a target: its systemd unit, scrape job, and what the runbook touches."""
 
-    unit: str = Field(pattern=r"^[A-Za-z0-9:_.@\\-]+\.service$")
+    # a systemd unit (`x.service`); with `executor: docker`, a container's name or
+    # `compose:<project>/<service>` (the target checks which)
+    unit: str = Field(
+        pattern=r"^(?:[A-Za-z0-9:_.@\\-]+\.service|[A-Za-z0-9][A-Za-z0-9_.\-]*|compose:[a-z0-9][a-z0-9_\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*)$"
+    )
     job: str = Field(min_length=1)
     config_dir: Path | None = None  # backed up; the primary's holds the config to carry over
     unit_file: Path | None = None  # backed up (default: /etc/systemd/system/<unit>)
@@ -369,6 +373,7 @@ class TargetSettings(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     profile: str = "lavalink"  # what kind of service (profiles/): lavalink, http
+    executor: Literal["systemd", "docker"] = "systemd"  # who switches: systemd, or Docker
     primary: UnitSettings
     fallback: UnitSettings
     rules: list[Path] = Field(min_length=1)
@@ -395,6 +400,22 @@ class TargetSettings(_Strict):
         if foreign:
             raise ValueError(f"profile {name}: " + "; ".join(foreign))
         return _under(defaults, given, cls)
+
+    @model_validator(mode="after")
+    def _units_of_the_executor(self) -> Self:
+        for side in (self.primary, self.fallback):
+            systemd_unit = side.unit.endswith(".service") and not side.unit.startswith("compose:")
+            if self.executor == "systemd" and not systemd_unit:
+                raise ValueError(
+                    f"unit {side.unit!r} is not a systemd unit (x.service); for containers "
+                    "set executor: docker"
+                )
+            if self.executor == "docker" and systemd_unit:
+                raise ValueError(
+                    f"unit {side.unit!r} is a systemd unit, but executor is docker: name a "
+                    "container, or compose:<project>/<service>"
+                )
+        return self
 
     @property
     def rule_variables(self) -> dict[str, str]:

@@ -98,7 +98,11 @@ class ExecutorError(WatchdogError):
     """The runbook could not do its part."""
 
 
-class SystemdError(ExecutorError):
+class ManagerError(ExecutorError):
+    """A service manager (systemd, Docker) refused a call or did not finish it in time."""
+
+
+class SystemdError(ManagerError):
     """A systemd call failed or did not finish in time; the message says which and why."""
 
 

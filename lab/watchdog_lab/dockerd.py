@@ -27,6 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def import_base(engine: Engine, name: str = BASE_IMAGE) -> str:
 def running_engine(*, ready_timeout: float = 60.0) -> Iterator[Engine]:
     """A private dockerd until the block ends: stopped by its PID, its mounts undone."""
     folder = Path(tempfile.mkdtemp(prefix="wd-dockerd-"))
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     command = [
         "dockerd",
         f"--data-root={folder / 'data'}",
@@ -129,8 +131,8 @@ def running_engine(*, ready_timeout: float = 60.0) -> Iterator[Engine]:
         "--ip6tables=false",
         "--ip-masq=false",
         "--storage-driver=vfs",
-        f"--containerd-namespace=wd-{os.getpid()}-{folder.name}",
-        f"--containerd-plugins-namespace=wd-plugins-{os.getpid()}-{folder.name}",
+        f"--containerd-namespace=wd-{tag}",  # containerd wants [A-Za-z0-9] joined by . _ -
+        f"--containerd-plugins-namespace=wd-plugins-{tag}",
         "--log-level=warn",
     ]
     with (folder / "dockerd.log").open("wb") as log:

@@ -6,15 +6,18 @@ container's process, and names that do not name exactly one container refused, s
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from watchdog.executor import docker, verify
+from watchdog import config, journal, model
+from watchdog.executor import docker, runbook, verify
 from watchdog_lab import dockerd
 
 pytestmark = pytest.mark.skipif(
@@ -128,3 +131,62 @@ async def test_names_that_do_not_name_one_container_are_refused(engine: dockerd.
 async def test_an_unreachable_engine_says_where(tmp_path: Any) -> None:
     with pytest.raises(docker.DockerError, match="cannot reach Docker at unix://"):
         await docker.Containers.connect(f"unix://{tmp_path}/none.sock", call_timeout=5)
+
+
+async def test_the_runbook_rolls_back_containers_and_verifies(
+    engine: dockerd.Engine, tmp_path: Path
+) -> None:
+    """The same runbook, the Docker method: preflight, backup, snapshot, stop and disable the
+    Rust container, start the Java one found by its Compose labels, verify it (answers, port
+    bound by its process, memory, CPU) -- every step journaled."""
+    port = free_port()
+    create(engine, "runbook-rust", port, {}, "rust")
+    compose = {"com.docker.compose.project": "runbook", "com.docker.compose.service": "java"}
+    create(engine, "runbook-java-1", port, compose, "java")
+    target = config.TargetSettings.model_validate(
+        {
+            "name": "lavalink",
+            "executor": "docker",
+            "primary": {"unit": "runbook-rust", "job": "lavalink-rust"},
+            "fallback": {"unit": "compose:runbook/java", "job": "lavalink-java"},
+            "rules": [str(dockerd.ROOT / "rules" / "lavalink.yml")],
+            "runbook": {
+                "url": f"http://127.0.0.1:{port}",
+                "password_env": "LAVALINK_TEST_PASSWORD",
+                "verify": {"timeout": "30s", "settle": "5s"},
+            },
+        }
+    )
+    os.environ["LAVALINK_TEST_PASSWORD"] = "youshallnotpass"
+    units = await docker.Containers.connect(f"unix://{engine.socket}", call_timeout=30)
+    store = journal.Journal.open(tmp_path / "state")
+    try:
+        await units.start("runbook-rust")
+        assert await answers(port)
+        outcome = await runbook.start_run(
+            target,
+            store,
+            units,
+            tmp_path / "state",
+            trigger=model.Trigger.MANUAL,
+            initiated_by="alice",
+            reason="drill on containers",
+            incident_id=None,
+        )
+        steps = [(s.name, s.status.value) for s in store.steps(outcome.run_id)]
+        assert outcome.succeeded, (outcome, steps, [s.detail for s in store.steps(outcome.run_id)])
+        assert [name for name, _ in steps] == [step.name for step in runbook.STEPS]
+        primary = await units.status("runbook-rust")
+        fallback = await units.status("compose:runbook/java")
+        assert (primary.stopped, primary.enabled, fallback.active, fallback.enabled) == (
+            True,
+            False,
+            True,
+            True,
+        )
+        verification = store.run(outcome.run_id).facts["verification"]
+        assert verification["port"]["ok"] and verification["memory"]["ok"], verification
+    finally:
+        store.close()
+        await units.aclose()
+        os.environ.pop("LAVALINK_TEST_PASSWORD", None)

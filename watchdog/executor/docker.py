@@ -32,7 +32,7 @@ SERVICE_LABEL = "com.docker.compose.service"
 ENABLED_POLICIES = ("always", "unless-stopped", "on-failure")
 
 
-class DockerError(errors.ExecutorError):
+class DockerError(errors.ManagerError):
     """A Docker call failed, or a name does not name exactly one container."""
 
 

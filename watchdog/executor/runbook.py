@@ -29,6 +29,7 @@ from typing import IO
 import structlog
 
 from watchdog import config, credentials, journal, model
+from watchdog.errors import ManagerError
 from watchdog.executor.steps import (
     _SWITCH_CONTINUES,
     _TOUCHING,
@@ -42,7 +43,6 @@ from watchdog.executor.steps import (
     plan,
     preflight,
 )
-from watchdog.executor.systemd import SystemdError
 from watchdog.executor.units import Units
 from watchdog.model import RunStatus, StepStatus, UnitStatus
 
@@ -174,9 +174,9 @@ async def execute(
             detail, status = await step.run(ctx), StepStatus.OK
             if pause and step.run is not finish:
                 await asyncio.sleep(pause)  # ... and the moment after its effect, unjournaled
-        except (StepFailed, SystemdError) as exc:
+        except (StepFailed, ManagerError) as exc:
             detail, status = str(exc), StepStatus.FAILED
-            if isinstance(exc, SystemdError) and _connection_lost(ctx):
+            if isinstance(exc, ManagerError) and _connection_lost(ctx):
                 detail = f"interrupted: the systemd connection was lost: {exc}"
                 status = StepStatus.INTERRUPTED
         except Exception as exc:  # a bug or the unexpected: journaled, never silent
@@ -217,7 +217,7 @@ def _left_running(ctx: Context, step: str) -> Outcome:
 async def _safe_check(step: Step, ctx: Context) -> bool:
     try:
         return await step.check(ctx)
-    except (SystemdError, OSError):
+    except (ManagerError, OSError):
         return False
 
 
@@ -248,7 +248,7 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
             status, result = StepStatus.OK, restored
         except Exception as exc:  # whatever it was, the journal and the operator must know
             status, result = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, SystemdError) and _connection_lost(ctx):
+            if isinstance(exc, ManagerError) and _connection_lost(ctx):
                 result = f"interrupted: the systemd connection was lost: {exc}"
                 status = StepStatus.INTERRUPTED
         ctx.journal.step_finished(step_id, status, result, at=ctx.clock())

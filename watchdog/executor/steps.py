@@ -24,8 +24,9 @@ import httpx
 import structlog
 
 from watchdog import config, errors, journal, profiles
+from watchdog.errors import ManagerError
 from watchdog.executor import verify
-from watchdog.executor.systemd import SystemdError, Unreachable
+from watchdog.executor.systemd import Unreachable
 from watchdog.executor.units import Units
 from watchdog.model import RunStatus
 from watchdog.profiles import base
@@ -109,7 +110,7 @@ async def preflight(ctx: Context) -> str:
             break
         try:
             status = await ctx.systemd.status(settings.unit)
-        except SystemdError as exc:
+        except ManagerError as exc:
             problems.append(f"{side} unit {settings.unit}: {exc}")
             continue
         if status.load_state != "loaded":
@@ -232,7 +233,7 @@ async def _unit_file(ctx: Context) -> Path | None:
         return ctx.target.primary.unit_file
     try:
         path = (await ctx.systemd.status(ctx.target.primary.unit)).fragment_path
-    except SystemdError:
+    except ManagerError:
         return None
     return Path(path) if path else None
 
@@ -249,7 +250,7 @@ async def snapshot(ctx: Context) -> str:
         unit = getattr(ctx.target, side).unit
         try:
             facts[side] = (await ctx.systemd.status(unit)).as_dict()
-        except SystemdError as exc:
+        except ManagerError as exc:
             facts[side] = {"error": str(exc)}
     seen = await ctx.service.snapshot(ctx.http)
     facts.update(seen.facts)
