@@ -498,6 +498,14 @@ class SystemdSettings(_Strict):
         return bus
 
 
+class DockerSettings(_Strict):
+    """Which Docker Engine switches the containers of ``executor: docker`` targets, and the
+    restart policy that "enables" the fallback (Docker's "start at boot")."""
+
+    url: str = Field(default="unix:///var/run/docker.sock", pattern=r"^(unix|tcp|https?)://")
+    restart_policy: Literal["always", "unless-stopped", "on-failure"] = "unless-stopped"
+
+
 NAME_PATTERN = r"^[A-Za-z0-9._@+-]{1,64}$"
 """A person's name as the API, the CLI and ``approval.approvers`` write it."""
 
@@ -768,6 +776,7 @@ class Settings(_Strict):
     policy: PolicySettings = PolicySettings()
     listen: ListenSettings = ListenSettings()
     systemd: SystemdSettings = SystemdSettings()
+    docker: DockerSettings = DockerSettings()  # for targets with executor: docker
     approval: ApprovalSettings = ApprovalSettings()
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     slack: SlackSettings | None = None

@@ -6,8 +6,10 @@ container's process, and names that do not name exactly one container refused, s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +192,53 @@ async def test_the_runbook_rolls_back_containers_and_verifies(
         store.close()
         await units.aclose()
         os.environ.pop("LAVALINK_TEST_PASSWORD", None)
+
+
+def test_the_cli_rolls_containers_back_as_an_operator_does(
+    engine: dockerd.Engine, tmp_path: Path
+) -> None:
+    """``rollback --local --yes --json`` on a target with ``executor: docker``: the runbook's
+    Method 3 by hand, through the engine the config names."""
+    port = free_port()
+    create(engine, "cli-rust", port, {}, "rust")
+    compose = {"com.docker.compose.project": "cli", "com.docker.compose.service": "java"}
+    create(engine, "cli-java-1", port, compose, "java")
+    with engine.client() as api:
+        assert api.post("/containers/cli-rust/start").status_code == 204
+    assert asyncio.run(answers(port))
+    path = tmp_path / "config.yml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"docker: {{url: 'unix://{engine.socket}'}}\n"
+        "targets:\n"
+        "  - name: lavalink\n"
+        "    executor: docker\n"
+        "    primary: {unit: cli-rust, job: lavalink-rust}\n"
+        "    fallback: {unit: 'compose:cli/java', job: lavalink-java}\n"
+        f"    rules: [{dockerd.ROOT / 'rules' / 'lavalink.yml'}]\n"
+        "    runbook:\n"
+        f"      url: http://127.0.0.1:{port}\n"
+        "      password_env: LAVALINK_TEST_PASSWORD\n"
+        "      verify: {timeout: 30s, settle: 5s}\n"
+    )
+    order = ["rollback", "--config", str(path), "--reason", "drill", "--local", "--yes", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "watchdog", *order],
+        capture_output=True,
+        text=True,
+        cwd=dockerd.ROOT,
+        env={**os.environ, "LAVALINK_TEST_PASSWORD": "youshallnotpass"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert (document["status"], document["steps"][-1]["name"]) == ("succeeded", "finish")
+    with engine.client() as api:
+        rust = api.get("/containers/cli-rust/json").json()
+        java = api.get("/containers/cli-java-1/json").json()
+    assert (rust["State"]["Running"], rust["HostConfig"]["RestartPolicy"]["Name"]) == (False, "no")
+    assert (java["State"]["Running"], java["HostConfig"]["RestartPolicy"]["Name"]) == (
+        True,
+        "unless-stopped",
+    )

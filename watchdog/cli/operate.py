@@ -41,8 +41,9 @@ from watchdog.cli.common import (
     _print_json,
     _unreachable,
 )
+from watchdog.errors import ManagerError
 from watchdog.executor import runbook, units
-from watchdog.executor.systemd import SystemdError, Unreachable
+from watchdog.executor.systemd import Unreachable
 
 
 def _who(args: argparse.Namespace) -> str:
@@ -143,8 +144,8 @@ async def _rollback_async(
         print(f"  on a failure after stop-primary: {target.runbook.on_fallback_failure}")
     systemd: units.Units
     try:
-        systemd = await units.connect(settings.systemd, call_timeout=target.runbook.job_timeout)
-    except SystemdError as exc:
+        systemd = await units.connect_for(settings, target, call_timeout=target.runbook.job_timeout)
+    except ManagerError as exc:
         if not args.dry_run:
             return _unreachable(f"{exc}; nothing was changed")
         systemd = Unreachable(str(exc))  # a dry run still checks everything else
@@ -161,7 +162,11 @@ async def _rollback_async(
             settings, target, systemd, args.reason, by, args.category, as_json=args.json
         )
     finally:
-        systemd.close()
+        closing = getattr(systemd, "aclose", None)  # Docker's session closes on the loop
+        if closing is not None:
+            await closing()
+        else:
+            systemd.close()
 
 
 async def _dry_run(

@@ -58,3 +58,19 @@ async def connect(settings: config.SystemdSettings, *, call_timeout: float) -> U
     from watchdog.executor.systemd import Systemd
 
     return await Systemd.connect(settings.bus, call_timeout=call_timeout)
+
+
+async def connect_for(
+    settings: config.Settings, target: config.TargetSettings, *, call_timeout: float
+) -> Units:
+    """The manager that switches ``target``: systemd, or Docker for ``executor: docker``
+    (``ManagerError`` saying why if it cannot be reached)."""
+    if target.executor == "docker":
+        from watchdog.executor.docker import Containers
+
+        return await Containers.connect(
+            settings.docker.url,
+            call_timeout=call_timeout,
+            restart_policy=settings.docker.restart_policy,
+        )
+    return await connect(settings.systemd, call_timeout=call_timeout)
