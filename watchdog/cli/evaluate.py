@@ -35,24 +35,11 @@ async def _check_async(
     *,
     as_json: bool,
 ) -> int:
-    source = prometheus.PrometheusSource(settings.prometheus)
-    try:
-        problem = await source.ready()
-        if problem is not None:
-            return _unreachable(f"cannot evaluate {target.name}: {problem}")
-        now = time.time()
-        window = backtest.lookback(rule_set.rules, settings.interval)
-        replayed = await backtest.replay(
-            source,
-            target,
-            rule_set.rules,
-            settings.policy.to_policy(),
-            start=now - window,
-            end=now,
-            step=settings.interval,
-        )
-    finally:
-        source.close()
+    now = time.time()
+    window = backtest.lookback(rule_set.rules, settings.interval)
+    replayed = await _replayed(settings, target, rule_set, now - window, now, settings.interval)
+    if isinstance(replayed, str):
+        return _unreachable(f"cannot evaluate {target.name}: {replayed}")
     evaluated, decided = replayed.last_evaluation, replayed.last_decision
     if evaluated is None or decided is None:  # replay always runs >= 1 step
         return _fail(f"cannot evaluate {target.name}: nothing was evaluated")
@@ -162,22 +149,9 @@ async def _backtest_async(
     step: float,
     as_json: bool,
 ) -> int:
-    source = prometheus.PrometheusSource(settings.prometheus)
-    try:
-        problem = await source.ready()
-        if problem is not None:
-            return _unreachable(f"cannot backtest: {problem}")
-        replayed = await backtest.replay(
-            source,
-            target,
-            rule_set.rules,
-            settings.policy.to_policy(),
-            start=start,
-            end=end,
-            step=step,
-        )
-    finally:
-        source.close()
+    replayed = await _replayed(settings, target, rule_set, start, end, step)
+    if isinstance(replayed, str):
+        return _unreachable(f"cannot backtest: {replayed}")
     if as_json:
         print(json.dumps(replayed.to_json()))
     else:
@@ -200,3 +174,30 @@ def print_timeline(replayed: backtest.Replay) -> None:
     for verdict in (model.Verdict.ROLLBACK, model.Verdict.PROPOSE, model.Verdict.WARN):
         at = replayed.first.get(verdict)
         print(f"  first {verdict.value}: {timefmt.format_instant(at) if at else 'never'}")
+
+
+async def _replayed(
+    settings: config.Settings,
+    target: config.TargetSettings,
+    rule_set: rules.RuleSet,
+    start: float,
+    end: float,
+    step: float,
+) -> backtest.Replay | str:
+    """The rules and policy replayed over ``[start, end]``, or why Prometheus cannot say."""
+    source = prometheus.PrometheusSource(settings.prometheus)
+    try:
+        problem = await source.ready()
+        if problem is not None:
+            return problem
+        return await backtest.replay(
+            source,
+            target,
+            rule_set.rules,
+            settings.policy.to_policy(),
+            start=start,
+            end=end,
+            step=step,
+        )
+    finally:
+        source.close()

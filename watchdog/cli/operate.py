@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -248,7 +247,9 @@ async def _execute(
             )
         except journal.RunInFlight as exc:
             say(f"run #{exc.run_id} is already in flight: following it")
-            outcome = await _follow(store, exc.run_id, target, systemd, settings.state_dir, say=say)
+            outcome = await _follow(
+                store, exc.run_id, target, systemd, settings.state_dir, view=shown
+            )
         steps = store.steps(outcome.run_id)
     finally:
         store.close()
@@ -328,7 +329,7 @@ async def _follow(
     systemd: units.Units,
     state_dir: Path,
     *,
-    say: Callable[..., None] = print,
+    view: StepView | None,
 ) -> runbook.Outcome:
     """Show another process's run until it ends (a second trigger joins the first). If that
     process dies meanwhile, reconcile its run here."""
@@ -343,12 +344,12 @@ async def _follow(
         for step in steps[shown:]:
             if step.status is model.StepStatus.RUNNING:
                 break
-            say(f"  {step.name:<15} {step.status}: {step.detail}")
+            if view is not None:  # --json: only the document at the end
+                print(f"  {step.name:<15} {step.status}: {step.detail}")
             shown += 1
         run = await asyncio.to_thread(store.run, run_id)
         if run.status is not model.RunStatus.RUNNING:
             return runbook.Outcome(run.id, run.status, run.outcome)
-        view = StepView() if say is print else None
         orphaned = await runbook.reconcile(
             target, store, systemd, state_dir, observer=view.show if view is not None else None
         )
