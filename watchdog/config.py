@@ -415,6 +415,11 @@ class TargetSettings(_Strict):
                     f"unit {side.unit!r} is a systemd unit, but executor is docker: name a "
                     "container, or compose:<project>/<service>"
                 )
+        if self.executor == "docker" and self.runbook.persistence == "flag-file":
+            raise ValueError(
+                "runbook.persistence flag-file is for systemd units (ConditionPathExists=); "
+                "with executor: docker the restart policies persist the switch"
+            )
         return self
 
     @property

@@ -57,6 +57,7 @@ class Origin(enum.StrEnum):
 
     PROMETHEUS = "prometheus"  # an alert rule's `expr`, run as an instant query
     SYSTEMD = "systemd"  # read by the watchdog from systemd over D-Bus; works without Prometheus
+    DOCKER = "docker"  # read by the watchdog from the Docker Engine; works without Prometheus
     ALERTMANAGER = "alertmanager"  # an alert Alertmanager delivered, not a rule of ours
     # a rank test against the fallback's baseline (comparison): without a baseline or enough
     # samples it has no data, and that alone never makes a verdict inconclusive
@@ -327,7 +328,9 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class UnitStatus:
-    """A systemd unit as systemd reports it now (the properties the watchdog reads)."""
+    """A unit as its manager reports it now (the properties the watchdog reads): a systemd
+    unit, or a container read the same way (restart policy for enablement, ``RestartCount``
+    for ``NRestarts``)."""
 
     name: str
     load_state: str  # loaded | not-found | masked | error ...
@@ -362,6 +365,17 @@ class UnitStatus:
             "NRestarts": self.n_restarts,
             "ActiveEnterTimestamp": self.active_enter_timestamp,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class UnitDefinition:
+    """What a unit is made of, as its manager knows it: what it still lacks to start, the
+    files that define it (backed up before a switch) and the manager's own record of it."""
+
+    name: str
+    missing: tuple[str, ...] = ()  # why it could not start, e.g. its image is gone
+    files: tuple[str, ...] = ()  # a unit file; a container's bind-mounted config files
+    record: Mapping[str, object] | None = None  # Docker's inspect record; None for systemd
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,26 +10,36 @@ inspect record, ``start``/``stop`` start and stop it and wait until Docker says 
 an error that says so.
 
 It speaks the Engine API over the daemon's socket with aiodocker, which rides on the aiohttp
-the daemon already has. Access to that socket is root-equivalent: see the README.
+the daemon already has. An engine that stops answering (restarted, its socket gone) marks the
+connection lost, as a dropped D-Bus does: the runbook then leaves the run open for the
+reconcile rather than failing it blind. ``changes`` follows the engine's event stream, so a
+container's death is read when it happens. Access to that socket is root-equivalent: see the
+README.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import aiodocker
+import aiohttp
 
 from watchdog import errors
-from watchdog.model import UnitStatus
+from watchdog.model import UnitDefinition, UnitStatus
 
 COMPOSE = "compose:"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ENABLED_POLICIES = ("always", "unless-stopped", "on-failure")
+# the engine's events a watch wants: a death (a crash, or a stop) and a start (a restart)
+WATCHED_EVENTS = ("die", "start")
+# the engine did not answer at all: the connection is lost, not the call refused
+_UNANSWERED = (OSError, aiohttp.ClientError, TimeoutError)
 
 
 class DockerError(errors.ManagerError):
@@ -50,6 +60,9 @@ class Containers:
         self._timeout = call_timeout
         self._policy = restart_policy
         self._closed = False
+        self._lost = False
+
+    manager = "Docker"
 
     @classmethod
     async def connect(
@@ -60,20 +73,70 @@ class Containers:
         try:
             async with asyncio.timeout(call_timeout):
                 await client.version()
-        except (aiodocker.DockerError, OSError, TimeoutError) as exc:
+        except (aiodocker.DockerError, *_UNANSWERED) as exc:
             await client.close()
             raise DockerError(f"cannot reach Docker at {url}: {_why(exc)}") from None
         return cls(client, call_timeout=call_timeout, restart_policy=restart_policy)
 
     @property
     def connected(self) -> bool:
-        return not self._closed
+        """False once closed, or once the engine left a call unanswered: what it did is then
+        unknown until a new connection reads it back."""
+        return not (self._closed or self._lost)
 
     async def status(self, name: str) -> UnitStatus:
         found = await self._find(name, missing_ok=True)
         if found is None:
             return UnitStatus(name, "not-found", "inactive", "dead", "", 0, 0, None)
         return status_of(name, found)
+
+    async def definition(self, name: str) -> UnitDefinition:
+        """Its inspect record; its bind-mounted files (its config); and whether its image is
+        still in the engine (a container whose image is gone cannot be started)."""
+        found = await self._find(name, missing_ok=True)
+        if found is None:
+            return UnitDefinition(
+                name,
+                missing=(
+                    f"{name}: no such container (create it once, e.g. "
+                    "docker compose -f docker-compose-java.yml create)",
+                ),
+            )
+        missing: list[str] = []
+        image = str(found.get("Image", ""))
+        try:
+            await self._call(f"inspect the image of {name}", self._docker.images.inspect(image))
+        except DockerError as exc:
+            if not self.connected:
+                raise
+            shown = (found.get("Config") or {}).get("Image") or image
+            missing.append(f"{name}: its image {shown} is not in the engine ({exc})")
+        files = await asyncio.to_thread(_bound_files, found)
+        return UnitDefinition(name, missing=tuple(missing), files=files, record=found)
+
+    async def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
+        """Each of ``names`` whose container died or started, from the engine's event stream
+        (read without a deadline); ends when the stream does."""
+        filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS)})
+        forever = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=self._timeout)
+        try:
+            async with self._docker._query(
+                "events", params={"filters": filters}, timeout=forever
+            ) as response:
+                async for line in response.content:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    for name in names:
+                        if concerns(event, name):
+                            yield name
+        except aiodocker.DockerError as exc:
+            raise DockerError(
+                f"the event stream: Docker said {exc.status}: {exc.message}"
+            ) from None
+        except _UNANSWERED as exc:
+            raise DockerError(f"the event stream: {_why(exc)}") from None
 
     async def start(self, name: str) -> str:
         record = await self._record(name)
@@ -144,7 +207,7 @@ class Containers:
         try:
             container = await self._call(f"find {name}", self._docker.containers.get(name))
         except DockerError:
-            if missing_ok:
+            if missing_ok and self.connected:  # it answered: there is no such container
                 return None
             raise
         shown: dict[str, Any] = container._container
@@ -156,7 +219,8 @@ class Containers:
                 return await call
         except aiodocker.DockerError as exc:
             raise DockerError(f"{what}: Docker said {exc.status}: {exc.message}") from None
-        except (OSError, TimeoutError) as exc:
+        except _UNANSWERED as exc:
+            self._lost = True
             raise DockerError(f"{what}: {_why(exc)}") from None
 
 
@@ -177,6 +241,27 @@ def status_of(name: str, record: dict[str, Any]) -> UnitStatus:
         active_enter_timestamp=_instant(state.get("StartedAt")) if running else None,
         fragment_path=f"docker:{record.get('Id', '')}",
     )
+
+
+def _bound_files(record: dict[str, Any]) -> tuple[str, ...]:
+    """The container's bind-mounted files (a config file; never a directory of data)."""
+    return tuple(
+        str(mount["Source"])
+        for mount in record.get("Mounts") or ()
+        if mount.get("Type") == "bind" and os.path.isfile(str(mount.get("Source", "")))
+    )
+
+
+def concerns(event: dict[str, Any], name: str) -> bool:
+    """Whether an engine event is about the container ``name`` names (by its name, or by the
+    Compose labels a ``compose:<project>/<service>`` name stands for)."""
+    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+    if name.startswith(COMPOSE):
+        project, _, service = name.removeprefix(COMPOSE).partition("/")
+        return bool(
+            attributes.get(PROJECT_LABEL) == project and attributes.get(SERVICE_LABEL) == service
+        )
+    return bool(attributes.get("name") == name)
 
 
 def _instant(text: object) -> float | None:

@@ -177,7 +177,7 @@ async def execute(
         except (StepFailed, ManagerError) as exc:
             detail, status = str(exc), StepStatus.FAILED
             if isinstance(exc, ManagerError) and _connection_lost(ctx):
-                detail = f"interrupted: the systemd connection was lost: {exc}"
+                detail = f"interrupted: the {ctx.systemd.manager} connection was lost: {exc}"
                 status = StepStatus.INTERRUPTED
         except Exception as exc:  # a bug or the unexpected: journaled, never silent
             detail, status = f"{type(exc).__name__}: {exc}", StepStatus.FAILED
@@ -206,10 +206,12 @@ def _connection_lost(ctx: Context) -> bool:
 
 
 def _left_running(ctx: Context, step: str) -> Outcome:
-    """The bus went away mid-step: what systemd did is unknown until it can be read again, so
-    the run stays open for the reconcile (the daemon adopts it once reconnected) -- never a
-    restore attempted blind, never a run closed as failed that may just have succeeded."""
-    detail = f"systemd connection lost in {step}; the run resumes once systemd is reachable"
+    """The manager went away mid-step (the bus dropped, the engine restarted): what it did is
+    unknown until it can be read again, so the run stays open for the reconcile (the daemon
+    adopts it once reconnected) -- never a restore attempted blind, never a run closed as
+    failed that may just have succeeded."""
+    manager = ctx.systemd.manager
+    detail = f"{manager} connection lost in {step}; the run resumes once {manager} is reachable"
     log.error("rollback interrupted", run=ctx.run_id, step=step, detail=detail)
     return Outcome(ctx.run_id, RunStatus.INTERRUPTED, detail)
 
@@ -249,7 +251,7 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
         except Exception as exc:  # whatever it was, the journal and the operator must know
             status, result = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ManagerError) and _connection_lost(ctx):
-                result = f"interrupted: the systemd connection was lost: {exc}"
+                result = f"interrupted: the {ctx.systemd.manager} connection was lost: {exc}"
                 status = StepStatus.INTERRUPTED
         ctx.journal.step_finished(step_id, status, result, at=ctx.clock())
         seconds = time.monotonic() - started

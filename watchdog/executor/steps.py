@@ -11,6 +11,7 @@ The service's own questions are its profile's; the units are switched through ``
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from watchdog.errors import ManagerError
 from watchdog.executor import verify
 from watchdog.executor.systemd import Unreachable
 from watchdog.executor.units import Units
-from watchdog.model import RunStatus
+from watchdog.model import RunStatus, UnitDefinition
 from watchdog.profiles import base
 
 log = structlog.get_logger("watchdog.executor")
@@ -113,11 +114,18 @@ async def preflight(ctx: Context) -> str:
         except ManagerError as exc:
             problems.append(f"{side} unit {settings.unit}: {exc}")
             continue
-        if status.load_state != "loaded":
+        if status.load_state != "loaded" and ctx.systemd.manager == "systemd":
             problems.append(
                 f"{side} unit {settings.unit} is {status.load_state} (is its unit file installed?)"
             )
-        else:
+            continue
+        if side == "fallback" or status.load_state != "loaded":  # what it needs to start
+            try:
+                problems += (await ctx.systemd.definition(settings.unit)).missing
+            except ManagerError as exc:
+                problems.append(f"{side} {settings.unit}: {exc}")
+                continue
+        if status.load_state == "loaded":
             notes.append(f"{settings.unit} {status.active_state}")
     binary = ctx.target.fallback.binary
     if binary is not None and not binary.is_file():
@@ -208,34 +216,45 @@ def _remove_flag(ctx: Context) -> None:
 
 
 async def backup(ctx: Context) -> str:
-    """Config directory and primary unit file into ``backups/emergency-YYYYmmdd-HHMMSS/``."""
+    """The config directory, what defines the primary (its unit file; a container's
+    bind-mounted files) and each container's inspect record, into
+    ``backups/emergency-YYYYmmdd-HHMMSS/``."""
     stamp = datetime.fromtimestamp(ctx.clock(), tz=UTC).strftime("%Y%m%d-%H%M%S")
     folder = ctx.state_dir / "backups" / f"emergency-{stamp}"
     copied: list[str] = []
+    definitions = [await _definition(ctx, ctx.target.primary.unit)]
+    definitions.append(await _definition(ctx, ctx.target.fallback.unit))
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         config_dir = ctx.target.primary.config_dir
         if config_dir is not None and config_dir.is_dir():
             shutil.copytree(config_dir, folder / "config", dirs_exist_ok=True)
             copied.append(str(config_dir))
-        unit_file = await _unit_file(ctx)
-        if unit_file is not None and unit_file.is_file():
-            shutil.copy2(unit_file, folder / unit_file.name)
-            copied.append(str(unit_file))
+        primary = definitions[0]
+        files = [ctx.target.primary.unit_file] if ctx.target.primary.unit_file else []
+        files += [Path(f) for f in primary.files] if primary is not None else []
+        for path in dict.fromkeys(files):  # once each, in order
+            if path is not None and path.is_file():
+                shutil.copy2(path, folder / path.name)
+                copied.append(str(path))
+        for definition in definitions:
+            if definition is not None and definition.record is not None:
+                name = definition.name.replace("/", "_").replace(":", "_")
+                record = folder / f"{name}.inspect.json"
+                record.write_text(json.dumps(definition.record, indent=2, sort_keys=True) + "\n")
+                copied.append(f"{definition.name}'s inspect record")
     except OSError as exc:
         raise StepFailed(f"backup into {folder} failed: {exc}") from None
     ctx.remember("backup", str(folder))
     return f"{', '.join(copied) or 'nothing to copy'} -> {folder}"
 
 
-async def _unit_file(ctx: Context) -> Path | None:
-    if ctx.target.primary.unit_file is not None:
-        return ctx.target.primary.unit_file
+async def _definition(ctx: Context, unit: str) -> UnitDefinition | None:
+    """What the manager says defines ``unit`` (None if it cannot say: the backup goes on)."""
     try:
-        path = (await ctx.systemd.status(ctx.target.primary.unit)).fragment_path
+        return await ctx.systemd.definition(unit)
     except ManagerError:
         return None
-    return Path(path) if path else None
 
 
 async def _backed_up(ctx: Context) -> bool:
@@ -407,7 +426,12 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
     runbook, primary, fallback = target.runbook, target.primary, target.fallback
     flagged = runbook.persistence == "flag-file"
     service = profiles.get(target.profile).bind(target, "")
-    needs = [f"{fallback.unit} and {primary.unit} load"]
+    docker = target.executor == "docker"
+    needs = [
+        f"containers {fallback.unit} and {primary.unit} exist, {fallback.unit}'s image too"
+        if docker
+        else f"{fallback.unit} and {primary.unit} load"
+    ]
     if fallback.binary is not None:
         needs.append(f"{fallback.binary} exists")
     needs += service.preflight_plan()
@@ -427,13 +451,19 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
         ("preflight", "; ".join(needs)),
         (
             "backup",
-            f"{primary.config_dir or '(no config_dir)'} and the unit file -> "
+            f"{primary.config_dir or '(no config_dir)'} and "
+            + ("the bind-mounted files and inspect records" if docker else "the unit file")
+            + " -> "
             f"{state_dir / 'backups'}/emergency-<time>/",
         ),
         ("snapshot", f"both units' state; the {target.profile} profile's view of {runbook.url}"),
         (
             "stop-primary",
-            f"stop {primary.unit}" if flagged else f"stop + disable {primary.unit}",
+            f"stop {primary.unit}"
+            if flagged
+            else f"stop {primary.unit}, restart policy no"
+            if docker
+            else f"stop + disable {primary.unit}",
         ),
         (
             "carry-config",
@@ -443,6 +473,8 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
             "start-fallback",
             f"write {target.runbook.flag_file}, start {fallback.unit}"
             if flagged
+            else f"set the restart policy of {fallback.unit}, start it"
+            if docker
             else f"enable + start {fallback.unit}",
         ),
         ("verify", ", ".join(checks)),

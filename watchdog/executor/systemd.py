@@ -27,7 +27,7 @@ from dbus_fast.errors import DBusError
 from dbus_fast.message import Message
 
 from watchdog import errors
-from watchdog.model import UnitStatus
+from watchdog.model import UnitDefinition, UnitStatus
 
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -147,6 +147,8 @@ class Systemd:
             raise SystemdError(f"cannot connect to systemd on {where}: {exc}") from None
         return cls(connection, timeout=call_timeout)
 
+    manager = "systemd"
+
     def close(self) -> None:
         self._bus.disconnect()
 
@@ -213,6 +215,11 @@ class Systemd:
             active_enter_timestamp=entered / 1e6 if entered else None,
             fragment_path=str(unit.get("FragmentPath", "")),
         )
+
+    async def definition(self, name: str) -> UnitDefinition:
+        """The unit file systemd loaded (its load state is the status's to say)."""
+        loaded = (await self.status(name)).fragment_path
+        return UnitDefinition(name, files=(loaded,) if loaded else ())
 
     async def _properties(self, path: str, interface: str) -> dict[str, Any]:
         (values,) = await self._call("GetAll", "s", [interface], path=path, interface=PROPERTIES)
@@ -311,6 +318,8 @@ class Unreachable:
     A dry run uses it to report the missing bus next to every other preflight problem.
     """
 
+    manager = "systemd"
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
@@ -322,6 +331,9 @@ class Unreachable:
         return False
 
     async def status(self, name: str) -> UnitStatus:
+        raise self._fail()
+
+    async def definition(self, name: str) -> UnitDefinition:
         raise self._fail()
 
     async def start(self, name: str) -> str:

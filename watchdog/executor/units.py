@@ -9,15 +9,20 @@ same protocol (containers for units, restart policies for enable/disable).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
 
 from watchdog import config
-from watchdog.model import UnitStatus
+from watchdog.model import UnitDefinition, UnitStatus
 
 
 class Units(Protocol):
     """A service manager the runbook switches units with."""
+
+    @property
+    def manager(self) -> str:
+        """Its name in what the journal says: ``systemd`` or ``Docker``."""
+        ...
 
     @property
     def connected(self) -> bool:
@@ -26,6 +31,10 @@ class Units(Protocol):
 
     async def status(self, name: str) -> UnitStatus:
         """The unit's state, read back from the manager."""
+        ...
+
+    async def definition(self, name: str) -> UnitDefinition:
+        """What defines it: what it lacks to start, its files, the manager's record."""
         ...
 
     async def start(self, name: str) -> str:
@@ -50,6 +59,16 @@ class Units(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+@runtime_checkable
+class Changes(Protocol):
+    """A manager that says when a unit changed (Docker's event stream), so a crash is read
+    when it happens rather than at the next reading."""
+
+    def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
+        """Each of ``names`` whose unit died or started, as it happens; ends with the stream."""
         ...
 
 

@@ -23,8 +23,8 @@ from watchdog import (
     report,
     telemetry,
 )
-from watchdog.executor import after, runbook
-from watchdog.runtime.link import SystemdLink, _pause
+from watchdog.executor import after, runbook, units
+from watchdog.runtime.link import RECONNECT_EVERY, ManagerLink, _pause
 from watchdog.sources import probes, prometheus
 
 log = structlog.get_logger("watchdog.runtime")
@@ -49,7 +49,7 @@ class Guard:
     def __init__(
         self,
         target: pipeline.Target,
-        link: SystemdLink,
+        link: ManagerLink,
         settings: config.Settings,
         runs: set[asyncio.Task[runbook.Outcome | None]],
         clock: Callable[[], float],
@@ -345,9 +345,48 @@ class Guard:
         if observed.ok:  # an unreadable moment says nothing: it neither starts nor ends one
             crash_loop = bool(observed.points)
             if crash_loop and not self._crash_looping:  # the most urgent signal: evaluate now
-                log.warning("crash loop seen on D-Bus", target=self.target.name, unit=watch.primary)
+                log.warning(
+                    f"crash loop seen on {self._link.name}",
+                    target=self.target.name,
+                    unit=watch.primary,
+                )
                 self.wake()
             self._crash_looping = crash_loop
+
+    async def follow_changes(self, stop: asyncio.Event) -> None:
+        """Where the manager says when a unit changes (Docker's event stream), read both
+        units the moment the primary or the fallback dies or starts: a crash loop is then
+        seen at its third death, not at the next reading. Without such a manager, nothing."""
+        watch = self.target.watch
+        if watch is None:
+            return
+        while not stop.is_set():
+            connection: object = self._link.connection()  # any manager; some say more
+            if not isinstance(connection, units.Changes):
+                if connection is not None:  # systemd: the readings are all there is
+                    return
+                await _pause(stop, RECONNECT_EVERY)
+                continue
+            following = asyncio.ensure_future(self._follow(connection, watch.units))
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([following, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (following, stopping):
+                    task.cancel()
+                await asyncio.gather(following, stopping, return_exceptions=True)
+            if following.done() and not following.cancelled() and following.exception():
+                log.warning(
+                    f"{self._link.name} events lost; following again",
+                    target=self.target.name,
+                    error=str(following.exception()),
+                )
+            await _pause(stop, 1.0)  # the stream ended or broke: follow it again soon
+
+    async def _follow(self, connection: units.Changes, names: tuple[str, ...]) -> None:
+        async for name in connection.changes(names):
+            log.info(f"{self._link.name} event", target=self.target.name, unit=name)
+            await self.read_units()
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""

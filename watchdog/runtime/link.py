@@ -1,5 +1,6 @@
-"""The connection to systemd: made at start, watched, made again when it drops; a run
-interrupted by a lost connection is reconciled once it is back.
+"""The connections to the service managers (systemd; the Docker Engine for ``executor:
+docker`` targets): made at start, watched, made again when they drop; a run interrupted by a
+lost connection is reconciled once it is back.
 """
 
 from __future__ import annotations
@@ -15,43 +16,53 @@ from watchdog import (
     model,
     pipeline,
 )
+from watchdog.errors import ManagerError
 from watchdog.executor import runbook, units
-from watchdog.executor.systemd import SystemdError
 
 log = structlog.get_logger("watchdog.runtime")
 
 
 SILENT_READS = 3  # unanswered watch reads in a row before the connection is made again
-RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost systemd
+RECONNECT_EVERY = 30.0  # seconds between attempts to reach a lost manager
+
+Executor = str  # a target's ``executor``: systemd or docker
 
 
-class SystemdLink:
-    """The daemon's one systemd connection: made at start, made again whenever it is lost.
+def managers(settings: config.Settings) -> list[Executor]:
+    """The managers the targets need, each once, systemd first."""
+    return sorted({t.executor for t in settings.targets}, key=lambda e: e != "systemd")
+
+
+class ManagerLink:
+    """The daemon's one connection to a service manager (systemd, or the Docker Engine):
+    made at start, made again whenever it is lost.
 
     Without it the watchdog still evaluates (the crash-loop signal then reads ``error``), but
     cannot act: auto mode journals "no executor is connected" and asks again every tick until
     the link is back.
     """
 
-    def __init__(self, settings: config.Settings) -> None:
+    def __init__(self, settings: config.Settings, executor: Executor = "systemd") -> None:
         self._settings = settings
+        self.executor = executor
+        self.name = "Docker" if executor == "docker" else "systemd"
         self._client: units.Units | None = None
         self._complained = False
-        self._unanswered = 0  # reads in a row that systemd did not answer at all
+        self._unanswered = 0  # reads in a row that the manager did not answer at all
 
     def connection(self) -> units.Units | None:
         """The connection, if it is up (a dropped one is closed and forgotten here)."""
         if self._client is not None and not self._client.connected:
-            log.error("systemd connection lost; reconnecting")
+            log.error(f"{self.name} connection lost; reconnecting")
             self._drop()
         return self._client
 
     def answered(self, *, at_all: bool) -> None:
-        """What the watch saw: a bus that stays connected but never answers is as good as
+        """What the watch saw: a manager that stays connected but never answers is as good as
         gone, so after ``SILENT_READS`` silent reads it is dropped and made again."""
         self._unanswered = 0 if at_all else self._unanswered + 1
         if self._unanswered >= SILENT_READS and self._client is not None:
-            log.error("systemd stopped answering; reconnecting", silent_reads=self._unanswered)
+            log.error(f"{self.name} stopped answering; reconnecting", silent_reads=self._unanswered)
             self._drop()
 
     def _drop(self) -> None:
@@ -64,19 +75,21 @@ class SystemdLink:
     async def connect(self) -> bool:
         """One bounded attempt (the client tries a silent bus a few times itself)."""
         settings = self._settings
-        job_timeout = max(t.runbook.job_timeout for t in settings.targets)
+        mine = [t for t in settings.targets if t.executor == self.executor] or settings.targets
+        job_timeout = max(t.runbook.job_timeout for t in mine)
         try:
-            self._client = await units.connect(settings.systemd, call_timeout=job_timeout)
-        except SystemdError as exc:
+            self._client = await units.connect_for(settings, mine[0], call_timeout=job_timeout)
+        except ManagerError as exc:
             if not self._complained:  # once per outage, not every attempt
                 self._complained = True
                 if settings.mode is model.Mode.AUTO:
-                    log.error("systemd unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
+                    log.error(f"{self.name} unreachable: rollbacks cannot run", error=str(exc))  # noqa: TRY400
                 else:
-                    log.warning("systemd unreachable", error=str(exc))
+                    log.warning(f"{self.name} unreachable", error=str(exc))
             return False
         self._complained = False
-        log.info("connected to systemd", bus=settings.systemd.bus)
+        where = settings.docker.url if self.executor == "docker" else settings.systemd.bus
+        log.info(f"connected to {self.name}", at=where)
         return True
 
     async def keep(self, stop: asyncio.Event) -> None:
@@ -86,8 +99,16 @@ class SystemdLink:
                 await self.connect()
             await _pause(stop, RECONNECT_EVERY if self._client is None else 1.0)
 
-    def close(self) -> None:
-        self._drop()
+    async def aclose(self) -> None:
+        """At shutdown: release the connection, waiting for an async client to close."""
+        client, self._client = self._client, None
+        closing = getattr(client, "aclose", None)
+        if closing is not None:
+            with contextlib.suppress(Exception):
+                await closing()
+        elif client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 async def _reconcile(

@@ -41,7 +41,7 @@ from watchdog.notify import channel, grafana, slack, webhook
 from watchdog.runtime.guard import Guard, _probe, _stop_watching, _warm_start
 from watchdog.runtime.health import _heartbeat, _housekeeping, _readiness
 from watchdog.runtime.intake import Intake
-from watchdog.runtime.link import SystemdLink, _longest_step, _reconcile
+from watchdog.runtime.link import ManagerLink, _longest_step, _reconcile, managers
 from watchdog.runtime.reload import Live, Reloader
 from watchdog.runtime.secrets import Secrets
 from watchdog.sources import alertmanager, baseline, probes, prometheus, systemd_watch
@@ -203,11 +203,13 @@ async def _run(
             )
             await socket.start()
             resources.push_async_callback(socket.aclose)
-        link = SystemdLink(settings)
-        resources.callback(link.close)
+        links = {executor: ManagerLink(settings, executor) for executor in managers(settings)}
+        for link in links.values():
+            resources.push_async_callback(link.aclose)
         runs: set[asyncio.Task[runbook.Outcome | None]] = set()
         resources.push_async_callback(_cancel, runs)
-        await link.connect()
+        for link in links.values():
+            await link.connect()
         targets = []
         reconciled: dict[str, runbook.Outcome | None] = {}  # runs finished at start
         probers: list[probes.Prober] = []
@@ -236,7 +238,7 @@ async def _run(
                 prober = probes.Prober.for_profile(target_settings, secret=secret)
                 resources.push_async_callback(prober.aclose)
                 probers.append(prober)
-            if (connection := link.connection()) is not None:
+            if (connection := links[target_settings.executor].connection()) is not None:
                 reconciled[target_settings.name] = await _reconcile(
                     target, connection, settings, clock, stop
                 )
@@ -245,7 +247,7 @@ async def _run(
         guards += [
             Guard(
                 t,
-                link,
+                links[t.settings.executor],
                 settings,
                 runs,
                 clock,
@@ -282,7 +284,10 @@ async def _run(
             alertmanager="on" if secrets.alertmanager_token else "off (no alertmanager.token_*)",
             slack=_slack_state(settings, secrets),
             journal=str(store.path),
-            systemd="connected" if link.connection() is not None else "not connected",
+            **{
+                link.executor: "connected" if link.connection() is not None else "not connected"
+                for link in links.values()
+            },
             fleet="off"
             if fleet is None
             else f"group {fleet.group} as {fleet.settings.node}"
@@ -300,7 +305,8 @@ async def _run(
                 if config_path is not None:
                     reloader = Reloader(config_path, live, guards, gatekeeper, supervisor)
                     group.create_task(reloader.serve(reload, stop), name="reload")
-                group.create_task(link.keep(stop), name="systemd-link")
+                for link in links.values():
+                    group.create_task(link.keep(stop), name=f"{link.executor}-link")
                 if fleet is not None:
                     group.create_task(fleet.keep(stop), name="fleet-heartbeat")
                     group.create_task(fleet.listen(stop), name="fleet-listen")
@@ -311,6 +317,9 @@ async def _run(
                     group.create_task(guard.loop(stop), name=f"loop:{guard.target.name}")
                     if guard.target.watch is not None:
                         group.create_task(guard.watch(stop), name=f"watch:{guard.target.name}")
+                        group.create_task(
+                            guard.follow_changes(stop), name=f"changes:{guard.target.name}"
+                        )
                 for prober in probers:
                     group.create_task(
                         _probe(prober, recorder, store, clock, stop),

@@ -10,7 +10,11 @@ Prometheus is down. Restarts are counted as the shipped rule counts them: the ne
 counter to 0, never reads as restarts. No reading (systemd unreachable, or the last reading
 too old) is ``error``: unknown, never evidence.
 
-The D-Bus client is the executor's; the watch sees it only through ``UnitReader``.
+The D-Bus client is the executor's; the watch sees it only through ``UnitReader``. A target
+with ``executor: docker`` is watched the same way through the Docker Engine: a container's
+``RestartCount`` is its ``NRestarts`` (Docker's restart policy restarting it; a manual start
+resets it to 0, as systemd's does), and the engine's ``die`` events make the runtime read it
+the moment a container dies rather than at the next reading.
 """
 
 from __future__ import annotations
@@ -48,20 +52,26 @@ def crash_loop_rule(target: config.TargetSettings) -> model.Rule:
     settings = target.watch
     window = timefmt.format_duration(settings.crash_loop_window)
     unit = target.primary.unit
+    docker = target.executor == "docker"
+    manager, counter, seen = (
+        ("Docker", "RestartCount", "the Docker Engine")
+        if docker
+        else ("systemd", "NRestarts", "D-Bus")
+    )
     return model.Rule(
         name=CRASH_LOOP_SIGNAL,
-        expr=f"NRestarts({unit}) - min over {window} >= {settings.crash_loop_restarts} (D-Bus)",
+        expr=f"{counter}({unit}) - min over {window} >= {settings.crash_loop_restarts} ({seen})",
         severity=model.Severity.CRITICAL,
         category=model.Category.INSTABILITY,
-        summary=f"systemd restarted {unit} repeatedly (seen on D-Bus)",
+        summary=f"{manager} restarted {unit} repeatedly (seen on {seen})",
         description=(
-            "systemd reports the primary unit restarting again and again: a crash loop. Read "
-            "directly from systemd, so it holds while Prometheus is down. Runbook critical "
+            f"{manager} reports the primary restarting again and again: a crash loop. Read "
+            f"directly from {manager}, so it holds while Prometheus is down. Runbook critical "
             'reason "Service Instability: frequent crashes".'
         ),
         threshold=f">= {settings.crash_loop_restarts} restarts in {window}",
-        file="(built in: systemd watch)",
-        origin=model.Origin.SYSTEMD,
+        file=f"(built in: {manager} watch)",
+        origin=model.Origin.DOCKER if docker else model.Origin.SYSTEMD,
     )
 
 
@@ -73,6 +83,7 @@ class SystemdWatch:
         self.primary = target.primary.unit
         self.units = (target.primary.unit, target.fallback.unit)
         self.rule = crash_loop_rule(target)
+        self.manager = "Docker" if target.executor == "docker" else "systemd"
         # a read may take one interval (at least 2 s: a busy systemd is slow, not gone)
         self.timeout = timeout if timeout is not None else max(2.0, self.settings.interval)
         self._restarts: deque[tuple[float, int]] = deque()  # (at, NRestarts) of the primary
@@ -101,12 +112,14 @@ class SystemdWatch:
         self, reader: UnitReader | None, unit: str, clock: Callable[[], float]
     ) -> Reading:
         if reader is None:
-            return Reading(unit, clock(), error="systemd is not connected")
+            return Reading(unit, clock(), error=f"{self.manager} is not connected")
         try:
             async with asyncio.timeout(self.timeout):
                 status = await reader.status(unit)
         except TimeoutError:
-            return Reading(unit, clock(), error=f"no answer from systemd within {self.timeout:g}s")
+            return Reading(
+                unit, clock(), error=f"no answer from {self.manager} within {self.timeout:g}s"
+            )
         except Exception as exc:  # any failure to read is "unknown", and reported
             return Reading(unit, clock(), error=f"{type(exc).__name__}: {exc}")
         return Reading(unit, clock(), status=status)
@@ -130,11 +143,13 @@ class SystemdWatch:
         ``since``: count only restarts seen from then on (the target's last re-arm)."""
         last = self._last
         if last is None:
-            return model.QueryResult(error="systemd watch: no reading yet")
+            return model.QueryResult(error=f"{self.manager} watch: no reading yet")
         if last.status is None:
-            return model.QueryResult(error=f"systemd watch: {last.error}")
+            return model.QueryResult(error=f"{self.manager} watch: {last.error}")
         if self._stale(last, now):
-            return model.QueryResult(error=f"systemd watch: last reading {now - last.at:.0f}s old")
+            return model.QueryResult(
+                error=f"{self.manager} watch: last reading {now - last.at:.0f}s old"
+            )
         restarts = self.restarts(since)
         if restarts < self.settings.crash_loop_restarts:
             return model.QueryResult()
