@@ -55,6 +55,7 @@ class Engine:
 
     folder: Path
     process: subprocess.Popen[bytes]
+    command: tuple[str, ...] = ()
 
     @property
     def socket(self) -> Path:
@@ -135,11 +136,7 @@ def running_engine(*, ready_timeout: float = 60.0) -> Iterator[Engine]:
         f"--containerd-plugins-namespace=wd-plugins-{tag}",
         "--log-level=warn",
     ]
-    with (folder / "dockerd.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    engine = Engine(folder, process)
+    engine = Engine(folder, _spawn(folder, command), tuple(command))
     try:
         _wait_ready(engine, ready_timeout)
         yield engine
@@ -147,6 +144,23 @@ def running_engine(*, ready_timeout: float = 60.0) -> Iterator[Engine]:
         stop(engine)
         _unmount_under(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _spawn(folder: Path, command: list[str]) -> subprocess.Popen[bytes]:
+    with (folder / "dockerd.log").open("ab") as log:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def restart(engine: Engine, *, down_for: float = 0.0, ready_timeout: float = 60.0) -> None:
+    """The engine restarted as a package upgrade restarts it: stopped by its PID (it stops
+    its containers), down for ``down_for`` seconds, started again on the same folders. The
+    containers whose restart policy says so come back; the others stay stopped."""
+    stop(engine)
+    time.sleep(down_for)
+    engine.process = _spawn(engine.folder, list(engine.command))
+    _wait_ready(engine, ready_timeout)
 
 
 def _wait_ready(engine: Engine, within: float) -> None:

@@ -40,6 +40,7 @@ ENABLED_POLICIES = ("always", "unless-stopped", "on-failure")
 WATCHED_EVENTS = ("die", "start")
 # the engine did not answer at all: the connection is lost, not the call refused
 _UNANSWERED = (OSError, aiohttp.ClientError, TimeoutError)
+NO_CONNECTION = 900  # aiodocker's status for "could not connect to the engine at all"
 
 
 class DockerError(errors.ManagerError):
@@ -132,10 +133,10 @@ class Containers:
                         if concerns(event, name):
                             yield name
         except aiodocker.DockerError as exc:
-            raise DockerError(
-                f"the event stream: Docker said {exc.status}: {exc.message}"
-            ) from None
-        except _UNANSWERED as exc:
+            self._lost = self._lost or exc.status == NO_CONNECTION
+            raise DockerError(f"the event stream: {_why(exc)}") from None
+        except _UNANSWERED as exc:  # the engine went away (restarted, its socket gone)
+            self._lost = True
             raise DockerError(f"the event stream: {_why(exc)}") from None
 
     async def start(self, name: str) -> str:
@@ -218,6 +219,9 @@ class Containers:
             async with asyncio.timeout(self._timeout):
                 return await call
         except aiodocker.DockerError as exc:
+            if exc.status == NO_CONNECTION:
+                self._lost = True
+                raise DockerError(f"{what}: {exc.message}") from None
             raise DockerError(f"{what}: Docker said {exc.status}: {exc.message}") from None
         except _UNANSWERED as exc:
             self._lost = True
@@ -278,7 +282,7 @@ def _instant(text: object) -> float | None:
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, aiodocker.DockerError):
-        return f"{exc.status}: {exc.message}"
+        return exc.message if exc.status == NO_CONNECTION else f"{exc.status}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     return f"{type(exc).__name__}: {exc}"

@@ -88,7 +88,7 @@ def port_bound(pid: int, port: int) -> Check:
     """The service's port is bound by the process (or one of its children), from ``/proc``."""
     if pid <= 0 or not (PROC / str(pid)).exists():
         return Check("port", False, f"no main process (MainPID {pid})")
-    listening = _listeners(port)
+    listening = _listeners(port, pid)
     tree = [pid, *_descendants(pid)]
     bound = [p for p in tree if set(listening) & _socket_inodes(p)]
     if bound:
@@ -177,14 +177,18 @@ def _listdir(path: Path) -> Iterable[str]:
         return ()
 
 
-def _listeners(port: int) -> dict[str, int]:
-    """Socket inodes listening on ``port`` (TCP, IPv4 and IPv6), with the uid that owns each."""
+def _listeners(port: int, pid: int) -> dict[str, int]:
+    """Socket inodes listening on ``port`` (TCP, IPv4 and IPv6) in the network namespace of
+    ``pid`` (a container's own, or the host's), with the uid that owns each."""
     inodes: dict[str, int] = {}
     for table in ("tcp", "tcp6"):
         try:
-            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+            lines = (PROC / str(pid) / "net" / table).read_text().splitlines()[1:]
         except OSError:
-            continue
+            try:
+                lines = (PROC / "net" / table).read_text().splitlines()[1:]
+            except OSError:
+                continue
         for line in lines:
             fields = line.split()
             local, state, uid, inode = fields[1], fields[3], fields[7], fields[9]

@@ -1,0 +1,93 @@
+"""The Docker executor's pure parts: which engine events concern a target's containers, how an
+inspect record reads as a unit, the crash-loop signal named for Docker, and the config that
+refuses what containers cannot do. (The engine itself is exercised in tests/lab.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from watchdog import config, errors, model
+from watchdog.executor import docker
+from watchdog.sources import systemd_watch
+
+
+def event(name: str, **labels: str) -> dict[str, object]:
+    return {"Type": "container", "Action": "die", "Actor": {"Attributes": {"name": name, **labels}}}
+
+
+COMPOSE = {"com.docker.compose.project": "lavalink", "com.docker.compose.service": "java"}
+
+
+def test_an_event_concerns_a_container_by_its_name_or_its_compose_labels() -> None:
+    assert docker.concerns(event("rust"), "rust")
+    assert not docker.concerns(event("rust-2"), "rust")
+    assert docker.concerns(event("lavalink-java-1", **COMPOSE), "compose:lavalink/java")
+    other = {**COMPOSE, "com.docker.compose.project": "other"}
+    assert not docker.concerns(event("other-java-1", **other), "compose:lavalink/java")
+    assert not docker.concerns({"Type": "container"}, "rust")  # no actor: about nothing of ours
+
+
+def test_an_inspect_record_reads_as_a_unit() -> None:
+    running = {
+        "Id": "abc",
+        "RestartCount": 4,
+        "State": {
+            "Running": True,
+            "Status": "running",
+            "Pid": 321,
+            "StartedAt": "2026-12-07T17:00:00.5Z",
+        },
+        "HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}},
+    }
+    unit = docker.status_of("rust", running)
+    assert (unit.active, unit.enabled, unit.main_pid, unit.n_restarts) == (True, True, 321, 4)
+    assert unit.active_enter_timestamp == pytest.approx(1796662800.5)
+    crashed = {
+        "Id": "abc",
+        "State": {"Running": False, "Status": "exited", "ExitCode": 1, "Pid": 0},
+        "HostConfig": {"RestartPolicy": {"Name": "no"}},
+    }
+    unit = docker.status_of("rust", crashed)
+    assert (unit.active_state, unit.enabled, unit.stopped) == ("failed", False, True)
+    stopped = {**crashed, "State": {"Running": False, "Status": "exited", "ExitCode": 0}}
+    assert docker.status_of("rust", stopped).active_state == "inactive"
+
+
+def docker_target(**extra: object) -> config.TargetSettings:
+    return config.TargetSettings.model_validate(
+        {
+            "name": "lavalink",
+            "executor": "docker",
+            "primary": {"unit": "lavalink-rust", "job": "lavalink-rust"},
+            "fallback": {"unit": "compose:lavalink/java", "job": "lavalink-java"},
+            "rules": ["rules.yml"],
+            **extra,
+        }
+    )
+
+
+def test_the_crash_loop_signal_of_a_container_is_read_from_docker() -> None:
+    rule = systemd_watch.crash_loop_rule(docker_target())
+    assert rule.origin is model.Origin.DOCKER
+    assert rule.severity is model.Severity.CRITICAL
+    assert rule.expr.startswith("RestartCount(lavalink-rust)") and "Docker" in rule.summary
+    watch = systemd_watch.SystemdWatch(docker_target())
+    assert watch.observe(0.0).error == "Docker watch: no reading yet"
+
+
+def test_a_flag_file_cannot_persist_a_container_switch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="flag-file is for systemd units"):
+        docker_target(runbook={"persistence": "flag-file", "flag_file": str(tmp_path / "f")})
+    path = tmp_path / "config.yml"
+    path.write_text(
+        "targets:\n"
+        "  - name: lavalink\n"
+        "    executor: docker\n"
+        "    primary: {unit: lavalink-rust.service, job: lavalink-rust}\n"
+        "    fallback: {unit: lavalink-java, job: lavalink-java}\n"
+        "    rules: [rules.yml]\n"
+    )
+    with pytest.raises(errors.ConfigError, match="is a systemd unit, but executor is docker"):
+        config.load(path)
