@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager pkcheck dbus-daemon dockerd
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager polkitd dbus-daemon postgresql docker.io
 
-.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet bench-footprint mutation lint system-deps clean
+.PHONY: test demo bench bench-rollback bench-detection bench-ingest bench-flood bench-fleet bench-footprint bench-docker mutation lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-flood: $(BIN)/.installed
 
 bench-footprint: system-deps $(BIN)/.installed
 	$(BIN)/python bench/footprint.py --runs 10
+
+# Docker targets: rollback --local vs the procedure's Method 3 on a private dockerd (root)
+bench-docker: system-deps $(BIN)/.installed
+	$(BIN)/python bench/docker.py --runs 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants

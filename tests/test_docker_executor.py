@@ -91,3 +91,33 @@ def test_a_flag_file_cannot_persist_a_container_switch(tmp_path: Path) -> None:
     )
     with pytest.raises(errors.ConfigError, match="is a systemd unit, but executor is docker"):
         config.load(path)
+
+
+def stats(read: str, cpu_ns: int, usage: int, **memory: int) -> dict[str, object]:
+    return {
+        "read": read,
+        "cpu_stats": {"cpu_usage": {"total_usage": cpu_ns}},
+        "memory_stats": {"usage": usage, "stats": memory},
+    }
+
+
+def test_container_stats_read_as_docker_stats_computes_them() -> None:
+    first = stats("2026-12-07T17:00:00.000000000Z", 1_000_000_000, 0)
+    # cgroup v1: the inactive page cache is total_inactive_file; 0.3 s of CPU in 0.5 s
+    second = stats(
+        "2026-12-07T17:00:00.500000000Z", 1_300_000_000, 300 << 20, total_inactive_file=100 << 20
+    )
+    used = docker.usage_of("java", first, second)
+    assert used.memory_bytes == 200 << 20
+    assert used.cpu_share == pytest.approx(0.6)
+    assert used.seconds == pytest.approx(0.5)
+    v2 = stats("2026-12-07T17:00:00.500000000Z", 1_000_000_000, 300 << 20, inactive_file=50 << 20)
+    assert docker.usage_of("java", first, v2).memory_bytes == 250 << 20
+
+
+def test_stats_of_a_stopped_container_are_an_error_not_a_zero() -> None:
+    first = stats("2026-12-07T17:00:00Z", 0, 0)
+    with pytest.raises(docker.DockerError, match="no memory use"):
+        docker.usage_of("java", first, stats("2026-12-07T17:00:01Z", 0, 0))
+    with pytest.raises(docker.DockerError, match="no usable reading times"):
+        docker.usage_of("java", first, stats("0001-01-01T00:00:00Z", 5, 1 << 20))

@@ -379,6 +379,17 @@ class UnitDefinition:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceUse:
+    """What a unit uses, as its manager measures it (a container's cgroup, by Docker's
+    stats): resident memory without the reclaimable page cache, and CPU as a share of one
+    core over ``seconds``."""
+
+    memory_bytes: int
+    cpu_share: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One synthetic request to the service, as a user's client would make it.
 

@@ -309,3 +309,22 @@ def asyncio_answers(port: int) -> bool:
     import asyncio
 
     return asyncio.run(answers(port))
+
+
+def test_a_dry_run_on_containers_checks_and_changes_nothing(
+    engine: dockerd.Engine, tmp_path: Path
+) -> None:
+    primary, fallback, port = pair(engine)
+    config = write_config(tmp_path, engine, port, primary, fallback)
+    dry = cli("rollback", "--config", str(config), "--reason", "x", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "stop " + primary + ", restart policy no" in dry.stdout, dry.stdout
+    assert "the container's memory < 2048 MiB" in dry.stdout, dry.stdout
+    assert "preflight: OK" in dry.stdout, dry.stdout
+    assert state(engine, primary) == (True, "unless-stopped")
+    assert state(engine, fallback_name(fallback)) == (False, "no")
+    gone = write_config(tmp_path / "gone", engine, port, primary, fallback)
+    gone.write_text(gone.read_text().replace(str(engine.socket), str(tmp_path / "none.sock")))
+    dry = cli("rollback", "--config", str(gone), "--reason", "x", "--dry-run")
+    assert dry.returncode == 3, dry.stdout + dry.stderr  # the engine did not answer
+    assert "cannot reach Docker at unix://" in dry.stdout + dry.stderr

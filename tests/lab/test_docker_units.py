@@ -188,6 +188,9 @@ async def test_the_runbook_rolls_back_containers_and_verifies(
         )
         verification = store.run(outcome.run_id).facts["verification"]
         assert verification["port"]["ok"] and verification["memory"]["ok"], verification
+        # memory and CPU are the container's, from Docker's stats
+        assert verification["memory"]["detail"].startswith("container memory "), verification
+        assert verification["cpu"]["detail"].startswith("container: "), verification
     finally:
         store.close()
         await units.aclose()

@@ -147,7 +147,8 @@ async def _rollback_async(
     except ManagerError as exc:
         if not args.dry_run:
             return _unreachable(f"{exc}; nothing was changed")
-        systemd = Unreachable(str(exc))  # a dry run still checks everything else
+        manager = "Docker" if target.executor == "docker" else "systemd"
+        systemd = Unreachable(str(exc), manager=manager)  # a dry run checks everything else
     try:
         if args.dry_run:
             checked = await _dry_run(settings, target, systemd, plan, as_json=args.json)

@@ -47,11 +47,18 @@ class AfterWatch:
                     f"{status.name} {status.active_state}/{status.sub_state}",
                 )
             )
-            if status.active and status.main_pid > 0:
+            container = verify.measurer(systemd)
+            if status.active and container is not None:  # Docker's stats of the container
+                used, rss = await verify.usage(container, self.target.fallback.unit, settings)
+                found += used
+            elif status.active and status.main_pid > 0:
                 pid = status.main_pid
                 found.append(await asyncio.to_thread(verify.memory, pid, settings))
                 found.append(await verify.cpu(pid, settings))
                 rss = await asyncio.to_thread(verify.rss_bytes, pid)
+            else:
+                rss = -1  # nothing to measure
+            if rss >= 0:
                 settled = time.monotonic() - self.began >= settings.settle
                 found.append(self._growth(rss, settled=settled))
         self.checks += 1

@@ -30,7 +30,7 @@ import aiodocker
 import aiohttp
 
 from watchdog import errors
-from watchdog.model import UnitDefinition, UnitStatus
+from watchdog.model import ResourceUse, UnitDefinition, UnitStatus
 
 COMPOSE = "compose:"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -139,6 +139,23 @@ class Containers:
             self._lost = True
             raise DockerError(f"the event stream: {_why(exc)}") from None
 
+    async def usage(self, name: str, *, sample: float) -> ResourceUse:
+        """Memory and CPU from the container's stats, as ``docker stats`` computes them:
+        memory is the cgroup's usage less its inactive page cache; CPU is the cgroup's CPU
+        time between two one-shot readings ``sample`` seconds apart, over the time between
+        them as the engine stamped it."""
+        record = await self._record(name)
+        path = f"containers/{record['Id']}/stats"
+        params = {"stream": "false", "one-shot": "true"}
+        first = await self._call(
+            f"read {name}'s stats", self._docker._query_json(path, params=params)
+        )
+        await asyncio.sleep(sample)
+        second = await self._call(
+            f"read {name}'s stats", self._docker._query_json(path, params=params)
+        )
+        return usage_of(name, first, second)
+
     async def start(self, name: str) -> str:
         record = await self._record(name)
         await self._call(f"start {name}", self._docker.containers.container(record["Id"]).start())
@@ -245,6 +262,28 @@ def status_of(name: str, record: dict[str, Any]) -> UnitStatus:
         active_enter_timestamp=_instant(state.get("StartedAt")) if running else None,
         fragment_path=f"docker:{record.get('Id', '')}",
     )
+
+
+def usage_of(name: str, first: dict[str, Any], second: dict[str, Any]) -> ResourceUse:
+    """Two stats readings of a container as its resource use (``DockerError`` if the engine
+    measures none: a stopped container, or no cgroup controller)."""
+    memory = second.get("memory_stats") or {}
+    usage = int(memory.get("usage") or 0)
+    if usage <= 0:
+        raise DockerError(f"{name}: Docker reports no memory use (is it running?)")
+    stats = memory.get("stats") or {}
+    # cgroup v1 names the inactive page cache total_inactive_file, v2 inactive_file
+    inactive = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    resident = usage - inactive if 0 <= inactive < usage else usage
+    used = [
+        int(((s.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0)
+        for s in (first, second)
+    ]
+    began, ended = _instant(first.get("read")), _instant(second.get("read"))
+    if began is None or ended is None or ended <= began:
+        raise DockerError(f"{name}: Docker's stats carry no usable reading times")
+    seconds = ended - began
+    return ResourceUse(resident, max(used[1] - used[0], 0) / 1e9 / seconds, seconds)
 
 
 def _bound_files(record: dict[str, Any]) -> tuple[str, ...]:

@@ -386,13 +386,20 @@ async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
     """Latency, memory and CPU, retried until they pass or ``settle`` runs out."""
     settings, service = ctx.runbook.verify, ctx.service
     deadline = time.monotonic() + settings.settle
+    container = verify.measurer(ctx.systemd)
     while True:
-        sampling = asyncio.create_task(verify.cpu(pid, settings))  # runs while we measure
-        checks = [
-            await verify.latency(ctx.http, service, settings),
-            await asyncio.to_thread(verify.memory, pid, settings),
-            await sampling,
-        ]
+        if container is not None:  # the container as Docker measures it, not one process
+            measuring = asyncio.create_task(
+                verify.usage(container, ctx.target.fallback.unit, settings)
+            )
+            checks = [await verify.latency(ctx.http, service, settings), *(await measuring)[0]]
+        else:
+            sampling = asyncio.create_task(verify.cpu(pid, settings))  # runs while we measure
+            checks = [
+                await verify.latency(ctx.http, service, settings),
+                await asyncio.to_thread(verify.memory, pid, settings),
+                await sampling,
+            ]
         if all(c.ok for c in checks) or time.monotonic() >= deadline:
             return checks
         left = max(deadline - time.monotonic(), 0.0)
@@ -441,10 +448,12 @@ def plan(target: config.TargetSettings, state_dir: Path) -> list[tuple[str, str]
         needs.append(f"{carried[0]} (or the fallback's copy) exists")
     v = runbook.verify
     checks = service.verify_plan()
+    measured = "the container's " if docker else ""  # Docker's stats, or /proc
     checks += [
-        f"port {verify.port_of(runbook.url, v)} bound by MainPID",
-        f"RSS < {v.max_memory_bytes / 1024**2:.0f} MiB",
-        f"CPU < {v.max_cpu:.0%}",
+        f"port {verify.port_of(runbook.url, v)} bound by "
+        + ("the container's process" if docker else "MainPID"),
+        f"{measured}{'memory' if docker else 'RSS'} < {v.max_memory_bytes / 1024**2:.0f} MiB",
+        f"{measured}CPU < {v.max_cpu:.0%}",
         f"endpoints < {v.max_latency * 1000:.0f} ms",
     ]
     return [

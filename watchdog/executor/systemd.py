@@ -313,15 +313,15 @@ class Systemd:
 
 
 class Unreachable:
-    """Stands in for ``Systemd`` when the bus cannot be reached: every call says why.
+    """Stands in for a manager (``Systemd``, or Docker's ``Containers``) that cannot be
+    reached: every call says why.
 
     A dry run uses it to report the missing bus next to every other preflight problem.
     """
 
-    manager = "systemd"
-
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, manager: str = "systemd") -> None:
         self.reason = reason
+        self.manager = manager  # the manager that could not be reached: systemd or Docker
 
     def _fail(self) -> SystemdError:
         return SystemdError(self.reason)

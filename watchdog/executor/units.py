@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from watchdog import config
-from watchdog.model import UnitDefinition, UnitStatus
+from watchdog.model import ResourceUse, UnitDefinition, UnitStatus
 
 
 class Units(Protocol):
@@ -69,6 +69,16 @@ class Changes(Protocol):
 
     def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
         """Each of ``names`` whose unit died or started, as it happens; ends with the stream."""
+        ...
+
+
+@runtime_checkable
+class Usage(Protocol):
+    """A manager that measures what a unit uses as a whole (Docker's container stats), so
+    the verification judges the container, not one process tree read from ``/proc``."""
+
+    async def usage(self, name: str, *, sample: float) -> ResourceUse:
+        """Memory now and CPU over ``sample`` seconds (``ManagerError`` if unreadable)."""
         ...
 
 

@@ -6,7 +6,9 @@ an HTTP service its health endpoint), that its port is bound by the new process,
 CPU < 50 %, basic endpoints < 500 ms. Each of those is one ``Check`` here, so the run's journal
 shows which passed and why one failed. The service's questions are the profile's, shared with
 the synthetic probes so both judge an answer the same way; the process facts come from
-``/proc`` (the port's socket inode among the process tree's file descriptors).
+``/proc`` (the port's socket inode among the process tree's file descriptors, in the process's
+own network namespace). For a container, memory and CPU are the container's as Docker's stats
+measure them (``units.Usage``): the whole cgroup, not one process tree.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from watchdog import config, model
+from watchdog.errors import ManagerError
+from watchdog.executor.units import Usage
 from watchdog.profiles import base
 
 PROC = Path("/proc")
@@ -127,11 +131,15 @@ def rss_bytes(pid: int) -> int:
 
 def memory(pid: int, settings: config.VerifySettings) -> Check:
     """Resident memory of the process tree under ``max_memory_bytes``."""
-    rss = sum(_rss_bytes(p) for p in [pid, *_descendants(pid)])
+    return memory_of(sum(_rss_bytes(p) for p in [pid, *_descendants(pid)]), settings)
+
+
+def memory_of(rss: int, settings: config.VerifySettings, *, what: str = "RSS") -> Check:
+    """Resident memory (a process tree's, or a container's) under ``max_memory_bytes``."""
     return Check(
         "memory",
         0 < rss < settings.max_memory_bytes,
-        f"RSS {rss / 1024**2:.0f} MiB (limit {settings.max_memory_bytes / 1024**2:.0f} MiB)",
+        f"{what} {rss / 1024**2:.0f} MiB (limit {settings.max_memory_bytes / 1024**2:.0f} MiB)",
     )
 
 
@@ -141,10 +149,37 @@ async def cpu(pid: int, settings: config.VerifySettings) -> Check:
     before, started = sum(_cpu_seconds(p) for p in tree), time.monotonic()
     await asyncio.sleep(settings.cpu_sample)
     used = sum(_cpu_seconds(p) for p in tree) - before
-    share = used / (time.monotonic() - started)
+    return cpu_of(used / (time.monotonic() - started), settings)
+
+
+def cpu_of(share: float, settings: config.VerifySettings, *, what: str = "") -> Check:
+    """CPU as a share of one core under ``max_cpu``."""
     return Check(
-        "cpu", share < settings.max_cpu, f"{share:.0%} of a core (limit {settings.max_cpu:.0%})"
+        "cpu",
+        share < settings.max_cpu,
+        f"{what}{share:.0%} of a core (limit {settings.max_cpu:.0%})",
     )
+
+
+def measurer(manager: object) -> Usage | None:
+    """The manager, if it measures a unit's use as a whole (Docker's container stats)."""
+    return manager if isinstance(manager, Usage) else None
+
+
+async def usage(
+    units: Usage, name: str, settings: config.VerifySettings
+) -> tuple[list[Check], int]:
+    """Memory and CPU of the whole unit as its manager measures them (a container's stats),
+    and the memory in bytes (0 when unreadable: the checks then say why)."""
+    try:
+        used = await units.usage(name, sample=settings.cpu_sample)
+    except ManagerError as exc:
+        return [Check("memory", False, str(exc)), Check("cpu", False, str(exc))], 0
+    checks = [
+        memory_of(used.memory_bytes, settings, what="container memory"),
+        cpu_of(used.cpu_share, settings, what="container: "),
+    ]
+    return checks, used.memory_bytes
 
 
 def port_of(url: str, settings: config.VerifySettings) -> int:
