@@ -4,12 +4,15 @@ refuses what containers cannot do. (The engine itself is exercised in tests/lab.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from watchdog import config, errors, model
-from watchdog.executor import docker
+from watchdog.executor import docker, verify
 from watchdog.sources import systemd_watch
 
 
@@ -121,3 +124,97 @@ def test_stats_of_a_stopped_container_are_an_error_not_a_zero() -> None:
         docker.usage_of("java", first, stats("2026-12-07T17:00:01Z", 0, 0))
     with pytest.raises(docker.DockerError, match="no usable reading times"):
         docker.usage_of("java", first, stats("0001-01-01T00:00:00Z", 5, 1 << 20))
+
+
+def test_a_restarting_container_is_activating_and_a_paused_one_still_runs() -> None:
+    base = {
+        "Id": "abc",
+        "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 5}},
+    }
+    restarting = {
+        **base,
+        "State": {"Running": True, "Restarting": True, "Status": "restarting", "Pid": 0},
+    }
+    unit = docker.status_of("rust", restarting)
+    assert (unit.active_state, unit.active, unit.stopped) == ("activating", False, False)
+    assert unit.restart_policy == "on-failure:5" and unit.enabled
+    assert unit.as_dict()["RestartPolicy"] == "on-failure:5"  # the snapshot keeps it
+    paused = {**base, "State": {"Running": True, "Paused": True, "Status": "paused", "Pid": 9}}
+    assert docker.status_of("rust", paused).active  # it still holds its port and memory
+    created = {**base, "State": {"Running": False, "Status": "created", "ExitCode": 0}}
+    assert docker.status_of("rust", created).active_state == "inactive"
+
+
+class FakeEngine:
+    """An engine that answers with errors a real one cannot be made to give on demand (a
+    500, a proxy's 503, a refused stats endpoint), over a real Unix socket, to the real
+    aiodocker client. Everything else is 404."""
+
+    def __init__(self, answers: dict[str, int]) -> None:
+        self.answers = answers
+
+    async def handle(self, request: web.Request) -> web.Response:
+        path = (
+            request.path.split("/", 2)[-1] if request.path.startswith("/v1.") else request.path[1:]
+        )
+        if path == "version":
+            return web.json_response({"ApiVersion": "1.41", "Version": "fake"})
+        if path == "containers/rust/json":
+            return web.json_response(
+                {
+                    "Id": "rust",
+                    "Image": "sha256:x",
+                    "State": {"Running": True, "Pid": 1},
+                    "HostConfig": {"RestartPolicy": {"Name": "always"}},
+                }
+            )
+        status = self.answers.get(path, 404)
+        return web.json_response({"message": f"fake {status}"}, status=status)
+
+
+@contextlib.asynccontextmanager
+async def fake_engine(tmp_path: Path, answers: dict[str, int]) -> AsyncIterator[docker.Containers]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", FakeEngine(answers).handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.UnixSite(runner, str(tmp_path / "docker.sock"))
+    await site.start()
+    units = await docker.Containers.connect(f"unix://{tmp_path / 'docker.sock'}", call_timeout=5)
+    try:
+        yield units
+    finally:
+        await units.aclose()
+        await runner.cleanup()
+
+
+async def test_only_a_404_means_no_such_container(tmp_path: Path) -> None:
+    async with fake_engine(tmp_path, {"containers/java/json": 500}) as units:
+        assert (await units.status("gone")).load_state == "not-found"  # 404: it said so
+        with pytest.raises(docker.DockerError, match="Docker said 500"):
+            await units.status("java")  # an error is unknown, never "not found"
+        assert units.connected
+
+
+async def test_a_proxy_without_its_engine_is_a_lost_connection(tmp_path: Path) -> None:
+    async with fake_engine(tmp_path, {"containers/java/json": 503}) as units:
+        with pytest.raises(docker.DockerError, match="Docker said 503"):
+            await units.status("java")
+        assert not units.connected  # the run's step is then interrupted, not failed
+
+
+async def test_stats_that_cannot_be_read_are_no_evidence(tmp_path: Path) -> None:
+    settings = config.VerifySettings(cpu_sample=0.01)
+    async with fake_engine(tmp_path, {"containers/rust/stats": 403}) as units:
+        assert await verify.usage(units, "rust", settings) is None  # measure /proc instead
+    async with fake_engine(tmp_path, {"containers/rust/stats": 503}) as units:
+        with pytest.raises(docker.DockerError):
+            await verify.usage(units, "rust", settings)  # lost: the step is interrupted
+
+
+async def test_a_closed_connection_is_a_lost_one_not_a_crash(tmp_path: Path) -> None:
+    async with fake_engine(tmp_path, {}) as units:
+        units.close()  # the link dropped it while a run held it
+        with pytest.raises(docker.DockerError, match="connection to Docker was closed"):
+            await units.status("rust")
+        assert not units.connected

@@ -341,6 +341,7 @@ class UnitStatus:
     n_restarts: int
     active_enter_timestamp: float | None  # Unix seconds
     fragment_path: str = ""  # the unit file systemd loaded
+    restart_policy: str = ""  # a container's, as Docker spells it (on-failure:5); "" for units
 
     @property
     def active(self) -> bool:
@@ -364,7 +365,7 @@ class UnitStatus:
             "MainPID": self.main_pid,
             "NRestarts": self.n_restarts,
             "ActiveEnterTimestamp": self.active_enter_timestamp,
-        }
+        } | ({"RestartPolicy": self.restart_policy} if self.restart_policy else {})
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,14 @@ def create(
     policy: str | None = None,
     binds: tuple[str, ...] = (),
     image: str = dockerd.BASE_IMAGE,
+    auto_remove: bool = False,
 ) -> str:
     """A simulator container (not started); its id. The Rust primary is "enabled"
     (``unless-stopped``), the Java fallback not, unless ``policy`` says otherwise."""
+    kind, _, retries = (policy or ("unless-stopped" if flavour == "rust" else "no")).partition(":")
+    restart: dict[str, Any] = {"Name": kind}
+    if retries:
+        restart["MaximumRetryCount"] = int(retries)
     spec: dict[str, Any] = {
         "Image": image,
         "Cmd": [*SIMULATOR, "--port", str(port), "--flavour", flavour, *args],
@@ -52,7 +57,8 @@ def create(
         "HostConfig": {
             "NetworkMode": "host",
             "Binds": [*dockerd.host_binds(), *binds],
-            "RestartPolicy": {"Name": policy or ("unless-stopped" if flavour == "rust" else "no")},
+            "RestartPolicy": restart,
+            "AutoRemove": auto_remove,
         },
     }
     with engine.client() as api:

@@ -26,6 +26,7 @@ from .docker_world import (
     create,
     document,
     free_port,
+    inspect,
     popen,
     runs,
     start,
@@ -66,11 +67,12 @@ def pair(
     *,
     fallback_args: tuple[str, ...] = (),
     primary_args: tuple[str, ...] = (),
+    primary_policy: str | None = None,
 ) -> tuple[str, str, int]:
     """A running Rust primary and a created Java fallback (by Compose labels) on one port."""
     n, port = next(_names), free_port()
     primary, project = f"rust-{n}", f"p{n}"
-    create(engine, primary, port, "rust", args=primary_args)
+    create(engine, primary, port, "rust", args=primary_args, policy=primary_policy)
     labels = {"com.docker.compose.project": project, "com.docker.compose.service": "java"}
     create(engine, f"{project}-java-1", port, "java", labels=labels, args=fallback_args)
     start(engine, primary)
@@ -121,33 +123,60 @@ def test_preflight_names_a_fallback_whose_image_is_gone(
     assert state(engine, f"rust-{n}") == (True, "unless-stopped")
 
 
+def test_a_fallback_created_with_rm_is_refused_before_anything_stops(
+    engine: dockerd.Engine, tmp_path: Path
+) -> None:
+    """``--rm``: a stop deletes the container, so a restore could never start it again."""
+    n, port = next(_names), free_port()
+    create(engine, f"rust-{n}", port, "rust")
+    start(engine, f"rust-{n}")
+    create(engine, f"java-{n}", port, "java", auto_remove=True)
+    config = write_config(tmp_path, engine, port, f"rust-{n}", f"java-{n}")
+    outcome = document(rollback(config, "--json"))
+    assert outcome["status"] == "aborted", outcome
+    assert f"java-{n} runs with --rm (AutoRemove)" in outcome["outcome"], outcome
+    assert state(engine, f"rust-{n}") == (True, "unless-stopped")
+
+
 def test_the_backup_keeps_the_bind_mounted_config_and_both_inspect_records(
     engine: dockerd.Engine, tmp_path: Path
 ) -> None:
     settings = tmp_path / "application.yml"
     settings.write_text("lavalink: {server: {password: youshallnotpass}}\n")
+    data = tmp_path / "tracks.db"  # a bind-mounted data file: never copied whole
+    with data.open("wb") as big:
+        big.truncate(17 * 1024**2)
     n, port = next(_names), free_port()
-    create(
-        engine, f"rust-{n}", port, "rust", binds=(f"{settings}:/opt/Lavalink/application.yml:ro",)
-    )
+    binds = (f"{settings}:/opt/Lavalink/application.yml:ro", f"{data}:/opt/Lavalink/tracks.db")
+    create(engine, f"rust-{n}", port, "rust", binds=binds)
     start(engine, f"rust-{n}")
     create(engine, f"java-{n}", port, "java")
     config = write_config(tmp_path, engine, port, f"rust-{n}", f"java-{n}")
     done = rollback(config, "--json")
     assert done.returncode == 0, done.stdout + done.stderr
-    ((run, _),) = runs(config)
+    ((run, steps),) = runs(config)
     folder = Path(json.loads(run["data"])["backup"])
-    assert (folder / "application.yml").read_text() == settings.read_text()
+    kept = folder / "files" / settings.relative_to("/")  # at its full path: no name clashes
+    assert kept.read_text() == settings.read_text()
+    assert not (folder / "files" / data.relative_to("/")).exists()
+    backed_up = next(s for s in steps if s["name"] == "backup")["detail"]
+    assert f"{data} not copied (not a regular file under 16 MiB)" in backed_up, backed_up
     for name in (f"rust-{n}", f"java-{n}"):
-        record = json.loads((folder / f"{name}.inspect.json").read_text())
+        path = folder / f"{name}.inspect.json"
+        record = json.loads(path.read_text())
         assert record["Name"] == f"/{name}", record["Name"]
+        assert path.stat().st_mode & 0o777 == 0o600  # its environment may hold secrets
     assert json.loads((folder / f"rust-{n}.inspect.json").read_text())["State"]["Running"]
 
 
 def test_a_fallback_that_fails_brings_the_primary_back(
     engine: dockerd.Engine, tmp_path: Path
 ) -> None:
-    primary, fallback, port = pair(engine, fallback_args=("--fail-at-start",))
+    """The Java container exits at once: verify fails, and the restore stops it and starts
+    the Rust one again, with exactly the restart policy it had (not the fallback's default)."""
+    primary, fallback, port = pair(
+        engine, fallback_args=("--fail-at-start",), primary_policy="on-failure:5"
+    )
     config = write_config(tmp_path, engine, port, primary, fallback, verify="{timeout: 3s}")
     done = rollback(config, "--json")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -155,7 +184,9 @@ def test_a_fallback_that_fails_brings_the_primary_back(
     assert outcome["status"] == "restored", outcome
     names = [step["name"] for step in outcome["steps"]]
     assert names[-1] == "restore-primary" and names.count("start-fallback") == 1, names
-    assert state(engine, primary) == (True, "unless-stopped")  # back, and back at boot
+    assert state(engine, primary)[0]  # back
+    restart = inspect(engine, primary)["HostConfig"]["RestartPolicy"]
+    assert restart == {"Name": "on-failure", "MaximumRetryCount": 5}, restart  # as it was
     assert state(engine, fallback_name(fallback)) == (False, "no")
 
 

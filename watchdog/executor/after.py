@@ -48,9 +48,12 @@ class AfterWatch:
                 )
             )
             container = verify.measurer(systemd)
+            measured = None
             if status.active and container is not None:  # Docker's stats of the container
-                used, rss = await verify.usage(container, self.target.fallback.unit, settings)
-                found += used
+                measured = await verify.usage(container, self.target.fallback.unit, settings)
+            if measured is not None:
+                found += measured[0]
+                rss = measured[1]
             elif status.active and status.main_pid > 0:
                 pid = status.main_pid
                 found.append(await asyncio.to_thread(verify.memory, pid, settings))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,10 +41,18 @@ WATCHED_EVENTS = ("die", "start")
 # the engine did not answer at all: the connection is lost, not the call refused
 _UNANSWERED = (OSError, aiohttp.ClientError, TimeoutError)
 NO_CONNECTION = 900  # aiodocker's status for "could not connect to the engine at all"
+# answers that say the engine itself is not there: a proxy in front of it (502, 503, 504)
+UNAVAILABLE = frozenset({NO_CONNECTION, 502, 503, 504})
+NOT_FOUND = 404
 
 
 class DockerError(errors.ManagerError):
-    """A Docker call failed, or a name does not name exactly one container."""
+    """A Docker call failed, or a name does not name exactly one container. ``status`` is the
+    engine's HTTP answer (404: no such thing), None when it gave none."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Containers:
@@ -56,8 +64,10 @@ class Containers:
         *,
         call_timeout: float,
         restart_policy: str = "unless-stopped",
+        url: str | None = None,
     ) -> None:
         self._docker = client
+        self._url = url  # the event stream opens a session of its own there
         self._timeout = call_timeout
         self._policy = restart_policy
         self._closed = False
@@ -77,7 +87,7 @@ class Containers:
         except (aiodocker.DockerError, *_UNANSWERED) as exc:
             await client.close()
             raise DockerError(f"cannot reach Docker at {url}: {_why(exc)}") from None
-        return cls(client, call_timeout=call_timeout, restart_policy=restart_policy)
+        return cls(client, call_timeout=call_timeout, restart_policy=restart_policy, url=url)
 
     @property
     def connected(self) -> bool:
@@ -108,20 +118,29 @@ class Containers:
         try:
             await self._call(f"inspect the image of {name}", self._docker.images.inspect(image))
         except DockerError as exc:
-            if not self.connected:
+            if exc.status != NOT_FOUND:  # unknown is not missing: say it could not be read
                 raise
             shown = (found.get("Config") or {}).get("Image") or image
             missing.append(f"{name}: its image {shown} is not in the engine ({exc})")
+        if (found.get("HostConfig") or {}).get("AutoRemove"):
+            missing.append(
+                f"{name} runs with --rm (AutoRemove): a stop would delete it, so it could never "
+                "be started again; create it without --rm"
+            )
         files = await asyncio.to_thread(_bound_files, found)
         return UnitDefinition(name, missing=tuple(missing), files=files, record=found)
 
     async def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
         """Each of ``names`` whose container died or started, from the engine's event stream
-        (read without a deadline); ends when the stream does."""
+        (read without a deadline); ends when the stream does, ``DockerError`` when it breaks.
+
+        The stream has a session of its own: its end says nothing about the calls a run is
+        making, so it never marks this connection lost (the watch's readings do that)."""
         filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS)})
         forever = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=self._timeout)
+        stream = aiodocker.Docker(url=self._url) if self._url is not None else self._docker
         try:
-            async with self._docker._query(
+            async with stream._query(
                 "events", params={"filters": filters}, timeout=forever
             ) as response:
                 async for line in response.content:
@@ -133,11 +152,12 @@ class Containers:
                         if concerns(event, name):
                             yield name
         except aiodocker.DockerError as exc:
-            self._lost = self._lost or exc.status == NO_CONNECTION
-            raise DockerError(f"the event stream: {_why(exc)}") from None
+            raise DockerError(f"the event stream: {_why(exc)}", status=exc.status) from None
         except _UNANSWERED as exc:  # the engine went away (restarted, its socket gone)
-            self._lost = True
             raise DockerError(f"the event stream: {_why(exc)}") from None
+        finally:
+            if stream is not self._docker:
+                await stream.close()
 
     async def usage(self, name: str, *, sample: float) -> ResourceUse:
         """Memory and CPU from the container's stats, as ``docker stats`` computes them:
@@ -163,11 +183,17 @@ class Containers:
 
     async def stop(self, name: str) -> str:
         record = await self._record(name)
-        await self._call(f"stop {name}", self._docker.containers.container(record["Id"]).stop(t=10))
+        # no t: the container's own stop timeout (StopTimeout, Compose's stop_grace_period)
+        await self._call(f"stop {name}", self._docker.containers.container(record["Id"]).stop())
         return "done"
 
-    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
-        return [await self._policy_of(name, self._policy) for name in names]
+    async def enable(
+        self, names: Sequence[str], *, as_before: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Each gets ``docker.restart_policy``, or exactly the policy it had before
+        (``as_before``, e.g. ``on-failure:5``: a restore puts the primary back as it was)."""
+        before = as_before or {}
+        return [await self._policy_of(name, before.get(name) or self._policy) for name in names]
 
     async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
         return [await self._policy_of(name, "no") for name in names]
@@ -188,7 +214,11 @@ class Containers:
 
     async def _policy_of(self, name: str, policy: str) -> tuple[str, str, str]:
         record = await self._record(name)
-        body = json.dumps({"RestartPolicy": {"Name": policy}})
+        kind, _, retries = policy.partition(":")  # Docker's own spelling: on-failure:5
+        wanted: dict[str, Any] = {"Name": kind}
+        if retries.isdigit():
+            wanted["MaximumRetryCount"] = int(retries)
+        body = json.dumps({"RestartPolicy": wanted})
         await self._call(
             f"set the restart policy of {name}",
             self._docker._query_json(f"containers/{record['Id']}/update", method="POST", data=body),
@@ -224,22 +254,27 @@ class Containers:
             name = listed[0].id
         try:
             container = await self._call(f"find {name}", self._docker.containers.get(name))
-        except DockerError:
-            if missing_ok and self.connected:  # it answered: there is no such container
+        except DockerError as exc:
+            if missing_ok and exc.status == NOT_FOUND:  # it said so: there is no such container
                 return None
             raise
         shown: dict[str, Any] = container._container
         return shown
 
     async def _call(self, what: str, call: Any) -> Any:
+        """Await one engine call, bounded. An answer that is an error raises ``DockerError``
+        with its status; no answer at all (or a closed session) marks the connection lost."""
+        if self._closed:  # dropped under a run: its next call is a lost connection, not a bug
+            call.close()
+            self._lost = True
+            raise DockerError(f"{what}: the connection to Docker was closed")
         try:
             async with asyncio.timeout(self._timeout):
                 return await call
         except aiodocker.DockerError as exc:
-            if exc.status == NO_CONNECTION:
+            if exc.status in UNAVAILABLE:
                 self._lost = True
-                raise DockerError(f"{what}: {exc.message}") from None
-            raise DockerError(f"{what}: Docker said {exc.status}: {exc.message}") from None
+            raise DockerError(f"{what}: {_why(exc)}", status=exc.status) from None
         except _UNANSWERED as exc:
             self._lost = True
             raise DockerError(f"{what}: {_why(exc)}") from None
@@ -250,17 +285,24 @@ def status_of(name: str, record: dict[str, Any]) -> UnitStatus:
     state = record.get("State") or {}
     running = bool(state.get("Running"))
     failed = not running and state.get("Status") == "exited" and state.get("ExitCode", 0) != 0
-    policy = ((record.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+    restart = (record.get("HostConfig") or {}).get("RestartPolicy") or {}
+    policy = restart.get("Name") or "no"
+    retries = int(restart.get("MaximumRetryCount") or 0)
+    if state.get("Restarting"):  # dead, waiting for its restart: systemd's auto-restart
+        active = "activating"
+    else:  # a paused container still holds its port and memory: it counts as running
+        active = "active" if running else ("failed" if failed else "inactive")
     return UnitStatus(
         name=name,
         load_state="loaded",
-        active_state="active" if running else ("failed" if failed else "inactive"),
+        active_state=active,
         sub_state=str(state.get("Status", "")),
         unit_file_state="enabled" if policy in ENABLED_POLICIES else "disabled",
         main_pid=int(state.get("Pid") or 0),
         n_restarts=int(record.get("RestartCount") or 0),
         active_enter_timestamp=_instant(state.get("StartedAt")) if running else None,
         fragment_path=f"docker:{record.get('Id', '')}",
+        restart_policy=f"{policy}:{retries}" if retries else policy,
     )
 
 
@@ -321,7 +363,9 @@ def _instant(text: object) -> float | None:
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, aiodocker.DockerError):
-        return exc.message if exc.status == NO_CONNECTION else f"{exc.status}: {exc.message}"
+        if exc.status == NO_CONNECTION:
+            return str(exc.message)
+        return f"Docker said {exc.status}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     return f"{type(exc).__name__}: {exc}"

@@ -282,7 +282,7 @@ async def restore_primary(ctx: Context) -> str:
         made = "flag removed"
     else:
         await ctx.systemd.disable([fallback])
-        await ctx.systemd.enable([primary])
+        await ctx.systemd.enable([primary], as_before=_policies_before(ctx))
         await ctx.systemd.reload()
         made = "disabled/enabled"
     result = await ctx.systemd.start(primary)
@@ -290,6 +290,14 @@ async def restore_primary(ctx: Context) -> str:
     if not status.active:
         raise StepFailed(f"{primary} did not come back: job {result}, {status.active_state}")
     return f"{fallback} stopped, {primary} started again ({made})"
+
+
+def _policies_before(ctx: Context) -> dict[str, str]:
+    """The primary's restart policy as the snapshot read it before the switch (containers):
+    a restore puts it back exactly, not the fallback's default."""
+    seen = ctx.facts().get("snapshot", {}).get("primary", {})
+    policy = seen.get("RestartPolicy") if isinstance(seen, dict) else None
+    return {ctx.target.primary.unit: policy} if isinstance(policy, str) and policy else {}
 
 
 # -- locking, starting, reconciling -----------------------------------------------------------

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ async def preflight(ctx: Context) -> str:
     """Everything the fallback needs, checked before anything is stopped."""
     problems: list[str] = []
     notes: list[str] = []
+    bound: list[Path] = []  # the primary's files the backup will copy
     if isinstance(ctx.systemd, Unreachable):
         problems.append(ctx.systemd.reason)
     for side, settings in (("fallback", ctx.target.fallback), ("primary", ctx.target.primary)):
@@ -119,12 +121,14 @@ async def preflight(ctx: Context) -> str:
                 f"{side} unit {settings.unit} is {status.load_state} (is its unit file installed?)"
             )
             continue
-        if side == "fallback" or status.load_state != "loaded":  # what it needs to start
-            try:
-                problems += (await ctx.systemd.definition(settings.unit)).missing
-            except ManagerError as exc:
-                problems.append(f"{side} {settings.unit}: {exc}")
-                continue
+        try:  # what it needs to start (or to start again: the primary, on a restore)
+            definition = await ctx.systemd.definition(settings.unit)
+            problems += definition.missing
+            if side == "primary":
+                bound += [Path(f) for f in definition.files]
+        except ManagerError as exc:
+            problems.append(f"{side} {settings.unit}: {exc}")
+            continue
         if status.load_state == "loaded":
             notes.append(f"{settings.unit} {status.active_state}")
     binary = ctx.target.fallback.binary
@@ -138,7 +142,9 @@ async def preflight(ctx: Context) -> str:
         source, destination = carried
         if not source.is_file() and not destination.is_file():
             problems.append(f"no config to carry over: neither {source} nor {destination} exists")
-    unreadable = _unreadable(ctx.target.primary.config_dir)
+    unreadable = _unreadable(ctx.target.primary.config_dir) or await asyncio.to_thread(
+        _unreadable_file, bound
+    )
     if unreadable:  # the backup would fail mid-run: say so before anything is stopped
         problems.append(f"cannot read {unreadable} for the backup (add this user to its group)")
     flag = ctx.runbook.flag_file
@@ -170,6 +176,11 @@ def _unreadable(folder: Path | None) -> Path | None:
                 return base / name
         dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
     return None
+
+
+def _unreadable_file(paths: list[Path]) -> Path | None:
+    """The first of ``paths`` that exists and this process cannot read, if any."""
+    return next((p for p in paths if p.exists() and not os.access(p, os.R_OK)), None)
 
 
 def _flag_is_ours(ctx: Context) -> bool:
@@ -215,45 +226,74 @@ def _remove_flag(ctx: Context) -> None:
         raise StepFailed(f"cannot remove the flag file {flag}: {exc.strerror}") from None
 
 
+BACKUP_FILE_LIMIT = 16 * 1024**2  # bytes: a config file, never a bind-mounted data file
+
+
 async def backup(ctx: Context) -> str:
     """The config directory, what defines the primary (its unit file; a container's
-    bind-mounted files) and each container's inspect record, into
-    ``backups/emergency-YYYYmmdd-HHMMSS/``."""
+    bind-mounted files, under ``files/`` at their full path) and each container's inspect
+    record, into ``backups/emergency-YYYYmmdd-HHMMSS/``."""
     stamp = datetime.fromtimestamp(ctx.clock(), tz=UTC).strftime("%Y%m%d-%H%M%S")
     folder = ctx.state_dir / "backups" / f"emergency-{stamp}"
-    copied: list[str] = []
-    definitions = [await _definition(ctx, ctx.target.primary.unit)]
-    definitions.append(await _definition(ctx, ctx.target.fallback.unit))
+    primary = await _definition(ctx, ctx.target.primary.unit)
+    fallback = await _definition(ctx, ctx.target.fallback.unit)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config_dir = ctx.target.primary.config_dir
-        if config_dir is not None and config_dir.is_dir():
-            shutil.copytree(config_dir, folder / "config", dirs_exist_ok=True)
-            copied.append(str(config_dir))
-        primary = definitions[0]
-        files = [ctx.target.primary.unit_file] if ctx.target.primary.unit_file else []
-        files += [Path(f) for f in primary.files] if primary is not None else []
-        for path in dict.fromkeys(files):  # once each, in order
-            if path is not None and path.is_file():
-                shutil.copy2(path, folder / path.name)
-                copied.append(str(path))
-        for definition in definitions:
-            if definition is not None and definition.record is not None:
-                name = definition.name.replace("/", "_").replace(":", "_")
-                record = folder / f"{name}.inspect.json"
-                record.write_text(json.dumps(definition.record, indent=2, sort_keys=True) + "\n")
-                copied.append(f"{definition.name}'s inspect record")
+        copied = await asyncio.to_thread(_copy_definitions, ctx, folder, primary, fallback)
     except OSError as exc:
         raise StepFailed(f"backup into {folder} failed: {exc}") from None
     ctx.remember("backup", str(folder))
     return f"{', '.join(copied) or 'nothing to copy'} -> {folder}"
 
 
+def _copy_definitions(
+    ctx: Context, folder: Path, primary: UnitDefinition | None, fallback: UnitDefinition | None
+) -> list[str]:
+    copied: list[str] = []
+    config_dir = ctx.target.primary.config_dir
+    if config_dir is not None and config_dir.is_dir():
+        shutil.copytree(config_dir, folder / "config", dirs_exist_ok=True)
+        copied.append(str(config_dir))
+    unit_file = ctx.target.primary.unit_file
+    files = [unit_file] if unit_file is not None else []
+    if primary is not None and primary.record is None:  # systemd: the unit file it loaded
+        files += [Path(f) for f in primary.files if unit_file is None]
+    for path in files:
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+            copied.append(str(path))
+    for path in [Path(f) for f in primary.files] if primary and primary.record else []:
+        kept = folder / "files" / path.relative_to(path.anchor)
+        try:
+            found = path.lstat()  # the file itself: a symlink is not followed
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(found.st_mode) or found.st_size > BACKUP_FILE_LIMIT:
+            copied.append(f"{path} not copied (not a regular file under 16 MiB)")
+            continue
+        kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy2(path, kept, follow_symlinks=False)
+        copied.append(str(path))
+    for definition in (primary, fallback):
+        if definition is not None and definition.record is not None:
+            name = definition.name.replace("/", "_").replace(":", "_")
+            record = folder / f"{name}.inspect.json"
+            # the record holds the container's environment, secrets included: owner only
+            handle = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(handle, "w") as out:
+                out.write(json.dumps(definition.record, indent=2, sort_keys=True) + "\n")
+            copied.append(f"{definition.name}'s inspect record")
+    return copied
+
+
 async def _definition(ctx: Context, unit: str) -> UnitDefinition | None:
-    """What the manager says defines ``unit`` (None if it cannot say: the backup goes on)."""
+    """What the manager says defines ``unit``: None if it does not know the unit (the backup
+    goes on); a lost connection is raised, as it makes every later step unknown."""
     try:
         return await ctx.systemd.definition(unit)
     except ManagerError:
+        if not ctx.systemd.connected:
+            raise
         return None
 
 
@@ -283,16 +323,19 @@ async def _snapshotted(ctx: Context) -> bool:
 
 
 async def stop_primary(ctx: Context) -> str:
+    """Disable the primary, then stop it: disabled first, nothing brings it back in between
+    (Docker restarts an ``always`` container when the engine restarts, stopped or not)."""
     unit = ctx.target.primary.unit
+    if not _flagged(ctx):  # flagged: both units stay enabled; the flag decides at boot
+        await ctx.systemd.disable([unit])
+        await ctx.systemd.reload()
     result = await ctx.systemd.stop(unit)
     status = await ctx.systemd.status(unit)
     if not status.stopped:
         raise StepFailed(f"stop {unit}: job {result}, still {status.active_state}")
-    if _flagged(ctx):  # both units stay enabled; the flag decides at boot
+    if _flagged(ctx):
         return f"{unit} stopped (job {result})"
-    await ctx.systemd.disable([unit])
-    await ctx.systemd.reload()
-    return f"{unit} stopped (job {result}) and disabled"
+    return f"{unit} disabled and stopped (job {result})"
 
 
 async def _primary_stopped(ctx: Context) -> bool:
@@ -388,12 +431,16 @@ async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
     deadline = time.monotonic() + settings.settle
     container = verify.measurer(ctx.systemd)
     while True:
+        measured = None
         if container is not None:  # the container as Docker measures it, not one process
             measuring = asyncio.create_task(
                 verify.usage(container, ctx.target.fallback.unit, settings)
             )
-            checks = [await verify.latency(ctx.http, service, settings), *(await measuring)[0]]
-        else:
+            latency = await verify.latency(ctx.http, service, settings)
+            measured = await measuring
+        if measured is not None:
+            checks = [latency, *measured[0]]
+        else:  # a unit, or a container whose stats could not be read: its process tree
             sampling = asyncio.create_task(verify.cpu(pid, settings))  # runs while we measure
             checks = [
                 await verify.latency(ctx.http, service, settings),

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dbus_fast._private.address import get_bus_address, parse_address
@@ -233,8 +233,11 @@ class Systemd:
         """StopUnit (mode replace) and wait for its job; the job's result."""
         return await self._job("StopUnit", name)
 
-    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
-        """EnableUnitFiles (persistent, force); the symlinks it changed."""
+    async def enable(
+        self, names: Sequence[str], *, as_before: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """EnableUnitFiles (persistent, force); the symlinks it changed (a unit has no restart
+        policy to restore: ``as_before`` is for containers)."""
         _, changes = await self._call("EnableUnitFiles", "asbb", [list(names), False, True])
         return [(str(c[0]), str(c[1]), str(c[2])) for c in changes]
 
@@ -342,7 +345,9 @@ class Unreachable:
     async def stop(self, name: str) -> str:
         raise self._fail()
 
-    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
+    async def enable(
+        self, names: Sequence[str], *, as_before: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str, str]]:
         raise self._fail()
 
     async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:

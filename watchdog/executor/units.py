@@ -9,7 +9,7 @@ same protocol (containers for units, restart policies for enable/disable).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from watchdog import config
@@ -45,8 +45,11 @@ class Units(Protocol):
         """Stop it and wait for the job; its result."""
         ...
 
-    async def enable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
-        """Make them start at boot; the changes made."""
+    async def enable(
+        self, names: Sequence[str], *, as_before: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Make them start at boot; the changes made. ``as_before``: a unit's restart policy
+        as it was (Docker's, from the snapshot), restored exactly; systemd has none."""
         ...
 
     async def disable(self, names: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -76,6 +79,11 @@ class Changes(Protocol):
 class Usage(Protocol):
     """A manager that measures what a unit uses as a whole (Docker's container stats), so
     the verification judges the container, not one process tree read from ``/proc``."""
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection is gone: a failed reading is then unknown, not data."""
+        ...
 
     async def usage(self, name: str, *, sample: float) -> ResourceUse:
         """Memory now and CPU over ``sample`` seconds (``ManagerError`` if unreadable)."""

@@ -168,13 +168,17 @@ def measurer(manager: object) -> Usage | None:
 
 async def usage(
     units: Usage, name: str, settings: config.VerifySettings
-) -> tuple[list[Check], int]:
+) -> tuple[list[Check], int] | None:
     """Memory and CPU of the whole unit as its manager measures them (a container's stats),
-    and the memory in bytes (0 when unreadable: the checks then say why)."""
+    and the memory in bytes; None if the manager could not say (a proxy refusing the stats,
+    a cgroup without its controller): the caller measures the process tree instead, since a
+    missing reading is no evidence. A lost connection raises: the step is interrupted."""
     try:
         used = await units.usage(name, sample=settings.cpu_sample)
-    except ManagerError as exc:
-        return [Check("memory", False, str(exc)), Check("cpu", False, str(exc))], 0
+    except ManagerError:
+        if not units.connected:
+            raise
+        return None
     checks = [
         memory_of(used.memory_bytes, settings, what="container memory"),
         cpu_of(used.cpu_share, settings, what="container: "),

@@ -33,6 +33,7 @@ log = structlog.get_logger("watchdog.runtime")
 # a step that ended, one way or another, has a duration (skipped and running ones have none)
 _TIMED = frozenset({model.StepStatus.OK, model.StepStatus.FAILED, model.StepStatus.INTERRUPTED})
 WAKE_GAP = 1.0  # seconds: the least time between two evaluations woken early
+STREAM_LASTED = 10.0  # seconds: an event stream that ended sooner counts as broken
 
 
 class RunEnded(Protocol):
@@ -356,10 +357,13 @@ class Guard:
     async def follow_changes(self, stop: asyncio.Event) -> None:
         """Where the manager says when a unit changes (Docker's event stream), read both
         units the moment the primary or the fallback dies or starts: a crash loop is then
-        seen at its third death, not at the next reading. Without such a manager, nothing."""
+        seen at its third death, not at the next reading. Without such a manager, nothing.
+        A stream that keeps breaking is followed again less and less often (up to every
+        ``RECONNECT_EVERY``), and said once per outage, not at every attempt."""
         watch = self.target.watch
         if watch is None:
             return
+        broken = 0  # streams in a row that broke, or ended within a few seconds
         while not stop.is_set():
             connection: object = self._link.connection()  # any manager; some say more
             if not isinstance(connection, units.Changes):
@@ -367,6 +371,7 @@ class Guard:
                     return
                 await _pause(stop, RECONNECT_EVERY)
                 continue
+            began = time.monotonic()
             following = asyncio.ensure_future(self._follow(connection, watch.units))
             stopping = asyncio.ensure_future(stop.wait())
             try:
@@ -375,13 +380,20 @@ class Guard:
                 for task in (following, stopping):
                     task.cancel()
                 await asyncio.gather(following, stopping, return_exceptions=True)
-            if following.done() and not following.cancelled() and following.exception():
-                log.warning(
-                    f"{self._link.name} events lost; following again",
-                    target=self.target.name,
-                    error=str(following.exception()),
-                )
-            await _pause(stop, 1.0)  # the stream ended or broke: follow it again soon
+            if stop.is_set():
+                return
+            failed = following.exception() if not following.cancelled() else None
+            if failed is None and time.monotonic() - began >= STREAM_LASTED:
+                broken = 0
+            else:
+                broken += 1
+                if broken == 1:
+                    log.warning(
+                        f"{self._link.name} events lost; following again",
+                        target=self.target.name,
+                        error=str(failed) if failed is not None else "the stream ended",
+                    )
+            await _pause(stop, min(RECONNECT_EVERY, 2.0 ** max(broken - 1, 0)))
 
     async def _follow(self, connection: units.Changes, names: tuple[str, ...]) -> None:
         async for name in connection.changes(names):
