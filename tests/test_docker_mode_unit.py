@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.test_packaging import needs_offline_analyze
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "rollback-watchdog.service"
@@ -92,23 +92,7 @@ def test_the_readme_and_the_drop_in_give_the_same_figure() -> None:
     assert len(cells) == 4 and float(cells[3]) == figure, row  # root, (b), (b) + Docker
 
 
-def _systemd_version() -> int | None:
-    if shutil.which("systemd-analyze") is None:
-        return None
-    done = subprocess.run(
-        ["systemd-analyze", "--version"], capture_output=True, text=True, check=False
-    )
-    match = re.match(r"systemd (\d+)", done.stdout)
-    return int(match.group(1)) if match else None
-
-
-SYSTEMD = _systemd_version()
-
-
-@pytest.mark.skipif(
-    SYSTEMD is None or SYSTEMD < 250,
-    reason=f"systemd-analyze >= 250 needed for --offline (found {SYSTEMD})",
-)
+@needs_offline_analyze
 def test_exposure_with_the_drop_in_stays_at_the_documented_figure(tmp_path: Path) -> None:
     """Scored in a copy: given the repository's path, systemd-analyze would also apply the
     root-mode drop-in that sits next to this one."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from watchdog.executor import runbook
 from watchdog_lab import dockerd
 
 from .docker_world import (
@@ -41,16 +42,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"no private Docker Engine here: {dockerd.unavailable_reason()}",
 )
 
-STEPS = (
-    "preflight",
-    "backup",
-    "snapshot",
-    "stop-primary",
-    "carry-config",
-    "start-fallback",
-    "verify",
-    "finish",
-)
+STEPS = tuple(step.name for step in runbook.STEPS)
 PAUSED = "      step_pause: 400ms\n"
 _names = count(1)
 
@@ -359,3 +351,41 @@ def test_a_dry_run_on_containers_checks_and_changes_nothing(
     dry = cli("rollback", "--config", str(gone), "--reason", "x", "--dry-run")
     assert dry.returncode == 3, dry.stdout + dry.stderr  # the engine did not answer
     assert "cannot reach Docker at unix://" in dry.stdout + dry.stderr
+
+
+def test_the_daemon_resumes_a_run_a_killed_process_left_on_containers(
+    engine: dockerd.Engine, tmp_path: Path
+) -> None:
+    """``rollback`` is SIGKILLed after the Java container started; the daemon, started next,
+    reconciles the run on the Docker Engine before its first tick and finishes it."""
+    primary, fallback, port = pair(engine)
+    java = fallback_name(fallback)
+    config = write_config(
+        tmp_path,
+        engine,
+        port,
+        primary,
+        fallback,
+        runbook=PAUSED,
+        top="interval: 1s\nprometheus: {enabled: false}\nlisten: {port: 0}\n",
+    )
+    first = popen("rollback", "--config", str(config), "--reason", "drill", "--local", "--yes")
+    try:
+        until(lambda: step_running(config, "verify"), 60, "verify running")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=30)
+    daemon = popen("run", "--config", str(config), "--log-format", "json")
+    try:
+        until(lambda: runs(config)[-1][0]["status"] != "running", 120, "the run's end")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        log, _ = daemon.communicate(timeout=60)
+    ((run, steps),) = runs(config)
+    assert run["status"] == "succeeded", (run, steps, log[-3000:])
+    assert "reconciled" in json.loads(run["data"]), run["data"]
+    assert [s["name"] for s in steps if s["detail"].startswith("interrupted")] == ["verify"]
+    assert (state(engine, primary), state(engine, java)) == (
+        (False, "no"),
+        (True, "unless-stopped"),
+    )

@@ -8,33 +8,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from watchdog import config, journal, model
 from watchdog.executor import docker, runbook, verify
 from watchdog_lab import dockerd
 
+from .docker_world import answers, create, free_port
+
 pytestmark = pytest.mark.skipif(
     dockerd.unavailable_reason() is not None,
     reason=f"no private Docker Engine here: {dockerd.unavailable_reason()}",
 )
-
-
-SIMULATOR = (sys.executable, "-m", "watchdog_lab.lavalink")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,47 +35,11 @@ def engine() -> Iterator[dockerd.Engine]:
         yield running
 
 
-def create(
-    engine: dockerd.Engine, name: str, port: int, labels: dict[str, str], flavour: str
-) -> str:
-    spec: dict[str, Any] = {
-        "Image": dockerd.BASE_IMAGE,
-        "Cmd": [*SIMULATOR, "--port", str(port), "--flavour", flavour],
-        "WorkingDir": str(dockerd.ROOT),
-        "Labels": labels,
-        "HostConfig": {
-            "NetworkMode": "host",
-            "Binds": dockerd.host_binds(),
-            "RestartPolicy": {"Name": "unless-stopped" if flavour == "rust" else "no"},
-        },
-    }
-    with engine.client() as api:
-        made = api.post("/containers/create", params={"name": name}, json=spec)
-        assert made.status_code == 201, made.text
-        return str(made.json()["Id"])
-
-
-async def answers(port: int, within: float = 30.0) -> bool:
-    async with httpx.AsyncClient(trust_env=False, timeout=1.0) as client:
-        for _ in range(int(within / 0.2)):
-            try:
-                done = await client.get(
-                    f"http://127.0.0.1:{port}/version",
-                    headers={"Authorization": "youshallnotpass"},
-                )
-                if done.status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    return False
-
-
 async def test_the_switch_on_containers(engine: dockerd.Engine) -> None:
     port = free_port()
-    create(engine, "rust", port, {}, "rust")
+    create(engine, "rust", port, "rust")
     compose = {"com.docker.compose.project": "lavalink", "com.docker.compose.service": "java"}
-    create(engine, "lavalink-java-1", port, compose, "java")
+    create(engine, "lavalink-java-1", port, "java", labels=compose)
     units = await docker.Containers.connect(f"unix://{engine.socket}", call_timeout=30)
     try:
         assert await units.start("rust") == "done"
@@ -114,8 +69,8 @@ async def test_the_switch_on_containers(engine: dockerd.Engine) -> None:
 
 async def test_names_that_do_not_name_one_container_are_refused(engine: dockerd.Engine) -> None:
     labels = {"com.docker.compose.project": "twice", "com.docker.compose.service": "web"}
-    create(engine, "twice-web-1", free_port(), labels, "java")
-    create(engine, "twice-web-2", free_port(), labels, "java")
+    create(engine, "twice-web-1", free_port(), "java", labels=labels)
+    create(engine, "twice-web-2", free_port(), "java", labels=labels)
     units = await docker.Containers.connect(f"unix://{engine.socket}", call_timeout=30)
     try:
         missing = await units.status("no-such-container")
@@ -142,9 +97,9 @@ async def test_the_runbook_rolls_back_containers_and_verifies(
     Rust container, start the Java one found by its Compose labels, verify it (answers, port
     bound by its process, memory, CPU) -- every step journaled."""
     port = free_port()
-    create(engine, "runbook-rust", port, {}, "rust")
+    create(engine, "runbook-rust", port, "rust")
     compose = {"com.docker.compose.project": "runbook", "com.docker.compose.service": "java"}
-    create(engine, "runbook-java-1", port, compose, "java")
+    create(engine, "runbook-java-1", port, "java", labels=compose)
     target = config.TargetSettings.model_validate(
         {
             "name": "lavalink",
@@ -203,9 +158,9 @@ def test_the_cli_rolls_containers_back_as_an_operator_does(
     """``rollback --local --yes --json`` on a target with ``executor: docker``: the runbook's
     Method 3 by hand, through the engine the config names."""
     port = free_port()
-    create(engine, "cli-rust", port, {}, "rust")
+    create(engine, "cli-rust", port, "rust")
     compose = {"com.docker.compose.project": "cli", "com.docker.compose.service": "java"}
-    create(engine, "cli-java-1", port, compose, "java")
+    create(engine, "cli-java-1", port, "java", labels=compose)
     with engine.client() as api:
         assert api.post("/containers/cli-rust/start").status_code == 204
     assert asyncio.run(answers(port))
