@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from watchdog import config, errors, model
-from watchdog.executor import docker, verify
+from watchdog import config, errors, journal, model
+from watchdog.executor import docker, steps, verify
 from watchdog.sources import systemd_watch
 
 
@@ -152,11 +152,13 @@ class FakeEngine:
 
     def __init__(self, answers: dict[str, int]) -> None:
         self.answers = answers
+        self.asked: list[tuple[str, str, str]] = []  # (method, path, body), in order
 
     async def handle(self, request: web.Request) -> web.Response:
         path = (
             request.path.split("/", 2)[-1] if request.path.startswith("/v1.") else request.path[1:]
         )
+        self.asked.append((request.method, path, await request.text()))
         if path == "version":
             return web.json_response({"ApiVersion": "1.41", "Version": "fake"})
         if path == "containers/rust/json":
@@ -169,13 +171,19 @@ class FakeEngine:
                 }
             )
         status = self.answers.get(path, 404)
+        if status == 204:
+            return web.Response(status=204)
+        if status == 200:
+            return web.json_response({"Warnings": []})
         return web.json_response({"message": f"fake {status}"}, status=status)
 
 
 @contextlib.asynccontextmanager
-async def fake_engine(tmp_path: Path, answers: dict[str, int]) -> AsyncIterator[docker.Containers]:
+async def fake_engine(
+    tmp_path: Path, answers: dict[str, int], engine: FakeEngine | None = None
+) -> AsyncIterator[docker.Containers]:
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", FakeEngine(answers).handle)
+    app.router.add_route("*", "/{tail:.*}", (engine or FakeEngine(answers)).handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.UnixSite(runner, str(tmp_path / "docker.sock"))
@@ -218,3 +226,50 @@ async def test_a_closed_connection_is_a_lost_one_not_a_crash(tmp_path: Path) -> 
         with pytest.raises(docker.DockerError, match="connection to Docker was closed"):
             await units.status("rust")
         assert not units.connected
+
+
+def run_context(tmp_path: Path, units: docker.Containers) -> steps.Context:
+    """A run in a real journal whose snapshot read the primary's restart policy as ``always``."""
+    store = journal.Journal.open(tmp_path / "state")
+    run = store.open_run(
+        "lavalink",
+        incident_id=None,
+        trigger=model.Trigger.MANUAL,
+        initiated_by="alice",
+        reason="drill",
+        at=0.0,
+    )
+    store.remember(run, "snapshot", {"primary": {"RestartPolicy": "always"}})
+    target = docker_target().model_copy(
+        update={"primary": config.UnitSettings(unit="rust", job="lavalink-rust")}
+    )
+    return steps.Context(target, units, store, tmp_path / "state", run, password="")
+
+
+async def test_a_primary_that_would_not_stop_is_left_enabled_as_it_was(tmp_path: Path) -> None:
+    """Disabled first, then stopped: when the stop fails the primary still serves, so its
+    restart policy goes back to exactly what the snapshot read, never left at ``no``."""
+    engine = FakeEngine({"containers/rust/update": 200, "containers/rust/stop": 500})
+    async with fake_engine(tmp_path, {}, engine) as units:
+        ctx = run_context(tmp_path, units)
+        with pytest.raises(docker.DockerError, match="Docker said 500"):
+            await steps.stop_primary(ctx)
+        await ctx.http.aclose()
+        ctx.journal.close()
+    changes = [(path, body) for method, path, body in engine.asked if method == "POST"]
+    assert changes == [
+        ("containers/rust/update", '{"RestartPolicy": {"Name": "no"}}'),
+        ("containers/rust/stop", ""),
+        ("containers/rust/update", '{"RestartPolicy": {"Name": "always"}}'),
+    ], changes
+
+
+async def test_a_backup_that_cannot_read_the_primary_fails_before_anything_stops(
+    tmp_path: Path,
+) -> None:
+    async with fake_engine(tmp_path, {"images/sha256:x/json": 500}) as units:
+        ctx = run_context(tmp_path, units)
+        with pytest.raises(steps.StepFailed, match="backup: cannot read what defines rust"):
+            await steps.backup(ctx)
+        await ctx.http.aclose()
+        ctx.journal.close()

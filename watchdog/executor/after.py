@@ -28,6 +28,7 @@ class AfterWatch:
     target: config.TargetSettings
     password: str
     first_rss: int | None = None  # bytes, at the first check of the watch
+    rss_source: str = ""  # what measured it (container stats or /proc): never mix the two
     checks: int = 0
     unhealthy: int = 0  # checks that found a problem
     last_problems: list[str] = field(default_factory=list)
@@ -51,6 +52,7 @@ class AfterWatch:
             measured = None
             if status.active and container is not None:  # Docker's stats of the container
                 measured = await verify.usage(container, self.target.fallback.unit, settings)
+            source = "container" if measured is not None else "process"
             if measured is not None:
                 found += measured[0]
                 rss = measured[1]
@@ -61,6 +63,8 @@ class AfterWatch:
                 rss = await asyncio.to_thread(verify.rss_bytes, pid)
             else:
                 rss = -1  # nothing to measure
+            if source != self.rss_source:  # another measure: growth starts again from it
+                self.first_rss, self.rss_source = None, source
             if rss >= 0:
                 settled = time.monotonic() - self.began >= settings.settle
                 found.append(self._growth(rss, settled=settled))

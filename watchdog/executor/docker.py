@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,8 @@ NO_CONNECTION = 900  # aiodocker's status for "could not connect to the engine a
 # answers that say the engine itself is not there: a proxy in front of it (502, 503, 504)
 UNAVAILABLE = frozenset({NO_CONNECTION, 502, 503, 504})
 NOT_FOUND = 404
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds: Docker's, for a container that sets none
+STOP_SLACK = 15.0  # seconds beyond the stop timeout: the kill, and a busy engine
 
 
 class DockerError(errors.ManagerError):
@@ -74,6 +76,7 @@ class Containers:
         self._lost = False
 
     manager = "Docker"
+    disable_first = True  # a restart policy acts at once: "no" before the stop
 
     @classmethod
     async def connect(
@@ -130,7 +133,7 @@ class Containers:
         files = await asyncio.to_thread(_bound_files, found)
         return UnitDefinition(name, missing=tuple(missing), files=files, record=found)
 
-    async def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
+    async def changes(self, names: Sequence[str]) -> AsyncGenerator[str, None]:
         """Each of ``names`` whose container died or started, from the engine's event stream
         (read without a deadline); ends when the stream does, ``DockerError`` when it breaks.
 
@@ -183,8 +186,14 @@ class Containers:
 
     async def stop(self, name: str) -> str:
         record = await self._record(name)
-        # no t: the container's own stop timeout (StopTimeout, Compose's stop_grace_period)
-        await self._call(f"stop {name}", self._docker.containers.container(record["Id"]).stop())
+        # no t: the container's own stop timeout (StopTimeout, Compose's stop_grace_period),
+        # which the call's own bound must outlast, or a slow stop would read as a lost engine
+        grace = (record.get("Config") or {}).get("StopTimeout") or DEFAULT_STOP_TIMEOUT
+        await self._call(
+            f"stop {name}",
+            self._docker.containers.container(record["Id"]).stop(),
+            within=max(self._timeout, float(grace) + STOP_SLACK),
+        )
         return "done"
 
     async def enable(
@@ -261,7 +270,7 @@ class Containers:
         shown: dict[str, Any] = container._container
         return shown
 
-    async def _call(self, what: str, call: Any) -> Any:
+    async def _call(self, what: str, call: Any, *, within: float | None = None) -> Any:
         """Await one engine call, bounded. An answer that is an error raises ``DockerError``
         with its status; no answer at all (or a closed session) marks the connection lost."""
         if self._closed:  # dropped under a run: its next call is a lost connection, not a bug
@@ -269,7 +278,7 @@ class Containers:
             self._lost = True
             raise DockerError(f"{what}: the connection to Docker was closed")
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(within or self._timeout):
                 return await call
         except aiodocker.DockerError as exc:
             if exc.status in UNAVAILABLE:

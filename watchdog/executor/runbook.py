@@ -41,6 +41,7 @@ from watchdog.executor.steps import (
     _remove_flag,
     finish,
     plan,
+    policies_before,
     preflight,
 )
 from watchdog.executor.units import Units
@@ -272,17 +273,25 @@ async def _failed(ctx: Context, step: Step, seq: int, detail: str, notify: Obser
 
 
 async def restore_primary(ctx: Context) -> str:
-    """A degraded service beats none: fallback off, primary back on."""
+    """A degraded service beats none: fallback off, primary back on (its restart policy as it
+    was, read before anything here can fail)."""
     fallback, primary = ctx.target.fallback.unit, ctx.target.primary.unit
+    before = policies_before(ctx)
+    early = not _flagged(ctx) and ctx.systemd.disable_first  # as stop_primary does
+    if early:
+        await ctx.systemd.disable([fallback])
     stopped = await ctx.systemd.stop(fallback)
     if not (await ctx.systemd.status(fallback)).stopped:  # never two servers on one port
+        if early:  # it still serves: it stays the boot choice
+            await ctx.systemd.enable([fallback])
         raise StepFailed(f"{fallback} did not stop (job {stopped}): primary left stopped")
     if _flagged(ctx):
         _remove_flag(ctx)  # the primary's ConditionPathExists=! must hold again
         made = "flag removed"
     else:
-        await ctx.systemd.disable([fallback])
-        await ctx.systemd.enable([primary], as_before=_policies_before(ctx))
+        if not early:
+            await ctx.systemd.disable([fallback])
+        await ctx.systemd.enable([primary], as_before=before)
         await ctx.systemd.reload()
         made = "disabled/enabled"
     result = await ctx.systemd.start(primary)
@@ -290,14 +299,6 @@ async def restore_primary(ctx: Context) -> str:
     if not status.active:
         raise StepFailed(f"{primary} did not come back: job {result}, {status.active_state}")
     return f"{fallback} stopped, {primary} started again ({made})"
-
-
-def _policies_before(ctx: Context) -> dict[str, str]:
-    """The primary's restart policy as the snapshot read it before the switch (containers):
-    a restore puts it back exactly, not the fallback's default."""
-    seen = ctx.facts().get("snapshot", {}).get("primary", {})
-    policy = seen.get("RestartPolicy") if isinstance(seen, dict) else None
-    return {ctx.target.primary.unit: policy} if isinstance(policy, str) and policy else {}
 
 
 # -- locking, starting, reconciling -----------------------------------------------------------

@@ -247,7 +247,7 @@ async def backup(ctx: Context) -> str:
 
 
 def _copy_definitions(
-    ctx: Context, folder: Path, primary: UnitDefinition | None, fallback: UnitDefinition | None
+    ctx: Context, folder: Path, primary: UnitDefinition, fallback: UnitDefinition
 ) -> list[str]:
     copied: list[str] = []
     config_dir = ctx.target.primary.config_dir
@@ -256,13 +256,13 @@ def _copy_definitions(
         copied.append(str(config_dir))
     unit_file = ctx.target.primary.unit_file
     files = [unit_file] if unit_file is not None else []
-    if primary is not None and primary.record is None:  # systemd: the unit file it loaded
+    if primary.record is None:  # systemd: the unit file it loaded
         files += [Path(f) for f in primary.files if unit_file is None]
     for path in files:
         if path.is_file():
             shutil.copy2(path, folder / path.name)
             copied.append(str(path))
-    for path in [Path(f) for f in primary.files] if primary and primary.record else []:
+    for path in [Path(f) for f in primary.files] if primary.record is not None else []:
         kept = folder / "files" / path.relative_to(path.anchor)
         try:
             found = path.lstat()  # the file itself: a symlink is not followed
@@ -275,7 +275,7 @@ def _copy_definitions(
         shutil.copy2(path, kept, follow_symlinks=False)
         copied.append(str(path))
     for definition in (primary, fallback):
-        if definition is not None and definition.record is not None:
+        if definition.record is not None:
             name = definition.name.replace("/", "_").replace(":", "_")
             record = folder / f"{name}.inspect.json"
             # the record holds the container's environment, secrets included: owner only
@@ -286,15 +286,16 @@ def _copy_definitions(
     return copied
 
 
-async def _definition(ctx: Context, unit: str) -> UnitDefinition | None:
-    """What the manager says defines ``unit``: None if it does not know the unit (the backup
-    goes on); a lost connection is raised, as it makes every later step unknown."""
+async def _definition(ctx: Context, unit: str) -> UnitDefinition:
+    """What the manager says defines ``unit``. An error fails the backup, before anything is
+    stopped: a backup that silently left out the config is worse than none said plainly (a
+    lost connection is raised as it is: the run is then interrupted)."""
     try:
         return await ctx.systemd.definition(unit)
-    except ManagerError:
+    except ManagerError as exc:
         if not ctx.systemd.connected:
             raise
-        return None
+        raise StepFailed(f"backup: cannot read what defines {unit}: {exc}") from None
 
 
 async def _backed_up(ctx: Context) -> bool:
@@ -323,19 +324,46 @@ async def _snapshotted(ctx: Context) -> bool:
 
 
 async def stop_primary(ctx: Context) -> str:
-    """Disable the primary, then stop it: disabled first, nothing brings it back in between
-    (Docker restarts an ``always`` container when the engine restarts, stopped or not)."""
+    """Stop and disable the primary. Where disabling acts at once (Docker: an ``always``
+    container comes back when the engine restarts, stopped or not) it is disabled first, and
+    enabled again as it was if the stop fails: a primary that still serves is never left
+    disabled. systemd's enablement acts at boot, so there it is stop, then disable."""
     unit = ctx.target.primary.unit
-    if not _flagged(ctx):  # flagged: both units stay enabled; the flag decides at boot
+    if _flagged(ctx):  # both units stay enabled; the flag decides at boot
+        return f"{unit} stopped (job {await _stopped(ctx, unit)})"
+    if not ctx.systemd.disable_first:
+        result = await _stopped(ctx, unit)
         await ctx.systemd.disable([unit])
         await ctx.systemd.reload()
+        return f"{unit} stopped (job {result}) and disabled"
+    await ctx.systemd.disable([unit])
+    try:
+        result = await _stopped(ctx, unit)
+    except (StepFailed, ManagerError):
+        if ctx.systemd.connected:  # still serving: never left disabled
+            await ctx.systemd.enable([unit], as_before=policies_before(ctx))
+        raise
+    return f"{unit} disabled and stopped (job {result})"
+
+
+async def _stopped(ctx: Context, unit: str) -> str:
+    """Stop ``unit`` and read it back: the job's result, or ``StepFailed`` if it still runs."""
     result = await ctx.systemd.stop(unit)
     status = await ctx.systemd.status(unit)
     if not status.stopped:
         raise StepFailed(f"stop {unit}: job {result}, still {status.active_state}")
-    if _flagged(ctx):
-        return f"{unit} stopped (job {result})"
-    return f"{unit} disabled and stopped (job {result})"
+    return result
+
+
+def policies_before(ctx: Context) -> dict[str, str]:
+    """The primary's restart policy as the snapshot read it before the switch (containers),
+    to put it back exactly; empty for units, or when the snapshot could not read it."""
+    try:
+        seen = ctx.facts().get("snapshot", {}).get("primary", {})
+    except Exception:  # a journal that cannot be read must not stop a restore
+        return {}
+    policy = seen.get("RestartPolicy") if isinstance(seen, dict) else None
+    return {ctx.target.primary.unit: policy} if isinstance(policy, str) and policy else {}
 
 
 async def _primary_stopped(ctx: Context) -> bool:
@@ -436,8 +464,10 @@ async def _settled_performance(ctx: Context, pid: int) -> list[verify.Check]:
             measuring = asyncio.create_task(
                 verify.usage(container, ctx.target.fallback.unit, settings)
             )
-            latency = await verify.latency(ctx.http, service, settings)
-            measured = await measuring
+            try:
+                latency = await verify.latency(ctx.http, service, settings)
+            finally:  # never a measurement left running behind a failure
+                measured = await measuring
         if measured is not None:
             checks = [latency, *measured[0]]
         else:  # a unit, or a container whose stats could not be read: its process tree

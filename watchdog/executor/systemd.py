@@ -148,6 +148,7 @@ class Systemd:
         return cls(connection, timeout=call_timeout)
 
     manager = "systemd"
+    disable_first = False  # enablement acts at boot: stop first, as the procedure does
 
     def close(self) -> None:
         self._bus.disconnect()
@@ -325,6 +326,7 @@ class Unreachable:
     def __init__(self, reason: str, *, manager: str = "systemd") -> None:
         self.reason = reason
         self.manager = manager  # the manager that could not be reached: systemd or Docker
+        self.disable_first = manager == "Docker"
 
     def _fail(self) -> SystemdError:
         return SystemdError(self.reason)

@@ -9,7 +9,7 @@ same protocol (containers for units, restart policies for enable/disable).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from watchdog import config
@@ -27,6 +27,13 @@ class Units(Protocol):
     @property
     def connected(self) -> bool:
         """False once the connection is gone (a step's outcome is then unknown, not failed)."""
+        ...
+
+    @property
+    def disable_first(self) -> bool:
+        """Whether to disable a unit before stopping it: Docker's restart policy acts at once
+        (an ``always`` container comes back when the engine restarts); systemd's enablement
+        acts only at boot, so there it is stop, then disable."""
         ...
 
     async def status(self, name: str) -> UnitStatus:
@@ -70,7 +77,7 @@ class Changes(Protocol):
     """A manager that says when a unit changed (Docker's event stream), so a crash is read
     when it happens rather than at the next reading."""
 
-    def changes(self, names: Sequence[str]) -> AsyncIterator[str]:
+    def changes(self, names: Sequence[str]) -> AsyncGenerator[str, None]:
         """Each of ``names`` whose unit died or started, as it happens; ends with the stream."""
         ...
 

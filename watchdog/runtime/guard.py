@@ -5,6 +5,7 @@ the watch after a rollback and the report at a run's end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from typing import Protocol
@@ -383,9 +384,10 @@ class Guard:
             if stop.is_set():
                 return
             failed = following.exception() if not following.cancelled() else None
-            if failed is None and time.monotonic() - began >= STREAM_LASTED:
+            short = time.monotonic() - began < STREAM_LASTED
+            if not short:  # it served a while: whatever ended it starts a new outage
                 broken = 0
-            else:
+            if failed is not None or short:
                 broken += 1
                 if broken == 1:
                     log.warning(
@@ -396,9 +398,10 @@ class Guard:
             await _pause(stop, min(RECONNECT_EVERY, 2.0 ** max(broken - 1, 0)))
 
     async def _follow(self, connection: units.Changes, names: tuple[str, ...]) -> None:
-        async for name in connection.changes(names):
-            log.info(f"{self._link.name} event", target=self.target.name, unit=name)
-            await self.read_units()
+        async with contextlib.aclosing(connection.changes(names)) as changes:  # its session too
+            async for name in changes:
+                log.info(f"{self._link.name} event", target=self.target.name, unit=name)
+                await self.read_units()
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Read both units every watch interval; export them for Prometheus."""
