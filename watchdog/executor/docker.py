@@ -146,14 +146,17 @@ class Containers:
             async with stream._query(
                 "events", params={"filters": filters}, timeout=forever
             ) as response:
-                async for line in response.content:
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    for name in names:
-                        if concerns(event, name):
-                            yield name
+                try:
+                    async for line in response.content:
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            continue
+                        for name in names:
+                            if concerns(event, name):
+                                yield name
+                finally:  # aiodocker leaves the response to its caller, even when cancelled
+                    response.close()
         except aiodocker.DockerError as exc:
             raise DockerError(f"the event stream: {_why(exc)}", status=exc.status) from None
         except _UNANSWERED as exc:  # the engine went away (restarted, its socket gone)
