@@ -368,6 +368,11 @@ def _under(
     return merged
 
 
+def manager_name(executor: str) -> str:
+    """An executor's manager as the watchdog names it to people: ``systemd`` or ``Docker``."""
+    return "Docker" if executor == "docker" else "systemd"
+
+
 class TargetSettings(_Strict):
     """One guarded service: a primary (new, suspect) and a fallback (old, trusted)."""
 

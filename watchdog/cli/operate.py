@@ -147,7 +147,7 @@ async def _rollback_async(
     except ManagerError as exc:
         if not args.dry_run:
             return _unreachable(f"{exc}; nothing was changed")
-        manager = "Docker" if target.executor == "docker" else "systemd"
+        manager = config.manager_name(target.executor)
         systemd = Unreachable(str(exc), manager=manager)  # a dry run checks everything else
     try:
         if args.dry_run:

@@ -45,7 +45,7 @@ class ManagerLink:
     def __init__(self, settings: config.Settings, executor: Executor = "systemd") -> None:
         self._settings = settings
         self.executor = executor
-        self.name = "Docker" if executor == "docker" else "systemd"
+        self.name = config.manager_name(executor)
         self._client: units.Units | None = None
         self._complained = False
         self._unanswered = 0  # reads in a row that the manager did not answer at all

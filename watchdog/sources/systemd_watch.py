@@ -83,7 +83,7 @@ class SystemdWatch:
         self.primary = target.primary.unit
         self.units = (target.primary.unit, target.fallback.unit)
         self.rule = crash_loop_rule(target)
-        self.manager = "Docker" if target.executor == "docker" else "systemd"
+        self.manager = config.manager_name(target.executor)
         # a read may take one interval (at least 2 s: a busy systemd is slow, not gone)
         self.timeout = timeout if timeout is not None else max(2.0, self.settings.interval)
         self._restarts: deque[tuple[float, int]] = deque()  # (at, NRestarts) of the primary
